@@ -1,0 +1,21 @@
+"""Range-choosing algorithms for INT8 calibration: pure numpy, no ONNX or TensorRT."""
+
+from .calibrator import (
+    CALIBRATORS,
+    METHODS,
+    Calibrator,
+    EntropyCalibrator,
+    HistogramCalibrator,
+    MinMaxCalibrator,
+    MSECalibrator,
+    PercentileCalibrator,
+    make_calibrator,
+)
+from .histogram import AbsHistogram
+from .methods import entropy_amax, mse_amax, percentile_amax
+
+__all__ = [
+    "AbsHistogram", "CALIBRATORS", "METHODS", "Calibrator", "EntropyCalibrator", "HistogramCalibrator",
+    "MinMaxCalibrator", "MSECalibrator", "PercentileCalibrator", "entropy_amax", "make_calibrator",
+    "mse_amax", "percentile_amax",
+]
