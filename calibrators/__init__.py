@@ -11,11 +11,11 @@ from .calibrator import (
     PercentileCalibrator,
     make_calibrator,
 )
-from .histogram import AbsHistogram
+from .histogram import AbsHistogram, NonFiniteError
 from .methods import entropy_amax, mse_amax, percentile_amax
 
 __all__ = [
     "AbsHistogram", "CALIBRATORS", "METHODS", "Calibrator", "EntropyCalibrator", "HistogramCalibrator",
-    "MinMaxCalibrator", "MSECalibrator", "PercentileCalibrator", "entropy_amax", "make_calibrator",
+    "MinMaxCalibrator", "MSECalibrator", "NonFiniteError", "PercentileCalibrator", "entropy_amax", "make_calibrator",
     "mse_amax", "percentile_amax",
 ]

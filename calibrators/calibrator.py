@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from .histogram import DEFAULT_NUM_BINS, AbsHistogram
+from .histogram import DEFAULT_NUM_BINS, AbsHistogram, NonFiniteError
 from .methods import entropy_amax, mse_amax, percentile_amax
 
 
@@ -59,6 +59,8 @@ class MinMaxCalibrator(Calibrator):
         x = np.asarray(x)
         if x.size:
             lo, hi = float(x.min()), float(x.max())
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                raise NonFiniteError(f"{np.isnan(x).sum()} NaN and {np.isinf(x).sum()} Inf values")
             self.minimum, self.maximum = min(self.minimum, lo), max(self.maximum, hi)
             self.amax = max(self.amax, abs(lo), abs(hi))
             self.count += x.size

@@ -16,6 +16,10 @@ import numpy as np
 DEFAULT_NUM_BINS = 2048
 
 
+class NonFiniteError(ValueError):
+    """The batch holds NaN or Inf; the state was left unchanged."""
+
+
 def _exponent_for(amax: float, num_bins: int) -> int:
     """Smallest e with num_bins * 2**e > amax, so amax lands in the upper half of the bins."""
     return math.floor(math.log2(amax / num_bins)) + 1
@@ -59,6 +63,8 @@ class AbsHistogram:
             return
         a = np.abs(x.ravel(), dtype=np.float32)
         amax = float(a.max()) if amax is None else amax
+        if not math.isfinite(amax):
+            raise NonFiniteError(f"{np.isnan(a).sum()} NaN and {np.isinf(a).sum()} Inf values")
         self.minimum = min(self.minimum, float(x.min()))
         self.maximum = max(self.maximum, float(x.max()))
         self.count += a.size

@@ -1,0 +1,52 @@
+"""Atomic file output: write to a temp file beside the target, then rename over it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import tempfile
+from typing import Iterator
+
+from .errors import TrtptqError
+
+
+def check_writable(path: str | os.PathLike) -> pathlib.Path:
+    """Fail early, before long work, if `path` cannot be written."""
+    path = pathlib.Path(path)
+    parent = path.parent if str(path.parent) else pathlib.Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TrtptqError(f"cannot create the folder for {path}: {e.strerror}. Choose another output path.") from None
+    if path.is_dir():
+        raise TrtptqError(f"{path} is a folder; give a file name for the output.")
+    if not os.access(parent, os.W_OK):
+        raise TrtptqError(f"cannot write {path}: folder {parent} is not writable. Choose another output path.")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[pathlib.Path]:
+    """Yield a temp path in the target folder; on success it replaces `path`, on error it vanishes."""
+    path = check_writable(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = pathlib.Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> pathlib.Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return pathlib.Path(path)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> pathlib.Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return pathlib.Path(path)

@@ -1,0 +1,89 @@
+"""Model I/O: load with clear errors, save atomically (external data past 2 GB)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import onnx
+
+from . import fileio
+from .errors import ModelError
+
+# Protobuf cannot serialize a message of 2 GiB or more; past this, weights go to a side file.
+PROTOBUF_LIMIT = 2**31 - 1
+_OPSET_FOR_PER_CHANNEL = 13
+
+
+def load(path: str | os.PathLike, load_external_data: bool = True) -> onnx.ModelProto:
+    """Read an ONNX model, with its external data, or explain why not."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ModelError(f"model {path} does not exist. Check the path.")
+    try:
+        model = onnx.load(str(path), load_external_data=load_external_data)
+    except FileNotFoundError as e:
+        raise ModelError(f"model {path} refers to external data that is missing ({e.filename}). "
+                         "Keep the .onnx file beside its data file(s).") from None
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise ModelError(f"{path} is not a readable ONNX model ({type(e).__name__}: {e}). "
+                         "Re-export it or check the file was copied whole.") from None
+    if not model.graph.node:
+        raise ModelError(f"{path} has an empty graph: nothing to calibrate. Is it really an ONNX model?")
+    return model
+
+
+def check(model: onnx.ModelProto, what: str) -> None:
+    """onnx.checker on a model of any size (big ones are checked through a temp file)."""
+    try:
+        if model.ByteSize() < PROTOBUF_LIMIT:
+            onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        raise ModelError(f"{what} fails onnx.checker: {str(e).splitlines()[0]}") from None
+
+
+def opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def ensure_opset(model: onnx.ModelProto, minimum: int = _OPSET_FOR_PER_CHANNEL) -> onnx.ModelProto:
+    """Upgrade the default-domain opset to `minimum` (per-channel DequantizeLinear needs 13)."""
+    if opset(model) >= minimum:
+        return model
+    from onnx import version_converter
+
+    try:
+        return version_converter.convert_version(model, minimum)
+    except Exception as e:
+        raise ModelError(f"cannot upgrade the model from opset {opset(model)} to {minimum} ({e}). "
+                         f"Re-export it with opset >= {minimum}.") from None
+
+
+def save(model: onnx.ModelProto, path: str | os.PathLike) -> pathlib.Path:
+    """Write atomically; models over 2 GB keep their weights in `<name>.data` beside the file."""
+    path = pathlib.Path(path)
+    external = model.ByteSize() >= PROTOBUF_LIMIT or any(
+        t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    if not external:
+        with fileio.atomic_path(path) as tmp:
+            onnx.save(model, str(tmp))
+        return path
+    data_name = path.name + ".data"
+    # Both files are written under temp names, then renamed: the data first, so the model never points at a stale one.
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # onnx.save moves the weights of the model it is given out to the file
+    with fileio.atomic_path(path) as tmp_model, fileio.atomic_path(path.with_name(data_name)) as tmp_data:
+        onnx.save(copy, str(tmp_model), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=tmp_data.name, size_threshold=1024)
+        _point_external_data(tmp_model, tmp_data.name, data_name)
+    return path
+
+
+def _point_external_data(model_path: pathlib.Path, old: str, new: str) -> None:
+    """Rewrite the external-data location from the temp name to the final one."""
+    m = onnx.load(str(model_path), load_external_data=False)
+    for t in m.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "location" and entry.value == old:
+                entry.value = new
+    onnx.save(m, str(model_path))

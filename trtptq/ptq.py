@@ -1,0 +1,125 @@
+"""The library API for steps 1-2: calibrate (-> Ranges) and quantize (-> Q/DQ model)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from dataclasses import asdict, dataclass, field
+
+import onnx
+
+from calibrators import make_calibrator
+
+from . import model as model_io
+from .collect import DEFAULT_MEMORY_BUDGET, CollectStats, collect
+from .data import Batches, ImageOptions, input_specs, open_source
+from .qdq import Plan, QuantizeOptions, import_graph, insert_qdq, plan
+from .ranges import Ranges, TensorRange
+
+
+@dataclass
+class CalibrationOptions:
+    """How ranges are chosen and how the data is fed."""
+
+    method: str = "entropy"  # minmax | percentile | entropy | mse
+    percentile: float = 99.99
+    num_bins: int = 2048
+    batch_size: int | None = None  # None: 1, or the model's fixed batch
+    num_samples: int | None = None  # cap on samples used
+    memory_budget: int = DEFAULT_MEMORY_BUDGET  # bytes of activations held per pass
+    nonfinite: str = "error"  # or "ignore"
+    image: ImageOptions = field(default_factory=ImageOptions)
+    providers: tuple[str, ...] | None = None
+    show_progress: bool = True
+
+    def calibrator_options(self) -> dict:
+        if self.method == "minmax":
+            return {}
+        opts: dict = {"num_bins": self.num_bins}
+        if self.method == "percentile":
+            opts["percentile"] = self.percentile
+        return opts
+
+
+@dataclass
+class QuantizeResult:
+    model: onnx.ModelProto
+    ranges: Ranges
+    plan: Plan
+    stats: CollectStats | None
+
+
+def _as_model(model: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.ModelProto, str]:
+    if isinstance(model, onnx.ModelProto):
+        return model, model.graph.name
+    return model_io.load(model), str(model)
+
+
+def calibrate(model: onnx.ModelProto | str | os.PathLike, data, options: CalibrationOptions | None = None,
+              quantize_options: QuantizeOptions | None = None) -> Ranges:
+    """Ranges for every tensor the quantizer will put Q/DQ on (chosen by `quantize_options`)."""
+    ranges, _, _ = _calibrate(*_as_model(model), data, options or CalibrationOptions(),
+                              quantize_options or QuantizeOptions())
+    return ranges
+
+
+def _calibrate(proto: onnx.ModelProto, name: str, data, options: CalibrationOptions,
+               qopts: QuantizeOptions) -> tuple[Ranges, Plan, CollectStats]:
+    proto = model_io.ensure_opset(proto)
+    placement = plan(import_graph(proto), qopts)
+    specs = input_specs(proto)
+    batches = Batches(open_source(data, specs, options.image), specs, options.batch_size, options.num_samples)
+    calibs = {t: make_calibrator(options.method, **options.calibrator_options()) for t in placement.activations}
+    stats = collect(proto, batches, calibs, options.memory_budget, options.nonfinite, options.providers,
+                    options.show_progress) if calibs else CollectStats(0, 0, 0)
+    first = next(iter(calibs.values()), None)
+    ranges = Ranges(
+        method=options.method,
+        options={**options.calibrator_options(), "batch_size": batches.batch_size, "quantize": _qopts_dict(qopts)},
+        tensors={t: TensorRange(c.compute_amax(), c.minimum, c.maximum, c.count) for t, c in calibs.items()},
+        model=pathlib.Path(name).name,
+        num_samples=stats.samples,
+        trt_algorithm=first.trt_algorithm if first else "EntropyCalibration2",
+    )
+    return ranges, placement, stats
+
+
+def _qopts_dict(q: QuantizeOptions) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(q).items()}
+
+
+def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Ranges | str | os.PathLike | None = None,
+             options: QuantizeOptions | None = None, calibration: CalibrationOptions | None = None) -> QuantizeResult:
+    """The explicit-INT8 (Q/DQ) model; ranges come from `ranges` or are calibrated on `data`."""
+    proto, name = _as_model(model)
+    qopts = options or QuantizeOptions()
+    stats = None
+    if ranges is None:
+        if data is None:
+            raise ValueError("quantize needs calibration data or a ranges file")
+        ranges, placement, stats = _calibrate(proto, name, data, calibration or CalibrationOptions(), qopts)
+    else:
+        ranges = ranges if isinstance(ranges, Ranges) else Ranges.load(ranges)
+        placement = plan(import_graph(model_io.ensure_opset(proto)), qopts)
+    graph = import_graph(model_io.ensure_opset(proto))
+    qdq = onnx_graph_export(insert_qdq(graph, placement, ranges.amax), proto)
+    model_io.check(qdq, "the quantized model")
+    return QuantizeResult(qdq, ranges, placement, stats)
+
+
+def onnx_graph_export(graph, like: onnx.ModelProto) -> onnx.ModelProto:
+    """Export a gs graph keeping the source model's metadata (producer, IR version, opsets)."""
+    import onnx_graphsurgeon as gs
+
+    out = gs.export_onnx(graph)
+    out.ir_version = like.ir_version
+    out.producer_name, out.producer_version = "trtptq", _version()
+    del out.metadata_props[:]
+    out.metadata_props.extend(like.metadata_props)
+    return out
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__

@@ -1,0 +1,89 @@
+"""Calibration results: the ranges JSON file and TensorRT's calibration cache text."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import struct
+from dataclasses import asdict, dataclass, field
+
+from . import fileio
+from .errors import TrtptqError
+
+FORMAT = "trtptq-ranges"
+VERSION = 1
+
+
+@dataclass
+class TensorRange:
+    amax: float
+    min: float
+    max: float
+    count: int
+
+    @property
+    def scale(self) -> float:
+        return self.amax / 127.0
+
+
+@dataclass
+class Ranges:
+    """tensor -> amax (and statistics), plus how they were chosen."""
+
+    method: str
+    options: dict
+    tensors: dict[str, TensorRange] = field(default_factory=dict)
+    model: str = ""
+    num_samples: int = 0
+    trt_algorithm: str = "EntropyCalibration2"
+
+    @property
+    def amax(self) -> dict[str, float]:
+        return {k: v.amax for k, v in self.tensors.items()}
+
+    def to_json(self) -> str:
+        body = {
+            "format": FORMAT, "version": VERSION, "model": self.model, "method": self.method,
+            "options": self.options, "num_samples": self.num_samples, "trt_algorithm": self.trt_algorithm,
+            "tensors": {k: {**asdict(v), "scale": v.scale} for k, v in self.tensors.items()},
+        }
+        return json.dumps(body, indent=1)
+
+    def save(self, path: str | os.PathLike) -> pathlib.Path:
+        return fileio.write_text(path, self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Ranges":
+        path = pathlib.Path(path)
+        try:
+            body = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise TrtptqError(f"ranges file {path} does not exist; write it with `trtptq calibrate`.") from None
+        except (OSError, ValueError) as e:
+            raise TrtptqError(f"cannot read ranges file {path} ({e}).") from None
+        if not isinstance(body, dict) or body.get("format") != FORMAT:
+            raise TrtptqError(f"{path} is not a trtptq ranges file (written by `trtptq calibrate`).")
+        tensors = {k: TensorRange(v["amax"], v["min"], v["max"], v["count"]) for k, v in body["tensors"].items()}
+        return cls(body["method"], body.get("options", {}), tensors, body.get("model", ""),
+                   body.get("num_samples", 0), body.get("trt_algorithm", "EntropyCalibration2"))
+
+    def trt_cache(self, trt_version: int = 100000) -> str:
+        """TensorRT's calibration cache: header, then `tensor: <big-endian float32 scale in hex>`."""
+        lines = [f"TRT-{trt_version}-{self.trt_algorithm}"]
+        lines += [f"{name}: {struct.pack('>f', r.scale).hex()}" for name, r in self.tensors.items()]
+        return "\n".join(lines) + "\n"
+
+    def save_trt_cache(self, path: str | os.PathLike, trt_version: int = 100000) -> pathlib.Path:
+        return fileio.write_text(path, self.trt_cache(trt_version))
+
+
+def read_trt_cache(text: str) -> tuple[str, dict[str, float]]:
+    """Parse a TensorRT calibration cache into (algorithm, tensor -> scale)."""
+    header, *rows = text.strip().splitlines()
+    algorithm = header.split("-", 2)[-1]
+    scales = {}
+    for row in rows:
+        name, _, hexval = row.rpartition(":")
+        scales[name] = struct.unpack(">f", bytes.fromhex(hexval.strip()))[0]
+    return algorithm, scales
