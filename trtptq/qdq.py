@@ -16,6 +16,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from plugins import is_plugin_op
+
 from .errors import ModelError
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -112,7 +114,9 @@ def plan(graph: gs.Graph, options: QuantizeOptions) -> Plan:
     nodes = list(graph.nodes)  # graph.toposort() was applied on import
     weighted = [n for n in nodes if n.op in WEIGHTED_OPS]
     for n in nodes:
-        if n.op in options.exclude_op_types:
+        if is_plugin_op(n.domain):
+            result.kept[n.name] = f"plugin op {n.domain}::{n.op}"
+        elif n.op in options.exclude_op_types:
             result.kept[n.name] = f"op type {n.op} excluded"
         elif any(fnmatch.fnmatchcase(n.name, p) for p in options.exclude_nodes):
             result.kept[n.name] = "excluded by name"

