@@ -36,8 +36,14 @@ def entropy_amax(hist: AbsHistogram, num_quantized_bins: int = 128) -> float:
     with the clipped tail folded into the last one; Q is those i bins merged into
     `num_quantized_bins` levels (the last level takes the remainder) and spread
     back evenly over the bins where P is non-zero.
+
+    As in NVIDIA's pytorch-quantization, the first bin is given the count of the
+    second: the spike of exact zeros after a ReLU would otherwise dominate P and
+    pull the threshold far into the bulk.
     """
     h = hist.used().astype(np.float64)
+    if h.size > 1:
+        h[0] = h[1]
     n = h.size
     if n <= num_quantized_bins or hist.exponent is None:
         return hist.amax

@@ -23,6 +23,7 @@ def reference_entropy_bins(counts: np.ndarray, num_quantized_bins: int = 128) ->
     counts = counts.astype(np.float64)
     n = len(np.trim_zeros(counts, "b"))
     counts = counts[:n]
+    counts[0] = counts[1]  # the zero spike is ignored, as in NVIDIA's pytorch-quantization
     best_i, best_kl = n, np.inf
     for i in range(num_quantized_bins, n + 1):
         ref = counts[:i].copy()
