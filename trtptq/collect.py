@@ -110,7 +110,7 @@ def _observe(calib: Calibrator, name: str, value: np.ndarray, batch, nonfinite: 
         calib.observe(value)
     except NonFiniteError as e:
         if nonfinite == "error":
-            raise DataError(f"tensor {name} has non-finite values ({e}) for this batch of calibration data. "
+            raise DataError(f"tensor {name} has non-finite values ({e}) for the batch from {batch.origin}. "
                             "Check the inputs for NaN/Inf, or pass --nonfinite ignore to calibrate on the "
                             "finite values.") from None
         if name not in warned:

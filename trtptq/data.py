@@ -251,6 +251,7 @@ class Batch:
     feed: dict[str, np.ndarray]
     labels: np.ndarray | None
     size: int
+    origin: str  # where its first sample came from, for error messages
 
 
 class Batches:
@@ -374,7 +375,7 @@ def _take(pending: list, n: int) -> tuple[Batch, list]:
             raise DataError(f"samples of input {name} differ in shape ({shapes}) and cannot share a batch; "
                             f"use --batch-size 1 or pad them to one shape (near {pending[0][2]}).") from None
     lab = None if any(x is None for x in labels) else np.concatenate(labels)
-    return Batch(feed, lab, n), rest
+    return Batch(feed, lab, n, pending[0][2]), rest
 
 
 def _describe(source: Source) -> str:

@@ -1,0 +1,97 @@
+"""The trtptq command: calibrate -> quantize --ranges, demo, and user errors (one line, exit 2, no partial files)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from trtptq.runtime_ort import session
+
+
+def trtptq(*args, cwd=None):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "trtptq", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=600)
+
+
+@pytest.fixture
+def calib_npz(tmp_path, mnist):
+    _, images, _ = mnist
+    path = tmp_path / "calib.npz"
+    np.savez(path, input=images[:128])
+    return path
+
+
+def test_calibrate_then_quantize_with_ranges_equals_one_step(tmp_path, mnist, calib_npz):
+    model = mnist[0]
+    r = trtptq("calibrate", model, "--data", calib_npz, "--method", "mse", "--batch-size", 32,
+               "-o", tmp_path / "ranges.json", "--calibration-cache", tmp_path / "calib.cache", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "4 tensor ranges (mse, 128 samples)" in r.stdout
+    ranges = json.loads((tmp_path / "ranges.json").read_text())
+    assert ranges["method"] == "mse" and set(ranges["tensors"]) >= {"input"}
+    assert (tmp_path / "calib.cache").read_text().startswith("TRT-")
+    r = trtptq("quantize", model, "--ranges", tmp_path / "ranges.json", "-o", tmp_path / "a.onnx")
+    assert r.returncode == 0, r.stderr
+    r = trtptq("quantize", model, "--data", calib_npz, "--method", "mse", "--batch-size", 32,
+               "-o", tmp_path / "b.onnx", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    a, b = onnx.load(tmp_path / "a.onnx"), onnx.load(tmp_path / "b.onnx")
+    assert a.graph.SerializeToString() == b.graph.SerializeToString()
+    x = mnist[1][1000:1064]
+    out = session(str(tmp_path / "a.onnx"), simulate_int8=True).run(None, {"input": x})[0]
+    assert np.mean(out.argmax(1) == mnist[2][1000:1064]) > 0.95
+
+
+def test_exclusions_from_the_command_line(tmp_path, mnist, calib_npz):
+    r = trtptq("quantize", mnist[0], "--data", calib_npz, "-o", tmp_path / "q.onnx", "--keep-first",
+               "--exclude-op-types", "Gemm", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "quantized 1 activations and 1 weights" in r.stdout
+    q = onnx.load(tmp_path / "q.onnx")
+    gemms = [n for n in q.graph.node if n.op_type == "Gemm"]
+    assert all(not i.endswith("_dequantized") for g in gemms for i in g.input)
+
+
+@pytest.mark.parametrize("case", ["bad_name", "corrupt_model", "unwritable", "empty", "no_data"])
+def test_user_errors_are_one_line_without_partial_output(tmp_path, mnist, case):
+    model, images, _ = mnist
+    out = tmp_path / "q.onnx"
+    data = tmp_path / "d.npz"
+    np.savez(data, input=images[:4])
+    if case == "bad_name":
+        np.savez(data, image=images[:4])
+        args, expect = ["--data", data], "unknown key(s) image"
+    elif case == "corrupt_model":
+        model = tmp_path / "broken.onnx"
+        model.write_bytes(b"\x08\x07garbage" * 50)
+        args, expect = ["--data", data], "is not a readable ONNX model"
+    elif case == "unwritable":
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "q.onnx"
+        args, expect = ["--data", data], "cannot create the folder"
+    elif case == "empty":
+        np.savez(data, input=images[:0])
+        args, expect = ["--data", data], "holds no samples"
+    else:
+        args, expect = [], "needs --data"
+    r = trtptq("quantize", model, *args, "-o", out, "--no-progress")
+    assert r.returncode == 2
+    assert expect in r.stderr and r.stderr.startswith("trtptq: error:")
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not out.exists() and not any(p.name.startswith(".q.onnx") for p in tmp_path.iterdir())
+
+
+def test_demo(tmp_path):
+    r = trtptq("demo", "--out", tmp_path / "demo", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    rows = {line.split()[1]: float(line.split()[2].rstrip("%")) for line in r.stdout.splitlines()
+            if line.startswith("INT8 ")}
+    fp32 = float(next(line.split()[1].rstrip("%") for line in r.stdout.splitlines() if line.startswith("FP32")))
+    assert set(rows) == {"minmax", "percentile", "entropy", "mse"} and fp32 > 99
+    assert max(rows.values()) >= fp32 - 0.2
+    assert {p.name for p in (tmp_path / "demo").iterdir()} >= {"model.int8.onnx", "ranges.json", "calibration.cache"}

@@ -1,0 +1,67 @@
+"""Activation collection: passes under a memory budget, NaN/Inf handling, bounded state."""
+
+import numpy as np
+import pytest
+
+from calibrators import make_calibrator
+from trtptq import model as model_io
+from trtptq.collect import collect, split_passes
+from trtptq.data import Batches, IterableSource, input_specs
+from trtptq.errors import DataError
+from trtptq.ptq import CalibrationOptions, calibrate
+from trtptq.qdq import import_graph, plan, QuantizeOptions
+
+
+def _setup(mnist, n=64, batch_size=16):
+    path, images, _ = mnist
+    model = model_io.load(path)
+    specs = input_specs(model)
+    tensors = list(plan(import_graph(model), QuantizeOptions()).activations)
+    return model, Batches(IterableSource([{"input": images[:n]}]), specs, batch_size), tensors
+
+
+def test_split_passes_respects_budget():
+    sizes = {"a": 100, "b": 300, "c": 50, "d": 1000}
+    groups = split_passes(sizes, batch_size=2, budget=800)
+    assert groups == [["a", "b"], ["c"], ["d"]]
+    assert all(sum(sizes[t] * 2 for t in g) <= 800 or len(g) == 1 for g in groups)
+
+
+def test_many_passes_give_the_same_ranges_as_one(mnist):
+    model, batches, tensors = _setup(mnist)
+    one = {t: make_calibrator("entropy") for t in tensors}
+    many = {t: make_calibrator("entropy") for t in tensors}
+    s1 = collect(model, batches, one, memory_budget=2**30, show_progress=False)
+    s2 = collect(model, batches, many, memory_budget=1, show_progress=False)
+    assert (s1.passes, s2.passes) == (1, len(tensors))
+    assert s1.samples == s2.samples == 64 and s1.batches == 4
+    assert {t: c.compute_amax() for t, c in one.items()} == {t: c.compute_amax() for t, c in many.items()}
+
+
+def test_calibrator_state_does_not_grow_with_data(mnist):
+    sizes = []
+    for n in (32, 512):
+        model, batches, tensors = _setup(mnist, n=n)
+        calibs = {t: make_calibrator("entropy") for t in tensors}
+        collect(model, batches, calibs, show_progress=False)
+        sizes.append(sum(c.state()["counts"].nbytes for c in calibs.values()))
+    assert sizes[0] == sizes[1]
+
+
+def test_ranges_are_deterministic_across_batch_sizes(mnist):
+    path, images, _ = mnist
+    opts = [CalibrationOptions(method="entropy", batch_size=b, show_progress=False) for b in (1, 7, 64)]
+    results = [calibrate(path, [{"input": images[:64]}], o).amax for o in opts]
+    assert results[0] == results[1] == results[2]
+
+
+def test_nan_in_activations_is_named(mnist):
+    path, images, _ = mnist
+    bad = images[:8].copy()
+    bad[3, 0, 5, 5] = np.nan
+    with pytest.raises(DataError, match=r"tensor input has non-finite values \(1 NaN.*--nonfinite ignore"):
+        calibrate(path, [{"input": bad}], CalibrationOptions(show_progress=False))
+    with pytest.warns(UserWarning, match="tensor input: 1 NaN"):
+        ranges = calibrate(path, [{"input": bad}], CalibrationOptions(method="minmax", nonfinite="ignore",
+                                                                      show_progress=False))
+    assert ranges.tensors["input"].amax == pytest.approx(float(np.nanmax(np.abs(bad))))
