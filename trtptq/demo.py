@@ -37,8 +37,16 @@ class DemoRow:
     agreement: float  # share of samples where INT8 and FP32 predict the same class
 
 
+@dataclass
+class DemoResult:
+    fp32_top1: float
+    rows: list[DemoRow]
+    num_eval: int
+    out_dir: pathlib.Path
+
+
 def run_demo(out_dir: str | pathlib.Path = "trtptq-demo", methods=("minmax", "percentile", "entropy", "mse"),
-             num_calib: int = 512, show_progress: bool = True) -> tuple[float, list[DemoRow], pathlib.Path]:
+             num_calib: int = 512, show_progress: bool = True) -> DemoResult:
     from . import model as model_io
     from .data import Batches, IterableSource, input_specs
     from .evaluate import run, top1
@@ -66,4 +74,4 @@ def run_demo(out_dir: str | pathlib.Path = "trtptq-demo", methods=("minmax", "pe
     model_io.save(result.model, out_dir / "model.int8.onnx")
     result.ranges.save(out_dir / "ranges.json")
     result.ranges.save_trt_cache(out_dir / "calibration.cache")
-    return top1(fp32_logits, evaluation[1]), rows, out_dir
+    return DemoResult(top1(fp32_logits, evaluation[1]), rows, len(evaluation[1]), out_dir)
