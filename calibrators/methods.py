@@ -40,6 +40,10 @@ def entropy_amax(hist: AbsHistogram, num_quantized_bins: int = 128) -> float:
     As in NVIDIA's pytorch-quantization, the first bin is given the count of the
     second: the spike of exact zeros after a ReLU would otherwise dominate P and
     pull the threshold far into the bulk.
+
+    KL is evaluated per level from prefix sums, O(candidates x levels) rather
+    than O(candidates x bins): within a level every non-zero bin of Q holds the
+    same value, so sum p log q collapses to (level mass) x log(level value).
     """
     h = hist.used().astype(np.float64)
     if h.size > 1:
@@ -47,41 +51,36 @@ def entropy_amax(hist: AbsHistogram, num_quantized_bins: int = 128) -> float:
     n = h.size
     if n <= num_quantized_bins or hist.exponent is None:
         return hist.amax
+    levels = num_quantized_bins
     total = h.sum()
+    xlogx = np.where(h > 0, h * np.log(np.where(h > 0, h, 1.0)), 0.0)
     cum = np.concatenate([[0.0], np.cumsum(h)])
-    nz_cum = np.concatenate([[0], np.cumsum(h != 0)])
-    cols = np.arange(n)
-    best_i, best_kl = n, np.inf
-    for start in range(num_quantized_bins, n + 1, _ROW_BLOCK):
-        i = np.arange(start, min(start + _ROW_BLOCK, n + 1))[:, None]  # candidates (rows)
-        merged = i // num_quantized_bins
-        level = np.minimum(cols // merged, num_quantized_bins - 1)  # level of each bin, per row
-        valid = cols < i
-        last = cols == i - 1
-        # P: kept bins, tail folded into the last kept bin.
-        p = np.where(valid, h, 0.0)
-        p = np.where(last, cum[-1] - cum[i - 1], p)
-        # Level sums of the unfolded bins and non-zero counts of P per level.
-        lo = np.arange(num_quantized_bins) * merged
-        hi = np.where(np.arange(num_quantized_bins) == num_quantized_bins - 1, i, lo + merged)
-        level_sum = cum[hi] - cum[lo]
-        level_nz = nz_cum[hi] - nz_cum[lo]
-        # The fold can turn an empty last bin (always in the last level) into a non-empty one.
-        kept_last = (i - 1)[:, 0]
-        level_nz[:, -1] += (h[kept_last] == 0) & (cum[-1] - cum[kept_last] > 0)
-        spread = np.divide(level_sum, level_nz, out=np.zeros_like(level_sum), where=level_nz > 0)
-        q = np.where(p != 0, np.take_along_axis(spread, level, axis=1), 0.0)
-        q_total = q.sum(axis=1, keepdims=True)
-        pn = p / total
-        qn = np.divide(q, q_total, out=np.zeros_like(q), where=q_total > 0)
-        # A level whose bins are all empty but whose P bin got the tail: penalize, do not divide by zero.
-        qn = np.where((pn > 0) & (qn == 0), 1e-12, qn)
-        ratio = np.divide(pn, qn, out=np.ones_like(pn), where=pn > 0)
-        kl = (pn * np.log(ratio)).sum(axis=1)
-        k = int(np.argmin(kl))
-        if kl[k] < best_kl:
-            best_kl, best_i = float(kl[k]), int(i[k, 0])
-    return float(min(best_i * hist.width, hist.amax))
+    cum_xlogx = np.concatenate([[0.0], np.cumsum(xlogx)])
+    cum_nz = np.concatenate([[0], np.cumsum(h > 0)])
+
+    i = np.arange(levels, n + 1)[:, None]  # candidates (rows): bins kept
+    merged = i // levels
+    lo = np.arange(levels) * merged
+    hi = np.where(np.arange(levels) == levels - 1, i, lo + merged)
+    level_sum = cum[hi] - cum[lo]  # Q's mass per level (unfolded bins)
+    level_nz = cum_nz[hi] - cum_nz[lo]  # non-zero bins of P per level, before the fold
+    last = i[:, 0] - 1
+    tail = total - cum[last + 1]  # clipped mass, folded into bin i-1
+    folded = h[last] + tail
+    level_nz[:, -1] += (h[last] == 0) & (tail > 0)
+    # sum over P's non-zero bins of P log P (unnormalized), the last kept bin replaced by the folded one.
+    p_logp = cum_xlogx[last] + np.where(folded > 0, folded * np.log(np.where(folded > 0, folded, 1.0)), 0.0)
+    # P's mass per level: Q's plus the tail in the last level.
+    p_mass = level_sum.copy()
+    p_mass[:, -1] += tail
+    q_norm = cum[i]  # total mass of Q
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q_value = level_sum / np.maximum(level_nz, 1) / q_norm  # normalized Q of each non-zero bin in a level
+        # A level whose bins are all empty but whose P bin got the tail: Q is 0 there; a tiny floor, not a division by zero.
+        log_q = np.log(np.where(q_value > 0, q_value, 1e-12))
+    p_logq = np.where(p_mass > 0, p_mass * log_q, 0.0).sum(axis=1)
+    kl = (p_logp[:, None][:, 0] - total * np.log(total) - p_logq) / total
+    return float(min((int(np.argmin(kl)) + levels) * hist.width, hist.amax))
 
 
 def mse_amax(hist: AbsHistogram, num_levels: int = 127) -> float:

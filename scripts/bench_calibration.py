@@ -1,0 +1,189 @@
+"""Calibration speed, peak memory and accuracy: trtptq vs ONNX Runtime's quantize_static, side by side.
+
+Speed/memory: a MobileNetV2-shaped model (random weights: shapes, not accuracy) on N images of 224x224,
+each job in its own process so peak RSS is its own. Accuracy: the pretrained MNIST CNN on real digits.
+Both tools write per-channel symmetric INT8 Q/DQ models; both are scored in ONNX Runtime with
+graph optimizations off (Q/DQ as float ops, as TensorRT defines them).
+
+    python scripts/bench_calibration.py                 # 64 and 256 images, entropy/minmax/percentile
+    python scripts/bench_calibration.py --samples 64 --methods entropy
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+ORT_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+
+
+def mobilenet_v2(path: str) -> None:
+    """MobileNetV2 topology (BN folded into conv bias), He-initialized random weights."""
+    rng = np.random.default_rng(0)
+    nodes, inits = [], []
+    counter = iter(range(10_000))
+
+    def conv(x, cin, cout, k=1, stride=1, group=1, act=True):
+        i = next(counter)
+        w = (rng.standard_normal((cout, cin // group, k, k)) * np.sqrt(2.0 / (cin // group * k * k))).astype(np.float32)
+        inits.extend([numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(np.zeros(cout, np.float32), f"b{i}")])
+        nodes.append(helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"c{i}"], name=f"conv{i}", kernel_shape=[k, k],
+                                      strides=[stride] * 2, pads=[k // 2] * 4, group=group))
+        if not act:
+            return f"c{i}"
+        nodes.append(helper.make_node("Clip", [f"c{i}", "zero", "six"], [f"a{i}"], name=f"relu6_{i}"))
+        return f"a{i}"
+
+    inits += [numpy_helper.from_array(np.array(0, np.float32), "zero"), numpy_helper.from_array(np.array(6, np.float32), "six")]
+    x, cin = conv("input", 3, 32, 3, 2), 32
+    for t, c, n, s in [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]:
+        for k in range(n):
+            stride = s if k == 0 else 1
+            h = conv(x, cin, cin * t) if t != 1 else x
+            h = conv(h, cin * t, cin * t, 3, stride, group=cin * t)
+            h = conv(h, cin * t, c, act=False)
+            if stride == 1 and cin == c:
+                i = next(counter)
+                nodes.append(helper.make_node("Add", [h, x], [f"sum{i}"], name=f"add{i}"))
+                h = f"sum{i}"
+            x, cin = h, c
+    x = conv(x, cin, 1280)
+    nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"], name="gap"))
+    nodes.append(helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"))
+    inits += [numpy_helper.from_array((rng.standard_normal((1000, 1280)) * 0.03).astype(np.float32), "fc_w"),
+              numpy_helper.from_array(np.zeros(1000, np.float32), "fc_b")]
+    nodes.append(helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="fc", transB=1))
+    graph = helper.make_graph(nodes, "mobilenet_v2", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 224, 224])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 1000])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def images(n: int) -> np.ndarray:
+    """Smooth random images, normalized like ImageNet inputs (content only matters for accuracy, not measured here)."""
+    rng = np.random.default_rng(1)
+    small = rng.uniform(0, 1, (n, 3, 28, 28)).astype(np.float32)
+    big = small.repeat(8, axis=2).repeat(8, axis=3)
+    return ((big - 0.45) / 0.225).astype(np.float32)
+
+
+# ------------------------------------------------------------------ jobs (each in its own process)
+
+def job_fp32(model: str, data: str, batch: int) -> None:
+    import onnxruntime as ort
+
+    x = np.load(data)["input"]
+    sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    for i in range(0, len(x), batch):
+        sess.run(None, {"input": x[i:i + batch]})
+
+
+def job_trtptq(model: str, data: str, batch: int, method: str, out: str) -> None:
+    from trtptq import CalibrationOptions, quantize
+    from trtptq import model as model_io
+
+    result = quantize(model, data=data, calibration=CalibrationOptions(method=method, batch_size=batch, show_progress=False))
+    model_io.save(result.model, out)
+
+
+def job_ort(model: str, data: str, batch: int, method: str, out: str) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    x = np.load(data)["input"]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter({"input": x[i:i + batch]} for i in range(0, len(x), batch))
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(model, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=getattr(CalibrationMethod, ORT_METHODS[method]),
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+
+
+def measure(*args: str) -> dict:
+    """Run one job in a fresh process: wall seconds and peak RSS (MiB)."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, __file__, "--job", *args], capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+    return {"wall_s": wall, **json.loads(proc.stdout.strip().splitlines()[-1])}
+
+
+def accuracy(methods: list[str], tmp: str) -> list[tuple]:
+    from trtptq.demo import MNIST_MODEL, mnist_samples
+    from trtptq.runtime_ort import session
+
+    x, y = mnist_samples()
+    np.savez(f"{tmp}/mnist_calib.npz", input=x[:256])
+    ev, ey = x[1000:], y[1000:]
+    fp32 = float(np.mean(session(str(MNIST_MODEL)).run(None, {"input": ev})[0].argmax(1) == ey))
+    rows = []
+    for m in methods:
+        accs = []
+        for tool in ("trtptq", "ort"):
+            out = f"{tmp}/mnist_{tool}_{m}.onnx"
+            r = measure(tool, str(MNIST_MODEL), f"{tmp}/mnist_calib.npz", "32", m, out)
+            accs.append(float(np.mean(session(out, simulate_int8=True).run(None, {"input": ev})[0].argmax(1) == ey))
+                        if "error" not in r else float("nan"))
+        rows.append((m, fp32, *accs))
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--samples", type=int, nargs="+", default=[64, 256])
+    p.add_argument("--methods", nargs="+", default=["entropy", "minmax", "percentile"], choices=list(ORT_METHODS))
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--job", nargs="+", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.job:
+        kind, *rest = a.job
+        {"fp32": job_fp32, "trtptq": job_trtptq, "ort": job_ort}[kind](rest[0], rest[1], int(rest[2]), *rest[3:])
+        print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+        return
+
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        model = f"{tmp}/mobilenet_v2.onnx"
+        mobilenet_v2(model)
+        print(f"MobileNetV2-shaped model (random weights), 224x224, batch {a.batch_size}, {os.cpu_count()} CPUs\n")
+        print(f"{'samples':>7} {'method':<10} {'tool':<7} {'wall s':>7} {'/FP32':>6} {'peak MiB':>9}   ratio ORT/trtptq (time, memory)")
+        for n in a.samples:
+            data = f"{tmp}/calib_{n}.npz"
+            np.savez(data, input=images(n))
+            base = measure("fp32", model, data, str(a.batch_size))
+            print(f"{n:>7} {'FP32 pass':<10} {'ort':<7} {base['wall_s']:7.1f} {1:6.2f} {base['peak_rss_mib']:9.0f}")
+            for m in a.methods:
+                res = {tool: measure(tool, model, data, str(a.batch_size), m, f"{tmp}/{tool}_{m}_{n}.onnx")
+                       for tool in ("trtptq", "ort")}
+                for tool, r in res.items():
+                    if "error" in r:
+                        print(f"{n:>7} {m:<10} {tool:<7} failed: {r['error']}")
+                        continue
+                    ratio = ""
+                    if tool == "ort" and "error" not in res["trtptq"]:
+                        t = res["trtptq"]
+                        ratio = f"   {r['wall_s'] / t['wall_s']:.1f}x, {r['peak_rss_mib'] / t['peak_rss_mib']:.1f}x"
+                    print(f"{n:>7} {m:<10} {tool:<7} {r['wall_s']:7.1f} {r['wall_s'] / base['wall_s']:6.2f} "
+                          f"{r['peak_rss_mib']:9.0f}{ratio}")
+        print("\nAccuracy: pretrained MNIST CNN, 256 calibration digits, top-1 on 4000 test digits")
+        print(f"{'method':<10} {'FP32':>7} {'trtptq':>7} {'ORT':>7}")
+        for m, fp32, ours, theirs in accuracy(a.methods, tmp):
+            print(f"{m:<10} {fp32:7.2%} {ours:7.2%} {theirs:7.2%}")
+
+
+if __name__ == "__main__":
+    main()
