@@ -8,7 +8,10 @@ sharding. That is what makes calibration deterministic and resumable.
 
 from __future__ import annotations
 
+import functools
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +21,22 @@ DEFAULT_NUM_BINS = 2048
 
 class NonFiniteError(ValueError):
     """The batch holds NaN or Inf; the state was left unchanged."""
+
+
+_CHUNK = 1 << 20  # elements per task: temporaries stay in cache, and numpy releases the GIL per chunk
+
+
+@functools.lru_cache(maxsize=1)
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="calib-hist")
+
+
+def _bin_counts(chunk: np.ndarray, inv_width: np.float32, num_bins: int) -> np.ndarray:
+    a = np.abs(chunk, dtype=np.float32)
+    np.multiply(a, inv_width, out=a)
+    idx = a.astype(np.int32)
+    np.minimum(idx, num_bins - 1, out=idx)
+    return np.bincount(idx, minlength=num_bins)
 
 
 def _exponent_for(amax: float, num_bins: int) -> int:
@@ -56,30 +75,29 @@ class AbsHistogram:
             self.counts[: merged.size] = merged
             self.exponent = exponent
 
-    def observe(self, x: np.ndarray, amax: float | None = None) -> None:
-        """Fold one tensor (any shape, finite values) into the histogram."""
-        x = np.asarray(x)
-        if x.size == 0:
+    def observe(self, x: np.ndarray) -> None:
+        """Fold one tensor (any shape) into the histogram; NaN/Inf raise NonFiniteError, leaving it unchanged."""
+        flat = np.asarray(x).ravel()
+        if flat.size == 0:
             return
-        a = np.abs(x.ravel(), dtype=np.float32)
-        amax = float(a.max()) if amax is None else amax
-        if not math.isfinite(amax):
-            raise NonFiniteError(f"{np.isnan(a).sum()} NaN and {np.isinf(a).sum()} Inf values")
-        self.minimum = min(self.minimum, float(x.min()))
-        self.maximum = max(self.maximum, float(x.max()))
-        self.count += a.size
-        if amax > 0:
-            needed = _exponent_for(amax, self.num_bins)
-            if self.exponent is None or needed > self.exponent:
-                self._coarsen_to(needed)
-            # Multiplying by a power of two is exact, so the bin of a value never depends on history.
-            np.multiply(a, np.float32(2.0 ** -self.exponent), out=a)
-            idx = a.astype(np.int32)
-            np.minimum(idx, self.num_bins - 1, out=idx)
-            self.counts += np.bincount(idx, minlength=self.num_bins)
-        else:
-            self.counts[0] += a.size
+        lo, hi = float(flat.min()), float(flat.max())  # NaN propagates through both
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise NonFiniteError(f"{np.isnan(flat).sum()} NaN and {np.isinf(flat).sum()} Inf values")
+        amax = max(-lo, hi)
+        self.minimum, self.maximum = min(self.minimum, lo), max(self.maximum, hi)
+        self.count += flat.size
         self.amax = max(self.amax, amax)
+        if amax == 0:
+            self.counts[0] += flat.size
+            return
+        needed = _exponent_for(amax, self.num_bins)
+        if self.exponent is None or needed > self.exponent:
+            self._coarsen_to(needed)
+        # Multiplying by a power of two is exact, so the bin of a value never depends on history.
+        inv_width = np.float32(2.0 ** -self.exponent)
+        chunks = [flat[i:i + _CHUNK] for i in range(0, flat.size, _CHUNK)]
+        for partial in _pool().map(lambda c: _bin_counts(c, inv_width, self.num_bins), chunks):
+            self.counts += partial
 
     def merge(self, other: "AbsHistogram") -> "AbsHistogram":
         """Return the histogram of both data sets (neither input is changed)."""

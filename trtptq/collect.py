@@ -88,7 +88,7 @@ def collect(model: onnx.ModelProto, batches: Batches, calibrators: dict[str, Cal
     total_batches = samples = 0
     with tqdm(desc="calibrating", unit="batch", disable=not show_progress or None) as bar:
         for k, group in enumerate(groups):
-            sess = session(with_outputs(model, group), providers=providers)
+            sess = session(with_outputs(model, group), providers=providers, many_outputs=True)
             bar.set_description(f"calibrating (pass {k + 1}/{len(groups)})" if len(groups) > 1 else "calibrating")
             n_batches = n_samples = 0
             for batch in batches:
