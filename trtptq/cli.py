@@ -145,6 +145,36 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_build(a: argparse.Namespace) -> int:
+    from . import model as model_io
+    from .build import BuildOptions, build_engine, parse_shapes
+    from .fileio import check_writable
+
+    opts = BuildOptions(backend=a.backend, fp16=a.fp16, keep_fp32=tuple(a.keep_fp32),
+                        profiles=[parse_shapes(s) for s in a.shapes], workspace=a.workspace,
+                        optimization_level=a.optimization_level, timing_cache=a.timing_cache,
+                        plugins=tuple(a.plugins), compute_capabilities=tuple(a.compute_capability),
+                        show_progress=not a.no_progress, verbose=a.verbose)
+    source = a.model
+    if a.int8:
+        from .ptq import quantize
+
+        if not a.data and not a.ranges:
+            raise TrtptqError("--int8 needs --data (to calibrate) or --ranges")
+        check_writable(a.output)
+        result = quantize(a.model, data=a.data, ranges=a.ranges, options=_quantize_options(a),
+                          calibration=_calibration_options(a))
+        source = a.save_onnx or str(a.output) + ".int8.onnx"
+        model_io.save(result.model, source)
+        print(f"Q/DQ model ({result.ranges.method}) -> {source}")
+    report = build_engine(source, a.output, opts)
+    print(f"engine ({report.backend} {report.backend_version}, {report.build_seconds:.1f} s, "
+          f"{report.engine_bytes / 2**20:.1f} MiB) -> {report.engine}")
+    print(f"precision: {report.summary()}")
+    print(f"build report -> {report.engine}.json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -169,6 +199,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     _add_quantize_args(p)
     p.set_defaults(func=_cmd_quantize)
+
+    p = sub.add_parser("build", help="build a TensorRT engine (FP32, Q/DQ INT8, FP16 mixed precision)")
+    p.add_argument("model", help="ONNX model: FP32, or the Q/DQ model from `trtptq quantize`")
+    p.add_argument("-o", "--output", required=True, help="engine file to write (+ OUTPUT.json build report)")
+    p.add_argument("--backend", choices=("tensorrt", "tensorrt_rtx"),
+                   help="default: tensorrt if installed, else tensorrt_rtx (or $TRTPTQ_BACKEND)")
+    p.add_argument("--fp16", action="store_true", help="FP16 wherever it is safe (I/O and sensitive ops stay FP32)")
+    p.add_argument("--keep-fp32", nargs="+", default=[], metavar="NODE|OP", help="nodes or op types kept FP32 with --fp16")
+    p.add_argument("--shapes", action="append", default=[], metavar="NAME:MIN/OPT/MAX,...",
+                   help="an optimization profile, e.g. input:1x3x224x224/8x3x224x224/32x3x224x224; repeat for more")
+    p.add_argument("--workspace", type=_size, help="workspace memory limit, e.g. 2G")
+    p.add_argument("--optimization-level", type=int, choices=range(6), help="builder optimization level 0-5")
+    p.add_argument("--timing-cache", help="timing cache file: read if present, written after the build")
+    p.add_argument("--plugins", nargs="+", default=[], metavar="LIB", help="TensorRT plugin libraries to load")
+    p.add_argument("--compute-capability", nargs="+", default=[], metavar="CC",
+                   help="TensorRT-RTX target GPUs, e.g. 7.5 8.6 8.9 12.0 (default: RTX's portable set)")
+    p.add_argument("--verbose", action="store_true", help="TensorRT's verbose log")
+    p.add_argument("--int8", action="store_true", help="calibrate and quantize first (needs --data or --ranges)")
+    p.add_argument("--ranges", help="with --int8: ranges from `trtptq calibrate` instead of --data")
+    p.add_argument("--save-onnx", help="with --int8: where the Q/DQ model goes (default OUTPUT.int8.onnx)")
+    _add_data_args(p)
+    _add_quantize_args(p)
+    p.set_defaults(func=_cmd_build)
 
     p = sub.add_parser("demo", help="quantize a pretrained MNIST CNN on real digits and compare accuracy")
     p.add_argument("--out", default="trtptq-demo", help="output folder (default trtptq-demo)")

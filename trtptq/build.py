@@ -1,0 +1,293 @@
+"""Step 3: parse an ONNX model into a TensorRT network and build a serialized engine, with a JSON report.
+
+Strongly typed TensorRT (11, TensorRT-RTX) takes INT8 from Q/DQ and FP16 from
+the graph's types (see fp16.py); TensorRT <= 10 gets the same options as
+builder flags and per-layer precision.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import pathlib
+import re
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+from tqdm import tqdm
+
+from . import fileio
+from . import model as model_io
+from .errors import ModelError, TrtptqError
+from .trt import Backend, get_backend
+
+Shape = tuple[int, ...]
+Profile = dict[str, tuple[Shape, Shape, Shape]]  # input -> (min, opt, max)
+WEIGHTED_LAYERS = ("CONVOLUTION", "DECONVOLUTION", "MATRIX_MULTIPLY")
+
+
+@dataclass
+class BuildOptions:
+    """How to build. Defaults: FP32 (or the Q/DQ model's INT8), TensorRT's own limits."""
+
+    backend: str | None = None  # tensorrt | tensorrt_rtx; None: auto
+    fp16: bool = False
+    keep_fp32: tuple[str, ...] = ()  # node names, globs or op types kept in FP32 under --fp16
+    profiles: list[Profile] = field(default_factory=list)  # one per optimization profile
+    workspace: int | None = None  # bytes
+    optimization_level: int | None = None  # 0..5
+    timing_cache: str | None = None  # loaded if it exists, saved after the build
+    plugins: tuple[str, ...] = ()  # plugin libraries (.so)
+    compute_capabilities: tuple[str, ...] = ()  # TensorRT-RTX targets, e.g. ("8.6", "8.9")
+    show_progress: bool = True
+    verbose: bool = False
+
+
+def parse_shapes(text: str) -> Profile:
+    """'input:1x3x224x224/8x3x224x224/32x3x224x224,mask:1x8' -> profile (one shape = min = opt = max)."""
+    profile: Profile = {}
+    for item in filter(None, text.split(",")):
+        name, sep, dims = item.rpartition(":")
+        shapes = dims.split("/")
+        if not sep or len(shapes) not in (1, 3) or not all(re.fullmatch(r"\d+(x\d+)*", s) for s in shapes):
+            raise TrtptqError(f"bad --shapes entry {item!r}: use name:MIN/OPT/MAX with shapes like 1x3x224x224")
+        parsed = [tuple(int(d) for d in s.split("x")) for s in shapes]
+        lo, opt, hi = parsed * 3 if len(parsed) == 1 else parsed
+        if not (len(lo) == len(opt) == len(hi)) or any(not a <= b <= c for a, b, c in zip(lo, opt, hi)):
+            raise TrtptqError(f"bad --shapes entry {item!r}: need min <= opt <= max in every dimension")
+        profile[name] = (lo, opt, hi)
+    return profile
+
+
+@dataclass
+class BuildReport:
+    engine: str
+    backend: str
+    backend_version: str
+    trtptq_version: str
+    strongly_typed: bool
+    precision: dict[str, dict[str, int]]  # layer kind -> precision -> count
+    inputs: list[dict]
+    outputs: list[dict]
+    profiles: list[dict]
+    fp16_kept_fp32: dict[str, str]
+    compute_capabilities: list[str]
+    build_seconds: float
+    engine_bytes: int
+    onnx_bytes: int
+    timing_cache: str | None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    def summary(self) -> str:
+        rows = [f"{kind}: " + ", ".join(f"{n} {p}" for p, n in sorted(c.items())) for kind, c in self.precision.items()]
+        return "; ".join(rows) or "no Conv/MatMul/Gemm layers"
+
+
+class _Progress:
+    """TensorRT's IProgressMonitor shown as tqdm bars, one per top-level build phase."""
+
+    def __new__(cls, backend: Backend, enabled: bool):
+        base = backend.trt.IProgressMonitor
+
+        class Monitor(base):
+            def __init__(self):
+                base.__init__(self)
+                self.bars: dict[str, tqdm] = {}
+
+            def phase_start(self, phase_name, parent_phase, num_steps):
+                if parent_phase is None:
+                    self.bars[phase_name] = tqdm(total=num_steps, desc=phase_name, unit="step", leave=False,
+                                                 disable=not enabled or None)
+
+            def step_complete(self, phase_name, step):
+                if phase_name in self.bars:
+                    self.bars[phase_name].update(1)
+                return True  # False would cancel the build
+
+            def phase_finish(self, phase_name):
+                bar = self.bars.pop(phase_name, None)
+                if bar is not None:
+                    bar.close()
+
+        return Monitor()
+
+
+def build_engine(model_path: str | os.PathLike, output: str | os.PathLike,
+                 options: BuildOptions | None = None) -> BuildReport:
+    """Build `model_path` into a serialized engine at `output` (+ `output`.json report), atomically."""
+    from . import __version__
+
+    opts = options or BuildOptions()
+    backend = get_backend(opts.backend)
+    model_path, output = pathlib.Path(model_path), pathlib.Path(output)
+    report_path = output.with_name(output.name + ".json")
+    for path in (output, report_path, opts.timing_cache):
+        if path:
+            fileio.check_writable(path)
+    proto = model_io.load(model_path)
+    has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node)
+    kept: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="trtptq-build-") as tmp:
+        source = model_path
+        if opts.fp16 and backend.strongly_typed_only:
+            from .fp16 import to_fp16
+
+            converted = to_fp16(proto, opts.keep_fp32)
+            kept = converted.kept_fp32
+            source = model_io.save(converted.model, pathlib.Path(tmp) / "model.fp16.onnx")
+        trt = backend.trt
+        logger = backend.logger(opts.verbose)
+        builder = trt.Builder(logger)
+        _load_plugins(backend, builder, opts.plugins)
+        network = builder.create_network(0)
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse_from_file(str(source)):
+            raise ModelError(_parse_errors(parser, model_path))
+        config = builder.create_builder_config()
+        _configure(backend, builder, network, config, opts, has_qdq, proto)
+        cache = _load_timing_cache(config, opts.timing_cache)
+        precision = _precision_summary(network)
+        io = [_tensor_info(network.get_input(i), True) for i in range(network.num_inputs)]
+        io += [_tensor_info(network.get_output(i), False) for i in range(network.num_outputs)]
+        start = time.perf_counter()
+        serialized = builder.build_serialized_network(network, config)
+        seconds = time.perf_counter() - start
+        if serialized is None:
+            raise TrtptqError(f"TensorRT could not build {model_path}; its log above says why "
+                              "(run with --verbose for more).")
+        data = bytes(serialized)
+    fileio.write_bytes(output, data)
+    if opts.timing_cache:
+        fileio.write_bytes(opts.timing_cache, bytes(config.get_timing_cache().serialize()))
+    report = BuildReport(
+        engine=str(output), backend=backend.name, backend_version=backend.version, trtptq_version=__version__,
+        strongly_typed=backend.strongly_typed_only, precision=precision,
+        inputs=[t for t in io if t["input"]], outputs=[t for t in io if not t["input"]],
+        profiles=[{k: [list(s) for s in v] for k, v in p.items()} for p in _profiles_used(network, opts)],
+        fp16_kept_fp32=kept, compute_capabilities=list(opts.compute_capabilities), build_seconds=round(seconds, 3),
+        engine_bytes=len(data), onnx_bytes=model_path.stat().st_size,
+        timing_cache=str(opts.timing_cache) if opts.timing_cache else None)
+    del cache
+    fileio.write_text(report_path, report.to_json() + "\n")
+    return report
+
+
+def _load_plugins(backend: Backend, builder, libraries) -> None:
+    registry = builder.get_plugin_registry()
+    for lib in libraries:
+        if not os.path.isfile(lib):
+            raise TrtptqError(f"plugin library {lib} does not exist.")
+        if registry.load_library(str(lib)) is None:
+            raise TrtptqError(f"TensorRT could not load plugin library {lib} (built for another TensorRT?).")
+
+
+def _parse_errors(parser, path: pathlib.Path) -> str:
+    lines = []
+    for i in range(parser.num_errors):
+        e = parser.get_error(i)
+        where = f"node {e.node_name()!r} ({e.node_operator()})" if e.node_name() or e.node_operator() else "the model"
+        lines.append(f"{where}: {e.desc()}")
+    return f"TensorRT cannot parse {path}: " + "; ".join(lines or ["no error reported"])
+
+
+def _configure(backend: Backend, builder, network, config, opts: BuildOptions, has_qdq: bool, proto) -> None:
+    trt = backend.trt
+    if opts.workspace:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace)
+    if opts.optimization_level is not None:
+        config.builder_optimization_level = opts.optimization_level
+    if opts.compute_capabilities:
+        if not backend.has_compute_capabilities:
+            raise TrtptqError(f"{backend.name} has no compute-capability targets; they are a TensorRT-RTX option.")
+        config.num_compute_capabilities = len(opts.compute_capabilities)
+        for i, cc in enumerate(opts.compute_capabilities):
+            sm = getattr(trt.ComputeCapability, "SM" + cc.replace(".", ""), None)
+            if sm is None:
+                choices = [c[2:] for c in dir(trt.ComputeCapability) if c.startswith("SM")]
+                raise TrtptqError(f"unknown compute capability {cc}; {backend.name} knows {', '.join(choices)}")
+            config.set_compute_capability(sm, i)
+    if hasattr(config, "progress_monitor"):
+        config.progress_monitor = _Progress(backend, opts.show_progress)
+    if not backend.strongly_typed_only:  # TensorRT <= 10: precision by flags
+        if has_qdq:
+            config.set_flag(trt.BuilderFlag.INT8)
+        if opts.fp16:
+            config.set_flag(trt.BuilderFlag.FP16)
+            _keep_layers_fp32(trt, network, config, opts.keep_fp32, proto)
+    for profile in _profiles_used(network, opts):
+        p = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in profile.items():
+            p.set_shape(name, lo, opt, hi)
+        config.add_optimization_profile(p)
+
+
+def _keep_layers_fp32(trt, network, config, patterns, proto) -> None:
+    ops = {n.name: n.op_type for n in proto.graph.node}
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if ops.get(layer.name) in patterns or any(fnmatch.fnmatchcase(layer.name, p) for p in patterns):
+            layer.precision = trt.float32
+    config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+
+
+def _profiles_used(network, opts: BuildOptions) -> list[Profile]:
+    """The user's profiles, checked against the network; dynamic inputs left out get 1 in every dynamic dim."""
+    inputs = {network.get_input(i).name: tuple(network.get_input(i).shape) for i in range(network.num_inputs)}
+    dynamic = {n: s for n, s in inputs.items() if any(d < 0 for d in s)}
+    profiles = []
+    for given in opts.profiles or ([{}] if dynamic else []):
+        unknown = set(given) - set(inputs)
+        if unknown:
+            raise TrtptqError(f"--shapes names {', '.join(sorted(unknown))}, but the network's inputs are "
+                              f"{', '.join(inputs)}.")
+        profile = dict(given)
+        for name, dims in dynamic.items():
+            if name not in profile:
+                one = tuple(1 if d < 0 else d for d in dims)
+                profile[name] = (one, one, one)
+        for name, shapes in profile.items():
+            for shape in shapes:
+                if len(shape) != len(inputs[name]) or any(d >= 0 and d != s for d, s in zip(inputs[name], shape)):
+                    raise TrtptqError(f"--shapes {name}: {'x'.join(map(str, shape))} does not fit the input's "
+                                      f"shape {inputs[name]} (-1 = dynamic).")
+        profiles.append(profile)
+    return profiles
+
+
+def _load_timing_cache(config, path: str | None):
+    data = pathlib.Path(path).read_bytes() if path and os.path.isfile(path) else b""
+    cache = config.create_timing_cache(data)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    return cache
+
+
+def _precision_summary(network) -> dict[str, dict[str, int]]:
+    """Per weighted layer kind, how many run INT8 (fed by DequantizeLinear), FP16 or FP32 (by input type)."""
+    producers = {}
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        for k in range(layer.num_outputs):
+            producers[layer.get_output(k).name] = layer
+    counts: dict[str, Counter] = {}
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        kind = layer.type.name
+        if kind not in WEIGHTED_LAYERS:
+            continue
+        data = layer.get_input(0)
+        source = producers.get(data.name)
+        if source is not None and source.type.name == "DEQUANTIZE":
+            precision = "INT8"
+        else:
+            precision = {"HALF": "FP16", "BF16": "BF16", "FLOAT": "FP32"}.get(data.dtype.name, data.dtype.name)
+        counts.setdefault(kind, Counter())[precision] += 1
+    return {k: dict(v) for k, v in counts.items()}
+
+
+def _tensor_info(t, is_input: bool) -> dict:
+    return {"name": t.name, "dtype": t.dtype.name, "shape": list(t.shape), "input": is_input}

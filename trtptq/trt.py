@@ -1,0 +1,83 @@
+"""The one TensorRT seam: which TensorRT to use and what it supports. Nothing else imports TensorRT.
+
+Auto order: `tensorrt` if importable, else `tensorrt_rtx` (TensorRT-RTX builds
+engines ahead of time on a machine without a GPU). Override with the `backend`
+argument, `--backend`, or TRTPTQ_BACKEND=tensorrt|tensorrt_rtx.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from dataclasses import dataclass
+from types import ModuleType
+
+from .errors import TrtptqError
+
+BACKENDS = ("tensorrt", "tensorrt_rtx")
+ENV_VAR = "TRTPTQ_BACKEND"
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    trt: ModuleType
+
+    @property
+    def version(self) -> str:
+        return self.trt.__version__
+
+    @property
+    def major(self) -> int:
+        return int(self.version.split(".")[0])
+
+    @property
+    def is_rtx(self) -> bool:
+        return self.name == "tensorrt_rtx"
+
+    @property
+    def strongly_typed_only(self) -> bool:
+        """TensorRT 11 and TensorRT-RTX take precision from the network's types alone."""
+        return self.is_rtx or not hasattr(self.trt.BuilderFlag, "INT8")
+
+    @property
+    def has_implicit_int8(self) -> bool:
+        """TensorRT <= 10: IInt8Calibrator classes and BuilderFlag.INT8 still exist."""
+        return hasattr(self.trt, "IInt8EntropyCalibrator2") and hasattr(self.trt.BuilderFlag, "INT8")
+
+    @property
+    def has_compute_capabilities(self) -> bool:
+        return hasattr(self.trt, "ComputeCapability")
+
+    @property
+    def cache_version(self) -> int:
+        """The number TensorRT writes in a calibration cache header (10.8.0 -> 100800)."""
+        parts = (self.version.split(".") + ["0", "0"])[:3]
+        return int(parts[0]) * 10000 + int(parts[1]) * 100 + int(parts[2])
+
+    def logger(self, verbose: bool = False):
+        trt = self.trt
+        return trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
+
+
+@functools.lru_cache(maxsize=None)
+def _import(name: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def get_backend(name: str | None = None) -> Backend:
+    """The TensorRT module to build with: `name`, else $TRTPTQ_BACKEND, else the first importable of BACKENDS."""
+    name = name or os.environ.get(ENV_VAR) or None
+    if name not in (None, *BACKENDS):
+        raise TrtptqError(f"unknown TensorRT backend {name!r}; use one of {', '.join(BACKENDS)}")
+    for candidate in [name] if name else BACKENDS:
+        module = _import(candidate)
+        if module is not None:
+            return Backend(candidate, module)
+    wanted = name or " or ".join(BACKENDS)
+    raise TrtptqError(f"TensorRT is not installed ({wanted} cannot be imported). Install it with "
+                      "pip install 'trtptq[rtx]' (TensorRT-RTX, builds on any machine) or 'trtptq[trt]'.")
