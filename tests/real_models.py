@@ -60,7 +60,7 @@ def build_minilm(model_dir: pathlib.Path, heads: int = 12) -> onnx.ModelProto:
     seq = node("Gather", [node("Shape", ["input_ids"], "emb/shape"), const("one", np.array(1, np.int64))], "emb/seq_len", axis=0)
     seq1 = node("Unsqueeze", [seq, const("axes0", np.array([0], np.int64))], "emb/seq_len_1d")
     pos = node("Slice", [const("pos_emb", w["embeddings.position_embeddings.weight"]),
-                         const("zero_1d", np.array([0], np.int64)), seq1], "emb/pos")
+                         const("zero_1d", np.array([0], np.int64)), seq1, "zero_1d"], "emb/pos")
     summed = node("Add", [node("Add", [words, pos], "emb/add_pos"),
                           const("type0", w["embeddings.token_type_embeddings.weight"][0])], "emb/add_type")
     h = layer_norm(summed, "embeddings.LayerNorm", "emb/LayerNorm")

@@ -14,6 +14,7 @@ import pathlib
 import re
 import tempfile
 import time
+import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
@@ -150,7 +151,12 @@ def build_engine(model_path: str | os.PathLike, output: str | os.PathLike,
             raise ModelError(_parse_errors(parser, model_path))
         config = builder.create_builder_config()
         _configure(backend, builder, network, config, opts, has_qdq, proto)
-        cache = _load_timing_cache(config, opts.timing_cache)
+        timing_cache = opts.timing_cache
+        if timing_cache and backend.is_rtx:
+            warnings.warn("TensorRT-RTX has no timing cache (its tactics are chosen at run time); "
+                          "--timing-cache is ignored", stacklevel=2)
+            timing_cache = None
+        cache = _load_timing_cache(config, timing_cache) if timing_cache else None
         precision = _precision_summary(network)
         io = [_tensor_info(network.get_input(i), True) for i in range(network.num_inputs)]
         io += [_tensor_info(network.get_output(i), False) for i in range(network.num_outputs)]
@@ -162,8 +168,8 @@ def build_engine(model_path: str | os.PathLike, output: str | os.PathLike,
                               "(run with --verbose for more).")
         data = bytes(serialized)
     fileio.write_bytes(output, data)
-    if opts.timing_cache:
-        fileio.write_bytes(opts.timing_cache, bytes(config.get_timing_cache().serialize()))
+    if cache is not None:
+        fileio.write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
     report = BuildReport(
         engine=str(output), backend=backend.name, backend_version=backend.version, trtptq_version=__version__,
         strongly_typed=backend.strongly_typed_only, precision=precision,
@@ -171,8 +177,7 @@ def build_engine(model_path: str | os.PathLike, output: str | os.PathLike,
         profiles=[{k: [list(s) for s in v] for k, v in p.items()} for p in _profiles_used(network, opts)],
         fp16_kept_fp32=kept, compute_capabilities=list(opts.compute_capabilities), build_seconds=round(seconds, 3),
         engine_bytes=len(data), onnx_bytes=model_path.stat().st_size,
-        timing_cache=str(opts.timing_cache) if opts.timing_cache else None)
-    del cache
+        timing_cache=str(timing_cache) if timing_cache else None)
     fileio.write_text(report_path, report.to_json() + "\n")
     return report
 

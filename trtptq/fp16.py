@@ -34,12 +34,55 @@ class FP16Result:
     kept_fp32: dict[str, str]  # node -> why it stays FP32
 
 
+def _with_node_names(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The converter keeps nodes in FP32 by name: give unnamed nodes one (on a copy)."""
+    if all(n.name for n in model.graph.node):
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    taken = {n.name for n in out.graph.node}
+    for i, n in enumerate(out.graph.node):
+        if not n.name:
+            n.name = next(c for c in (f"{n.op_type}_{i}", *(f"{n.op_type}_{i}_{k}" for k in range(1, 1000))) if c not in taken)
+            taken.add(n.name)
+    return out
+
+
+def _unshare_initializers(model: onnx.ModelProto, kept: set[str]) -> onnx.ModelProto:
+    """Give FP32-kept nodes their own copy of float initializers they share with converted nodes.
+
+    The converter types a shared initializer once, so one side would see the wrong type.
+    """
+    float_inits = {i.name: i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    users: dict[str, set[bool]] = {}
+    for n in model.graph.node:
+        for name in n.input:
+            if name in float_inits:
+                users.setdefault(name, set()).add(n.name in kept)
+    shared = {name for name, sides in users.items() if len(sides) == 2}
+    if not shared:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for name in sorted(shared):
+        copy = out.graph.initializer.add()
+        copy.CopyFrom(float_inits[name])
+        copy.name = f"{name}_fp32"
+    for n in out.graph.node:
+        if n.name in kept:
+            for k, name in enumerate(n.input):
+                if name in shared:
+                    n.input[k] = f"{name}_fp32"
+    return out
+
+
 def to_fp16(model: onnx.ModelProto, keep_fp32: tuple[str, ...] = (), keep_sensitive: bool = True) -> FP16Result:
     """Convert to FP16 (I/O stays FP32); `keep_fp32` holds node names, globs or op types kept in FP32."""
     from onnxconverter_common import float16
 
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
         model = ensure_opset(model, QDQ_FP16_OPSET)
+    model = _with_node_names(model)
     big = {i.name for i in model.graph.initializer
            if i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
            and np.abs(numpy_helper.to_array(i)).max(initial=0) > FP16_MAX}
@@ -53,10 +96,10 @@ def to_fp16(model: onnx.ModelProto, keep_fp32: tuple[str, ...] = (), keep_sensit
             kept[n.name] = f"{n.op_type} is sensitive to FP16 range/precision"
         elif big & set(n.input):
             kept[n.name] = "uses constants beyond the FP16 range"
-    unnamed = [n for n in model.graph.node if not n.name]
-    if unnamed:
-        raise ModelError(f"{len(unnamed)} nodes have no name; FP16 conversion needs node names "
-                         "(onnx-graphsurgeon or onnxsim can name them).")
+        elif n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in n.attribute):
+            # The converter leaves explicit casts to FP32 alone; kept, their consumers get a cast to FP16.
+            kept[n.name] = "explicit Cast to FP32"
+    model = _unshare_initializers(model, set(kept))
     try:
         converted = float16.convert_float_to_float16(
             model, keep_io_types=True, max_finite_val=FP16_MAX, min_positive_val=2.0**-24,

@@ -1,0 +1,48 @@
+"""End-user script: FP32 ONNX + calibration data -> Q/DQ model -> TensorRT engine -> INT8 vs FP32 check.
+
+    python scripts/build_engine.py model.onnx calib.npz out/ --method entropy --fp16 \\
+        --shapes input:1x3x224x224/8x3x224x224/32x3x224x224
+
+Each step is the library call the CLI makes (trtptq.quantize, trtptq.build.build_engine), so this is
+also the template for scripting your own pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+from trtptq import CalibrationOptions, TrtptqError, quantize
+from trtptq import model as model_io
+from trtptq.build import BuildOptions, build_engine, parse_shapes
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model")
+    p.add_argument("data", help=".npz, folder, or load_data() script")
+    p.add_argument("out_dir")
+    p.add_argument("--method", default="entropy")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--fp16", action="store_true")
+    p.add_argument("--shapes", action="append", default=[])
+    p.add_argument("--backend")
+    a = p.parse_args()
+    out = pathlib.Path(a.out_dir)
+    try:
+        result = quantize(a.model, data=a.data, calibration=CalibrationOptions(method=a.method, batch_size=a.batch_size))
+        model_io.save(result.model, out / "model.int8.onnx")
+        result.ranges.save(out / "ranges.json")
+        result.ranges.save_trt_cache(out / "calibration.cache")
+        report = build_engine(out / "model.int8.onnx", out / "model.engine",
+                              BuildOptions(backend=a.backend, fp16=a.fp16, profiles=[parse_shapes(s) for s in a.shapes]))
+    except TrtptqError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{report.engine}: {report.summary()} ({report.backend} {report.backend_version})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

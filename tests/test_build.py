@@ -1,0 +1,175 @@
+"""Real TensorRT-RTX engine builds on the CPU (ahead of time): CNN and attention, FP32/FP16/INT8, static/dynamic."""
+
+import json
+import os
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from conftest import float_input
+from trtptq import model as model_io
+from trtptq.build import BuildOptions, build_engine, parse_shapes
+from trtptq.errors import ModelError, TrtptqError
+from trtptq.fp16 import to_fp16
+from trtptq.ptq import CalibrationOptions, quantize
+from trtptq.runtime_ort import session
+from trtptq.trt import get_backend
+
+pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed: pip install 'trtptq[rtx]'")
+pytestmark = pytest.mark.filterwarnings("ignore:the float32 number:UserWarning")  # onnxconverter-common's FP16 notes
+
+MNIST_SHAPES = "input:1x1x28x28/8x1x28x28/32x1x28x28"
+TEXT_SHAPES = "input_ids:1x8/4x64/8x128,attention_mask:1x8/4x64/8x128"
+
+
+def _opts(**kw):
+    return BuildOptions(backend="tensorrt_rtx", show_progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def mnist_int8(mnist, tmp_path_factory):
+    path, images, _ = mnist
+    out = tmp_path_factory.mktemp("q") / "mnist.int8.onnx"
+    model_io.save(quantize(path, data=[{"input": images[:128]}],
+                           calibration=CalibrationOptions(method="mse", batch_size=32, show_progress=False)).model, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def minilm_files(minilm, tmp_path_factory):
+    model, model_dir = minilm
+    import real_models
+
+    tmp = tmp_path_factory.mktemp("minilm")
+    model_io.save(model, tmp / "fp32.onnx")
+    calib = real_models.encode(model_dir, [t for f in real_models.CALIBRATION_FILES for t in real_models.read_fortunes(f, 8)])
+    q = quantize(model, data=[calib], calibration=CalibrationOptions(method="mse", batch_size=16, show_progress=False))
+    model_io.save(q.model, tmp / "int8.onnx")
+    return tmp / "fp32.onnx", tmp / "int8.onnx"
+
+
+@pytest.mark.parametrize("which, fp16, expect", [
+    ("fp32", False, {"CONVOLUTION": {"FP32": 2}, "MATRIX_MULTIPLY": {"FP32": 2}}),
+    ("fp32", True, {"CONVOLUTION": {"FP16": 2}, "MATRIX_MULTIPLY": {"FP16": 2}}),
+    ("int8", False, {"CONVOLUTION": {"INT8": 2}, "MATRIX_MULTIPLY": {"INT8": 2}}),
+    ("int8", True, {"CONVOLUTION": {"INT8": 2}, "MATRIX_MULTIPLY": {"INT8": 2}}),
+])
+def test_cnn_engines(mnist, mnist_int8, tmp_path, which, fp16, expect):
+    source = mnist[0] if which == "fp32" else mnist_int8
+    engine = tmp_path / "m.engine"
+    report = build_engine(source, engine, _opts(fp16=fp16, profiles=[parse_shapes(MNIST_SHAPES)]))
+    assert report.precision == expect
+    assert engine.stat().st_size == report.engine_bytes > 100_000
+    saved = json.loads((tmp_path / "m.engine.json").read_text())
+    assert saved["backend"] == "tensorrt_rtx" and saved["strongly_typed"] is True
+    assert saved["inputs"] == [{"name": "input", "dtype": "FLOAT", "shape": [-1, 1, 28, 28], "input": True}]
+    assert saved["profiles"] == [{"input": [[1, 1, 28, 28], [8, 1, 28, 28], [32, 1, 28, 28]]}]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.engine", "m.engine.json"]
+
+
+def test_static_shape_engine(mnist, tmp_path):
+    static = model_io.load(mnist[0])
+    static.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4
+    model_io.save(static, tmp_path / "static.onnx")
+    report = build_engine(tmp_path / "static.onnx", tmp_path / "s.engine", _opts())
+    assert report.inputs[0]["shape"] == [4, 1, 28, 28] and report.profiles == []
+
+
+def test_attention_engines(minilm_files, tmp_path):
+    fp32, int8 = minilm_files
+    profiles = [parse_shapes(TEXT_SHAPES), parse_shapes("input_ids:1x128,attention_mask:1x128")]
+    r16 = build_engine(fp32, tmp_path / "fp16.engine", _opts(fp16=True, profiles=profiles))
+    assert r16.precision == {"MATRIX_MULTIPLY": {"FP16": 48}}
+    assert len(r16.profiles) == 2
+    assert any("LayerNormalization" in why for why in r16.fp16_kept_fp32.values())
+    r8 = build_engine(int8, tmp_path / "int8.engine", _opts(fp16=True, profiles=profiles[:1]))
+    assert r8.precision == {"MATRIX_MULTIPLY": {"INT8": 48}}
+    assert r8.engine_bytes < r16.engine_bytes * 0.85  # int8 MatMul weights (the embedding table stays FP16)
+
+
+def test_fp16_model_matches_fp32_in_onnx_runtime(minilm, topics):
+    model, model_dir = minilm
+    import real_models
+
+    feeds = real_models.encode(model_dir, topics[0][:64])
+    converted = to_fp16(model, keep_fp32=("layer5/*",))
+    assert converted.kept_fp32["layer5/q/MatMul"] == "kept by the user"
+    ref = session(model).run(None, feeds)[0]
+    out = session(converted.model).run(None, feeds)[0]
+    assert out.dtype == np.float32  # I/O stays FP32
+    assert (np.sum(ref * out, axis=1) / np.linalg.norm(out, axis=1)).min() > 0.9999
+
+
+def test_timing_cache_is_ignored_by_tensorrt_rtx(mnist, tmp_path):
+    cache = tmp_path / "timing.cache"
+    with pytest.warns(UserWarning, match="TensorRT-RTX has no timing cache"):
+        report = build_engine(mnist[0], tmp_path / "a.engine", _opts(timing_cache=str(cache)))
+    assert report.timing_cache is None and not cache.exists()
+
+
+def test_compute_capability_targets(mnist, tmp_path):
+    report = build_engine(mnist[0], tmp_path / "t.engine", _opts(fp16=True, compute_capabilities=("7.5",)))
+    assert report.compute_capabilities == ["7.5"]
+    # Turing runs no FP32 GEMM in TensorRT-RTX: the build fails, and says so.
+    with pytest.raises(TrtptqError, match="could not build"):
+        build_engine(mnist[0], tmp_path / "f.engine", _opts(compute_capabilities=("7.5",)))
+    assert not (tmp_path / "f.engine").exists()
+    with pytest.raises(TrtptqError, match="unknown compute capability 9.9"):
+        build_engine(mnist[0], tmp_path / "u.engine", _opts(compute_capabilities=("9.9",)))
+
+
+def test_parse_errors_name_the_node(tmp_path):
+    graph = helper.make_graph([helper.make_node("NoSuchPlugin", ["x"], ["y"], name="mystery", domain="acme")], "g",
+                              [float_input("x", [1, 4])], [float_input("y", [1, 4])])
+    plugin = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("acme", 1)])
+    onnx.save(plugin, tmp_path / "plugin.onnx")
+    with pytest.raises(ModelError, match=r"cannot parse .*plugin.onnx: node 'mystery' \(NoSuchPlugin\)"):
+        build_engine(tmp_path / "plugin.onnx", tmp_path / "p.engine", _opts())
+    assert not (tmp_path / "p.engine").exists()
+
+
+@pytest.mark.parametrize("shapes, message", [
+    ("input:1x1x28x28/8x1x28x28", "use name:MIN/OPT/MAX"),
+    ("input:8x1x28x28/1x1x28x28/32x1x28x28", "min <= opt <= max"),
+    ("image:1x1x28x28", "the network's inputs are input"),
+    ("input:1x3x28x28", "does not fit the input's shape"),
+])
+def test_bad_shapes(mnist, tmp_path, shapes, message):
+    with pytest.raises(TrtptqError, match=message):
+        build_engine(mnist[0], tmp_path / "x.engine", _opts(profiles=[parse_shapes(shapes)]))
+
+
+def test_backend_choice(monkeypatch):
+    assert get_backend("tensorrt_rtx").is_rtx
+    monkeypatch.setenv("TRTPTQ_BACKEND", "tensorrt_rtx")
+    backend = get_backend()
+    assert backend.name == "tensorrt_rtx" and backend.strongly_typed_only and not backend.has_implicit_int8
+    with pytest.raises(TrtptqError, match="unknown TensorRT backend"):
+        get_backend("tensorrt_llm")
+    monkeypatch.setenv("TRTPTQ_BACKEND", "tensorrt")
+    if os.environ.get("TRTPTQ_HAS_FULL_TENSORRT") is None:
+        try:
+            import tensorrt  # noqa: F401
+        except ImportError:
+            with pytest.raises(TrtptqError, match="pip install 'trtptq\\[rtx\\]'"):
+                get_backend()
+
+
+def test_missing_plugin_library(mnist, tmp_path):
+    with pytest.raises(TrtptqError, match="plugin library .*nope.so does not exist"):
+        build_engine(mnist[0], tmp_path / "x.engine", _opts(plugins=(str(tmp_path / "nope.so"),)))
+
+
+def test_cli_one_step_int8_fp16_build(mnist, tmp_path):
+    from test_cli import trtptq
+
+    np.savez(tmp_path / "calib.npz", input=mnist[1][:64])
+    r = trtptq("build", mnist[0], "--int8", "--data", tmp_path / "calib.npz", "--method", "entropy", "--fp16",
+               "--shapes", MNIST_SHAPES, "--backend", "tensorrt_rtx", "-o", tmp_path / "m.engine", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "precision: CONVOLUTION: 2 INT8; MATRIX_MULTIPLY: 2 INT8" in r.stdout
+    assert {p.name for p in tmp_path.iterdir()} == {"calib.npz", "m.engine", "m.engine.json", "m.engine.int8.onnx"}
+    r = trtptq("build", mnist[0], "--shapes", "input:1x1", "-o", tmp_path / "n.engine")
+    assert r.returncode == 2 and "does not fit the input's shape" in r.stderr and "Traceback" not in r.stderr
