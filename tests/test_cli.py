@@ -95,3 +95,10 @@ def test_demo(tmp_path):
     assert set(rows) == {"minmax", "percentile", "entropy", "mse"} and fp32 > 99
     assert max(rows.values()) >= fp32 - 0.2
     assert {p.name for p in (tmp_path / "demo").iterdir()} >= {"model.int8.onnx", "ranges.json", "calibration.cache"}
+    try:
+        import tensorrt_rtx  # noqa: F401
+    except ImportError:
+        assert "engine not built: TensorRT is not installed" in r.stdout
+    else:
+        assert "layer precision: CONVOLUTION: 2 INT8; MATRIX_MULTIPLY: 2 INT8" in r.stdout
+        assert (tmp_path / "demo" / "model.engine").stat().st_size > 100_000

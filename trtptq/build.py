@@ -44,7 +44,7 @@ class BuildOptions:
     plugins: tuple[str, ...] = ()  # plugin libraries (.so)
     compute_capabilities: tuple[str, ...] = ()  # TensorRT-RTX targets, e.g. ("8.6", "8.9")
     show_progress: bool = True
-    verbose: bool = False
+    log_level: str = "warning"  # TensorRT's log: verbose, info, warning, error
 
 
 def parse_shapes(text: str) -> Profile:
@@ -142,7 +142,7 @@ def build_engine(model_path: str | os.PathLike, output: str | os.PathLike,
             kept = converted.kept_fp32
             source = model_io.save(converted.model, pathlib.Path(tmp) / "model.fp16.onnx")
         trt = backend.trt
-        logger = backend.logger(opts.verbose)
+        logger = backend.logger(opts.log_level)
         builder = trt.Builder(logger)
         _load_plugins(backend, builder, opts.plugins)
         network = builder.create_network(0)

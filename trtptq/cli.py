@@ -141,7 +141,14 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     print(f"{'FP32':16s}{demo.fp32_top1:6.2%}")
     for r in demo.rows:
         print(f"{'INT8 ' + r.method:16s}{r.top1:6.2%}{r.agreement:15.2%}")
-    print(f"\nbest INT8 model, ranges and TensorRT calibration cache in {demo.out_dir}/")
+    print(f"\nbest INT8 model ({demo.best}), ranges and TensorRT calibration cache in {demo.out_dir}/")
+    if demo.engine is None:
+        print(f"engine not built: {demo.engine_note}")
+    else:
+        e = demo.engine
+        print(f"engine ({e.backend} {e.backend_version}, INT8 + FP16, batch 1..256): {e.engine} "
+              f"({e.engine_bytes / 2**20:.1f} MiB, built in {e.build_seconds:.1f} s)")
+        print(f"layer precision: {e.summary()}")
     return 0
 
 
@@ -154,7 +161,7 @@ def _cmd_build(a: argparse.Namespace) -> int:
                         profiles=[parse_shapes(s) for s in a.shapes], workspace=a.workspace,
                         optimization_level=a.optimization_level, timing_cache=a.timing_cache,
                         plugins=tuple(a.plugins), compute_capabilities=tuple(a.compute_capability),
-                        show_progress=not a.no_progress, verbose=a.verbose)
+                        show_progress=not a.no_progress, log_level="verbose" if a.verbose else "warning")
     source = a.model
     if a.int8:
         from .ptq import quantize

@@ -43,6 +43,9 @@ class DemoResult:
     rows: list[DemoRow]
     num_eval: int
     out_dir: pathlib.Path
+    best: str  # the method whose model was kept
+    engine: "object | None"  # BuildReport, or None where no TensorRT is installed
+    engine_note: str
 
 
 def run_demo(out_dir: str | pathlib.Path = "trtptq-demo", methods=("minmax", "percentile", "entropy", "mse"),
@@ -74,4 +77,21 @@ def run_demo(out_dir: str | pathlib.Path = "trtptq-demo", methods=("minmax", "pe
     model_io.save(result.model, out_dir / "model.int8.onnx")
     result.ranges.save(out_dir / "ranges.json")
     result.ranges.save_trt_cache(out_dir / "calibration.cache")
-    return DemoResult(top1(fp32_logits, evaluation[1]), rows, len(evaluation[1]), out_dir)
+    engine, note = _build(out_dir, show_progress)
+    return DemoResult(top1(fp32_logits, evaluation[1]), rows, len(evaluation[1]), out_dir, row.method, engine, note)
+
+
+def _build(out_dir: pathlib.Path, show_progress: bool):
+    """Build the INT8 engine (TensorRT-RTX builds without a GPU); without TensorRT, say how to get it."""
+    from .build import BuildOptions, build_engine, parse_shapes
+    from .errors import TrtptqError
+    from .trt import get_backend
+
+    try:
+        get_backend()
+    except TrtptqError as e:
+        return None, str(e)
+    report = build_engine(out_dir / "model.int8.onnx", out_dir / "model.engine",
+                          BuildOptions(fp16=True, profiles=[parse_shapes("input:1x1x28x28/32x1x28x28/256x1x28x28")],
+                                       show_progress=show_progress, log_level="error"))
+    return report, ""

@@ -56,9 +56,10 @@ class Backend:
         parts = (self.version.split(".") + ["0", "0"])[:3]
         return int(parts[0]) * 10000 + int(parts[1]) * 100 + int(parts[2])
 
-    def logger(self, verbose: bool = False):
+    def logger(self, level: str = "warning"):
+        """TensorRT's logger at `level`: verbose, info, warning or error."""
         trt = self.trt
-        return trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
+        return trt.Logger(getattr(trt.Logger, level.upper()))
 
 
 @functools.lru_cache(maxsize=None)
