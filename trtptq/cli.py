@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import pathlib
 import re
 import sys
 from typing import Sequence
@@ -44,6 +45,10 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--nonfinite", choices=("error", "ignore"), default="error",
                    help="NaN/Inf in an activation: stop (default) or calibrate on the finite values")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_image_args(p)
+
+
+def _add_image_args(p: argparse.ArgumentParser) -> None:
     i = p.add_argument_group("image folders")
     i.add_argument("--input-name", help="model input the images feed (default: the only input)")
     i.add_argument("--resize", type=int, help="resize the shorter side to this before the center crop")
@@ -69,12 +74,17 @@ def _add_quantize_args(p: argparse.ArgumentParser) -> None:
                    help="keep activation x activation MatMuls (attention) in float")
 
 
-def _calibration_options(a: argparse.Namespace):
+def _image_options(a: argparse.Namespace):
     from .data import ImageOptions
+
+    return ImageOptions(resize=a.resize, crop=a.crop, mean=a.mean, std=a.std, scale=a.pixel_scale,
+                        channel_order=a.channel_order, layout=a.layout, dtype=a.image_dtype, input_name=a.input_name)
+
+
+def _calibration_options(a: argparse.Namespace):
     from .ptq import CalibrationOptions
 
-    image = ImageOptions(resize=a.resize, crop=a.crop, mean=a.mean, std=a.std, scale=a.pixel_scale,
-                         channel_order=a.channel_order, layout=a.layout, dtype=a.image_dtype, input_name=a.input_name)
+    image = _image_options(a)
     return CalibrationOptions(method=a.method, percentile=a.percentile, num_bins=a.num_bins, batch_size=a.batch_size,
                               num_samples=a.num_samples, memory_budget=a.memory_budget, nonfinite=a.nonfinite,
                               image=image, show_progress=not a.no_progress)
@@ -150,6 +160,43 @@ def _cmd_demo(a: argparse.Namespace) -> int:
               f"({e.engine_bytes / 2**20:.1f} MiB, built in {e.build_seconds:.1f} s)")
         print(f"layer precision: {e.summary()}")
     return 0
+
+
+def _cmd_compare(a: argparse.Namespace) -> int:
+    from .compare import CompareOptions, compare, parse_thresholds
+    from .report import write_report
+
+    if a.report:
+        from .fileio import check_writable
+
+        check_writable(pathlib.Path(a.report) / "report.html")
+    opts = CompareOptions(batch_size=a.batch_size, num_samples=a.num_samples, per_layer=not a.no_per_layer,
+                          fail_below=parse_thresholds(a.fail_below), atol=a.atol, rtol=a.rtol, image=_image_options(a),
+                          show_progress=not a.no_progress)
+    result = compare(a.reference, a.candidates, a.data, opts)
+    _print_comparison(result)
+    if a.report:
+        print(f"report -> {write_report(result, a.report)}")
+    return 0 if result.passed else 1
+
+
+def _print_comparison(result) -> None:
+    for c in result.candidates:
+        print(f"{c.name}: {'PASS' if c.passed else 'FAIL'}")
+        for name, m in c.outputs.items():
+            extra = f", top-1 agreement {m['top1_agreement']:.2%}" if "top1_agreement" in m else ""
+            print(f"  {name}: cosine {m['cosine']:.6f}, SNR {m['snr_db']:.1f} dB, max abs error "
+                  f"{m['max_abs_error']:.4g}{extra}")
+        if c.accuracy:
+            print(f"  task top-1: FP32 {c.accuracy['reference']:.2%}, candidate {c.accuracy['candidate']:.2%}")
+        if c.layers:
+            src = c.error_source
+            print(f"  largest SNR drop: {src.node} ({src.op}) loses {src.drop_db:.1f} dB, {src.snr_db:.1f} dB left")
+        for k in c.checks:
+            if not k["passed"]:
+                print(f"  FAIL {k['metric']} of {k['output']}: {k['value']:.6g} < {k['threshold']}")
+        if c.polygraphy_passed is False:
+            print("  FAIL Polygraphy atol/rtol comparison")
 
 
 def _cmd_build(a: argparse.Namespace) -> int:
@@ -229,6 +276,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     _add_quantize_args(p)
     p.set_defaults(func=_cmd_build)
+
+    p = sub.add_parser("compare", help="compare quantized models with the FP32 baseline; exit 1 if a check fails")
+    p.add_argument("reference", help="FP32 ONNX model")
+    p.add_argument("candidates", nargs="+", help="Q/DQ or FP16 ONNX models (several: compared side by side)")
+    p.add_argument("--data", required=True, help="evaluation data (as --data of calibrate; a 'labels' array adds task top-1)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--num-samples", type=int)
+    p.add_argument("--report", help="folder for report.json, report.md, report.html")
+    p.add_argument("--fail-below", nargs="+", default=[], metavar="METRIC=MIN",
+                   help="e.g. cosine=0.999 snr_db=20 top1_agreement=0.99 accuracy=0.98")
+    p.add_argument("--atol", type=float, help="Polygraphy elementwise check (with --rtol)")
+    p.add_argument("--rtol", type=float)
+    p.add_argument("--no-per-layer", action="store_true", help="outputs only (faster)")
+    p.add_argument("--no-progress", action="store_true")
+    _add_image_args(p)
+    p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("demo", help="quantize a pretrained MNIST CNN on real digits and compare accuracy")
     p.add_argument("--out", default="trtptq-demo", help="output folder (default trtptq-demo)")

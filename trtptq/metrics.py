@@ -1,0 +1,81 @@
+"""Error metrics between a reference tensor and a candidate, streamed over batches (vectorized numpy)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+_EPS = 1e-12
+HIST_SAMPLE = 1_000_000  # error values kept per tensor for histograms
+
+
+@dataclass
+class ErrorStats:
+    """Sums that give every metric at the end; two batches fold in any order."""
+
+    count: int = 0
+    ref_sq: float = 0.0
+    cand_sq: float = 0.0
+    dot: float = 0.0
+    err_sq: float = 0.0
+    abs_err_sum: float = 0.0
+    max_abs_err: float = 0.0
+    rel_err_sum: float = 0.0
+    max_rel_err: float = 0.0
+    top1_same: int = 0
+    top5_hit: int = 0
+    rows: int = 0  # samples scored for top-k (classification-like outputs only)
+    errors: list = field(default_factory=list)  # a sample of signed errors, for plots
+
+    def update(self, ref: np.ndarray, cand: np.ndarray, keep_errors: bool = False) -> None:
+        r = np.asarray(ref, np.float64).ravel()
+        c = np.asarray(cand, np.float64).ravel()
+        if r.shape != c.shape:
+            raise ValueError(f"shapes differ: reference {np.shape(ref)} vs candidate {np.shape(cand)}")
+        err = c - r
+        abs_err = np.abs(err)
+        rel = abs_err / np.maximum(np.abs(r), _EPS)
+        self.count += r.size
+        self.ref_sq += float(r @ r)
+        self.cand_sq += float(c @ c)
+        self.dot += float(r @ c)
+        self.err_sq += float(err @ err)
+        self.abs_err_sum += float(abs_err.sum())
+        self.max_abs_err = max(self.max_abs_err, float(abs_err.max(initial=0)))
+        self.rel_err_sum += float(rel.sum())
+        self.max_rel_err = max(self.max_rel_err, float(rel.max(initial=0)))
+        if np.ndim(ref) == 2 and np.shape(ref)[1] >= 2:  # (batch, classes): logits or probabilities
+            top_ref = np.argmax(ref, axis=1)
+            k = min(5, np.shape(ref)[1])
+            top_cand = np.argpartition(-np.asarray(cand), k - 1, axis=1)[:, :k]
+            self.top1_same += int(np.sum(np.argmax(cand, axis=1) == top_ref))
+            self.top5_hit += int(np.sum(np.any(top_cand == top_ref[:, None], axis=1)))
+            self.rows += len(top_ref)
+        if keep_errors and sum(map(len, self.errors)) < HIST_SAMPLE:
+            self.errors.append(err[:HIST_SAMPLE].astype(np.float32))
+
+    def result(self) -> dict:
+        out = {
+            "max_abs_error": self.max_abs_err,
+            "mean_abs_error": self.abs_err_sum / max(self.count, 1),
+            "max_rel_error": self.max_rel_err,
+            "mean_rel_error": self.rel_err_sum / max(self.count, 1),
+            "cosine": self.dot / math.sqrt(self.ref_sq * self.cand_sq) if self.ref_sq and self.cand_sq else
+            (1.0 if self.ref_sq == self.cand_sq else 0.0),
+            "snr_db": snr_db(self.ref_sq, self.err_sq),
+        }
+        if self.rows:
+            out["top1_agreement"] = self.top1_same / self.rows
+            out["top5_agreement"] = self.top5_hit / self.rows
+        return out
+
+
+def snr_db(signal_sq: float, noise_sq: float) -> float:
+    """10 log10(sum ref^2 / sum err^2); capped at 200 dB for identical tensors."""
+    if noise_sq <= 0:
+        return 200.0
+    if signal_sq <= 0:
+        return -200.0
+    return min(200.0, 10 * math.log10(signal_sq / noise_sq))

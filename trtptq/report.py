@@ -1,0 +1,167 @@
+"""Accuracy reports: report.json for machines, report.md and a self-contained report.html (plots) for people."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import pathlib
+from dataclasses import asdict
+
+import numpy as np
+
+from . import fileio
+from .compare import CompareResult
+
+METRIC_HELP = {
+    "cosine": "cosine similarity of the flattened tensors; 1 = same direction",
+    "snr_db": "10 log10(sum ref^2 / sum (cand - ref)^2): signal over quantization noise, higher is better",
+    "max_abs_error": "largest |cand - ref| over all elements",
+    "mean_abs_error": "mean |cand - ref|",
+    "max_rel_error": "largest |cand - ref| / |ref|",
+    "mean_rel_error": "mean |cand - ref| / |ref|",
+    "top1_agreement": "share of samples where the candidate's top class is FP32's",
+    "top5_agreement": "share of samples where FP32's top class is in the candidate's top 5",
+}
+
+
+def to_dict(result: CompareResult) -> dict:
+    cands = []
+    for c in result.candidates:
+        src = c.error_source
+        cands.append({
+            "name": c.name, "path": c.path, "passed": c.passed, "outputs": c.outputs, "accuracy": c.accuracy,
+            "checks": c.checks, "polygraphy_passed": c.polygraphy_passed,
+            "error_source": asdict(src) if src else None,
+            "worst_layers": [asdict(r) for r in sorted(c.layers, key=lambda r: r.snr_db)[:5]],
+            "layers": [asdict(r) for r in c.layers],
+        })
+    return {"reference": result.reference, "num_samples": result.num_samples, "passed": result.passed,
+            "candidates": cands}
+
+
+def markdown(result: CompareResult, figures: list[tuple[str, str]] = ()) -> str:
+    """The report as Markdown; `figures` are (title, image link) pairs placed after the summary."""
+    lines = [f"# trtptq accuracy report", "", f"Reference: `{result.reference}` (FP32, ONNX Runtime), "
+             f"{result.num_samples} samples. Verdict: **{'PASS' if result.passed else 'FAIL'}**", ""]
+    lines += ["## Outputs", "", "| candidate | output | cosine | SNR dB | max abs | mean abs | top-1 agree | top-5 agree |",
+              "|---|---|---|---|---|---|---|---|"]
+    for c in result.candidates:
+        for name, m in c.outputs.items():
+            lines.append(f"| {c.name} | {name} | {m['cosine']:.6f} | {m['snr_db']:.2f} | {m['max_abs_error']:.4g} | "
+                         f"{m['mean_abs_error']:.4g} | {_pct(m.get('top1_agreement'))} | {_pct(m.get('top5_agreement'))} |")
+    if any(c.accuracy for c in result.candidates):
+        lines += ["", "## Task accuracy (top-1 vs labels)", "", "| candidate | FP32 | candidate |", "|---|---|---|"]
+        lines += [f"| {c.name} | {_pct(c.accuracy['reference'])} | {_pct(c.accuracy['candidate'])} |"
+                  for c in result.candidates if c.accuracy]
+    for c in result.candidates:
+        if c.checks or c.polygraphy_passed is not None:
+            lines += ["", f"## Checks: {c.name}", ""]
+            lines += [f"- {'pass' if k['passed'] else 'FAIL'}: {k['metric']} of {k['output']} = {k['value']:.6g} "
+                      f"(needs >= {k['threshold']})" for k in c.checks]
+            if c.polygraphy_passed is not None:
+                lines.append(f"- {'pass' if c.polygraphy_passed else 'FAIL'}: Polygraphy atol/rtol comparison")
+    for title, link in figures:
+        lines += ["", f"## {title}", "", f"![{title}]({link})"]
+    for c in result.candidates:
+        if c.layers:
+            src = c.error_source
+            lines += ["", f"## Layers: {c.name}", "",
+                      f"Largest SNR drop: **{src.node}** ({src.op}, output `{src.tensor}`): "
+                      f"{src.drop_db:.1f} dB lost, {src.snr_db:.1f} dB left.", "",
+                      "| # | node | op | SNR dB | drop dB | cosine |", "|---|---|---|---|---|---|"]
+            lines += [f"| {i} | {r.node} | {r.op} | {r.snr_db:.2f} | {r.drop_db:.2f} | {r.cosine:.6f} |"
+                      for i, r in enumerate(c.layers)]
+    lines += ["", "## Metrics", ""] + [f"- **{k}**: {v}" for k, v in METRIC_HELP.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _pct(v) -> str:
+    return "" if v is None else f"{v:.2%}"
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def plots(result: CompareResult, histograms: dict | None = None) -> list[tuple[str, bytes]]:
+    """(title, PNG) pairs: per-layer SNR, error histograms, calibration histograms of the worst layers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = []
+    with_layers = [c for c in result.candidates if c.layers]
+    if with_layers:
+        fig, ax = plt.subplots(figsize=(10, 4))
+        marked = set()
+        for c in with_layers:
+            ax.plot([r.snr_db for r in c.layers], marker="o", ms=3, label=c.name)
+            src = c.error_source
+            if src.node not in marked:  # one label per node, however many candidates share it
+                marked.add(src.node)
+                k = c.layers.index(src)
+                ax.annotate(f"largest drop: {src.node}\n(-{src.drop_db:.1f} dB)", (k, src.snr_db),
+                            textcoords="offset points", xytext=(15, -30), arrowprops={"arrowstyle": "->"}, fontsize=8)
+        labels = [r.node for r in with_layers[0].layers]
+        if len(labels) <= 40:
+            ax.set_xticks(range(len(labels)), labels, rotation=70, ha="right", fontsize=7)
+        ax.set_xlabel("layer (graph order)")
+        ax.set_ylabel("SNR vs FP32 (dB)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        out.append(("SNR along the graph", _png(fig)))
+    for c in result.candidates:
+        for name, errors in c.error_samples.items():
+            fig, ax = plt.subplots(figsize=(5, 3))
+            ax.hist(errors, bins=100, color="tab:red", alpha=0.8)
+            ax.set_yscale("log")
+            ax.set_xlabel(f"{name}: candidate - FP32")
+            ax.set_ylabel("count")
+            out.append((f"Error histogram: {c.name} / {name}", _png(fig)))
+    for tensor, (hist, thresholds) in (histograms or {}).items():
+        counts = hist.used()
+        edges = np.arange(len(counts) + 1) * hist.width
+        fig, ax = plt.subplots(figsize=(6, 3))
+        ax.stairs(np.maximum(counts, 0.5), edges, fill=True, alpha=0.6)
+        ax.set_yscale("log")
+        for (method, amax), color in zip(thresholds.items(), ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")):
+            ax.axvline(amax, color=color, lw=1.5, label=f"{method}: {amax:.4g}")
+        ax.set_xlabel(f"|{tensor}|")
+        ax.legend(fontsize=7)
+        out.append((f"Calibration histogram: {tensor}", _png(fig)))
+    return out
+
+
+def write_report(result: CompareResult, out_dir: str | pathlib.Path, histograms: dict | None = None) -> pathlib.Path:
+    """Write report.json, report.md (+ its PNGs) and a self-contained report.html into `out_dir`."""
+    out_dir = pathlib.Path(out_dir)
+    figures = plots(result, histograms)
+    names = [f"figure{k}.png" for k in range(len(figures))]
+    for name, (_, png) in zip(names, figures):
+        fileio.write_bytes(out_dir / name, png)
+    md = markdown(result, [(t, n) for (t, _), n in zip(figures, names)])
+    inline = markdown(result, [(t, "data:image/png;base64," + base64.b64encode(png).decode()) for t, png in figures])
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>trtptq report</title><style>"
+            "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+            "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:3px 8px}"
+            "th{background:#f3f3f3}img{max-width:100%}.pass{color:#176f2c}.fail{color:#b00020}"
+            f"</style></head><body>{_md_to_html(inline)}</body></html>")
+    fileio.write_text(out_dir / "report.json", json.dumps(to_dict(result), indent=1) + "\n")
+    fileio.write_text(out_dir / "report.md", md)
+    return fileio.write_text(out_dir / "report.html", page)
+
+
+def _md_to_html(md: str) -> str:
+    import markdown as markdown_lib
+
+    text = markdown_lib.markdown(md, extensions=["tables"])
+    return text.replace("<strong>PASS</strong>", "<strong class='pass'>PASS</strong>").replace(
+        "<strong>FAIL</strong>", "<strong class='fail'>FAIL</strong>")
