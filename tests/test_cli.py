@@ -95,6 +95,8 @@ def test_demo(tmp_path):
     assert set(rows) == {"minmax", "percentile", "entropy", "mse"} and fp32 > 99
     assert max(rows.values()) >= fp32 - 0.2
     assert {p.name for p in (tmp_path / "demo").iterdir()} >= {"model.int8.onnx", "ranges.json", "calibration.cache"}
+    assert (tmp_path / "demo" / "report" / "report.html").stat().st_size > 10_000
+    assert f"accuracy report (per output, per layer, calibration histograms): {tmp_path / 'demo'}" in r.stdout
     try:
         import tensorrt_rtx  # noqa: F401
     except ImportError:

@@ -122,9 +122,11 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
     from .fileio import check_writable
     from .ptq import quantize
 
-    for path in (a.output, a.save_ranges, a.calibration_cache):
+    for path in (a.output, a.save_ranges, a.calibration_cache, a.report and pathlib.Path(a.report) / "report.html"):
         if path:
             check_writable(path)
+    if a.report and not (a.eval_data or a.data):
+        raise TrtptqError("--report needs data to compare on: --eval-data (or --data)")
     if not a.data and not a.ranges:
         raise TrtptqError("quantize needs --data (to calibrate) or --ranges (from `trtptq calibrate`)")
     result = quantize(a.model, data=a.data, ranges=a.ranges, options=_quantize_options(a),
@@ -139,6 +141,16 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
     if a.calibration_cache:
         result.ranges.save_trt_cache(a.calibration_cache)
         print(f"TensorRT calibration cache -> {a.calibration_cache}")
+    if a.report:
+        from .compare import CompareOptions, compare
+        from .report import calibration_histograms, write_report
+
+        comparison = compare(a.model, [a.output], a.eval_data or a.data,
+                             CompareOptions(batch_size=a.batch_size, image=_image_options(a),
+                                            show_progress=not a.no_progress))
+        _print_comparison(comparison)
+        hists = calibration_histograms(comparison.candidates[0], result.calibrators)
+        print(f"report -> {write_report(comparison, a.report, hists)}")
     return 0
 
 
@@ -159,6 +171,7 @@ def _cmd_demo(a: argparse.Namespace) -> int:
         print(f"engine ({e.backend} {e.backend_version}, INT8 + FP16, batch 1..256): {e.engine} "
               f"({e.engine_bytes / 2**20:.1f} MiB, built in {e.build_seconds:.1f} s)")
         print(f"layer precision: {e.summary()}")
+    print(f"accuracy report (per output, per layer, calibration histograms): {demo.report}")
     return 0
 
 
@@ -250,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranges", help="reuse a ranges file from `trtptq calibrate` instead of calibrating")
     p.add_argument("--save-ranges", help="write the ranges used to this JSON file")
     p.add_argument("--calibration-cache", help="also write a TensorRT calibration cache (TensorRT <= 10)")
+    p.add_argument("--report", help="compare the result with the FP32 model and write the report into this folder")
+    p.add_argument("--eval-data", help="data for --report (default: the calibration data)")
     _add_data_args(p)
     _add_quantize_args(p)
     p.set_defaults(func=_cmd_quantize)

@@ -49,6 +49,7 @@ class LayerRow:
     cosine: float
     max_abs_error: float
     drop_db: float  # how much SNR this node loses relative to its worst compared input
+    inputs: list[str] = field(default_factory=list)  # the node's inputs in the reference graph
 
 
 @dataclass
@@ -124,7 +125,7 @@ def _runner(model: onnx.ModelProto, name: str):
 
 
 def _compare_outputs(ref_model, cand_model, batches, opts: CompareOptions):
-    from polygraphy.comparator import Comparator, CompareFunc
+    from polygraphy.comparator import Comparator, SimpleCompareFunc
 
     from polygraphy.logger import G_LOGGER
 
@@ -133,7 +134,7 @@ def _compare_outputs(ref_model, cand_model, batches, opts: CompareOptions):
         run_results = Comparator.run(runners, data_loader=[b.feed for b in batches])
         poly = None
         if opts.atol is not None or opts.rtol is not None:
-            func = CompareFunc.simple(atol=opts.atol, rtol=opts.rtol)
+            func = SimpleCompareFunc(atol=opts.atol, rtol=opts.rtol)
             poly = bool(Comparator.compare_accuracy(run_results, compare_func=func))
     (_, ref_iters), (_, cand_iters) = run_results.items()
     stats: dict[str, ErrorStats] = {}
@@ -186,7 +187,7 @@ def _compare_layers(ref_model: onnx.ModelProto, cand_model: onnx.ModelProto, bat
         inputs = [results[i]["snr_db"] for i in node.input if i in results]
         drop = (min(inputs) if inputs else best) - results[t]["snr_db"]
         rows.append(LayerRow(t, node.name, node.op_type, results[t]["snr_db"], results[t]["cosine"],
-                             results[t]["max_abs_error"], drop))
+                             results[t]["max_abs_error"], drop, list(node.input)))
     return rows
 
 

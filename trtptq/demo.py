@@ -46,6 +46,7 @@ class DemoResult:
     best: str  # the method whose model was kept
     engine: "object | None"  # BuildReport, or None where no TensorRT is installed
     engine_note: str
+    report: pathlib.Path
 
 
 def run_demo(out_dir: str | pathlib.Path = "trtptq-demo", methods=("minmax", "percentile", "entropy", "mse"),
@@ -78,7 +79,20 @@ def run_demo(out_dir: str | pathlib.Path = "trtptq-demo", methods=("minmax", "pe
     result.ranges.save(out_dir / "ranges.json")
     result.ranges.save_trt_cache(out_dir / "calibration.cache")
     engine, note = _build(out_dir, show_progress)
-    return DemoResult(top1(fp32_logits, evaluation[1]), rows, len(evaluation[1]), out_dir, row.method, engine, note)
+    report = _report(out_dir, evaluation, result.calibrators, show_progress)
+    return DemoResult(top1(fp32_logits, evaluation[1]), rows, len(evaluation[1]), out_dir, row.method, engine, note,
+                      report)
+
+
+def _report(out_dir: pathlib.Path, evaluation, calibrators, show_progress: bool) -> pathlib.Path:
+    """FP32 vs the kept INT8 model, per output and per layer, as report/report.{json,md,html}."""
+    from .compare import CompareOptions, compare
+    from .report import calibration_histograms, write_report
+
+    np.savez(out_dir / "eval.npz", input=evaluation[0], labels=evaluation[1])
+    result = compare(MNIST_MODEL, [out_dir / "model.int8.onnx"], out_dir / "eval.npz",
+                     CompareOptions(batch_size=500, show_progress=show_progress))
+    return write_report(result, out_dir / "report", calibration_histograms(result.candidates[0], calibrators))
 
 
 def _build(out_dir: pathlib.Path, show_progress: bool):

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 import onnx
 
-from calibrators import make_calibrator
+from calibrators import Calibrator, make_calibrator
 
 from . import model as model_io
 from .collect import DEFAULT_MEMORY_BUDGET, CollectStats, collect
@@ -47,6 +47,7 @@ class QuantizeResult:
     ranges: Ranges
     plan: Plan
     stats: CollectStats | None
+    calibrators: dict[str, Calibrator] = field(default_factory=dict)  # empty when ranges were given
 
 
 def _as_model(model: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.ModelProto, str]:
@@ -58,13 +59,12 @@ def _as_model(model: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.ModelPro
 def calibrate(model: onnx.ModelProto | str | os.PathLike, data, options: CalibrationOptions | None = None,
               quantize_options: QuantizeOptions | None = None) -> Ranges:
     """Ranges for every tensor the quantizer will put Q/DQ on (chosen by `quantize_options`)."""
-    ranges, _, _ = _calibrate(*_as_model(model), data, options or CalibrationOptions(),
-                              quantize_options or QuantizeOptions())
-    return ranges
+    return _calibrate(*_as_model(model), data, options or CalibrationOptions(),
+                      quantize_options or QuantizeOptions())[0]
 
 
 def _calibrate(proto: onnx.ModelProto, name: str, data, options: CalibrationOptions,
-               qopts: QuantizeOptions) -> tuple[Ranges, Plan, CollectStats]:
+               qopts: QuantizeOptions) -> tuple[Ranges, Plan, CollectStats, dict[str, Calibrator]]:
     proto = model_io.ensure_opset(proto)
     placement = plan(import_graph(proto), qopts)
     specs = input_specs(proto)
@@ -81,7 +81,7 @@ def _calibrate(proto: onnx.ModelProto, name: str, data, options: CalibrationOpti
         num_samples=stats.samples,
         trt_algorithm=first.trt_algorithm if first else "EntropyCalibration2",
     )
-    return ranges, placement, stats
+    return ranges, placement, stats, calibs
 
 
 def _qopts_dict(q: QuantizeOptions) -> dict:
@@ -93,18 +93,18 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
     """The explicit-INT8 (Q/DQ) model; ranges come from `ranges` or are calibrated on `data`."""
     proto, name = _as_model(model)
     qopts = options or QuantizeOptions()
-    stats = None
+    stats, calibs = None, {}
     if ranges is None:
         if data is None:
             raise ValueError("quantize needs calibration data or a ranges file")
-        ranges, placement, stats = _calibrate(proto, name, data, calibration or CalibrationOptions(), qopts)
+        ranges, placement, stats, calibs = _calibrate(proto, name, data, calibration or CalibrationOptions(), qopts)
     else:
         ranges = ranges if isinstance(ranges, Ranges) else Ranges.load(ranges)
         placement = plan(import_graph(model_io.ensure_opset(proto)), qopts)
     graph = import_graph(model_io.ensure_opset(proto))
     qdq = onnx_graph_export(insert_qdq(graph, placement, ranges.amax), proto)
     model_io.check(qdq, "the quantized model")
-    return QuantizeResult(qdq, ranges, placement, stats)
+    return QuantizeResult(qdq, ranges, placement, stats, calibs)
 
 
 def onnx_graph_export(graph, like: onnx.ModelProto) -> onnx.ModelProto:

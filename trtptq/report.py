@@ -140,6 +140,24 @@ def plots(result: CompareResult, histograms: dict | None = None) -> list[tuple[s
     return out
 
 
+def calibration_histograms(candidate, calibrators: dict, worst: int = 4, percentile: float = 99.99) -> dict:
+    """For the layers that lose the most SNR, the |x| histograms of their quantized inputs with every
+    method's threshold: {tensor: (AbsHistogram, {method: amax})}."""
+    from calibrators import HistogramCalibrator, entropy_amax, mse_amax, percentile_amax
+
+    out = {}
+    for row in sorted(candidate.layers, key=lambda r: -r.drop_db):
+        for tensor in row.inputs:
+            calib = calibrators.get(tensor)
+            if isinstance(calib, HistogramCalibrator) and tensor not in out:
+                h = calib.hist
+                out[tensor] = (h, {"minmax": h.amax, f"percentile {percentile}": percentile_amax(h, percentile),
+                                   "entropy": entropy_amax(h), "mse": mse_amax(h)})
+        if len(out) >= worst:
+            break
+    return out
+
+
 def write_report(result: CompareResult, out_dir: str | pathlib.Path, histograms: dict | None = None) -> pathlib.Path:
     """Write report.json, report.md (+ its PNGs) and a self-contained report.html into `out_dir`."""
     out_dir = pathlib.Path(out_dir)

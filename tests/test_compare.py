@@ -1,0 +1,113 @@
+"""compare + report: metrics against independent numpy, the mis-scaled layer named, exit codes, the HTML."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from test_cli import trtptq
+from trtptq import model as model_io
+from trtptq.compare import CompareOptions, compare, parse_thresholds
+from trtptq.errors import TrtptqError
+from trtptq.ptq import CalibrationOptions, quantize
+from trtptq.report import write_report
+from trtptq.runtime_ort import session
+
+
+@pytest.fixture(scope="module")
+def files(mnist, tmp_path_factory):
+    path, images, labels = mnist
+    tmp = tmp_path_factory.mktemp("cmp")
+    result = quantize(path, data=[{"input": images[:256]}],
+                      calibration=CalibrationOptions(method="minmax", batch_size=64, show_progress=False))
+    model_io.save(result.model, tmp / "int8.onnx")
+    # The same model with one activation scale 20x too small: conv2's input is clipped hard.
+    bad = onnx.load(tmp / "int8.onnx")
+    for init in bad.graph.initializer:
+        if init.name == "/0/0.2/MaxPool_output_0_scale":
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) / 20, init.name))
+    onnx.save(bad, tmp / "misscaled.onnx")
+    np.savez(tmp / "eval.npz", input=images[1000:1600], labels=labels[1000:1600])
+    return tmp
+
+
+def _opts(**kw):
+    return CompareOptions(batch_size=200, show_progress=False, **kw)
+
+
+def test_output_metrics_match_numpy(mnist, files):
+    result = compare(mnist[0], [files / "int8.onnx"], files / "eval.npz", _opts(per_layer=False))
+    (cand,) = result.candidates
+    x, y = mnist[1][1000:1600], mnist[2][1000:1600]
+    ref = session(str(mnist[0])).run(None, {"input": x})[0].astype(np.float64)
+    out = session(str(files / "int8.onnx"), simulate_int8=True).run(None, {"input": x})[0].astype(np.float64)
+    m = cand.outputs["logits"]
+    err = out - ref
+    assert m["max_abs_error"] == pytest.approx(np.abs(err).max(), rel=1e-6)
+    assert m["mean_abs_error"] == pytest.approx(np.abs(err).mean(), rel=1e-6)
+    assert m["cosine"] == pytest.approx(ref.ravel() @ out.ravel() / np.linalg.norm(ref) / np.linalg.norm(out), abs=1e-9)
+    assert m["snr_db"] == pytest.approx(10 * np.log10(np.sum(ref ** 2) / np.sum(err ** 2)), rel=1e-6)
+    assert m["top1_agreement"] == pytest.approx(np.mean(out.argmax(1) == ref.argmax(1)))
+    top5 = np.argsort(-out, axis=1)[:, :5]
+    assert m["top5_agreement"] == pytest.approx(np.mean((top5 == ref.argmax(1)[:, None]).any(1)))
+    assert cand.accuracy == {"reference": pytest.approx(np.mean(ref.argmax(1) == y)),
+                             "candidate": pytest.approx(np.mean(out.argmax(1) == y))}
+
+
+def test_per_layer_snr_names_the_misscaled_layer(mnist, files):
+    result = compare(mnist[0], [files / "int8.onnx", files / "misscaled.onnx"], files / "eval.npz", _opts())
+    good, bad = result.candidates
+    assert bad.error_source.node == "/0/0.3/Conv"
+    assert good.error_source.node != "/0/0.3/Conv"
+    snr = {r.node: r.snr_db for r in bad.layers}
+    assert snr["/0/0.3/Conv"] < snr["/0/0.2/MaxPool"] - 10
+    assert bad.outputs["logits"]["snr_db"] < good.outputs["logits"]["snr_db"] - 10
+    html = write_report(result, files / "report")
+    page = html.read_text()
+    assert page.count("<img") >= 3 and "/0/0.3/Conv" in page
+    saved = json.loads((files / "report" / "report.json").read_text())
+    assert saved["candidates"][1]["error_source"]["node"] == "/0/0.3/Conv"
+    assert (files / "report" / "report.md").read_text().count("![") >= 3
+
+
+def test_thresholds_and_polygraphy_tolerances(mnist, files):
+    result = compare(mnist[0], [files / "int8.onnx"], files / "eval.npz",
+                     _opts(per_layer=False, fail_below={"cosine": 0.999, "accuracy": 0.98}, atol=100.0))
+    (cand,) = result.candidates
+    assert [c["metric"] for c in cand.checks] == ["cosine", "accuracy"] and cand.passed
+    assert cand.polygraphy_passed is True
+    result = compare(mnist[0], [files / "int8.onnx"], files / "eval.npz", _opts(per_layer=False, atol=1e-6, rtol=0))
+    assert result.candidates[0].polygraphy_passed is False and not result.passed
+
+
+def test_parse_thresholds():
+    assert parse_thresholds(["cosine=0.999", "snr_db=20"]) == {"cosine": 0.999, "snr_db": 20.0}
+    with pytest.raises(TrtptqError, match="METRIC one of"):
+        parse_thresholds(["psnr=3"])
+    with pytest.raises(TrtptqError, match="not a number"):
+        parse_thresholds(["cosine=high"])
+
+
+def test_cli_exit_codes(mnist, files, tmp_path):
+    args = ["compare", mnist[0], files / "misscaled.onnx", "--data", files / "eval.npz", "--batch-size", 200,
+            "--no-progress", "--no-per-layer"]
+    ok = trtptq(*args, "--fail-below", "cosine=0.5")
+    assert ok.returncode == 0, ok.stderr
+    bad = trtptq(*args, "--fail-below", "cosine=0.9999", "--report", tmp_path / "r")
+    assert bad.returncode == 1
+    assert "FAIL cosine of logits" in bad.stdout
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["passed"] is False
+    engine = trtptq("compare", mnist[0], tmp_path / "model.engine", "--data", files / "eval.npz")
+    assert engine.returncode == 2 and "needs TensorRT and a GPU" in engine.stderr
+
+
+def test_quantize_report_shows_calibration_histograms(mnist, files, tmp_path):
+    np.savez(tmp_path / "calib.npz", input=mnist[1][:128])
+    r = trtptq("quantize", mnist[0], "--data", tmp_path / "calib.npz", "--method", "entropy", "--batch-size", 64,
+               "-o", tmp_path / "q.onnx", "--report", tmp_path / "rep", "--eval-data", files / "eval.npz",
+               "--no-progress")
+    assert r.returncode == 0, r.stderr
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Calibration histogram: " in md and "largest SNR drop" in r.stdout
