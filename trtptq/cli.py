@@ -11,6 +11,7 @@ from typing import Sequence
 from calibrators import METHODS
 
 from .errors import TrtptqError
+from .trt import BACKENDS
 
 
 def _size(text: str) -> int:
@@ -109,12 +110,17 @@ def _cmd_calibrate(a: argparse.Namespace) -> int:
     if not a.data:
         raise TrtptqError("calibrate needs --data")
     ranges = calibrate(a.model, a.data, _calibration_options(a), _quantize_options(a))
-    ranges.save(a.output)
-    print(f"{len(ranges.tensors)} tensor ranges ({ranges.method}, {ranges.num_samples} samples) -> {a.output}")
-    if a.calibration_cache:
-        ranges.save_trt_cache(a.calibration_cache)
-        print(f"TensorRT calibration cache -> {a.calibration_cache}")
+    _save_ranges(ranges, a.output, a.calibration_cache)
     return 0
+
+
+def _save_ranges(ranges, path: str | None, cache: str | None) -> None:
+    if path:
+        ranges.save(path)
+        print(f"{len(ranges.tensors)} tensor ranges ({ranges.method}, {ranges.num_samples} samples) -> {path}")
+    if cache:
+        ranges.save_trt_cache(cache)
+        print(f"TensorRT calibration cache -> {cache}")
 
 
 def _cmd_quantize(a: argparse.Namespace) -> int:
@@ -135,12 +141,7 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
     p = result.plan
     print(f"quantized {len(p.activations)} activations and {len(p.weights)} weights "
           f"({result.ranges.method}); {len(p.kept)} nodes kept in float -> {a.output}")
-    if a.save_ranges:
-        result.ranges.save(a.save_ranges)
-        print(f"ranges -> {a.save_ranges}")
-    if a.calibration_cache:
-        result.ranges.save_trt_cache(a.calibration_cache)
-        print(f"TensorRT calibration cache -> {a.calibration_cache}")
+    _save_ranges(result.ranges, a.save_ranges, a.calibration_cache)
     if a.report:
         from .compare import CompareOptions, compare
         from .report import calibration_histograms, write_report
@@ -272,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="build a TensorRT engine (FP32, Q/DQ INT8, FP16 mixed precision)")
     p.add_argument("model", help="ONNX model: FP32, or the Q/DQ model from `trtptq quantize`")
     p.add_argument("-o", "--output", required=True, help="engine file to write (+ OUTPUT.json build report)")
-    p.add_argument("--backend", choices=("tensorrt", "tensorrt_rtx"),
+    p.add_argument("--backend", choices=BACKENDS,
                    help="default: tensorrt if installed, else tensorrt_rtx (or $TRTPTQ_BACKEND)")
     p.add_argument("--fp16", action="store_true", help="FP16 wherever it is safe (I/O and sensitive ops stay FP32)")
     p.add_argument("--keep-fp32", nargs="+", default=[], metavar="NODE|OP", help="nodes or op types kept FP32 with --fp16")

@@ -33,7 +33,7 @@ class CollectStats:
     samples: int
 
 
-def _bytes_per_sample(model: onnx.ModelProto, names: Sequence[str]) -> dict[str, int]:
+def bytes_per_sample(model: onnx.ModelProto, names: Sequence[str]) -> dict[str, int]:
     """Estimated bytes of each tensor for one sample (dynamic dims other than batch count as 1)."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
@@ -83,7 +83,7 @@ def collect(model: onnx.ModelProto, batches: Batches, calibrators: dict[str, Cal
     if nonfinite not in ("error", "ignore"):
         raise ValueError(f"nonfinite must be 'error' or 'ignore', got {nonfinite!r}")
     names = list(calibrators)
-    groups = split_passes(_bytes_per_sample(model, names), batches.batch_size, memory_budget)
+    groups = split_passes(bytes_per_sample(model, names), batches.batch_size, memory_budget)
     warned: set[str] = set()
     total_batches = samples = 0
     with tqdm(desc="calibrating", unit="batch", disable=not show_progress or None) as bar:

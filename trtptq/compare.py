@@ -18,7 +18,7 @@ import onnx
 from tqdm import tqdm
 
 from . import model as model_io
-from .collect import DEFAULT_MEMORY_BUDGET, _bytes_per_sample, split_passes, with_outputs
+from .collect import DEFAULT_MEMORY_BUDGET, bytes_per_sample, split_passes, with_outputs
 from .data import Batches, ImageOptions, input_specs, open_source
 from .errors import TrtptqError
 from .metrics import ErrorStats
@@ -167,7 +167,7 @@ def _compare_layers(ref_model: onnx.ModelProto, cand_model: onnx.ModelProto, bat
     floats = _float_tensors(ref_model, set(shared))
     order = [o for o in shared if o in floats]
     stats = {t: ErrorStats() for t in order}
-    groups = split_passes(_bytes_per_sample(ref_model, order), batches[0].size if batches else 1, opts.memory_budget // 2)
+    groups = split_passes(bytes_per_sample(ref_model, order), batches[0].size if batches else 1, opts.memory_budget // 2)
     with tqdm(total=len(groups) * len(batches), desc="comparing layers", unit="batch",
               disable=not opts.show_progress or None) as bar:
         for group in groups:
