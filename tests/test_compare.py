@@ -99,8 +99,39 @@ def test_cli_exit_codes(mnist, files, tmp_path):
     assert bad.returncode == 1
     assert "FAIL cosine of logits" in bad.stdout
     assert json.loads((tmp_path / "r" / "report.json").read_text())["passed"] is False
-    engine = trtptq("compare", mnist[0], tmp_path / "model.engine", "--data", files / "eval.npz")
-    assert engine.returncode == 2 and "needs TensorRT and a GPU" in engine.stderr
+
+
+
+def _gpu_present() -> bool:
+    import shutil
+    import subprocess
+
+    return shutil.which("nvidia-smi") is not None and subprocess.run(["nvidia-smi"], capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def engine(mnist, files):
+    pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed")
+    from trtptq.build import BuildOptions, build_engine, parse_shapes
+
+    build_engine(files / "int8.onnx", files / "int8.engine",
+                 BuildOptions(profiles=[parse_shapes("input:1x1x28x28/200x1x28x28/200x1x28x28")], show_progress=False))
+    return files / "int8.engine"
+
+
+@pytest.mark.skipif(_gpu_present(), reason="a GPU is present: the engine runs (test_engine_candidate_on_gpu)")
+def test_engine_candidate_without_gpu_is_a_clear_error(mnist, files, engine):
+    r = trtptq("compare", mnist[0], engine, "--data", files / "eval.npz", "--batch-size", 200, "--no-progress")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "An engine runs only on a GPU it was built for" in r.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _gpu_present(), reason="needs an NVIDIA GPU that TensorRT-RTX engines run on (7.5, 8.x, 12.x)")
+def test_engine_candidate_on_gpu(mnist, files, engine):
+    result = compare(mnist[0], [engine], files / "eval.npz", _opts())
+    (cand,) = result.candidates
+    assert cand.outputs["logits"]["top1_agreement"] > 0.99 and cand.layers == []
 
 
 def test_quantize_report_shows_calibration_histograms(mnist, files, tmp_path):

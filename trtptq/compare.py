@@ -105,12 +105,13 @@ def compare(reference: str | os.PathLike, candidates: list[str | os.PathLike], d
     results = []
     for path in candidates:
         path = pathlib.Path(path)
-        if path.suffix != ".onnx":
-            raise TrtptqError(f"{path}: comparing an engine needs TensorRT and a GPU on this machine; "
-                              "compare its Q/DQ or FP16 .onnx here, or run on the GPU machine.")
-        cand_model = model_io.load(path)
-        outputs, accuracy, errors, poly = _compare_outputs(ref_model, cand_model, loaded, opts)
-        layers = _compare_layers(ref_model, cand_model, loaded, opts) if opts.per_layer else []
+        if path.suffix == ".onnx":
+            cand_model = model_io.load(path)
+            runner = _runner(cand_model, "candidate")
+        else:  # a serialized engine: outputs only (its internal tensors are fused away)
+            cand_model, runner = None, _engine_runner(path)
+        outputs, accuracy, errors, poly = _compare_outputs(ref_model, runner, loaded, opts, path)
+        layers = _compare_layers(ref_model, cand_model, loaded, opts) if opts.per_layer and cand_model else []
         checks = _checks(outputs, accuracy, opts.fail_below)
         passed = all(c["passed"] for c in checks) and poly is not False
         results.append(CandidateResult(path.stem, str(path), outputs, layers, accuracy, checks, poly, passed, errors))
@@ -124,14 +125,27 @@ def _runner(model: onnx.ModelProto, name: str):
     return OnnxrtRunner(session(model, simulate_int8=True), name=name)
 
 
-def _compare_outputs(ref_model, cand_model, batches, opts: CompareOptions):
-    from polygraphy.comparator import Comparator, SimpleCompareFunc
+def _engine_runner(path: pathlib.Path):
+    from .trt import get_backend, polygraphy_backend
 
+    if not path.is_file():
+        raise TrtptqError(f"candidate {path} does not exist.")
+    poly_trt = polygraphy_backend(get_backend())
+    return poly_trt.TrtRunner(poly_trt.EngineFromBytes(path.read_bytes()), name="engine")
+
+
+def _compare_outputs(ref_model, runner, batches, opts: CompareOptions, path: pathlib.Path):
+    from polygraphy.comparator import Comparator, SimpleCompareFunc
+    from polygraphy.exception import PolygraphyException
     from polygraphy.logger import G_LOGGER
 
-    runners = [_runner(ref_model, "fp32"), _runner(cand_model, "candidate")]
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL):  # our report says it all, once
-        run_results = Comparator.run(runners, data_loader=[b.feed for b in batches])
+        try:
+            run_results = Comparator.run([_runner(ref_model, "fp32"), runner], data_loader=[b.feed for b in batches])
+        except PolygraphyException as e:
+            raise TrtptqError(f"cannot run {path}: {e} An engine runs only on a GPU it was built for "
+                              "(TensorRT-RTX: compute capability 7.5, 8.x, 12.x); compare its .onnx on the CPU "
+                              "instead.") from None
         poly = None
         if opts.atol is not None or opts.rtol is not None:
             func = SimpleCompareFunc(atol=opts.atol, rtol=opts.rtol)
