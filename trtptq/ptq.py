@@ -56,17 +56,24 @@ def _as_model(model: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.ModelPro
     return model_io.load(model), str(model)
 
 
+def _prepare(model: onnx.ModelProto | str | os.PathLike, qopts: QuantizeOptions):
+    """Load (opset >= 13), import once, and place Q/DQ: (model, name, graph, plan)."""
+    proto, name = _as_model(model)
+    proto = model_io.ensure_opset(proto)
+    graph = import_graph(proto)
+    return proto, name, graph, plan(graph, qopts)
+
+
 def calibrate(model: onnx.ModelProto | str | os.PathLike, data, options: CalibrationOptions | None = None,
               quantize_options: QuantizeOptions | None = None) -> Ranges:
     """Ranges for every tensor the quantizer will put Q/DQ on (chosen by `quantize_options`)."""
-    return _calibrate(*_as_model(model), data, options or CalibrationOptions(),
-                      quantize_options or QuantizeOptions())[0]
+    qopts = quantize_options or QuantizeOptions()
+    proto, name, _, placement = _prepare(model, qopts)
+    return _calibrate(proto, name, placement, data, options or CalibrationOptions(), qopts)[0]
 
 
-def _calibrate(proto: onnx.ModelProto, name: str, data, options: CalibrationOptions,
-               qopts: QuantizeOptions) -> tuple[Ranges, Plan, CollectStats, dict[str, Calibrator]]:
-    proto = model_io.ensure_opset(proto)
-    placement = plan(import_graph(proto), qopts)
+def _calibrate(proto: onnx.ModelProto, name: str, placement: Plan, data, options: CalibrationOptions,
+               qopts: QuantizeOptions) -> tuple[Ranges, CollectStats, dict[str, Calibrator]]:
     specs = input_specs(proto)
     batches = Batches(open_source(data, specs, options.image), specs, options.batch_size, options.num_samples)
     calibs = {t: make_calibrator(options.method, **options.calibrator_options()) for t in placement.activations}
@@ -81,7 +88,7 @@ def _calibrate(proto: onnx.ModelProto, name: str, data, options: CalibrationOpti
         num_samples=stats.samples,
         trt_algorithm=first.trt_algorithm if first else "EntropyCalibration2",
     )
-    return ranges, placement, stats, calibs
+    return ranges, stats, calibs
 
 
 def _qopts_dict(q: QuantizeOptions) -> dict:
@@ -91,17 +98,15 @@ def _qopts_dict(q: QuantizeOptions) -> dict:
 def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Ranges | str | os.PathLike | None = None,
              options: QuantizeOptions | None = None, calibration: CalibrationOptions | None = None) -> QuantizeResult:
     """The explicit-INT8 (Q/DQ) model; ranges come from `ranges` or are calibrated on `data`."""
-    proto, name = _as_model(model)
     qopts = options or QuantizeOptions()
+    proto, name, graph, placement = _prepare(model, qopts)
     stats, calibs = None, {}
-    if ranges is None:
-        if data is None:
-            raise ValueError("quantize needs calibration data or a ranges file")
-        ranges, placement, stats, calibs = _calibrate(proto, name, data, calibration or CalibrationOptions(), qopts)
-    else:
+    if ranges is not None:
         ranges = ranges if isinstance(ranges, Ranges) else Ranges.load(ranges)
-        placement = plan(import_graph(model_io.ensure_opset(proto)), qopts)
-    graph = import_graph(model_io.ensure_opset(proto))
+    elif data is not None:
+        ranges, stats, calibs = _calibrate(proto, name, placement, data, calibration or CalibrationOptions(), qopts)
+    else:
+        raise ValueError("quantize needs calibration data or a ranges file")
     qdq = onnx_graph_export(insert_qdq(graph, placement, ranges.amax), proto)
     model_io.check(qdq, "the quantized model")
     return QuantizeResult(qdq, ranges, placement, stats, calibs)
