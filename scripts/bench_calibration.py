@@ -1,12 +1,13 @@
 """Calibration speed, peak memory and accuracy: trtptq vs ONNX Runtime's quantize_static, side by side.
 
-Speed/memory: a MobileNetV2-shaped model (random weights: shapes, not accuracy) on N images of 224x224,
+Speed/memory: a MobileNetV2- or ResNet-50-shaped model (random weights: shapes, not accuracy) on N images of 224x224,
 each job in its own process so peak RSS is its own. Accuracy: the pretrained MNIST CNN on real digits.
 Both tools write per-channel symmetric INT8 Q/DQ models; both are scored in ONNX Runtime with
 graph optimizations off (Q/DQ as float ops, as TensorRT defines them).
 
     python scripts/bench_calibration.py                 # 64 and 256 images, entropy/minmax/percentile
     python scripts/bench_calibration.py --samples 64 --methods entropy
+    python scripts/bench_calibration.py --model resnet50 --samples 64 128 --methods entropy minmax --no-accuracy
 """
 
 from __future__ import annotations
@@ -66,6 +67,50 @@ def mobilenet_v2(path: str) -> None:
     graph = helper.make_graph(nodes, "mobilenet_v2", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 224, 224])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 1000])], inits)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def resnet50(path: str) -> None:
+    """ResNet-50 topology (bottlenecks 3-4-6-3, BN folded into conv bias), He-initialized random weights."""
+    rng = np.random.default_rng(0)
+    nodes, inits = [], []
+    counter = iter(range(10_000))
+
+    def conv(x, cin, cout, k=1, stride=1, relu=True, gain=2.0):
+        i = next(counter)
+        w = (rng.standard_normal((cout, cin, k, k)) * np.sqrt(gain / (cin * k * k))).astype(np.float32)
+        inits.extend([numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(np.zeros(cout, np.float32), f"b{i}")])
+        nodes.append(helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"c{i}"], name=f"conv{i}", kernel_shape=[k, k],
+                                      strides=[stride] * 2, pads=[k // 2] * 4))
+        if not relu:
+            return f"c{i}"
+        nodes.append(helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}"))
+        return f"r{i}"
+
+    x = conv("input", 3, 64, 7, 2)
+    nodes.append(helper.make_node("MaxPool", [x], ["pool"], name="maxpool", kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4))
+    x, cin = "pool", 64
+    for width, blocks, stride in [(64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)]:
+        for k in range(blocks):
+            s = stride if k == 0 else 1
+            h = conv(x, cin, width)
+            h = conv(h, width, width, 3, s)
+            h = conv(h, width, width * 4, relu=False, gain=0.5)
+            shortcut = conv(x, cin, width * 4, 1, s, relu=False) if k == 0 else x
+            i = next(counter)
+            nodes.append(helper.make_node("Add", [h, shortcut], [f"sum{i}"], name=f"add{i}"))
+            nodes.append(helper.make_node("Relu", [f"sum{i}"], [f"out{i}"], name=f"relu_out{i}"))
+            x, cin = f"out{i}", width * 4
+    nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"], name="gap"))
+    nodes.append(helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"))
+    inits += [numpy_helper.from_array((rng.standard_normal((1000, 2048)) * 0.02).astype(np.float32), "fc_w"),
+              numpy_helper.from_array(np.zeros(1000, np.float32), "fc_b")]
+    nodes.append(helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="fc", transB=1))
+    graph = helper.make_graph(nodes, "resnet50", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 224, 224])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 1000])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+MODELS = {"mobilenetv2": mobilenet_v2, "resnet50": resnet50}
 
 
 def images(n: int) -> np.ndarray:
@@ -158,6 +203,8 @@ def main() -> None:
     p.add_argument("--samples", type=int, nargs="+", default=[64, 256])
     p.add_argument("--methods", nargs="+", default=["entropy", "minmax", "percentile"], choices=list(ORT_METHODS))
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--model", choices=list(MODELS), default="mobilenetv2", help="architecture (random weights)")
+    p.add_argument("--no-accuracy", action="store_true", help="skip the MNIST accuracy comparison")
     p.add_argument("--job", nargs="+", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.job:
@@ -170,9 +217,9 @@ def main() -> None:
         return
 
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        model = f"{tmp}/mobilenet_v2.onnx"
-        mobilenet_v2(model)
-        print(f"MobileNetV2-shaped model (random weights), 224x224, batch {a.batch_size}, {os.cpu_count()} CPUs\n")
+        model = f"{tmp}/{a.model}.onnx"
+        MODELS[a.model](model)
+        print(f"{a.model}-shaped model (random weights), 224x224, batch {a.batch_size}, {os.cpu_count()} CPUs\n")
         print(f"{'samples':>7} {'method':<10} {'tool':<7} {'time s':>7} {'/FP32':>6} {'peak MiB':>9}   ratio ORT/trtptq (time, memory)")
         for n in a.samples:
             data = f"{tmp}/calib_{n}.npz"
@@ -192,6 +239,8 @@ def main() -> None:
                         ratio = f"   {r['wall_s'] / t['wall_s']:.1f}x, {r['peak_rss_mib'] / t['peak_rss_mib']:.1f}x"
                     print(f"{n:>7} {m:<10} {tool:<7} {r['wall_s']:7.1f} {r['wall_s'] / base['wall_s']:6.2f} "
                           f"{r['peak_rss_mib']:9.0f}{ratio}")
+        if a.no_accuracy:
+            return
         print("\nAccuracy: pretrained MNIST CNN, 256 calibration digits, top-1 on 4000 test digits")
         print(f"{'method':<10} {'FP32':>7} {'trtptq':>7} {'ORT':>7}")
         for m, fp32, ours, theirs in accuracy(a.methods, tmp):
