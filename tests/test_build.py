@@ -59,8 +59,14 @@ def minilm_files(minilm, tmp_path_factory):
 def test_cnn_engines(mnist, mnist_int8, tmp_path, which, fp16, expect):
     source = mnist[0] if which == "fp32" else mnist_int8
     engine = tmp_path / "m.engine"
-    report = build_engine(source, engine, _opts(fp16=fp16, profiles=[parse_shapes(MNIST_SHAPES)]))
+    check = [{"input": mnist[1][:64]}] if fp16 else None
+    report = build_engine(source, engine, _opts(fp16=fp16, profiles=[parse_shapes(MNIST_SHAPES)], check_data=check))
     assert report.precision == expect
+    if fp16:  # the FP16 ONNX was checked against its FP32 source in ONNX Runtime before the build
+        assert report.fp16_check["logits"]["cosine"] > 0.9999
+        assert report.fp16_check["logits"]["top1_agreement"] > 0.98
+    else:
+        assert report.fp16_check is None
     assert engine.stat().st_size == report.engine_bytes > 100_000
     saved = json.loads((tmp_path / "m.engine.json").read_text())
     assert saved["backend"] == "tensorrt_rtx" and saved["strongly_typed"] is True
@@ -170,6 +176,7 @@ def test_cli_one_step_int8_fp16_build(mnist, tmp_path):
                "--shapes", MNIST_SHAPES, "--backend", "tensorrt_rtx", "-o", tmp_path / "m.engine", "--no-progress")
     assert r.returncode == 0, r.stderr
     assert "precision: CONVOLUTION: 2 INT8; MATRIX_MULTIPLY: 2 INT8" in r.stdout
+    assert "FP16 ONNX vs its FP32 source in ONNX Runtime: logits cosine 0.99" in r.stdout
     assert {p.name for p in tmp_path.iterdir()} == {"calib.npz", "m.engine", "m.engine.json", "m.engine.int8.onnx"}
     r = trtptq("build", mnist[0], "--shapes", "input:1x1", "-o", tmp_path / "n.engine")
     assert r.returncode == 2 and "does not fit the input's shape" in r.stderr and "Traceback" not in r.stderr

@@ -43,6 +43,8 @@ class BuildOptions:
     timing_cache: str | None = None  # loaded if it exists, saved after the build
     plugins: tuple[str, ...] = ()  # plugin libraries (.so)
     compute_capabilities: tuple[str, ...] = ()  # TensorRT-RTX targets, e.g. ("8.6", "8.9")
+    check_data: object = None  # with fp16: data to check the FP16 ONNX against FP32 in ONNX Runtime first
+    check_samples: int = 64
     show_progress: bool = True
     log_level: str = "warning"  # TensorRT's log: verbose, info, warning, error
 
@@ -75,6 +77,7 @@ class BuildReport:
     outputs: list[dict]
     profiles: list[dict]
     fp16_kept_fp32: dict[str, str]
+    fp16_check: dict | None  # output -> metrics of the FP16 ONNX vs FP32 (ONNX Runtime), when checked
     compute_capabilities: list[str]
     build_seconds: float
     engine_bytes: int
@@ -133,6 +136,7 @@ def build_engine(model_path: str | os.PathLike, output: str | os.PathLike,
     proto = model_io.load(model_path)
     has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node)
     kept: dict[str, str] = {}
+    check = None
     with tempfile.TemporaryDirectory(prefix="trtptq-build-") as tmp:
         source = model_path
         if opts.fp16 and backend.strongly_typed_only:
@@ -141,6 +145,12 @@ def build_engine(model_path: str | os.PathLike, output: str | os.PathLike,
             converted = to_fp16(proto, opts.keep_fp32)
             kept = converted.kept_fp32
             source = model_io.save(converted.model, pathlib.Path(tmp) / "model.fp16.onnx")
+            if opts.check_data is not None:
+                from .compare import CompareOptions, compare
+
+                check = compare(model_path, [source], opts.check_data,
+                                CompareOptions(num_samples=opts.check_samples, per_layer=False,
+                                               show_progress=False)).candidates[0].outputs
         trt = backend.trt
         logger = backend.logger(opts.log_level)
         builder = trt.Builder(logger)
@@ -175,7 +185,7 @@ def build_engine(model_path: str | os.PathLike, output: str | os.PathLike,
         strongly_typed=backend.strongly_typed_only, precision=precision,
         inputs=[t for t in io if t["input"]], outputs=[t for t in io if not t["input"]],
         profiles=[{k: [list(s) for s in v] for k, v in p.items()} for p in _profiles_used(network, opts)],
-        fp16_kept_fp32=kept, compute_capabilities=list(opts.compute_capabilities), build_seconds=round(seconds, 3),
+        fp16_kept_fp32=kept, fp16_check=check, compute_capabilities=list(opts.compute_capabilities), build_seconds=round(seconds, 3),
         engine_bytes=len(data), onnx_bytes=model_path.stat().st_size,
         timing_cache=str(timing_cache) if timing_cache else None)
     fileio.write_text(report_path, report.to_json() + "\n")

@@ -222,6 +222,7 @@ def _cmd_build(a: argparse.Namespace) -> int:
                         profiles=[parse_shapes(s) for s in a.shapes], workspace=a.workspace,
                         optimization_level=a.optimization_level, timing_cache=a.timing_cache,
                         plugins=tuple(a.plugins), compute_capabilities=tuple(a.compute_capability),
+                        check_data=a.data if a.fp16 else None,
                         show_progress=not a.no_progress, log_level="verbose" if a.verbose else "warning")
     source = a.model
     if a.int8:
@@ -239,6 +240,9 @@ def _cmd_build(a: argparse.Namespace) -> int:
     print(f"engine ({report.backend} {report.backend_version}, {report.build_seconds:.1f} s, "
           f"{report.engine_bytes / 2**20:.1f} MiB) -> {report.engine}")
     print(f"precision: {report.summary()}")
+    for name, m in (report.fp16_check or {}).items():
+        print(f"FP16 ONNX vs its FP32 source in ONNX Runtime: {name} cosine "
+              f"{m['cosine']:.6f}, SNR {m['snr_db']:.1f} dB")
     print(f"build report -> {report.engine}.json")
     return 0
 
@@ -286,7 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compute-capability", nargs="+", default=[], metavar="CC",
                    help="TensorRT-RTX target GPUs, e.g. 7.5 8.6 8.9 12.0 (default: RTX's portable set)")
     p.add_argument("--verbose", action="store_true", help="TensorRT's verbose log")
-    p.add_argument("--int8", action="store_true", help="calibrate and quantize first (needs --data or --ranges)")
+    p.add_argument("--int8", action="store_true",
+                   help="calibrate and quantize first (needs --data or --ranges); with --fp16, --data also checks "
+                        "the FP16 model against FP32 in ONNX Runtime")
     p.add_argument("--ranges", help="with --int8: ranges from `trtptq calibrate` instead of --data")
     p.add_argument("--save-onnx", help="with --int8: where the Q/DQ model goes (default OUTPUT.int8.onnx)")
     _add_data_args(p)
