@@ -28,6 +28,19 @@ from onnx import TensorProto, helper, numpy_helper
 ORT_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
 
+def _save_classifier(path: str, name: str, nodes: list, inits: list, features: str, channels: int, fc_std: float,
+                     rng: np.random.Generator) -> None:
+    """Append GlobalAveragePool -> Flatten -> Gemm(1000) to a backbone and save it (input N x 3 x 224 x 224)."""
+    nodes.append(helper.make_node("GlobalAveragePool", [features], ["gap"], name="gap"))
+    nodes.append(helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"))
+    inits += [numpy_helper.from_array((rng.standard_normal((1000, channels)) * fc_std).astype(np.float32), "fc_w"),
+              numpy_helper.from_array(np.zeros(1000, np.float32), "fc_b")]
+    nodes.append(helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="fc", transB=1))
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 224, 224])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 1000])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
 def mobilenet_v2(path: str) -> None:
     """MobileNetV2 topology (BN folded into conv bias), He-initialized random weights."""
     rng = np.random.default_rng(0)
@@ -58,15 +71,7 @@ def mobilenet_v2(path: str) -> None:
                 nodes.append(helper.make_node("Add", [h, x], [f"sum{i}"], name=f"add{i}"))
                 h = f"sum{i}"
             x, cin = h, c
-    x = conv(x, cin, 1280)
-    nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"], name="gap"))
-    nodes.append(helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"))
-    inits += [numpy_helper.from_array((rng.standard_normal((1000, 1280)) * 0.03).astype(np.float32), "fc_w"),
-              numpy_helper.from_array(np.zeros(1000, np.float32), "fc_b")]
-    nodes.append(helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="fc", transB=1))
-    graph = helper.make_graph(nodes, "mobilenet_v2", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 224, 224])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 1000])], inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    _save_classifier(path, "mobilenet_v2", nodes, inits, conv(x, cin, 1280), 1280, 0.03, rng)
 
 
 def resnet50(path: str) -> None:
@@ -100,14 +105,7 @@ def resnet50(path: str) -> None:
             nodes.append(helper.make_node("Add", [h, shortcut], [f"sum{i}"], name=f"add{i}"))
             nodes.append(helper.make_node("Relu", [f"sum{i}"], [f"out{i}"], name=f"relu_out{i}"))
             x, cin = f"out{i}", width * 4
-    nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"], name="gap"))
-    nodes.append(helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"))
-    inits += [numpy_helper.from_array((rng.standard_normal((1000, 2048)) * 0.02).astype(np.float32), "fc_w"),
-              numpy_helper.from_array(np.zeros(1000, np.float32), "fc_b")]
-    nodes.append(helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="fc", transB=1))
-    graph = helper.make_graph(nodes, "resnet50", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 224, 224])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 1000])], inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    _save_classifier(path, "resnet50", nodes, inits, x, cin, 0.02, rng)
 
 
 MODELS = {"mobilenetv2": mobilenet_v2, "resnet50": resnet50}
