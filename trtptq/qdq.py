@@ -92,10 +92,6 @@ def _is_float(t: gs.Tensor) -> bool:
     return t.dtype is None or np.dtype(t.dtype).kind == "f"
 
 
-def _producer(t: gs.Tensor) -> gs.Node | None:
-    return t.inputs[0] if isinstance(t, gs.Variable) and t.inputs else None
-
-
 def _weight_axis(node: gs.Node, index: int, w: gs.Constant) -> int | None:
     rank = len(w.shape)
     if node.op == "Conv" and index == 1:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 import pathlib
@@ -43,7 +42,7 @@ def to_dict(result: CompareResult) -> dict:
 
 def markdown(result: CompareResult, figures: list[tuple[str, str]] = ()) -> str:
     """The report as Markdown; `figures` are (title, image link) pairs placed after the summary."""
-    lines = [f"# trtptq accuracy report", "", f"Reference: `{result.reference}` (FP32, ONNX Runtime), "
+    lines = ["# trtptq accuracy report", "", f"Reference: `{result.reference}` (FP32, ONNX Runtime), "
              f"{result.num_samples} samples. Verdict: **{'PASS' if result.passed else 'FAIL'}**", ""]
     lines += ["## Outputs", "", "| candidate | output | cosine | SNR dB | max abs | mean abs | top-1 agree | top-5 agree |",
               "|---|---|---|---|---|---|---|---|"]
