@@ -1,4 +1,8 @@
+import functools
+import importlib.util
 import pathlib
+import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -68,3 +72,31 @@ def resnet_block():
         helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["y"], name="fc", transB=1),
     ]
     return make_model(nodes, [float_input("x", ["N", 8, 6, 6])], [float_input("y", ["N", 4])], inits.items())
+
+
+@functools.lru_cache(maxsize=None)
+def gpu_compute_capability() -> str | None:
+    """GPU 0's compute capability as nvidia-smi reports it ("8.6"), or None without a working GPU."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    r = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True, text=True)
+    return r.stdout.split()[0] if r.returncode == 0 and r.stdout.strip() else None
+
+
+def engines_run_here() -> bool:
+    """Whether the auto-chosen TensorRT's engines run on this machine's GPU (TensorRT-RTX: 7.5, 8.x, 12.x only)."""
+    cc = gpu_compute_capability()
+    if cc is None:
+        return False
+    if importlib.util.find_spec("tensorrt") is not None:
+        return True
+    return cc == "7.5" or cc.split(".")[0] in ("8", "12")
+
+
+def has_pycuda() -> bool:
+    return importlib.util.find_spec("pycuda") is not None
+
+
+NO_ENGINE_GPU = ("needs an NVIDIA GPU that the installed TensorRT's engines run on (TensorRT-RTX: compute "
+                 "capability 7.5, 8.x or 12.x; full TensorRT: any); this machine has "
+                 f"{'compute capability ' + gpu_compute_capability() if gpu_compute_capability() else 'no GPU'}")

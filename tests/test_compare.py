@@ -7,6 +7,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from conftest import NO_ENGINE_GPU, engines_run_here
 from test_cli import trtptq
 from trtptq import model as model_io
 from trtptq.compare import CompareOptions, compare, parse_thresholds
@@ -102,13 +103,6 @@ def test_cli_exit_codes(mnist, files, tmp_path):
 
 
 
-def _gpu_present() -> bool:
-    import shutil
-    import subprocess
-
-    return shutil.which("nvidia-smi") is not None and subprocess.run(["nvidia-smi"], capture_output=True).returncode == 0
-
-
 @pytest.fixture(scope="module")
 def engine(mnist, files):
     pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed")
@@ -119,7 +113,7 @@ def engine(mnist, files):
     return files / "int8.engine"
 
 
-@pytest.mark.skipif(_gpu_present(), reason="a GPU is present: the engine runs (test_engine_candidate_on_gpu)")
+@pytest.mark.skipif(engines_run_here(), reason="the engine runs on this GPU (test_engine_candidate_on_gpu)")
 def test_engine_candidate_without_gpu_is_a_clear_error(mnist, files, engine):
     r = trtptq("compare", mnist[0], engine, "--data", files / "eval.npz", "--batch-size", 200, "--no-progress")
     assert r.returncode == 2 and "Traceback" not in r.stderr
@@ -127,7 +121,7 @@ def test_engine_candidate_without_gpu_is_a_clear_error(mnist, files, engine):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not _gpu_present(), reason="needs an NVIDIA GPU that TensorRT-RTX engines run on (7.5, 8.x, 12.x)")
+@pytest.mark.skipif(not engines_run_here(), reason=NO_ENGINE_GPU)
 def test_engine_candidate_on_gpu(mnist, files, engine):
     result = compare(mnist[0], [engine], files / "eval.npz", _opts())
     (cand,) = result.candidates

@@ -7,6 +7,7 @@ builder flags and per-layer precision.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import os
@@ -23,11 +24,28 @@ from tqdm import tqdm
 from . import fileio
 from . import model as model_io
 from .errors import ModelError, TrtptqError
+from .ptq import CalibrationOptions
 from .trt import Backend, get_backend
 
 Shape = tuple[int, ...]
 Profile = dict[str, tuple[Shape, Shape, Shape]]  # input -> (min, opt, max)
 WEIGHTED_LAYERS = ("CONVOLUTION", "DECONVOLUTION", "MATRIX_MULTIPLY")
+
+
+@dataclass
+class ImplicitInt8:
+    """TensorRT <= 10's implicit INT8 (no Q/DQ in the model): TensorRT calibrates during the build.
+
+    entropy / minmax: TensorRT's own EntropyCalibration2 / MinMaxCalibration
+    runs on `data`, fed through pycuda buffers. percentile / mse: trtptq
+    calibrates every float activation (with `calibration.runner`) and TensorRT
+    reads the ranges back as a cache. `cache`: read instead of calibrating
+    when it exists, written after calibrating.
+    """
+
+    data: object = None
+    calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
+    cache: str | None = None
 
 
 @dataclass
@@ -45,6 +63,8 @@ class BuildOptions:
     compute_capabilities: tuple[str, ...] = ()  # TensorRT-RTX targets, e.g. ("8.6", "8.9")
     check_data: object = None  # with fp16: data to check the FP16 ONNX against FP32 in ONNX Runtime first
     check_samples: int = 64
+    mark_outputs: tuple[str, ...] = ()  # tensors to expose as extra engine outputs (calibration, debugging)
+    implicit_int8: ImplicitInt8 | None = None  # TensorRT <= 10 only
     show_progress: bool = True
     log_level: str = "warning"  # TensorRT's log: verbose, info, warning, error
 
@@ -83,6 +103,7 @@ class BuildReport:
     engine_bytes: int
     onnx_bytes: int
     timing_cache: str | None
+    implicit_int8: dict | None = None  # algorithm, cache, batches fed: TensorRT <= 10's own calibration
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -130,14 +151,16 @@ def build_engine(model_path: str | os.PathLike, output: str | os.PathLike,
     backend = get_backend(opts.backend)
     model_path, output = pathlib.Path(model_path), pathlib.Path(output)
     report_path = output.with_name(output.name + ".json")
-    for path in (output, report_path, opts.timing_cache):
+    implicit = opts.implicit_int8
+    for path in (output, report_path, opts.timing_cache, implicit and implicit.cache):
         if path:
             fileio.check_writable(path)
     proto = model_io.load(model_path)
     has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node)
     kept: dict[str, str] = {}
     check = None
-    with tempfile.TemporaryDirectory(prefix="trtptq-build-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="trtptq-build-"))
         source = model_path
         if opts.fp16 and backend.strongly_typed_only:
             from .fp16 import to_fp16
@@ -155,24 +178,31 @@ def build_engine(model_path: str | os.PathLike, output: str | os.PathLike,
         logger = backend.logger(opts.log_level)
         builder = trt.Builder(logger)
         _load_plugins(backend, builder, opts.plugins)
-        network = builder.create_network(0)
+        network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+                                         if backend.needs_explicit_batch_flag else 0)
         parser = trt.OnnxParser(network, logger)
         if not parser.parse_from_file(str(source)):
             raise ModelError(_parse_errors(parser, model_path))
+        if opts.mark_outputs:
+            _mark_outputs(network, opts.mark_outputs, model_path)
         config = builder.create_builder_config()
         _configure(backend, builder, network, config, opts, has_qdq, proto)
+        calibrator = (_implicit_int8(backend, builder, network, config, implicit, proto, model_path, has_qdq, stack)
+                      if implicit else None)
         timing_cache = opts.timing_cache
         if timing_cache and backend.is_rtx:
             warnings.warn("TensorRT-RTX has no timing cache (its tactics are chosen at run time); "
                           "--timing-cache is ignored", stacklevel=2)
             timing_cache = None
         cache = _load_timing_cache(config, timing_cache) if timing_cache else None
-        precision = _precision_summary(network)
+        precision = _precision_summary(network, implicit_int8=calibrator is not None)
         io = [_tensor_info(network.get_input(i), True) for i in range(network.num_inputs)]
         io += [_tensor_info(network.get_output(i), False) for i in range(network.num_outputs)]
         start = time.perf_counter()
         serialized = builder.build_serialized_network(network, config)
         seconds = time.perf_counter() - start
+        if calibrator is not None and calibrator.error is not None:
+            raise calibrator.error
         if serialized is None:
             raise TrtptqError(f"TensorRT could not build {model_path}; its log above says why "
                               "(run with --verbose for more).")
@@ -187,7 +217,9 @@ def build_engine(model_path: str | os.PathLike, output: str | os.PathLike,
         profiles=[{k: [list(s) for s in v] for k, v in p.items()} for p in _profiles_used(network, opts)],
         fp16_kept_fp32=kept, fp16_check=check, compute_capabilities=list(opts.compute_capabilities), build_seconds=round(seconds, 3),
         engine_bytes=len(data), onnx_bytes=model_path.stat().st_size,
-        timing_cache=str(timing_cache) if timing_cache else None)
+        timing_cache=str(timing_cache) if timing_cache else None,
+        implicit_int8=calibrator and {"algorithm": calibrator.algorithm, "cache": implicit.cache,
+                                      "batches": calibrator.fed, "skipped_batches": calibrator.skipped})
     fileio.write_text(report_path, report.to_json() + "\n")
     return report
 
@@ -199,6 +231,32 @@ def _load_plugins(backend: Backend, builder, libraries) -> None:
             raise TrtptqError(f"plugin library {lib} does not exist.")
         if registry.load_library(str(lib)) is None:
             raise TrtptqError(f"TensorRT could not load plugin library {lib} (built for another TensorRT?).")
+
+
+def _layer_outputs(network) -> dict[str, tuple[object, object]]:
+    """tensor name -> (producing layer, tensor) for every layer output of the network."""
+    found = {}
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        for k in range(layer.num_outputs):
+            tensor = layer.get_output(k)
+            found[tensor.name] = (layer, tensor)
+    return found
+
+
+def _mark_outputs(network, names, path: pathlib.Path) -> None:
+    """Make `names` engine outputs too; network inputs are left alone (the caller has them already)."""
+    inputs = {network.get_input(i).name for i in range(network.num_inputs)}
+    outputs = {network.get_output(i).name for i in range(network.num_outputs)}
+    tensors = _layer_outputs(network)
+    missing = [n for n in names if n not in tensors and n not in inputs]
+    if missing:
+        raise ModelError(f"TensorRT's network for {path} has no tensor {', '.join(missing[:5])}"
+                         f"{' …' if len(missing) > 5 else ''}: its parser folded or renamed it. Calibrate "
+                         "with ONNX Runtime (--runner onnxruntime), or exclude the nodes that read it.")
+    for name in names:
+        if name not in inputs and name not in outputs:
+            network.mark_output(tensors[name][1])
 
 
 def _parse_errors(parser, path: pathlib.Path) -> str:
@@ -241,6 +299,57 @@ def _configure(backend: Backend, builder, network, config, opts: BuildOptions, h
         config.add_optimization_profile(p)
 
 
+def _implicit_int8(backend: Backend, builder, network, config, spec: ImplicitInt8, proto, model_path: pathlib.Path,
+                   has_qdq: bool, stack: contextlib.ExitStack):
+    """Set up TensorRT <= 10's INT8 calibrator: TensorRT's own algorithm on the data, or a cache of our ranges."""
+    from calibrators.tensorrt import TRT_ALGORITHMS, implicit_calibrator
+
+    from .data import Batches, input_specs, open_source
+
+    if not backend.has_implicit_int8:
+        raise TrtptqError(f"implicit INT8 calibration needs TensorRT <= 10; {backend.name} {backend.version} takes "
+                          "INT8 only from Q/DQ. Use --int8 (calibrate and insert Q/DQ) instead.")
+    if has_qdq:
+        raise TrtptqError(f"{model_path} already has Q/DQ nodes (explicit INT8); build it without --implicit-int8.")
+    trt, method = backend.trt, spec.calibration.method
+    cache_path = pathlib.Path(spec.cache) if spec.cache else None
+    cache = cache_path.read_bytes() if cache_path and cache_path.is_file() and cache_path.stat().st_size else None
+    if cache is None and spec.data is None:
+        raise TrtptqError("--implicit-int8 needs --data to calibrate on, or an existing --calibration-cache.")
+    if cache is None and method not in TRT_ALGORITHMS:  # percentile, mse: our ranges, read back by TensorRT
+        from .ptq import calibrate_tensors
+
+        ranges = calibrate_tensors(proto, model_io.activations(proto), spec.data, spec.calibration)
+        cache = ranges.trt_cache(backend.cache_version).encode()
+        if cache_path:
+            fileio.write_bytes(cache_path, cache)
+    algorithm = TRT_ALGORITHMS.get(method, "EntropyCalibration2")
+    batches, upload = (), None
+    if cache is None:
+        from .collect import calibration_profile
+        from .cuda import DeviceBuffers
+
+        specs = input_specs(proto)
+        data = Batches(open_source(spec.data, specs, spec.calibration.image), specs,
+                       spec.calibration.batch_size, spec.calibration.num_samples)
+        first = next(iter(data), None)
+        if first is None:
+            raise TrtptqError(f"the calibration data {spec.data} yielded no batch.")
+        dynamic = calibration_profile(specs, first.feed)
+        if dynamic:  # TensorRT calibrates at the profile's opt shape: that of the data's batches
+            profile = builder.create_optimization_profile()
+            for name, (_, shape, _) in dynamic.items():
+                profile.set_shape(name, shape, shape, shape)
+            config.set_calibration_profile(profile)
+        batches = (b.feed for b in data)
+        upload = stack.enter_context(DeviceBuffers()).upload
+    calibrator = implicit_calibrator(trt, algorithm, batches, upload, cache,
+                                     on_cache=(lambda data: fileio.write_bytes(cache_path, data)) if cache_path else None)
+    config.set_flag(trt.BuilderFlag.INT8)
+    config.int8_calibrator = calibrator
+    return calibrator
+
+
 def _keep_layers_fp32(trt, network, config, patterns, proto) -> None:
     ops = {n.name: n.op_type for n in proto.graph.node}
     for i in range(network.num_layers):
@@ -281,13 +390,13 @@ def _load_timing_cache(config, path: str | None):
     return cache
 
 
-def _precision_summary(network) -> dict[str, dict[str, int]]:
-    """Per weighted layer kind, how many run INT8 (fed by DequantizeLinear), FP16 or FP32 (by input type)."""
-    producers = {}
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        for k in range(layer.num_outputs):
-            producers[layer.get_output(k).name] = layer
+def _precision_summary(network, implicit_int8: bool = False) -> dict[str, dict[str, int]]:
+    """Per weighted layer kind, how many run INT8 (fed by DequantizeLinear), FP16 or FP32 (by input type).
+
+    With implicit INT8 (TensorRT <= 10) TensorRT picks per layer at build time:
+    float layers count as "INT8 allowed".
+    """
+    producers = {name: layer for name, (layer, _) in _layer_outputs(network).items()}
     counts: dict[str, Counter] = {}
     for i in range(network.num_layers):
         layer = network.get_layer(i)
@@ -300,6 +409,8 @@ def _precision_summary(network) -> dict[str, dict[str, int]]:
             precision = "INT8"
         else:
             precision = {"HALF": "FP16", "BF16": "BF16", "FLOAT": "FP32"}.get(data.dtype.name, data.dtype.name)
+            if implicit_int8 and precision in ("FP32", "FP16"):
+                precision = "INT8 allowed"
         counts.setdefault(kind, Counter())[precision] += 1
     return {k: dict(v) for k, v in counts.items()}
 

@@ -11,7 +11,7 @@ from typing import Sequence
 from calibrators import METHODS
 
 from .errors import TrtptqError
-from .trt import BACKENDS
+from .trt import BACKENDS, RUNNERS
 
 
 def _size(text: str) -> int:
@@ -45,8 +45,23 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                    help="activation memory per pass; more tensors take more passes (default 2G)")
     g.add_argument("--nonfinite", choices=("error", "ignore"), default="error",
                    help="NaN/Inf in an activation: stop (default) or calibrate on the finite values")
+    g.add_argument("--runner", choices=RUNNERS, default="onnxruntime",
+                   help="what runs the FP32 model: ONNX Runtime (default), or a TensorRT engine on the GPU "
+                        "(needs pycuda and a GPU that --backend's engines run on)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_image_args(p)
+
+
+def _add_cache_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calibration-cache", help="also write a TensorRT calibration cache (TensorRT <= 10)")
+    p.add_argument("--cache-for", metavar="VERSION",
+                   help="TensorRT version the cache header names, e.g. 10.13.0 (default: the installed "
+                        "TensorRT <= 10, else 10.0.0)")
+
+
+def _add_backend_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=BACKENDS,
+                   help="default: tensorrt if installed, else tensorrt_rtx (or $TRTPTQ_BACKEND)")
 
 
 def _add_image_args(p: argparse.ArgumentParser) -> None:
@@ -88,7 +103,7 @@ def _calibration_options(a: argparse.Namespace):
     image = _image_options(a)
     return CalibrationOptions(method=a.method, percentile=a.percentile, num_bins=a.num_bins, batch_size=a.batch_size,
                               num_samples=a.num_samples, memory_budget=a.memory_budget, nonfinite=a.nonfinite,
-                              image=image, show_progress=not a.no_progress)
+                              image=image, runner=a.runner, backend=a.backend, show_progress=not a.no_progress)
 
 
 def _quantize_options(a: argparse.Namespace):
@@ -110,17 +125,20 @@ def _cmd_calibrate(a: argparse.Namespace) -> int:
     if not a.data:
         raise TrtptqError("calibrate needs --data")
     ranges = calibrate(a.model, a.data, _calibration_options(a), _quantize_options(a))
-    _save_ranges(ranges, a.output, a.calibration_cache)
+    _save_ranges(ranges, a.output, a.calibration_cache, a.cache_for)
     return 0
 
 
-def _save_ranges(ranges, path: str | None, cache: str | None) -> None:
+def _save_ranges(ranges, path: str | None, cache: str | None, cache_for: str | None) -> None:
+    from .trt import cache_version, default_cache_version
+
     if path:
         ranges.save(path)
         print(f"{len(ranges.tensors)} tensor ranges ({ranges.method}, {ranges.num_samples} samples) -> {path}")
     if cache:
-        ranges.save_trt_cache(cache)
-        print(f"TensorRT calibration cache -> {cache}")
+        version = cache_version(cache_for) if cache_for else default_cache_version()
+        ranges.save_trt_cache(cache, version)
+        print(f"TensorRT calibration cache (TRT-{version}-{ranges.trt_algorithm}) -> {cache}")
 
 
 def _cmd_quantize(a: argparse.Namespace) -> int:
@@ -141,7 +159,7 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
     p = result.plan
     print(f"quantized {len(p.activations)} activations and {len(p.weights)} weights "
           f"({result.ranges.method}); {len(p.kept)} nodes kept in float -> {a.output}")
-    _save_ranges(result.ranges, a.save_ranges, a.calibration_cache)
+    _save_ranges(result.ranges, a.save_ranges, a.calibration_cache, a.cache_for)
     if a.report:
         from .compare import CompareOptions, compare
         from .report import calibration_histograms, write_report
@@ -215,14 +233,18 @@ def _print_comparison(result) -> None:
 
 def _cmd_build(a: argparse.Namespace) -> int:
     from . import model as model_io
-    from .build import BuildOptions, build_engine, parse_shapes
+    from .build import BuildOptions, ImplicitInt8, build_engine, parse_shapes
     from .fileio import check_writable
 
+    if a.int8 and a.implicit_int8:
+        raise TrtptqError("--int8 (Q/DQ) and --implicit-int8 (TensorRT <= 10 calibrates) exclude each other.")
+    implicit = (ImplicitInt8(data=a.data, calibration=_calibration_options(a), cache=a.calibration_cache)
+                if a.implicit_int8 else None)
     opts = BuildOptions(backend=a.backend, fp16=a.fp16, keep_fp32=tuple(a.keep_fp32),
                         profiles=[parse_shapes(s) for s in a.shapes], workspace=a.workspace,
                         optimization_level=a.optimization_level, timing_cache=a.timing_cache,
                         plugins=tuple(a.plugins), compute_capabilities=tuple(a.compute_capability),
-                        check_data=a.data if a.fp16 else None,
+                        check_data=a.data if a.fp16 and not a.implicit_int8 else None, implicit_int8=implicit,
                         show_progress=not a.no_progress, log_level="verbose" if a.verbose else "warning")
     source = a.model
     if a.int8:
@@ -240,6 +262,10 @@ def _cmd_build(a: argparse.Namespace) -> int:
     print(f"engine ({report.backend} {report.backend_version}, {report.build_seconds:.1f} s, "
           f"{report.engine_bytes / 2**20:.1f} MiB) -> {report.engine}")
     print(f"precision: {report.summary()}")
+    if report.implicit_int8:
+        i = report.implicit_int8
+        print(f"implicit INT8: TensorRT {i['algorithm']}, {i['batches']} batches"
+              + (f", cache -> {i['cache']}" if i["cache"] else ""))
     for name, m in (report.fp16_check or {}).items():
         print(f"FP16 ONNX vs its FP32 source in ONNX Runtime: {name} cosine "
               f"{m['cosine']:.6f}, SNR {m['snr_db']:.1f} dB")
@@ -257,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="choose per-tensor ranges and write ranges.json")
     p.add_argument("model", help="FP32 ONNX model")
     p.add_argument("-o", "--output", default="ranges.json", help="ranges file (default ranges.json)")
-    p.add_argument("--calibration-cache", help="also write a TensorRT calibration cache (TensorRT <= 10)")
+    _add_cache_args(p)
+    _add_backend_arg(p)
     _add_data_args(p)
     _add_quantize_args(p)
     p.set_defaults(func=_cmd_calibrate)
@@ -267,9 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="Q/DQ model to write")
     p.add_argument("--ranges", help="reuse a ranges file from `trtptq calibrate` instead of calibrating")
     p.add_argument("--save-ranges", help="write the ranges used to this JSON file")
-    p.add_argument("--calibration-cache", help="also write a TensorRT calibration cache (TensorRT <= 10)")
+    _add_cache_args(p)
     p.add_argument("--report", help="compare the result with the FP32 model and write the report into this folder")
     p.add_argument("--eval-data", help="data for --report (default: the calibration data)")
+    _add_backend_arg(p)
     _add_data_args(p)
     _add_quantize_args(p)
     p.set_defaults(func=_cmd_quantize)
@@ -277,8 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="build a TensorRT engine (FP32, Q/DQ INT8, FP16 mixed precision)")
     p.add_argument("model", help="ONNX model: FP32, or the Q/DQ model from `trtptq quantize`")
     p.add_argument("-o", "--output", required=True, help="engine file to write (+ OUTPUT.json build report)")
-    p.add_argument("--backend", choices=BACKENDS,
-                   help="default: tensorrt if installed, else tensorrt_rtx (or $TRTPTQ_BACKEND)")
+    _add_backend_arg(p)
     p.add_argument("--fp16", action="store_true", help="FP16 wherever it is safe (I/O and sensitive ops stay FP32)")
     p.add_argument("--keep-fp32", nargs="+", default=[], metavar="NODE|OP", help="nodes or op types kept FP32 with --fp16")
     p.add_argument("--shapes", action="append", default=[], metavar="NAME:MIN/OPT/MAX,...",
@@ -295,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "the FP16 model against FP32 in ONNX Runtime")
     p.add_argument("--ranges", help="with --int8: ranges from `trtptq calibrate` instead of --data")
     p.add_argument("--save-onnx", help="with --int8: where the Q/DQ model goes (default OUTPUT.int8.onnx)")
+    p.add_argument("--implicit-int8", action="store_true",
+                   help="TensorRT <= 10 only: TensorRT calibrates the FP32 model itself on --data through pycuda "
+                        "buffers (entropy, minmax), or reads trtptq's ranges as a cache (percentile, mse)")
+    p.add_argument("--calibration-cache", help="with --implicit-int8: read if present, else written")
     _add_data_args(p)
     _add_quantize_args(p)
     p.set_defaults(func=_cmd_build)

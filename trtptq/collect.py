@@ -1,17 +1,24 @@
-"""Activation collection: run the FP32 model in ONNX Runtime and stream tensors into calibrators.
+"""Activation collection: run the FP32 model and stream tensors into calibrators.
 
 Only the tensors that will be quantized are exposed as outputs, each batch's
 tensors are folded into their calibrators and dropped, and when one pass would
 hold more than the memory budget the tensors are split over several passes.
 Memory is bounded by one batch, never by the size of the data set.
+
+Two runners feed the same calibrators: ONNX Runtime (CPU, the default), or an
+FP32 TensorRT engine with the tensors marked as outputs, fed through pycuda
+buffers on the GPU (`runner="tensorrt"`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import pathlib
+import tempfile
 import warnings
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -19,11 +26,13 @@ import onnx
 from calibrators import Calibrator, NonFiniteError
 from tqdm import tqdm
 
-from .data import Batches
+from .data import Batches, InputSpec
 from .errors import DataError
 from .runtime_ort import session
+from .trt import RUNNERS
 
 DEFAULT_MEMORY_BUDGET = 2 * 2**30
+PassRun = Callable[[dict], list]  # feed -> the group's tensors, in order
 
 
 @dataclass
@@ -74,35 +83,103 @@ def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProt
 
 def collect(model: onnx.ModelProto, batches: Batches, calibrators: dict[str, Calibrator],
             memory_budget: int = DEFAULT_MEMORY_BUDGET, nonfinite: str = "error",
-            providers: Sequence[str] | None = None, show_progress: bool = True) -> CollectStats:
+            providers: Sequence[str] | None = None, show_progress: bool = True,
+            runner: str = "onnxruntime", backend: str | None = None) -> CollectStats:
     """Fold every batch's value of each named tensor into `calibrators[name]`, in place.
 
     `nonfinite`: "error" stops at the first NaN/Inf naming the tensor and data;
     "ignore" warns once per tensor and calibrates on the finite values.
+    `runner`: "onnxruntime" (`providers`), or "tensorrt" (an FP32 engine built
+    by `backend` and run on the GPU); `memory_budget` bounds either's activations.
     """
     if nonfinite not in ("error", "ignore"):
         raise ValueError(f"nonfinite must be 'error' or 'ignore', got {nonfinite!r}")
+    if runner not in RUNNERS:
+        raise ValueError(f"runner must be one of {', '.join(RUNNERS)}, got {runner!r}")
     names = list(calibrators)
     groups = split_passes(bytes_per_sample(model, names), batches.batch_size, memory_budget)
     warned: set[str] = set()
     total_batches = samples = 0
-    with tqdm(desc="calibrating", unit="batch", disable=not show_progress or None) as bar:
+    with contextlib.ExitStack() as stack, tqdm(desc="calibrating", unit="batch",
+                                               disable=not show_progress or None) as bar:
+        open_pass = (_ort_pass(model, providers) if runner == "onnxruntime"
+                     else stack.enter_context(_trt_passes(model, batches, backend)))
         for k, group in enumerate(groups):
-            sess = session(with_outputs(model, group), providers=providers, many_outputs=True)
             bar.set_description(f"calibrating (pass {k + 1}/{len(groups)})" if len(groups) > 1 else "calibrating")
-            n_batches = n_samples = 0
-            for batch in batches:
-                values = sess.run(group, batch.feed)
-                for name, value in zip(group, values):
-                    _observe(calibrators[name], name, value, batch, nonfinite, warned)
-                del values
-                n_batches += 1
-                n_samples += batch.size
-                bar.update(1)
+            with open_pass(group) as run:
+                n_batches = n_samples = 0
+                for batch in batches:
+                    values = run(batch.feed)
+                    for name, value in zip(group, values):
+                        _observe(calibrators[name], name, value, batch, nonfinite, warned)
+                    del values
+                    n_batches += 1
+                    n_samples += batch.size
+                    bar.update(1)
             if k == 0:
                 bar.total = n_batches * len(groups)
                 total_batches, samples = n_batches, n_samples
     return CollectStats(passes=len(groups), batches=total_batches, samples=samples)
+
+
+def _ort_pass(model: onnx.ModelProto, providers: Sequence[str] | None):
+    @contextlib.contextmanager
+    def open_pass(group: list[str]) -> Iterator[PassRun]:
+        sess = session(with_outputs(model, group), providers=providers, many_outputs=True)
+        yield lambda feed: sess.run(group, feed)
+
+    return open_pass
+
+
+def calibration_profile(specs: Sequence[InputSpec], feed: dict[str, np.ndarray]) -> dict:
+    """An optimization profile for the dynamic inputs: batch 1 up to `feed`'s batch, other dims as in `feed`."""
+    profile = {}
+    for spec in specs:
+        static = [isinstance(d, int) and d > 0 for d in spec.shape]
+        if all(static):
+            continue
+        shape = tuple(feed[spec.name].shape)
+        low = shape if static[0] else (1, *shape[1:])
+        profile[spec.name] = (low, shape, shape)
+    return profile
+
+
+@contextlib.contextmanager
+def _trt_passes(model: onnx.ModelProto, batches: Batches, backend: str | None):
+    """Per pass: an FP32 engine with the group's tensors marked as outputs, run through pycuda buffers.
+
+    The engine's profile covers batch sizes 1 to the first batch's; graph inputs
+    in a group are read from the feed itself.
+    """
+    from . import model as model_io
+    from .build import BuildOptions, build_engine
+    from .cuda import driver
+    from .runtime_trt import EngineRunner
+    from .trt import get_backend
+
+    driver()  # fail before building anything when there is no GPU
+    chosen = get_backend(backend)
+    first = next(iter(batches), None)
+    if first is None:
+        raise DataError("the calibration data yielded no batch.")
+    profile = calibration_profile(batches.specs, first.feed)
+    with tempfile.TemporaryDirectory(prefix="trtptq-calib-") as tmp:
+        source = model_io.save(model, pathlib.Path(tmp) / "model.onnx")
+
+        @contextlib.contextmanager
+        def open_pass(group: list[str]) -> Iterator[PassRun]:
+            engine = pathlib.Path(tmp) / "calibration.engine"
+            build_engine(source, engine, BuildOptions(backend=chosen.name, mark_outputs=tuple(group),
+                                                      profiles=[profile] if profile else [], show_progress=False))
+            marked = [n for n in group if n not in first.feed]
+            with EngineRunner(engine, chosen, outputs=marked) as runner:
+                def run(feed: dict) -> list:
+                    out = runner.run(feed)
+                    return [feed[n] if n in feed else out[n] for n in group]
+
+                yield run
+
+        yield open_pass
 
 
 def _observe(calib: Calibrator, name: str, value: np.ndarray, batch, nonfinite: str, warned: set[str]) -> None:

@@ -178,7 +178,7 @@ def _compare_layers(ref_model: onnx.ModelProto, cand_model: onnx.ModelProto, bat
             producers[o] = node
     shared = [o for n in ref_model.graph.node for o in n.output
               if o in cand_tensors and n.op_type not in ("Constant", "Shape")]
-    floats = _float_tensors(ref_model, set(shared))
+    floats = model_io.float_tensors(ref_model, set(shared))
     order = [o for o in shared if o in floats]
     stats = {t: ErrorStats() for t in order}
     groups = split_passes(bytes_per_sample(ref_model, order), batches[0].size if batches else 1, opts.memory_budget // 2)
@@ -203,17 +203,6 @@ def _compare_layers(ref_model: onnx.ModelProto, cand_model: onnx.ModelProto, bat
         rows.append(LayerRow(t, node.name, node.op_type, results[t]["snr_db"], results[t]["cosine"],
                              results[t]["max_abs_error"], drop, list(node.input)))
     return rows
-
-
-def _float_tensors(model: onnx.ModelProto, names: set[str]) -> set[str]:
-    """The names whose inferred type is float (unknown types count as float)."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-        types = {vi.name: vi.type.tensor_type.elem_type for vi in [*inferred.graph.value_info, *inferred.graph.output]}
-    except Exception:  # noqa: BLE001 - inference may refuse custom ops or models over 2 GB
-        types = {}
-    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
-    return {n for n in names if types.get(n, onnx.TensorProto.FLOAT) in floats}
 
 
 def _checks(outputs: dict[str, dict], accuracy, fail_below: dict[str, float]) -> list[dict]:

@@ -87,3 +87,26 @@ def _point_external_data(model_path: pathlib.Path, old: str, new: str) -> None:
             if entry.key == "location" and entry.value == old:
                 entry.value = new
     onnx.save(m, str(model_path))
+
+
+def float_tensors(model: onnx.ModelProto, names: set[str]) -> set[str]:
+    """The names whose inferred type is float (unknown types count as float)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+        types = {vi.name: vi.type.tensor_type.elem_type for vi in
+                 [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
+    except Exception:  # noqa: BLE001 - inference may refuse custom ops or models over 2 GB
+        types = {}
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    return {n for n in names if types.get(n, onnx.TensorProto.FLOAT) in floats}
+
+
+def activations(model: onnx.ModelProto) -> list[str]:
+    """Every float tensor that data flows through (graph inputs and node outputs, not weights), in graph order."""
+    weights = {i.name for i in model.graph.initializer}
+    constants = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    names = [i.name for i in model.graph.input if i.name not in weights]
+    names += [o for n in model.graph.node if n.op_type != "Constant" for o in n.output if o]
+    names = [n for n in dict.fromkeys(names) if n not in constants]
+    floats = float_tensors(model, set(names))
+    return [n for n in names if n in floats]

@@ -29,7 +29,9 @@ class CalibrationOptions:
     memory_budget: int = DEFAULT_MEMORY_BUDGET  # bytes of activations held per pass
     nonfinite: str = "error"  # or "ignore"
     image: ImageOptions = field(default_factory=ImageOptions)
-    providers: tuple[str, ...] | None = None
+    providers: tuple[str, ...] | None = None  # ONNX Runtime's, for runner="onnxruntime"
+    runner: str = "onnxruntime"  # or "tensorrt": an FP32 engine on the GPU, through pycuda buffers
+    backend: str | None = None  # the TensorRT for runner="tensorrt" (None: auto)
     show_progress: bool = True
 
     def calibrator_options(self) -> dict:
@@ -69,20 +71,28 @@ def calibrate(model: onnx.ModelProto | str | os.PathLike, data, options: Calibra
     """Ranges for every tensor the quantizer will put Q/DQ on (chosen by `quantize_options`)."""
     qopts = quantize_options or QuantizeOptions()
     proto, name, _, placement = _prepare(model, qopts)
-    return _calibrate(proto, name, placement, data, options or CalibrationOptions(), qopts)[0]
+    return _calibrate(proto, name, placement.activations, data, options or CalibrationOptions(),
+                      {"quantize": _qopts_dict(qopts)})[0]
 
 
-def _calibrate(proto: onnx.ModelProto, name: str, placement: Plan, data, options: CalibrationOptions,
-               qopts: QuantizeOptions) -> tuple[Ranges, CollectStats, dict[str, Calibrator]]:
+def calibrate_tensors(model: onnx.ModelProto | str | os.PathLike, tensors, data,
+                      options: CalibrationOptions | None = None) -> Ranges:
+    """Ranges for the named tensors, wherever Q/DQ would go (e.g. every activation, for TensorRT <= 10's cache)."""
+    proto, name = _as_model(model)
+    return _calibrate(proto, name, list(tensors), data, options or CalibrationOptions(), {})[0]
+
+
+def _calibrate(proto: onnx.ModelProto, name: str, tensors: list[str], data, options: CalibrationOptions,
+               extra: dict) -> tuple[Ranges, CollectStats, dict[str, Calibrator]]:
     specs = input_specs(proto)
     batches = Batches(open_source(data, specs, options.image), specs, options.batch_size, options.num_samples)
-    calibs = {t: make_calibrator(options.method, **options.calibrator_options()) for t in placement.activations}
+    calibs = {t: make_calibrator(options.method, **options.calibrator_options()) for t in tensors}
     stats = collect(proto, batches, calibs, options.memory_budget, options.nonfinite, options.providers,
-                    options.show_progress) if calibs else CollectStats(0, 0, 0)
+                    options.show_progress, options.runner, options.backend) if calibs else CollectStats(0, 0, 0)
     first = next(iter(calibs.values()), None)
     ranges = Ranges(
         method=options.method,
-        options={**options.calibrator_options(), "batch_size": batches.batch_size, "quantize": _qopts_dict(qopts)},
+        options={**options.calibrator_options(), "batch_size": batches.batch_size, **extra},
         tensors={t: TensorRange(c.compute_amax(), c.minimum, c.maximum, c.count) for t, c in calibs.items()},
         model=pathlib.Path(name).name,
         num_samples=stats.samples,
@@ -104,7 +114,8 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
     if ranges is not None:
         ranges = ranges if isinstance(ranges, Ranges) else Ranges.load(ranges)
     elif data is not None:
-        ranges, stats, calibs = _calibrate(proto, name, placement, data, calibration or CalibrationOptions(), qopts)
+        ranges, stats, calibs = _calibrate(proto, name, placement.activations, data,
+                                           calibration or CalibrationOptions(), {"quantize": _qopts_dict(qopts)})
     else:
         raise ValueError("quantize needs calibration data or a ranges file")
     qdq = onnx_graph_export(insert_qdq(graph, placement, ranges.amax), proto)

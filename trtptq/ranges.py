@@ -69,7 +69,10 @@ class Ranges:
                    body.get("num_samples", 0), body.get("trt_algorithm", "EntropyCalibration2"))
 
     def trt_cache(self, trt_version: int = 100000) -> str:
-        """TensorRT's calibration cache: header, then `tensor: <big-endian float32 scale in hex>`."""
+        """TensorRT's calibration cache: header, then `tensor: <big-endian float32 scale in hex>`.
+
+        `trt_version` is the header's number (trtptq.trt.cache_version("10.13.0") = 101300).
+        """
         lines = [f"TRT-{trt_version}-{self.trt_algorithm}"]
         lines += [f"{name}: {struct.pack('>f', r.scale).hex()}" for name, r in self.tensors.items()]
         return "\n".join(lines) + "\n"

@@ -16,6 +16,7 @@ from types import ModuleType
 from .errors import TrtptqError
 
 BACKENDS = ("tensorrt", "tensorrt_rtx")
+RUNNERS = ("onnxruntime", "tensorrt")  # what runs the FP32 model during calibration
 ENV_VAR = "TRTPTQ_BACKEND"
 
 
@@ -47,19 +48,39 @@ class Backend:
         return hasattr(self.trt, "IInt8EntropyCalibrator2") and hasattr(self.trt.BuilderFlag, "INT8")
 
     @property
+    def needs_explicit_batch_flag(self) -> bool:
+        """TensorRT 8 and 9 parse ONNX only into networks created with EXPLICIT_BATCH (the default since 10)."""
+        return not self.is_rtx and self.major < 10
+
+    @property
     def has_compute_capabilities(self) -> bool:
         return hasattr(self.trt, "ComputeCapability")
 
     @property
     def cache_version(self) -> int:
-        """The number TensorRT writes in a calibration cache header (10.8.0 -> 100800)."""
-        parts = (self.version.split(".") + ["0", "0"])[:3]
-        return int(parts[0]) * 10000 + int(parts[1]) * 100 + int(parts[2])
+        return cache_version(self.version)
 
     def logger(self, level: str = "warning"):
         """TensorRT's logger at `level`: verbose, info, warning or error."""
         trt = self.trt
         return trt.Logger(getattr(trt.Logger, level.upper()))
+
+
+def cache_version(version: str) -> int:
+    """The number in a calibration cache header, TensorRT's NV_TENSORRT_VERSION (10.3.0 -> 100300, 8.6.1 -> 8601)."""
+    try:
+        major, minor, patch = (int(p) for p in (version.split(".") + ["0", "0"])[:3])
+    except ValueError:
+        raise TrtptqError(f"not a TensorRT version: {version!r} (e.g. 10.13.0)") from None
+    return major * (10000 if major >= 10 else 1000) + minor * 100 + patch
+
+
+def default_cache_version() -> int:
+    """The installed TensorRT's cache version where it still reads calibration caches (<= 10), else 10.0.0's."""
+    module = _import("tensorrt")
+    if module is not None and Backend("tensorrt", module).has_implicit_int8:
+        return cache_version(module.__version__)
+    return cache_version("10.0.0")
 
 
 @functools.lru_cache(maxsize=None)
