@@ -130,15 +130,14 @@ def _cmd_calibrate(a: argparse.Namespace) -> int:
 
 
 def _save_ranges(ranges, path: str | None, cache: str | None, cache_for: str | None) -> None:
-    from .trt import cache_version, default_cache_version
+    from .trt import cache_version
 
     if path:
         ranges.save(path)
         print(f"{len(ranges.tensors)} tensor ranges ({ranges.method}, {ranges.num_samples} samples) -> {path}")
     if cache:
-        version = cache_version(cache_for) if cache_for else default_cache_version()
-        ranges.save_trt_cache(cache, version)
-        print(f"TensorRT calibration cache (TRT-{version}-{ranges.trt_algorithm}) -> {cache}")
+        header = ranges.save_trt_cache(cache, cache_version(cache_for) if cache_for else None).read_text().splitlines()[0]
+        print(f"TensorRT calibration cache ({header}) -> {cache}")
 
 
 def _cmd_quantize(a: argparse.Namespace) -> int:

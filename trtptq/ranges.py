@@ -68,16 +68,19 @@ class Ranges:
         return cls(body["method"], body.get("options", {}), tensors, body.get("model", ""),
                    body.get("num_samples", 0), body.get("trt_algorithm", "EntropyCalibration2"))
 
-    def trt_cache(self, trt_version: int = 100000) -> str:
+    def trt_cache(self, trt_version: int | None = None) -> str:
         """TensorRT's calibration cache: header, then `tensor: <big-endian float32 scale in hex>`.
 
-        `trt_version` is the header's number (trtptq.trt.cache_version("10.13.0") = 101300).
+        `trt_version` is the header's number (trtptq.trt.cache_version("10.13.0") = 101300);
+        default: the installed TensorRT <= 10's, else 10.0.0's.
         """
-        lines = [f"TRT-{trt_version}-{self.trt_algorithm}"]
+        from .trt import default_cache_version
+
+        lines = [f"TRT-{trt_version or default_cache_version()}-{self.trt_algorithm}"]
         lines += [f"{name}: {struct.pack('>f', r.scale).hex()}" for name, r in self.tensors.items()]
         return "\n".join(lines) + "\n"
 
-    def save_trt_cache(self, path: str | os.PathLike, trt_version: int = 100000) -> pathlib.Path:
+    def save_trt_cache(self, path: str | os.PathLike, trt_version: int | None = None) -> pathlib.Path:
         return fileio.write_text(path, self.trt_cache(trt_version))
 
 
