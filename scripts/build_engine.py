@@ -3,8 +3,9 @@
     python scripts/build_engine.py model.onnx calib.npz out/ --method entropy --fp16 \\
         --shapes input:1x3x224x224/8x3x224x224/32x3x224x224
 
-Each step is the library call the CLI makes (trtptq.quantize, trtptq.build.build_engine), so this is
-also the template for scripting your own pipeline.
+Each step is the library call the CLI makes (trtptq.quantize, trtptq.compare.compare,
+trtptq.build.build_engine), so this is also the template for scripting your own pipeline.
+`--runner tensorrt` calibrates with an FP32 engine on the GPU instead of ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 from trtptq import CalibrationOptions, TrtptqError, quantize
 from trtptq import model as model_io
 from trtptq.build import BuildOptions, build_engine, parse_shapes
+from trtptq.compare import CompareOptions, compare
 
 
 def main() -> int:
@@ -28,11 +30,14 @@ def main() -> int:
     p.add_argument("--fp16", action="store_true")
     p.add_argument("--shapes", action="append", default=[])
     p.add_argument("--backend")
+    p.add_argument("--runner", default="onnxruntime", choices=("onnxruntime", "tensorrt"))
     a = p.parse_args()
     out = pathlib.Path(a.out_dir)
     try:
-        result = quantize(a.model, data=a.data, calibration=CalibrationOptions(method=a.method, batch_size=a.batch_size))
+        calibration = CalibrationOptions(method=a.method, batch_size=a.batch_size, runner=a.runner, backend=a.backend)
+        result = quantize(a.model, data=a.data, calibration=calibration)
         model_io.save(result.model, out / "model.int8.onnx")
+        check = compare(a.model, [out / "model.int8.onnx"], a.data, CompareOptions(num_samples=64, per_layer=False))
         result.ranges.save(out / "ranges.json")
         result.ranges.save_trt_cache(out / "calibration.cache")
         report = build_engine(out / "model.int8.onnx", out / "model.engine",
@@ -40,6 +45,9 @@ def main() -> int:
     except TrtptqError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for name, m in check.candidates[0].outputs.items():
+        print(f"INT8 vs FP32 ({check.num_samples} samples, ONNX Runtime): {name} cosine {m['cosine']:.5f}, "
+              f"SNR {m['snr_db']:.1f} dB")
     print(f"{report.engine}: {report.summary()} ({report.backend} {report.backend_version})")
     return 0
 

@@ -180,3 +180,20 @@ def test_cli_one_step_int8_fp16_build(mnist, tmp_path):
     assert {p.name for p in tmp_path.iterdir()} == {"calib.npz", "m.engine", "m.engine.json", "m.engine.int8.onnx"}
     r = trtptq("build", mnist[0], "--shapes", "input:1x1", "-o", tmp_path / "n.engine")
     assert r.returncode == 2 and "does not fit the input's shape" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_build_engine_script(mnist, tmp_path):
+    import pathlib
+    import subprocess
+    import sys
+
+    np.savez(tmp_path / "calib.npz", input=mnist[1][:64])
+    script = pathlib.Path(__file__).parent.parent / "scripts" / "build_engine.py"
+    r = subprocess.run([sys.executable, script, mnist[0], tmp_path / "calib.npz", tmp_path / "out", "--method",
+                        "minmax", "--batch-size", "16", "--shapes", MNIST_SHAPES], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    cosine = float(r.stdout.split("logits cosine ")[1].split(",")[0])
+    assert cosine > 0.999
+    assert "CONVOLUTION: 2 INT8" in r.stdout
+    assert {p.name for p in (tmp_path / "out").iterdir()} >= {"model.int8.onnx", "model.engine", "model.engine.json",
+                                                               "ranges.json", "calibration.cache"}

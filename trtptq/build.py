@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
 import json
 import os
 import pathlib
@@ -342,7 +343,7 @@ def _implicit_int8(backend: Backend, builder, network, config, spec: ImplicitInt
                 profile.set_shape(name, shape, shape, shape)
             config.set_calibration_profile(profile)
         batches = (b.feed for b in data)
-        upload = stack.enter_context(DeviceBuffers()).upload
+        upload = functools.partial(stack.enter_context(DeviceBuffers()).upload, wait=True)
     calibrator = implicit_calibrator(trt, algorithm, batches, upload, cache,
                                      on_cache=(lambda data: fileio.write_bytes(cache_path, data)) if cache_path else None)
     config.set_flag(trt.BuilderFlag.INT8)

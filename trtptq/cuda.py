@@ -88,14 +88,20 @@ class DeviceBuffers:
     def pointer(self, name: str) -> int:
         return int(self._device[name])
 
-    def upload(self, arrays: Mapping[str, np.ndarray]) -> dict[str, int]:
-        """Stage each array in pinned memory and queue its copy to the GPU; name -> device pointer."""
+    def upload(self, arrays: Mapping[str, np.ndarray], wait: bool = False) -> dict[str, int]:
+        """Stage each array in pinned memory and queue its copy to the GPU; name -> device pointer.
+
+        `wait`: return only once the copies are done, for a consumer on another
+        stream (TensorRT's calibrator); work queued on `self.stream` needs no wait.
+        """
         for name, array in arrays.items():
             array = np.asarray(array)
             host = self._reserve(name, array.size, array.dtype)
             staged = host[: array.size]
             staged[...] = array.reshape(-1)
             self._cuda.memcpy_htod_async(self._device[name], staged, self.stream)
+        if wait:
+            self.stream.synchronize()
         return {name: self.pointer(name) for name in arrays}
 
     def allocate(self, name: str, shape: Shape, dtype) -> int:
