@@ -39,7 +39,7 @@ def _calibration_engine(model, tmp_path):
                    for s in input_specs(proto)}
     profile = calibration_profile(input_specs(proto), {n: np.zeros(s) for n, s in feed_shapes.items()})
     report = build_engine(model, tmp_path / "calibration.engine",
-                          BuildOptions(backend="tensorrt_rtx", mark_outputs=tuple(placement.activations),
+                          BuildOptions(backend="tensorrt_rtx", mark_outputs=tuple(placement.activations), tf32=False,
                                        profiles=[profile] if profile else [], show_progress=False))
     return placement.activations, inputs, {o["name"] for o in report.outputs}
 
@@ -147,8 +147,8 @@ def test_tensorrt_runner_gives_onnxruntimes_ranges(mnist):
         opts = CalibrationOptions(method="minmax", batch_size=32, runner=runner, show_progress=False)
         ranges[runner] = calibrate(mnist[0], data, opts).amax
     assert ranges["tensorrt"].keys() == ranges["onnxruntime"].keys()
-    for name, amax in ranges["onnxruntime"].items():  # TF32 convolutions may differ in the last digits
-        assert ranges["tensorrt"][name] == pytest.approx(amax, rel=1e-2), name
+    for name, amax in ranges["onnxruntime"].items():  # calibration engines are built without TF32
+        assert ranges["tensorrt"][name] == pytest.approx(amax, rel=1e-3), name
 
 
 @pytest.mark.gpu

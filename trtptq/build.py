@@ -64,6 +64,7 @@ class BuildOptions:
     compute_capabilities: tuple[str, ...] = ()  # TensorRT-RTX targets, e.g. ("8.6", "8.9")
     check_data: object = None  # with fp16: data to check the FP16 ONNX against FP32 in ONNX Runtime first
     check_samples: int = 64
+    tf32: bool = True  # False: FP32 layers compute in full FP32 (calibration engines, accuracy checks)
     mark_outputs: tuple[str, ...] = ()  # tensors to expose as extra engine outputs (calibration, debugging)
     implicit_int8: ImplicitInt8 | None = None  # TensorRT <= 10 only
     show_progress: bool = True
@@ -273,6 +274,8 @@ def _configure(backend: Backend, builder, network, config, opts: BuildOptions, h
     trt = backend.trt
     if opts.workspace:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace)
+    if not opts.tf32:
+        config.clear_flag(trt.BuilderFlag.TF32)
     if opts.optimization_level is not None:
         config.builder_optimization_level = opts.optimization_level
     if opts.compute_capabilities:

@@ -241,7 +241,7 @@ def _cmd_build(a: argparse.Namespace) -> int:
                 if a.implicit_int8 else None)
     opts = BuildOptions(backend=a.backend, fp16=a.fp16, keep_fp32=tuple(a.keep_fp32),
                         profiles=[parse_shapes(s) for s in a.shapes], workspace=a.workspace,
-                        optimization_level=a.optimization_level, timing_cache=a.timing_cache,
+                        optimization_level=a.optimization_level, tf32=not a.no_tf32, timing_cache=a.timing_cache,
                         plugins=tuple(a.plugins), compute_capabilities=tuple(a.compute_capability),
                         check_data=a.data if a.fp16 and not a.implicit_int8 else None, implicit_int8=implicit,
                         show_progress=not a.no_progress, log_level="verbose" if a.verbose else "warning")
@@ -311,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an optimization profile, e.g. input:1x3x224x224/8x3x224x224/32x3x224x224; repeat for more")
     p.add_argument("--workspace", type=_size, help="workspace memory limit, e.g. 2G")
     p.add_argument("--optimization-level", type=int, choices=range(6), help="builder optimization level 0-5")
+    p.add_argument("--no-tf32", action="store_true", help="FP32 layers in full FP32 precision (TensorRT allows TF32)")
     p.add_argument("--timing-cache", help="timing cache file: read if present, written after the build")
     p.add_argument("--plugins", nargs="+", default=[], metavar="LIB", help="TensorRT plugin libraries to load")
     p.add_argument("--compute-capability", nargs="+", default=[], metavar="CC",

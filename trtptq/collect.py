@@ -146,7 +146,7 @@ def calibration_profile(specs: Sequence[InputSpec], feed: dict[str, np.ndarray])
 
 @contextlib.contextmanager
 def _trt_passes(model: onnx.ModelProto, batches: Batches, backend: str | None):
-    """Per pass: an FP32 engine with the group's tensors marked as outputs, run through pycuda buffers.
+    """Per pass: an FP32 engine (no TF32) with the group's tensors marked as outputs, run through pycuda buffers.
 
     The engine's profile covers batch sizes 1 to the first batch's; graph inputs
     in a group are read from the feed itself.
@@ -169,7 +169,7 @@ def _trt_passes(model: onnx.ModelProto, batches: Batches, backend: str | None):
         @contextlib.contextmanager
         def open_pass(group: list[str]) -> Iterator[PassRun]:
             engine = pathlib.Path(tmp) / "calibration.engine"
-            build_engine(source, engine, BuildOptions(backend=chosen.name, mark_outputs=tuple(group),
+            build_engine(source, engine, BuildOptions(backend=chosen.name, mark_outputs=tuple(group), tf32=False,
                                                       profiles=[profile] if profile else [], show_progress=False))
             marked = [n for n in group if n not in first.feed]
             with EngineRunner(engine, chosen, outputs=marked) as runner:
