@@ -18,6 +18,7 @@ import tempfile
 import time
 import warnings
 from collections import Counter
+from typing import Sequence
 from dataclasses import asdict, dataclass, field
 
 from tqdm import tqdm
@@ -197,7 +198,8 @@ def build_engine(model_path: str | os.PathLike, output: str | os.PathLike,
                           "--timing-cache is ignored", stacklevel=2)
             timing_cache = None
         cache = _load_timing_cache(config, timing_cache) if timing_cache else None
-        precision = _precision_summary(network, implicit_int8=calibrator is not None)
+        allowed = [] if backend.strongly_typed_only else ["INT8"] * (calibrator is not None) + ["FP16"] * opts.fp16
+        precision = _precision_summary(network, allowed)
         io = [_tensor_info(network.get_input(i), True) for i in range(network.num_inputs)]
         io += [_tensor_info(network.get_output(i), False) for i in range(network.num_outputs)]
         start = time.perf_counter()
@@ -394,11 +396,11 @@ def _load_timing_cache(config, path: str | None):
     return cache
 
 
-def _precision_summary(network, implicit_int8: bool = False) -> dict[str, dict[str, int]]:
+def _precision_summary(network, allowed: Sequence[str] = ()) -> dict[str, dict[str, int]]:
     """Per weighted layer kind, how many run INT8 (fed by DequantizeLinear), FP16 or FP32 (by input type).
 
-    With implicit INT8 (TensorRT <= 10) TensorRT picks per layer at build time:
-    float layers count as "INT8 allowed".
+    On TensorRT <= 10 the INT8 / FP16 builder flags let TensorRT pick per layer
+    at build time: FP32 layers without a set precision count as e.g. "INT8/FP16 allowed".
     """
     producers = {name: layer for name, (layer, _) in _layer_outputs(network).items()}
     counts: dict[str, Counter] = {}
@@ -413,8 +415,8 @@ def _precision_summary(network, implicit_int8: bool = False) -> dict[str, dict[s
             precision = "INT8"
         else:
             precision = {"HALF": "FP16", "BF16": "BF16", "FLOAT": "FP32"}.get(data.dtype.name, data.dtype.name)
-            if implicit_int8 and precision in ("FP32", "FP16"):
-                precision = "INT8 allowed"
+            if allowed and precision == "FP32" and not layer.precision_is_set:
+                precision = "/".join(allowed) + " allowed"
         counts.setdefault(kind, Counter())[precision] += 1
     return {k: dict(v) for k, v in counts.items()}
 
