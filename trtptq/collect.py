@@ -103,7 +103,7 @@ def collect(model: onnx.ModelProto, batches: Batches, calibrators: dict[str, Cal
     with contextlib.ExitStack() as stack, tqdm(desc="calibrating", unit="batch",
                                                disable=not show_progress or None) as bar:
         open_pass = (_ort_pass(model, providers) if runner == "onnxruntime"
-                     else stack.enter_context(_trt_passes(model, batches, backend)))
+                     else stack.enter_context(_trt_passes(model, batches, backend, show_progress)))
         for k, group in enumerate(groups):
             bar.set_description(f"calibrating (pass {k + 1}/{len(groups)})" if len(groups) > 1 else "calibrating")
             with open_pass(group) as run:
@@ -145,7 +145,7 @@ def calibration_profile(specs: Sequence[InputSpec], feed: dict[str, np.ndarray])
 
 
 @contextlib.contextmanager
-def _trt_passes(model: onnx.ModelProto, batches: Batches, backend: str | None):
+def _trt_passes(model: onnx.ModelProto, batches: Batches, backend: str | None, show_progress: bool):
     """Per pass: an FP32 engine (no TF32) with the group's tensors marked as outputs, run through pycuda buffers.
 
     The engine's profile covers batch sizes 1 to the first batch's; graph inputs
@@ -170,7 +170,8 @@ def _trt_passes(model: onnx.ModelProto, batches: Batches, backend: str | None):
         def open_pass(group: list[str]) -> Iterator[PassRun]:
             engine = pathlib.Path(tmp) / "calibration.engine"
             build_engine(source, engine, BuildOptions(backend=chosen.name, mark_outputs=tuple(group), tf32=False,
-                                                      profiles=[profile] if profile else [], show_progress=False))
+                                                      profiles=[profile] if profile else [],
+                                                      show_progress=show_progress))
             marked = [n for n in group if n not in first.feed]
             with EngineRunner(engine, chosen, outputs=marked) as runner:
                 def run(feed: dict) -> list:
