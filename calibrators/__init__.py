@@ -9,6 +9,7 @@ from .calibrator import (
     MinMaxCalibrator,
     MSECalibrator,
     PercentileCalibrator,
+    amax_by_method,
     make_calibrator,
 )
 from .histogram import AbsHistogram, NonFiniteError
@@ -16,6 +17,6 @@ from .methods import entropy_amax, mse_amax, percentile_amax
 
 __all__ = [
     "AbsHistogram", "CALIBRATORS", "METHODS", "Calibrator", "EntropyCalibrator", "HistogramCalibrator",
-    "MinMaxCalibrator", "MSECalibrator", "NonFiniteError", "PercentileCalibrator", "entropy_amax", "make_calibrator",
-    "mse_amax", "percentile_amax",
+    "MinMaxCalibrator", "MSECalibrator", "NonFiniteError", "PercentileCalibrator", "amax_by_method", "entropy_amax",
+    "make_calibrator", "mse_amax", "percentile_amax",
 ]

@@ -174,6 +174,12 @@ CALIBRATORS: dict[str, type[Calibrator]] = {
 METHODS = tuple(CALIBRATORS)
 
 
+def amax_by_method(hist: AbsHistogram, percentile: float = 99.99) -> dict[str, float]:
+    """Every method's threshold from one |x| histogram (its exact max is minmax's), for choosing among them."""
+    return {"minmax": hist.amax, "percentile": percentile_amax(hist, percentile), "entropy": entropy_amax(hist),
+            "mse": mse_amax(hist)}
+
+
 def make_calibrator(method: str, **options) -> Calibrator:
     """A fresh calibrator for `method` ('minmax', 'percentile', 'entropy', 'mse')."""
     try:

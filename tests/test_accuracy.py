@@ -42,6 +42,20 @@ def test_mnist_int8_accuracy(mnist, mnist_eval, method, max_drop):
     assert not np.array_equal(int8, fp32)
 
 
+def test_mnist_auto_method_avoids_entropys_loss(mnist, mnist_eval):
+    """One collection, four candidate range sets scored against FP32: the kept one equals calibrating with it alone."""
+    path, images, _ = mnist
+    batches, fp32, labels = mnist_eval
+    result = quantize(path, data=[{"input": images[:256]}], calibration=_opts("auto"))
+    scores = result.ranges.options["auto_snr_db"]
+    assert set(scores) == {"minmax", "percentile", "entropy", "mse"}
+    assert result.ranges.method == max(scores, key=scores.get) != "entropy"
+    assert scores["entropy"] < scores[result.ranges.method] - 10
+    alone = quantize(path, data=[{"input": images[:256]}], calibration=_opts(result.ranges.method))
+    assert alone.ranges.amax == result.ranges.amax
+    assert top1(run(result.model, batches)[0], labels) >= top1(fp32, labels) - 0.003
+
+
 def test_mnist_entropy_loss_is_mostly_the_input_spike(mnist, mnist_eval):
     """Keeping the first Conv (and so the network input) in float recovers most of entropy's loss."""
     path, images, _ = mnist
@@ -87,3 +101,16 @@ def test_minilm_int8_embeddings(minilm, minilm_eval, method, activation_matmul, 
     assert cos.mean() >= min_cos
     unit = int8 / np.linalg.norm(int8, axis=1, keepdims=True)
     assert real_models.knn_accuracy(unit, labels) >= real_models.knn_accuracy(fp32, labels) - max_drop
+
+
+def test_minilm_auto_method(minilm, minilm_eval):
+    model, _ = minilm
+    calib, batches, fp32, labels = minilm_eval
+    result = quantize(model, data=[calib], calibration=_opts("auto", 16))
+    scores = result.ranges.options["auto_snr_db"]
+    assert result.ranges.method == max(scores, key=scores.get)
+    int8, _ = run(result.model, batches)
+    cos = np.sum(int8 * fp32, axis=1) / np.linalg.norm(int8, axis=1)
+    assert cos.mean() >= 0.97
+    unit = int8 / np.linalg.norm(int8, axis=1, keepdims=True)
+    assert real_models.knn_accuracy(unit, labels) >= real_models.knn_accuracy(fp32, labels) - 0.03

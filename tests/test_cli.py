@@ -104,3 +104,15 @@ def test_demo(tmp_path):
     else:
         assert "layer precision: CONVOLUTION: 2 INT8; MATRIX_MULTIPLY: 2 INT8" in r.stdout
         assert (tmp_path / "demo" / "model.engine").stat().st_size > 100_000
+
+
+def test_method_auto_says_what_it_kept(tmp_path, mnist, calib_npz):
+    r = trtptq("calibrate", mnist[0], "--data", calib_npz, "--method", "auto", "--batch-size", 32,
+               "-o", tmp_path / "ranges.json", "--calibration-cache", tmp_path / "c.cache", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    saved = json.loads((tmp_path / "ranges.json").read_text())
+    scores = saved["options"]["auto_snr_db"]
+    assert saved["method"] == max(scores, key=scores.get)
+    assert f"--method auto kept {saved['method']}" in r.stdout
+    header = (tmp_path / "c.cache").read_text().splitlines()[0]
+    assert header.endswith("MinMaxCalibration" if saved["method"] == "minmax" else "EntropyCalibration2")

@@ -6,22 +6,28 @@ import os
 import pathlib
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import onnx
 
-from calibrators import Calibrator, make_calibrator
+from calibrators import CALIBRATORS, Calibrator, amax_by_method, make_calibrator
 
 from . import model as model_io
 from .collect import DEFAULT_MEMORY_BUDGET, CollectStats, collect
 from .data import Batches, ImageOptions, input_specs, open_source
+from .errors import TrtptqError
+from .metrics import ErrorStats
 from .qdq import Plan, QuantizeOptions, import_graph, insert_qdq, plan
 from .ranges import Ranges, TensorRange
+from .runtime_ort import session
+
+AUTO = "auto"  # one histogram collection, every method's ranges tried, the one closest to FP32 kept
 
 
 @dataclass
 class CalibrationOptions:
     """How ranges are chosen and how the data is fed."""
 
-    method: str = "entropy"  # minmax | percentile | entropy | mse
+    method: str = "entropy"  # minmax | percentile | entropy | mse | auto
     percentile: float = 99.99
     num_bins: int = 2048
     batch_size: int | None = None  # None: 1, or the model's fixed batch
@@ -32,9 +38,12 @@ class CalibrationOptions:
     providers: tuple[str, ...] | None = None  # ONNX Runtime's, for runner="onnxruntime"
     runner: str = "onnxruntime"  # or "tensorrt": an FP32 engine on the GPU, through pycuda buffers
     backend: str | None = None  # the TensorRT for runner="tensorrt" (None: auto)
+    auto_samples: int = 256  # method="auto": calibration samples the candidates are scored on
     show_progress: bool = True
 
     def calibrator_options(self) -> dict:
+        if self.method == AUTO:
+            return {"num_bins": self.num_bins, "percentile": self.percentile}
         if self.method == "minmax":
             return {}
         opts: dict = {"num_bins": self.num_bins}
@@ -71,7 +80,7 @@ def calibrate(model: onnx.ModelProto | str | os.PathLike, data, options: Calibra
     """Ranges for every tensor the quantizer will put Q/DQ on (chosen by `quantize_options`)."""
     qopts = quantize_options or QuantizeOptions()
     proto, name, _, placement = _prepare(model, qopts)
-    return _calibrate(proto, name, placement.activations, data, options or CalibrationOptions(),
+    return _calibrate(proto, name, placement, data, options or CalibrationOptions(),
                       {"quantize": _qopts_dict(qopts)})[0]
 
 
@@ -82,23 +91,64 @@ def calibrate_tensors(model: onnx.ModelProto | str | os.PathLike, tensors, data,
     return _calibrate(proto, name, list(tensors), data, options or CalibrationOptions(), {})[0]
 
 
-def _calibrate(proto: onnx.ModelProto, name: str, tensors: list[str], data, options: CalibrationOptions,
+def _calibrate(proto: onnx.ModelProto, name: str, target: Plan | list[str], data, options: CalibrationOptions,
                extra: dict) -> tuple[Ranges, CollectStats, dict[str, Calibrator]]:
+    """Ranges for a Q/DQ plan's activations, or for a list of tensors (method "auto" needs the plan)."""
+    tensors = list(target.activations) if isinstance(target, Plan) else target
+    if options.method == AUTO and not isinstance(target, Plan):
+        raise TrtptqError("--method auto chooses by quantizing the model with Q/DQ; pick a method here "
+                          "(entropy, minmax, percentile or mse).")
     specs = input_specs(proto)
     batches = Batches(open_source(data, specs, options.image), specs, options.batch_size, options.num_samples)
-    calibs = {t: make_calibrator(options.method, **options.calibrator_options()) for t in tensors}
+    histogram = {"num_bins": options.num_bins}
+    calibs = {t: make_calibrator("entropy", **histogram) if options.method == AUTO else
+              make_calibrator(options.method, **options.calibrator_options()) for t in tensors}
     stats = collect(proto, batches, calibs, options.memory_budget, options.nonfinite, options.providers,
                     options.show_progress, options.runner, options.backend) if calibs else CollectStats(0, 0, 0)
-    first = next(iter(calibs.values()), None)
+    method, opts = options.method, {**options.calibrator_options(), "batch_size": batches.batch_size, **extra}
+    if method == AUTO:
+        candidates = {t: amax_by_method(c.hist, options.percentile) for t, c in calibs.items()}
+        by_method = {m: {t: a[m] for t, a in candidates.items()} for m in CALIBRATORS}
+        scores = _score_methods(proto, target, by_method, batches, options.auto_samples) if calibs else {}
+        method = max(scores, key=scores.get) if scores else "minmax"
+        amax, opts["auto_snr_db"] = by_method[method], scores
+    else:
+        amax = {t: c.compute_amax() for t, c in calibs.items()}
     ranges = Ranges(
-        method=options.method,
-        options={**options.calibrator_options(), "batch_size": batches.batch_size, **extra},
-        tensors={t: TensorRange(c.compute_amax(), c.minimum, c.maximum, c.count) for t, c in calibs.items()},
+        method=method,
+        options=opts,
+        tensors={t: TensorRange(amax[t], c.minimum, c.maximum, c.count) for t, c in calibs.items()},
         model=pathlib.Path(name).name,
         num_samples=stats.samples,
-        trt_algorithm=first.trt_algorithm if first else "EntropyCalibration2",
+        trt_algorithm=CALIBRATORS[method].trt_algorithm,
     )
     return ranges, stats, calibs
+
+
+def _score_methods(proto: onnx.ModelProto, placement: Plan, by_method: dict[str, dict[str, float]],
+                   batches: Batches, samples: int) -> dict[str, float]:
+    """Each method's Q/DQ model scored by its mean output SNR (dB) against FP32 on the first `samples` samples.
+
+    No labels needed: the FP32 model is the reference, as in `trtptq compare`.
+    """
+    feeds, seen = [], 0
+    for batch in batches:
+        feeds.append(batch.feed)
+        seen += batch.size
+        if seen >= samples:
+            break
+    reference = session(proto)
+    expected = [reference.run(None, feed) for feed in feeds]
+    scores = {}
+    for method, amax in by_method.items():
+        candidate = session(onnx_graph_export(insert_qdq(import_graph(proto), placement, amax), proto),
+                            simulate_int8=True)
+        stats = [ErrorStats() for _ in expected[0]]
+        for feed, ref in zip(feeds, expected):
+            for s, r, c in zip(stats, ref, candidate.run(None, feed)):
+                s.update(r, c)
+        scores[method] = round(float(np.mean([s.result()["snr_db"] for s in stats])), 3)
+    return scores
 
 
 def _qopts_dict(q: QuantizeOptions) -> dict:
@@ -114,8 +164,8 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
     if ranges is not None:
         ranges = ranges if isinstance(ranges, Ranges) else Ranges.load(ranges)
     elif data is not None:
-        ranges, stats, calibs = _calibrate(proto, name, placement.activations, data,
-                                           calibration or CalibrationOptions(), {"quantize": _qopts_dict(qopts)})
+        ranges, stats, calibs = _calibrate(proto, name, placement, data, calibration or CalibrationOptions(),
+                                           {"quantize": _qopts_dict(qopts)})
     else:
         raise ValueError("quantize needs calibration data or a ranges file")
     qdq = onnx_graph_export(insert_qdq(graph, placement, ranges.amax), proto)

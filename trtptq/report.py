@@ -142,16 +142,15 @@ def plots(result: CompareResult, histograms: dict | None = None) -> list[tuple[s
 def calibration_histograms(candidate, calibrators: dict, worst: int = 4, percentile: float = 99.99) -> dict:
     """For the layers that lose the most SNR, the |x| histograms of their quantized inputs with every
     method's threshold: {tensor: (AbsHistogram, {method: amax})}."""
-    from calibrators import HistogramCalibrator, entropy_amax, mse_amax, percentile_amax
+    from calibrators import HistogramCalibrator, amax_by_method
 
     out = {}
     for row in sorted(candidate.layers, key=lambda r: -r.drop_db):
         for tensor in row.inputs:
             calib = calibrators.get(tensor)
             if isinstance(calib, HistogramCalibrator) and tensor not in out:
-                h = calib.hist
-                out[tensor] = (h, {"minmax": h.amax, f"percentile {percentile}": percentile_amax(h, percentile),
-                                   "entropy": entropy_amax(h), "mse": mse_amax(h)})
+                amax = amax_by_method(calib.hist, percentile).items()
+                out[tensor] = (calib.hist, {f"percentile {percentile}" if m == "percentile" else m: a for m, a in amax})
         if len(out) >= worst:
             break
     return out
