@@ -100,8 +100,7 @@ def _calibrate(proto: onnx.ModelProto, name: str, target: Plan | list[str], data
                           "(entropy, minmax, percentile or mse).")
     specs = input_specs(proto)
     batches = Batches(open_source(data, specs, options.image), specs, options.batch_size, options.num_samples)
-    histogram = {"num_bins": options.num_bins}
-    calibs = {t: make_calibrator("entropy", **histogram) if options.method == AUTO else
+    calibs = {t: make_calibrator("entropy", num_bins=options.num_bins) if options.method == AUTO else  # a histogram
               make_calibrator(options.method, **options.calibrator_options()) for t in tensors}
     stats = collect(proto, batches, calibs, options.memory_budget, options.nonfinite, options.providers,
                     options.show_progress, options.runner, options.backend) if calibs else CollectStats(0, 0, 0)
