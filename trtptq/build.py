@@ -338,9 +338,7 @@ def _implicit_int8(backend: Backend, builder, network, config, spec: ImplicitInt
         specs = input_specs(proto)
         data = Batches(open_source(spec.data, specs, spec.calibration.image), specs,
                        spec.calibration.batch_size, spec.calibration.num_samples)
-        first = next(iter(data), None)
-        if first is None:
-            raise TrtptqError(f"the calibration data {spec.data} yielded no batch.")
+        first = next(iter(data))  # empty data: Batches raises its DataError
         dynamic = calibration_profile(specs, first.feed)
         if dynamic:  # TensorRT calibrates at the profile's opt shape: that of the data's batches
             profile = builder.create_optimization_profile()

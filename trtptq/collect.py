@@ -159,9 +159,7 @@ def _trt_passes(model: onnx.ModelProto, batches: Batches, backend: str | None, s
 
     driver()  # fail before building anything when there is no GPU
     chosen = get_backend(backend)
-    first = next(iter(batches), None)
-    if first is None:
-        raise DataError("the calibration data yielded no batch.")
+    first = next(iter(batches))  # empty data: Batches raises its DataError
     profile = calibration_profile(batches.specs, first.feed)
     with tempfile.TemporaryDirectory(prefix="trtptq-calib-") as tmp:
         source = model_io.save(model, pathlib.Path(tmp) / "model.onnx")
