@@ -24,7 +24,7 @@ class Calibrator:
     def observe(self, x: np.ndarray) -> None:
         raise NotImplementedError
 
-    def merge(self, other: "Calibrator") -> "Calibrator":
+    def merge(self, other: Calibrator) -> Calibrator:
         raise NotImplementedError
 
     def compute_amax(self) -> float:
@@ -37,11 +37,11 @@ class Calibrator:
         raise NotImplementedError
 
     @staticmethod
-    def from_state(state: dict) -> "Calibrator":
+    def from_state(state: dict) -> Calibrator:
         cls = CALIBRATORS[state["method"]]
         return cls._from_state(state)
 
-    def _check_same(self, other: "Calibrator") -> None:
+    def _check_same(self, other: Calibrator) -> None:
         if type(other) is not type(self) or other.options() != self.options():
             raise ValueError(f"cannot merge {other.method} {other.options()} into {self.method} {self.options()}")
 
@@ -65,7 +65,7 @@ class MinMaxCalibrator(Calibrator):
             self.amax = max(self.amax, abs(lo), abs(hi))
             self.count += x.size
 
-    def merge(self, other: Calibrator) -> "MinMaxCalibrator":
+    def merge(self, other: Calibrator) -> MinMaxCalibrator:
         self._check_same(other)
         out = MinMaxCalibrator()
         out.amax = max(self.amax, other.amax)
@@ -80,7 +80,7 @@ class MinMaxCalibrator(Calibrator):
         return {"method": self.method, "amax": self.amax, "minimum": self.minimum, "maximum": self.maximum, "count": self.count}
 
     @classmethod
-    def _from_state(cls, state: dict) -> "MinMaxCalibrator":
+    def _from_state(cls, state: dict) -> MinMaxCalibrator:
         out = cls()
         out.amax, out.minimum, out.maximum, out.count = (float(state["amax"]), float(state["minimum"]),
                                                          float(state["maximum"]), int(state["count"]))
@@ -100,7 +100,7 @@ class HistogramCalibrator(Calibrator):
     def observe(self, x: np.ndarray) -> None:
         self.hist.observe(x)
 
-    def merge(self, other: Calibrator) -> "HistogramCalibrator":
+    def merge(self, other: Calibrator) -> HistogramCalibrator:
         self._check_same(other)
         out = type(self)(**self.options())
         out.hist = self.hist.merge(other.hist)  # type: ignore[attr-defined]
@@ -126,7 +126,7 @@ class HistogramCalibrator(Calibrator):
         return {"method": self.method, "options": self._options, **self.hist.state()}
 
     @classmethod
-    def _from_state(cls, state: dict) -> "HistogramCalibrator":
+    def _from_state(cls, state: dict) -> HistogramCalibrator:
         out = cls(num_bins=int(state["num_bins"]), **dict(state.get("options") or {}))
         out.hist = AbsHistogram.from_state(state)
         return out

@@ -99,7 +99,7 @@ class AbsHistogram:
         for partial in _pool().map(lambda c: _bin_counts(c, inv_width, self.num_bins), chunks):
             self.counts += partial
 
-    def merge(self, other: "AbsHistogram") -> "AbsHistogram":
+    def merge(self, other: AbsHistogram) -> AbsHistogram:
         """Return the histogram of both data sets (neither input is changed)."""
         if other.num_bins != self.num_bins:
             raise ValueError(f"cannot merge histograms of {self.num_bins} and {other.num_bins} bins")
@@ -134,7 +134,7 @@ class AbsHistogram:
         }
 
     @classmethod
-    def from_state(cls, state: dict) -> "AbsHistogram":
+    def from_state(cls, state: dict) -> AbsHistogram:
         exponent = state["exponent"]
         return cls(
             num_bins=int(state["num_bins"]),

@@ -137,7 +137,7 @@ def job_fp32(model: str, data: str, batch: int):
 
 def job_trtptq(model: str, data: str, batch: int, method: str, out: str):
     from trtptq import CalibrationOptions, quantize
-    from trtptq import model as model_io
+    from trtptq.core import model as model_io
 
     x = np.load(data)["input"]
 
@@ -149,7 +149,13 @@ def job_trtptq(model: str, data: str, batch: int, method: str, out: str):
 
 
 def job_ort(model: str, data: str, batch: int, method: str, out: str):
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     x = np.load(data)["input"]
 
@@ -178,7 +184,7 @@ def measure(*args: str) -> dict:
 
 def accuracy(methods: list[str], tmp: str) -> list[tuple]:
     from trtptq.demo import MNIST_MODEL, mnist_samples
-    from trtptq.runtime_ort import session
+    from trtptq.runtime.ort import session
 
     x, y = mnist_samples()
     np.savez(f"{tmp}/mnist_calib.npz", input=x[:256])

@@ -15,9 +15,10 @@ import pathlib
 import sys
 
 from trtptq import CalibrationOptions, TrtptqError, quantize
-from trtptq import model as model_io
-from trtptq.build import BuildOptions, build_engine, parse_shapes
-from trtptq.compare import CompareOptions, compare
+from trtptq.core import model as model_io
+from trtptq.engine.build import BuildOptions, parse_shapes
+from trtptq.evaluation.compare import CompareOptions, compare
+from trtptq.pipelines import build
 
 
 def main() -> int:
@@ -40,7 +41,7 @@ def main() -> int:
         check = compare(a.model, [out / "model.int8.onnx"], a.data, CompareOptions(num_samples=64, per_layer=False))
         result.ranges.save(out / "ranges.json")
         result.ranges.save_trt_cache(out / "calibration.cache")
-        report = build_engine(out / "model.int8.onnx", out / "model.engine",
+        report = build(out / "model.int8.onnx", out / "model.engine",
                               BuildOptions(backend=a.backend, fp16=a.fp16, profiles=[parse_shapes(s) for s in a.shapes]))
     except TrtptqError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -74,7 +74,7 @@ def resnet_block():
     return make_model(nodes, [float_input("x", ["N", 8, 6, 6])], [float_input("y", ["N", 4])], inits.items())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def gpu_compute_capability() -> str | None:
     """GPU 0's compute capability as nvidia-smi reports it ("8.6"), or None without a working GPU."""
     if shutil.which("nvidia-smi") is None:

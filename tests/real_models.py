@@ -74,7 +74,7 @@ def build_minilm(model_dir: pathlib.Path, heads: int = 12) -> onnx.ModelProto:
     for i in range(layers):
         p, n = f"encoder.layer.{i}", f"layer{i}"
 
-        def heads_of(x, kind, perm):
+        def heads_of(x, kind, perm, n=n):
             return node("Transpose", [node("Reshape", [x, split], f"{n}/{kind}/reshape")], f"{n}/{kind}/transpose", perm=perm)
 
         q = heads_of(linear(h, f"{p}.attention.self.query", f"{n}/q"), "q", [0, 2, 1, 3])
@@ -116,7 +116,7 @@ def read_fortunes(name: str, limit: int, max_chars: int = 300) -> list[str]:
     return [t for t in items if 20 <= len(t) <= max_chars][:limit]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tokenizer(model_dir: pathlib.Path, max_len: int = 64):
     from tokenizers import Tokenizer
 

@@ -10,12 +10,13 @@ BMMs left in float: minmax 79.4 (0.981), mse 78.8 (0.985).
 
 import numpy as np
 import pytest
-
 import real_models
+
+from trtptq.calibration.calibrate import CalibrationOptions
 from trtptq.data import Batches, IterableSource, input_specs
-from trtptq.evaluate import run, top1
-from trtptq.ptq import CalibrationOptions, quantize
-from trtptq.qdq import QuantizeOptions
+from trtptq.evaluation.run import run, top1
+from trtptq.pipelines import quantize
+from trtptq.quantization.qdq import QuantizeOptions
 
 
 def _opts(method, batch_size=32):

@@ -6,16 +6,17 @@ import os
 import numpy as np
 import onnx
 import pytest
+from conftest import float_input
 from onnx import helper
 
-from conftest import float_input
-from trtptq import model as model_io
-from trtptq.build import BuildOptions, build_engine, parse_shapes
-from trtptq.errors import ModelError, TrtptqError
-from trtptq.fp16 import to_fp16
-from trtptq.ptq import CalibrationOptions, quantize
-from trtptq.runtime_ort import session
-from trtptq.trt import get_backend
+from trtptq.calibration.calibrate import CalibrationOptions
+from trtptq.core import model as model_io
+from trtptq.core.errors import ModelError, TrtptqError
+from trtptq.core.trt import get_backend
+from trtptq.engine.build import BuildOptions, build_engine, parse_shapes
+from trtptq.pipelines import build, quantize
+from trtptq.quantization.fp16 import to_fp16
+from trtptq.runtime.ort import session
 
 pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed: pip install 'trtptq[rtx]'")
 pytestmark = pytest.mark.filterwarnings("ignore:the float32 number:UserWarning")  # onnxconverter-common's FP16 notes
@@ -60,7 +61,7 @@ def test_cnn_engines(mnist, mnist_int8, tmp_path, which, fp16, expect):
     source = mnist[0] if which == "fp32" else mnist_int8
     engine = tmp_path / "m.engine"
     check = [{"input": mnist[1][:64]}] if fp16 else None
-    report = build_engine(source, engine, _opts(fp16=fp16, profiles=[parse_shapes(MNIST_SHAPES)], check_data=check))
+    report = build(source, engine, _opts(fp16=fp16, profiles=[parse_shapes(MNIST_SHAPES)]), check_data=check)
     assert report.precision == expect
     if fp16:  # the FP16 ONNX was checked against its FP32 source in ONNX Runtime before the build
         assert report.fp16_check["logits"]["cosine"] > 0.9999
@@ -72,7 +73,8 @@ def test_cnn_engines(mnist, mnist_int8, tmp_path, which, fp16, expect):
     assert saved["backend"] == "tensorrt_rtx" and saved["strongly_typed"] is True
     assert saved["inputs"] == [{"name": "input", "dtype": "FLOAT", "shape": [-1, 1, 28, 28], "input": True}]
     assert saved["profiles"] == [{"input": [[1, 1, 28, 28], [8, 1, 28, 28], [32, 1, 28, 28]]}]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.engine", "m.engine.json"]
+    # strongly typed FP16: the quantize stage's FP16 ONNX is kept beside the engine
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.engine", *["m.engine.fp16.onnx"] * fp16, "m.engine.json"]
 
 
 def test_static_shape_engine(mnist, tmp_path):
@@ -86,11 +88,11 @@ def test_static_shape_engine(mnist, tmp_path):
 def test_attention_engines(minilm_files, tmp_path):
     fp32, int8 = minilm_files
     profiles = [parse_shapes(TEXT_SHAPES), parse_shapes("input_ids:1x128,attention_mask:1x128")]
-    r16 = build_engine(fp32, tmp_path / "fp16.engine", _opts(fp16=True, profiles=profiles))
+    r16 = build(fp32, tmp_path / "fp16.engine", _opts(fp16=True, profiles=profiles))
     assert r16.precision == {"MATRIX_MULTIPLY": {"FP16": 48}}
     assert len(r16.profiles) == 2
     assert any("LayerNormalization" in why for why in r16.fp16_kept_fp32.values())
-    r8 = build_engine(int8, tmp_path / "int8.engine", _opts(fp16=True, profiles=profiles[:1]))
+    r8 = build(int8, tmp_path / "int8.engine", _opts(fp16=True, profiles=profiles[:1]))
     assert r8.precision == {"MATRIX_MULTIPLY": {"INT8": 48}}
     assert r8.engine_bytes < r16.engine_bytes * 0.85  # int8 MatMul weights (the embedding table stays FP16)
 
@@ -116,7 +118,7 @@ def test_timing_cache_is_ignored_by_tensorrt_rtx(mnist, tmp_path):
 
 
 def test_compute_capability_targets(mnist, tmp_path):
-    report = build_engine(mnist[0], tmp_path / "t.engine", _opts(fp16=True, compute_capabilities=("7.5",)))
+    report = build(mnist[0], tmp_path / "t.engine", _opts(fp16=True, compute_capabilities=("7.5",)))
     assert report.compute_capabilities == ["7.5"]
     # Turing runs no FP32 GEMM in TensorRT-RTX: the build fails, and says so.
     with pytest.raises(TrtptqError, match="could not build"):
@@ -177,7 +179,8 @@ def test_cli_one_step_int8_fp16_build(mnist, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "precision: CONVOLUTION: 2 INT8; MATRIX_MULTIPLY: 2 INT8" in r.stdout
     assert "FP16 ONNX vs its FP32 source in ONNX Runtime: logits cosine 0.99" in r.stdout
-    assert {p.name for p in tmp_path.iterdir()} == {"calib.npz", "m.engine", "m.engine.json", "m.engine.int8.onnx"}
+    assert {p.name for p in tmp_path.iterdir()} == {"calib.npz", "m.engine", "m.engine.json", "m.engine.int8.onnx",
+                                                    "m.engine.fp16.onnx"}
     r = trtptq("build", mnist[0], "--shapes", "input:1x1", "-o", tmp_path / "n.engine")
     assert r.returncode == 2 and "does not fit the input's shape" in r.stderr and "Traceback" not in r.stderr
 

@@ -3,9 +3,15 @@
 import numpy as np
 import pytest
 
-from calibrators import (
-    AbsHistogram, Calibrator, EntropyCalibrator, METHODS, MinMaxCalibrator, MSECalibrator,
-    PercentileCalibrator, make_calibrator,
+from trtptq.calibrators import (
+    METHODS,
+    AbsHistogram,
+    Calibrator,
+    EntropyCalibrator,
+    MinMaxCalibrator,
+    MSECalibrator,
+    PercentileCalibrator,
+    make_calibrator,
 )
 
 RNG = np.random.default_rng(1234)

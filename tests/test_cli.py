@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
-from trtptq.runtime_ort import session
+from trtptq.runtime.ort import session
 
 
 def trtptq(*args, cwd=None):

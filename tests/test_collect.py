@@ -3,13 +3,15 @@
 import numpy as np
 import pytest
 
-from calibrators import make_calibrator
-from trtptq import model as model_io
-from trtptq.collect import collect, split_passes
+from trtptq.calibration.calibrate import CalibrationOptions
+from trtptq.calibration.collect import collect, split_passes
+from trtptq.calibrators import make_calibrator
+from trtptq.core import model as model_io
+from trtptq.core.errors import DataError
 from trtptq.data import Batches, IterableSource, input_specs
-from trtptq.errors import DataError
-from trtptq.ptq import CalibrationOptions, calibrate
-from trtptq.qdq import import_graph, plan, QuantizeOptions
+from trtptq.pipelines import calibrate
+from trtptq.quantization.graph import import_graph
+from trtptq.quantization.qdq import QuantizeOptions, plan
 
 
 def _setup(mnist, n=64, batch_size=16):

@@ -5,16 +5,17 @@ import json
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
-
 from conftest import NO_ENGINE_GPU, engines_run_here
+from onnx import numpy_helper
 from test_cli import trtptq
-from trtptq import model as model_io
-from trtptq.compare import CompareOptions, compare, parse_thresholds
-from trtptq.errors import TrtptqError
-from trtptq.ptq import CalibrationOptions, quantize
-from trtptq.report import write_report
-from trtptq.runtime_ort import session
+
+from trtptq.calibration.calibrate import CalibrationOptions
+from trtptq.core import model as model_io
+from trtptq.core.errors import TrtptqError
+from trtptq.evaluation.compare import CompareOptions, compare, parse_thresholds
+from trtptq.evaluation.report import write_report
+from trtptq.pipelines import quantize
+from trtptq.runtime.ort import session
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +107,7 @@ def test_cli_exit_codes(mnist, files, tmp_path):
 @pytest.fixture(scope="module")
 def engine(mnist, files):
     pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed")
-    from trtptq.build import BuildOptions, build_engine, parse_shapes
+    from trtptq.engine.build import BuildOptions, build_engine, parse_shapes
 
     build_engine(files / "int8.onnx", files / "int8.engine",
                  BuildOptions(profiles=[parse_shapes("input:1x1x28x28/200x1x28x28/200x1x28x28")], show_progress=False))

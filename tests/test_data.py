@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from trtptq.core.errors import DataError
 from trtptq.data import Batches, ImageOptions, InputSpec, open_source
-from trtptq.errors import DataError
 
 IMG = [InputSpec("input", np.dtype(np.float32), ("batch", 1, 28, 28))]
 TEXT = [InputSpec("input_ids", np.dtype(np.int64), ("batch", "seq")),
@@ -81,7 +81,8 @@ def test_dynamic_dims_cannot_share_a_batch(tmp_path):
 
 
 @pytest.mark.parametrize("arrays, message", [
-    ({"image": np.zeros((2, 1, 28, 28), np.float32)}, r"missing input\(s\) input; unknown key\(s\) image.*input \(float32, batchx1x28x28\)"),
+    ({"image": np.zeros((2, 1, 28, 28), np.float32)}, r"missing input\(s\) input; unknown key\(s\) image.*"
+                                                      r"input \(float32, batchx1x28x28\)"),
     ({"input": np.zeros((2, 3, 28, 28), np.float32)}, r"dimension 1 must be 1"),
     ({"input": np.zeros((2, 28, 28, 1, 1), np.float32)}, r"has shape \(2, 28, 28, 1, 1\), but the model expects"),
     ({"input": np.zeros((2, 1, 28, 28), np.int64)}, r"is int64 but the model takes float32.*astype"),

@@ -3,14 +3,15 @@
 import numpy as np
 import onnx
 import pytest
+from conftest import float_input, make_model
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import float_input, make_model
-from trtptq import model as model_io
-from trtptq.errors import ModelError
-from trtptq.ptq import quantize
-from trtptq.qdq import QuantizeOptions, import_graph, plan
-from trtptq.runtime_ort import session
+from trtptq.core import model as model_io
+from trtptq.core.errors import ModelError
+from trtptq.pipelines import quantize
+from trtptq.quantization.graph import import_graph
+from trtptq.quantization.qdq import QuantizeOptions, plan
+from trtptq.runtime.ort import session
 
 RNG = np.random.default_rng(0)
 

@@ -4,8 +4,8 @@ import struct
 
 import pytest
 
-from trtptq.errors import TrtptqError
-from trtptq.ranges import Ranges, TensorRange, read_trt_cache
+from trtptq.calibration.ranges import Ranges, TensorRange, read_trt_cache
+from trtptq.core.errors import TrtptqError
 
 
 def _ranges():

@@ -10,18 +10,19 @@ are marked gpu and skip with the reason where that cannot happen.
 import numpy as np
 import onnx
 import pytest
-
 from conftest import NO_ENGINE_GPU, engines_run_here, gpu_compute_capability, has_pycuda
 from test_cli import trtptq
-from trtptq import model as model_io
-from trtptq.build import BuildOptions, build_engine, parse_shapes
-from trtptq.collect import calibration_profile
+
+from trtptq.calibration.calibrate import CalibrationOptions
+from trtptq.calibration.ranges import read_trt_cache
+from trtptq.core import model as model_io
+from trtptq.core.errors import ModelError
+from trtptq.core.trt import cache_version, get_backend
 from trtptq.data import input_specs
-from trtptq.errors import ModelError
-from trtptq.ptq import CalibrationOptions, _prepare, calibrate
-from trtptq.qdq import QuantizeOptions
-from trtptq.ranges import read_trt_cache
-from trtptq.trt import cache_version, get_backend
+from trtptq.engine.build import BuildOptions, build_engine, parse_shapes
+from trtptq.engine.calibration import calibration_profile
+from trtptq.pipelines import calibrate, prepare
+from trtptq.quantization.qdq import QuantizeOptions
 
 NEEDS_PYCUDA = "needs pycuda (pip install 'trtptq[gpu]' on a machine with the CUDA toolkit)"
 
@@ -33,7 +34,7 @@ def _trt10():
 
 def _calibration_engine(model, tmp_path):
     """What collect(runner="tensorrt") builds: the FP32 model with every tensor to calibrate marked as an output."""
-    proto, _, _, placement = _prepare(model, QuantizeOptions())
+    proto, _, _, placement = prepare(model, QuantizeOptions())
     inputs = {s.name for s in input_specs(proto)}
     feed_shapes = {s.name: tuple(8 if not isinstance(d, int) or d < 1 else d for d in s.shape)
                    for s in input_specs(proto)}
@@ -107,7 +108,7 @@ def test_implicit_int8_on_a_strongly_typed_tensorrt_is_a_clear_error(tmp_path, m
 
 
 def test_implicit_calibrator_needs_the_tensorrt_10_interfaces():
-    from calibrators.tensorrt import implicit_calibrator
+    from trtptq.calibrators.tensorrt import implicit_calibrator
 
     rtx = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed: pip install 'trtptq[rtx]'")
     with pytest.raises(ValueError, match="no IInt8EntropyCalibrator2"):  # removed with implicit INT8 (TRT-11 API)
@@ -122,7 +123,7 @@ def test_implicit_calibrator_needs_the_tensorrt_10_interfaces():
 @pytest.mark.skipif(not has_pycuda() or gpu_compute_capability() is None,
                     reason=f"needs an NVIDIA GPU and {NEEDS_PYCUDA}")
 def test_device_buffers_round_trip_and_grow():
-    from trtptq.cuda import DeviceBuffers
+    from trtptq.runtime.cuda import DeviceBuffers
 
     rng = np.random.default_rng(0)
     small = {"a": rng.standard_normal((2, 3, 5)).astype(np.float32), "ids": np.arange(7, dtype=np.int64)}
@@ -157,8 +158,8 @@ def test_tensorrt_runner_gives_onnxruntimes_ranges(mnist):
                     reason="needs TensorRT <= 10 (IInt8EntropyCalibrator2 / IInt8MinMaxCalibrator) and a GPU it runs on")
 @pytest.mark.parametrize("method", ["entropy", "minmax", "percentile", "mse"])
 def test_implicit_int8_engine_is_accurate(mnist, tmp_path, method):
-    from trtptq.build import ImplicitInt8
-    from trtptq.runtime_trt import EngineRunner
+    from trtptq.engine.build import ImplicitInt8
+    from trtptq.runtime.engine import EngineRunner
 
     model, images, labels = mnist
     cache = tmp_path / "calibration.cache"

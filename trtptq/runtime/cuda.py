@@ -8,11 +8,11 @@ so the package and its CPU paths work without it.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
-from .errors import TrtptqError
+from trtptq.core.errors import TrtptqError
 
 Shape = tuple[int, ...]
 
@@ -51,7 +51,7 @@ class DeviceBuffers:
         self._host: dict[str, np.ndarray] = {}  # flat pinned arrays
         self._device: dict[str, object] = {}  # pycuda DeviceAllocation
 
-    def __enter__(self) -> "DeviceBuffers":
+    def __enter__(self) -> DeviceBuffers:
         self._context = self._cuda.Device(self._device_index).retain_primary_context()
         self._context.push()
         self.stream = self._cuda.Stream()

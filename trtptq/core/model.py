@@ -7,8 +7,8 @@ import pathlib
 
 import onnx
 
-from . import fileio
-from .errors import ModelError
+from trtptq.core import fileio
+from trtptq.core.errors import ModelError
 
 # Protobuf cannot serialize a message of 2 GiB or more; past this, weights go to a side file.
 PROTOBUF_LIMIT = 2**31 - 1

@@ -1,9 +1,8 @@
-"""Calibration data: sources (npz, folders, images, Polygraphy scripts) and batching.
+"""Data sources: .npz files, folders of arrays or images, Polygraphy-style scripts, in-memory feeds.
 
 A source is a small re-iterable callable (Polygraphy's loader style) yielding
 `Feed`s: a dict of arrays plus where they came from, so every error can name
-the file. `Batches` checks each feed against the model's inputs and cuts the
-stream into batches of a fixed size; labels ride along for evaluation.
+the file.
 """
 
 from __future__ import annotations
@@ -12,54 +11,16 @@ import importlib.util
 import os
 import pathlib
 import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
-import onnx
 
-from .errors import DataError
+from trtptq.core.errors import DataError
+from trtptq.data.spec import Feed, InputSpec, Source
 
-LABEL_KEYS = ("label", "labels")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif"}
 
-
-@dataclass(frozen=True)
-class InputSpec:
-    """One model input: name, dtype, and dims (int, or str/None where dynamic)."""
-
-    name: str
-    dtype: np.dtype
-    shape: tuple
-
-    def describe(self) -> str:
-        dims = "x".join(str(d) if isinstance(d, int) else (d or "?") for d in self.shape)
-        return f"{self.name} ({self.dtype}, {dims})"
-
-
-def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
-    """The graph inputs a user must feed (initializers listed as inputs excluded)."""
-    inits = {i.name for i in model.graph.initializer}
-    specs = []
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        t = vi.type.tensor_type
-        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim)
-        specs.append(InputSpec(vi.name, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)), dims))
-    return specs
-
-
-@dataclass
-class Feed:
-    arrays: dict[str, np.ndarray]
-    origin: str
-
-
-Source = Callable[[], Iterable[Feed]]
-
-
-# ----------------------------------------------------------------------------- sources
 
 
 @dataclass
@@ -241,142 +202,3 @@ def open_source(data, specs: Sequence[InputSpec], image_options: ImageOptions | 
 
 def _is_feed_source(fn) -> bool:
     return isinstance(fn, (NpzSource, FolderSource, ImageFolderSource, ScriptSource, IterableSource))
-
-
-# ----------------------------------------------------------------------------- batching
-
-
-@dataclass
-class Batch:
-    feed: dict[str, np.ndarray]
-    labels: np.ndarray | None
-    size: int
-    origin: str  # where its first sample came from, for error messages
-
-
-class Batches:
-    """Validated, fixed-size batches from a source; iterate as often as needed (one per pass)."""
-
-    def __init__(self, source: Source, specs: Sequence[InputSpec], batch_size: int | None = None,
-                 num_samples: int | None = None) -> None:
-        self.source, self.specs = source, list(specs)
-        fixed = {s.shape[0] for s in self.specs if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0}
-        if len(fixed) > 1:
-            raise DataError(f"the model's inputs disagree on the batch size ({sorted(fixed)}).")
-        if fixed:
-            (static,) = fixed
-            if batch_size not in (None, static):
-                raise DataError(f"the model's batch dimension is fixed at {static} "
-                                f"({', '.join(s.describe() for s in self.specs)}); use --batch-size {static} "
-                                "or re-export the model with a dynamic batch.")
-            batch_size = static
-        self._fixed_batch = bool(fixed)
-        self.batch_size = batch_size or 1
-        if self.batch_size < 1:
-            raise DataError(f"batch size must be >= 1, got {self.batch_size}")
-        if num_samples is not None and num_samples < 1:
-            raise DataError(f"--num-samples must be >= 1, got {num_samples}")
-        self.num_samples = num_samples
-
-    def __iter__(self) -> Iterator[Batch]:
-        pending: list[tuple[dict[str, np.ndarray], np.ndarray | None, str]] = []
-        have, seen = 0, 0
-        for feed in self.source():
-            arrays, labels, n = self._check(feed)
-            if self.num_samples is not None:
-                n = min(n, self.num_samples - seen)
-                arrays = {k: v[:n] for k, v in arrays.items()}
-                labels = None if labels is None else labels[:n]
-            if n <= 0:
-                break
-            pending.append((arrays, labels, feed.origin))
-            have, seen = have + n, seen + n
-            while have >= self.batch_size:
-                batch, pending = _take(pending, self.batch_size)
-                have -= self.batch_size
-                yield batch
-            if self.num_samples is not None and seen >= self.num_samples:
-                break
-        if pending and not self._fixed_batch:  # a fixed batch dimension cannot take a short last batch
-            yield _take(pending, have)[0]
-        if seen == 0:
-            raise DataError(f"the calibration data holds no samples ({_describe(self.source)}). "
-                            "Check the path and that the files are not empty.")
-
-    def _check(self, feed: Feed) -> tuple[dict[str, np.ndarray], np.ndarray | None, int]:
-        names = {s.name for s in self.specs}
-        labels = next((feed.arrays[k] for k in LABEL_KEYS if k in feed.arrays), None)
-        extra = set(feed.arrays) - names - set(LABEL_KEYS)
-        missing = names - set(feed.arrays)
-        if extra or missing:
-            parts = []
-            if missing:
-                parts.append(f"missing input(s) {', '.join(sorted(missing))}")
-            if extra:
-                parts.append(f"unknown key(s) {', '.join(sorted(extra))}")
-            raise DataError(f"{feed.origin}: {'; '.join(parts)}. The model's inputs are "
-                            f"{', '.join(s.describe() for s in self.specs)}; name the arrays after them.")
-        out, count = {}, None
-        for spec in self.specs:
-            a = feed.arrays[spec.name]
-            rank = len(spec.shape)
-            if a.ndim == rank - 1:
-                a = a[None]
-            elif a.ndim != rank:
-                raise DataError(f"{feed.origin}: input {spec.name} has shape {a.shape}, but the model expects "
-                                f"{spec.describe()} (one sample without the batch axis, or a batch).")
-            for axis, (want, got) in enumerate(zip(spec.shape[1:], a.shape[1:]), start=1):
-                if isinstance(want, int) and want > 0 and want != got:
-                    raise DataError(f"{feed.origin}: input {spec.name} has shape {a.shape}, but dimension {axis} "
-                                    f"must be {want} ({spec.describe()}). Resize or re-export the data.")
-            out[spec.name] = _cast(a, spec, feed.origin)
-            if count is not None and a.shape[0] != count:
-                raise DataError(f"{feed.origin}: inputs hold different numbers of samples "
-                                f"({count} vs {a.shape[0]} for {spec.name}).")
-            count = a.shape[0]
-        if labels is not None and len(labels) != count:
-            raise DataError(f"{feed.origin}: {len(labels)} labels for {count} samples.")
-        return out, labels, count or 0
-
-
-def _cast(a: np.ndarray, spec: InputSpec, origin: str) -> np.ndarray:
-    if a.dtype == spec.dtype:
-        return a
-    same_kind = {a.dtype.kind, spec.dtype.kind} <= {"f"} or {a.dtype.kind, spec.dtype.kind} <= {"i", "u"}
-    if not same_kind:
-        raise DataError(f"{origin}: input {spec.name} is {a.dtype} but the model takes {spec.dtype}. "
-                        f"Convert it, e.g. array.astype(np.{spec.dtype.name}).")
-    if spec.dtype.kind in "iu" and a.size and (a.min() < np.iinfo(spec.dtype).min or a.max() > np.iinfo(spec.dtype).max):
-        raise DataError(f"{origin}: input {spec.name} holds values outside {spec.dtype}.")
-    return a.astype(spec.dtype)
-
-
-def _take(pending: list, n: int) -> tuple[Batch, list]:
-    """Cut the first n samples off the pending chunks."""
-    feeds, labels, rest, need = [], [], [], n
-    for arrays, lab, origin in pending:
-        size = next(iter(arrays.values())).shape[0]
-        if need == 0:
-            rest.append((arrays, lab, origin))
-            continue
-        k = min(need, size)
-        feeds.append({name: v[:k] for name, v in arrays.items()})
-        labels.append(None if lab is None else lab[:k])
-        if k < size:
-            rest.append(({name: v[k:] for name, v in arrays.items()}, None if lab is None else lab[k:], origin))
-        need -= k
-    feed = {}
-    for name in feeds[0]:
-        parts = [f[name] for f in feeds]
-        try:
-            feed[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        except ValueError:
-            shapes = sorted({p.shape[1:] for p in parts})
-            raise DataError(f"samples of input {name} differ in shape ({shapes}) and cannot share a batch; "
-                            f"use --batch-size 1 or pad them to one shape (near {pending[0][2]}).") from None
-    lab = None if any(x is None for x in labels) else np.concatenate(labels)
-    return Batch(feed, lab, n, pending[0][2]), rest
-
-
-def _describe(source: Source) -> str:
-    return str(getattr(source, "path", None) or type(source).__name__)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import pathlib
 import tempfile
-from typing import Sequence
+from collections.abc import Sequence
 
 import onnx
 
-from .model import PROTOBUF_LIMIT, save
+from trtptq.core.model import PROTOBUF_LIMIT, save
 
 
 def default_providers() -> list[str]:

@@ -8,8 +8,8 @@ import pathlib
 import struct
 from dataclasses import asdict, dataclass, field
 
-from . import fileio
-from .errors import TrtptqError
+from trtptq.core import fileio
+from trtptq.core.errors import TrtptqError
 
 FORMAT = "trtptq-ranges"
 VERSION = 1
@@ -54,7 +54,7 @@ class Ranges:
         return fileio.write_text(path, self.to_json() + "\n")
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Ranges":
+    def load(cls, path: str | os.PathLike) -> Ranges:
         path = pathlib.Path(path)
         try:
             body = json.loads(path.read_text())
@@ -74,7 +74,7 @@ class Ranges:
         `trt_version` is the header's number (trtptq.trt.cache_version("10.13.0") = 101300);
         default: the installed TensorRT <= 10's, else 10.0.0's.
         """
-        from .trt import default_cache_version
+        from trtptq.core.trt import default_cache_version
 
         lines = [f"TRT-{trt_version or default_cache_version()}-{self.trt_algorithm}"]
         lines += [f"{name}: {struct.pack('>f', r.scale).hex()}" for name, r in self.tensors.items()]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import pathlib
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .cuda import DeviceBuffers
-from .errors import TrtptqError
-from .trt import Backend, get_backend
+from trtptq.core.errors import TrtptqError
+from trtptq.core.trt import Backend, get_backend
+from trtptq.runtime.cuda import DeviceBuffers
 
 
 class EngineRunner:
@@ -29,7 +29,7 @@ class EngineRunner:
         self._wanted = list(outputs) if outputs is not None else None
         self._buffers: DeviceBuffers | None = None
 
-    def __enter__(self) -> "EngineRunner":
+    def __enter__(self) -> EngineRunner:
         trt = self.backend.trt
         data = self._source if isinstance(self._source, bytes) else pathlib.Path(self._source).read_bytes()
         self._buffers = DeviceBuffers().__enter__()

@@ -6,9 +6,9 @@ import contextlib
 import os
 import pathlib
 import tempfile
-from typing import Iterator
+from collections.abc import Iterator
 
-from .errors import TrtptqError
+from trtptq.core.errors import TrtptqError
 
 
 def check_writable(path: str | os.PathLike) -> pathlib.Path:

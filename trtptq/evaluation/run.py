@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import onnx
 
-from .data import Batch
-from .runtime_ort import session
+from trtptq.data import Batch
+from trtptq.runtime.ort import session
 
 
 def run(model: onnx.ModelProto | str, batches: Iterable[Batch], output: int = 0) -> tuple[np.ndarray, np.ndarray | None]:

@@ -1,8 +1,9 @@
 """Step 3: parse an ONNX model into a TensorRT network and build a serialized engine, with a JSON report.
 
 Strongly typed TensorRT (11, TensorRT-RTX) takes INT8 from Q/DQ and FP16 from
-the graph's types (see fp16.py); TensorRT <= 10 gets the same options as
-builder flags and per-layer precision.
+the graph's types, so `fp16` there means an ONNX model the quantize stage has
+already converted (trtptq.pipelines.build does both); TensorRT <= 10 gets
+`fp16` as a builder flag and per-layer precision.
 """
 
 from __future__ import annotations
@@ -14,20 +15,19 @@ import json
 import os
 import pathlib
 import re
-import tempfile
 import time
 import warnings
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from tqdm import tqdm
 
-from . import fileio
-from . import model as model_io
-from .errors import ModelError, TrtptqError
-from .ptq import CalibrationOptions
-from .trt import Backend, get_backend
+from trtptq.calibration.calibrate import AUTO, CalibrationOptions
+from trtptq.core import fileio
+from trtptq.core import model as model_io
+from trtptq.core.errors import ModelError, TrtptqError
+from trtptq.core.trt import Backend, get_backend
 
 Shape = tuple[int, ...]
 Profile = dict[str, tuple[Shape, Shape, Shape]]  # input -> (min, opt, max)
@@ -49,6 +49,11 @@ class ImplicitInt8:
     calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
     cache: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.calibration.method == AUTO:
+            raise TrtptqError("--method auto chooses by quantizing the model with Q/DQ; with --implicit-int8 pick "
+                              "a method (entropy, minmax, percentile or mse).")
+
 
 @dataclass
 class BuildOptions:
@@ -63,8 +68,6 @@ class BuildOptions:
     timing_cache: str | None = None  # loaded if it exists, saved after the build
     plugins: tuple[str, ...] = ()  # plugin libraries (.so)
     compute_capabilities: tuple[str, ...] = ()  # TensorRT-RTX targets, e.g. ("8.6", "8.9")
-    check_data: object = None  # with fp16: data to check the FP16 ONNX against FP32 in ONNX Runtime first
-    check_samples: int = 64
     tf32: bool = True  # False: FP32 layers compute in full FP32 (calibration engines, accuracy checks)
     mark_outputs: tuple[str, ...] = ()  # tensors to expose as extra engine outputs (calibration, debugging)
     implicit_int8: ImplicitInt8 | None = None  # TensorRT <= 10 only
@@ -111,6 +114,11 @@ class BuildReport:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
 
+    def save(self) -> BuildReport:
+        """Write ENGINE.json beside the engine (atomically)."""
+        fileio.write_text(self.engine + ".json", self.to_json() + "\n")
+        return self
+
     def summary(self) -> str:
         rows = [f"{kind}: " + ", ".join(f"{n} {p}" for p, n in sorted(c.items())) for kind, c in self.precision.items()]
         return "; ".join(rows) or "no Conv/MatMul/Gemm layers"
@@ -148,7 +156,7 @@ class _Progress:
 def build_engine(model_path: str | os.PathLike, output: str | os.PathLike,
                  options: BuildOptions | None = None) -> BuildReport:
     """Build `model_path` into a serialized engine at `output` (+ `output`.json report), atomically."""
-    from . import __version__
+    from trtptq.core.version import __version__
 
     opts = options or BuildOptions()
     backend = get_backend(opts.backend)
@@ -160,23 +168,8 @@ def build_engine(model_path: str | os.PathLike, output: str | os.PathLike,
             fileio.check_writable(path)
     proto = model_io.load(model_path)
     has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node)
-    kept: dict[str, str] = {}
-    check = None
     with contextlib.ExitStack() as stack:
-        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="trtptq-build-"))
         source = model_path
-        if opts.fp16 and backend.strongly_typed_only:
-            from .fp16 import to_fp16
-
-            converted = to_fp16(proto, opts.keep_fp32)
-            kept = converted.kept_fp32
-            source = model_io.save(converted.model, pathlib.Path(tmp) / "model.fp16.onnx")
-            if opts.check_data is not None:
-                from .compare import CompareOptions, compare
-
-                check = compare(model_path, [source], opts.check_data,
-                                CompareOptions(num_samples=opts.check_samples, per_layer=False,
-                                               show_progress=False)).candidates[0].outputs
         trt = backend.trt
         logger = backend.logger(opts.log_level)
         builder = trt.Builder(logger)
@@ -219,13 +212,12 @@ def build_engine(model_path: str | os.PathLike, output: str | os.PathLike,
         strongly_typed=backend.strongly_typed_only, precision=precision,
         inputs=[t for t in io if t["input"]], outputs=[t for t in io if not t["input"]],
         profiles=[{k: [list(s) for s in v] for k, v in p.items()} for p in _profiles_used(network, opts)],
-        fp16_kept_fp32=kept, fp16_check=check, compute_capabilities=list(opts.compute_capabilities), build_seconds=round(seconds, 3),
+        fp16_kept_fp32={}, fp16_check=None, compute_capabilities=list(opts.compute_capabilities), build_seconds=round(seconds, 3),
         engine_bytes=len(data), onnx_bytes=model_path.stat().st_size,
         timing_cache=str(timing_cache) if timing_cache else None,
         implicit_int8=calibrator and {"algorithm": calibrator.algorithm, "cache": implicit.cache,
                                       "batches": calibrator.fed, "skipped_batches": calibrator.skipped})
-    fileio.write_text(report_path, report.to_json() + "\n")
-    return report
+    return report.save()
 
 
 def _load_plugins(backend: Backend, builder, libraries) -> None:
@@ -308,9 +300,8 @@ def _configure(backend: Backend, builder, network, config, opts: BuildOptions, h
 def _implicit_int8(backend: Backend, builder, network, config, spec: ImplicitInt8, proto, model_path: pathlib.Path,
                    has_qdq: bool, stack: contextlib.ExitStack):
     """Set up TensorRT <= 10's INT8 calibrator: TensorRT's own algorithm on the data, or a cache of our ranges."""
-    from calibrators.tensorrt import TRT_ALGORITHMS, implicit_calibrator
-
-    from .data import Batches, input_specs, open_source
+    from trtptq.calibrators.tensorrt import TRT_ALGORITHMS, implicit_calibrator
+    from trtptq.data import Batches, input_specs, open_source
 
     if not backend.has_implicit_int8:
         raise TrtptqError(f"implicit INT8 calibration needs TensorRT <= 10; {backend.name} {backend.version} takes "
@@ -323,17 +314,21 @@ def _implicit_int8(backend: Backend, builder, network, config, spec: ImplicitInt
     if cache is None and spec.data is None:
         raise TrtptqError("--implicit-int8 needs --data to calibrate on, or an existing --calibration-cache.")
     if cache is None and method not in TRT_ALGORITHMS:  # percentile, mse: our ranges, read back by TensorRT
-        from .ptq import calibrate_tensors
+        from trtptq.calibration.calibrate import calibrate_tensors
+        from trtptq.engine.calibration import tensorrt_passes
 
-        ranges = calibrate_tensors(proto, model_io.activations(proto), spec.data, spec.calibration)
+        passes = (functools.partial(tensorrt_passes, backend=spec.calibration.backend,
+                                    show_progress=spec.calibration.show_progress)
+                  if spec.calibration.runner == "tensorrt" else None)
+        ranges = calibrate_tensors(proto, model_io.activations(proto), spec.data, spec.calibration, passes).ranges()
         cache = ranges.trt_cache(backend.cache_version).encode()
         if cache_path:
             fileio.write_bytes(cache_path, cache)
     algorithm = TRT_ALGORITHMS.get(method, "EntropyCalibration2")
     batches, upload = (), None
     if cache is None:
-        from .collect import calibration_profile
-        from .cuda import DeviceBuffers
+        from trtptq.engine.calibration import calibration_profile
+        from trtptq.runtime.cuda import DeviceBuffers
 
         specs = input_specs(proto)
         data = Batches(open_source(spec.data, specs, spec.calibration.image), specs,

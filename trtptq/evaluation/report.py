@@ -10,8 +10,8 @@ from dataclasses import asdict
 
 import numpy as np
 
-from . import fileio
-from .compare import CompareResult
+from trtptq.core import fileio
+from trtptq.evaluation.compare import CompareResult
 
 METRIC_HELP = {
     "cosine": "cosine similarity of the flattened tensors; 1 = same direction",
@@ -142,7 +142,7 @@ def plots(result: CompareResult, histograms: dict | None = None) -> list[tuple[s
 def calibration_histograms(candidate, calibrators: dict, worst: int = 4, percentile: float = 99.99) -> dict:
     """For the layers that lose the most SNR, the |x| histograms of their quantized inputs with every
     method's threshold: {tensor: (AbsHistogram, {method: amax})}."""
-    from calibrators import HistogramCalibrator, amax_by_method
+    from trtptq.calibrators import HistogramCalibrator, amax_by_method
 
     out = {}
     for row in sorted(candidate.layers, key=lambda r: -r.drop_db):

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from types import ModuleType
 
-from .errors import TrtptqError
+from trtptq.core.errors import TrtptqError
 
 BACKENDS = ("tensorrt", "tensorrt_rtx")
 RUNNERS = ("onnxruntime", "tensorrt")  # what runs the FP32 model during calibration
@@ -83,7 +83,7 @@ def default_cache_version() -> int:
     return cache_version("10.0.0")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _import(name: str) -> ModuleType | None:
     try:
         return importlib.import_module(name)

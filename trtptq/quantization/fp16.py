@@ -17,10 +17,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from plugins import is_plugin_op
-
-from .errors import ModelError
-from .model import ensure_opset
+from trtptq.core.errors import ModelError
+from trtptq.core.model import ensure_opset
+from trtptq.plugins import is_plugin_op
 
 SENSITIVE_OPS = ("LayerNormalization", "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "ReduceLogSumExp",
                  "Pow", "Sqrt", "Exp", "Softmax", "LogSoftmax")

@@ -17,12 +17,12 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from . import model as model_io
-from .collect import DEFAULT_MEMORY_BUDGET, bytes_per_sample, split_passes, with_outputs
-from .data import Batches, ImageOptions, input_specs, open_source
-from .errors import TrtptqError
-from .metrics import ErrorStats
-from .runtime_ort import session
+from trtptq.calibration.collect import DEFAULT_MEMORY_BUDGET, bytes_per_sample, split_passes, with_outputs
+from trtptq.core import model as model_io
+from trtptq.core.errors import TrtptqError
+from trtptq.data import Batches, ImageOptions, input_specs, open_source
+from trtptq.evaluation.metrics import ErrorStats
+from trtptq.runtime.ort import session
 
 CHECKABLE = ("cosine", "snr_db", "top1_agreement", "top5_agreement", "accuracy")
 
@@ -126,7 +126,7 @@ def _runner(model: onnx.ModelProto, name: str):
 
 
 def _engine_runner(path: pathlib.Path):
-    from .trt import get_backend, polygraphy_backend
+    from trtptq.core.trt import get_backend, polygraphy_backend
 
     if not path.is_file():
         raise TrtptqError(f"candidate {path} does not exist.")

@@ -13,12 +13,11 @@ import fnmatch
 from dataclasses import dataclass, field
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
-from plugins import is_plugin_op
-
-from .errors import ModelError
+from trtptq.core.errors import ModelError
+from trtptq.plugins import is_plugin_op
+from trtptq.quantization.graph import replace_input
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 POOLING_OPS = ("AveragePool", "GlobalAveragePool")
@@ -59,33 +58,6 @@ class Plan:
         consumers = self.activations.setdefault(tensor, [])
         if node not in consumers:
             consumers.append(node)
-
-
-def import_graph(model: onnx.ModelProto) -> gs.Graph:
-    """gs graph with Constant-node weights turned into constants, dtypes inferred where possible."""
-    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
-        raise ModelError("the model already has QuantizeLinear/DequantizeLinear nodes; "
-                         "quantize the FP32 model instead.")
-    try:
-        model = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - inference is only for dtypes; a model over 2 GB or a custom op may refuse
-        pass
-    graph = gs.import_onnx(model)
-    outputs = {t.name for t in graph.outputs}
-    for node in graph.nodes:
-        value = node.attrs.get("value") if node.op == "Constant" else None
-        out = node.outputs[0] if node.outputs else None
-        if isinstance(value, gs.Constant) and out is not None and out.name not in outputs:
-            const = gs.Constant(out.name, np.asarray(value.values))
-            for consumer in list(out.outputs):
-                _replace_input(consumer, out, const)
-    return graph.cleanup().toposort()
-
-
-def _replace_input(node: gs.Node, old: gs.Tensor, new: gs.Tensor) -> None:
-    for i, t in enumerate(node.inputs):
-        if t is old:
-            node.inputs[i] = new
 
 
 def _is_float(t: gs.Tensor) -> bool:
@@ -178,14 +150,14 @@ def insert_qdq(graph: gs.Graph, plan_: Plan, amax: dict[str, float]) -> gs.Graph
         graph.nodes.append(gs.Node("QuantizeLinear", f"{name}_QuantizeLinear", inputs=[t, s_const, z_const], outputs=[q_out]))
         graph.nodes.append(gs.Node("DequantizeLinear", f"{name}_DequantizeLinear", inputs=[q_out, s_const, z_const], outputs=[dq_out]))
         for c in consumers:
-            _replace_input(by_name[c], t, dq_out)
+            replace_input(by_name[c], t, dq_out)
 
     done: dict[tuple[str, int | None], gs.Variable] = {}
     for site in plan_.weights:
         key = (site.tensor, site.axis)
         if key not in done:
             done[key] = _quantize_weight(graph, tensors[site.tensor], site.axis)
-        _replace_input(by_name[site.node], tensors[site.tensor], done[key])
+        replace_input(by_name[site.node], tensors[site.tensor], done[key])
     return graph.cleanup().toposort()
 
 

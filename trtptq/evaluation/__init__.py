@@ -1,0 +1,1 @@
+"""Measuring a candidate against the FP32 reference: the evaluator, metrics, comparison and the report."""

@@ -1,0 +1,137 @@
+"""The pipelines that chain stages, in one place: calibrate -> quantize (-> FP16) -> build (-> check).
+
+Stages never call each other upward; whatever needs two of them lives here,
+and the CLI, the demo and the scripts call these functions.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pathlib
+from dataclasses import asdict, dataclass, field
+
+import onnx
+
+from trtptq.calibration.calibrate import AUTO, Calibration, CalibrationOptions, calibrate_tensors
+from trtptq.calibration.collect import CollectStats
+from trtptq.calibration.ranges import Ranges
+from trtptq.calibrators import Calibrator
+from trtptq.core import fileio
+from trtptq.core import model as model_io
+from trtptq.core.errors import TrtptqError
+from trtptq.engine.build import BuildOptions, BuildReport, build_engine
+from trtptq.quantization.graph import export_graph, import_graph
+from trtptq.quantization.method import choose_method, score_methods
+from trtptq.quantization.qdq import Plan, QuantizeOptions, insert_qdq, plan
+
+
+@dataclass
+class QuantizeResult:
+    model: onnx.ModelProto
+    ranges: Ranges
+    plan: Plan
+    stats: CollectStats | None
+    calibrators: dict[str, Calibrator] = field(default_factory=dict)  # empty when ranges were given
+
+
+def _load(model: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.ModelProto, str]:
+    if isinstance(model, onnx.ModelProto):
+        return model, model.graph.name
+    return model_io.load(model), str(model)
+
+
+def prepare(model: onnx.ModelProto | str | os.PathLike, options: QuantizeOptions | None = None):
+    """Load (opset >= 13), import once and place Q/DQ: (model, name, graph, plan)."""
+    proto, name = _load(model)
+    proto = model_io.ensure_opset(proto)
+    graph = import_graph(proto)
+    return proto, name, graph, plan(graph, options or QuantizeOptions())
+
+
+def _passes(options: CalibrationOptions):
+    """What runs the FP32 model during calibration: None (ONNX Runtime) or TensorRT engines on the GPU."""
+    if options.runner == "onnxruntime":
+        return None
+    from trtptq.engine.calibration import tensorrt_passes
+
+    return functools.partial(tensorrt_passes, backend=options.backend, show_progress=options.show_progress)
+
+
+def _qopts_dict(q: QuantizeOptions) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(q).items()}
+
+
+def _calibrate(proto: onnx.ModelProto, name: str, placement: Plan, data, options: CalibrationOptions,
+               extra: dict) -> tuple[Ranges, Calibration]:
+    """Calibrate the plan's activations; for method "auto", score every method's ranges and keep the best."""
+    calibration = calibrate_tensors(proto, list(placement.activations), data, options, _passes(options), name)
+    if options.method != AUTO:
+        return calibration.ranges(extra=extra), calibration
+    by_method = calibration.amax_by_method()
+    scores = (score_methods(proto, placement, by_method, calibration.batches, options.auto_samples)
+              if calibration.calibrators else {})
+    method = choose_method(scores)
+    return calibration.ranges(method, by_method[method], {**extra, "auto_snr_db": scores}), calibration
+
+
+def calibrate(model: onnx.ModelProto | str | os.PathLike, data, options: CalibrationOptions | None = None,
+              quantize_options: QuantizeOptions | None = None) -> Ranges:
+    """Ranges for every tensor the quantizer will put Q/DQ on (chosen by `quantize_options`)."""
+    qopts = quantize_options or QuantizeOptions()
+    proto, name, _, placement = prepare(model, qopts)
+    return _calibrate(proto, name, placement, data, options or CalibrationOptions(), {"quantize": _qopts_dict(qopts)})[0]
+
+
+def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Ranges | str | os.PathLike | None = None,
+             options: QuantizeOptions | None = None, calibration: CalibrationOptions | None = None) -> QuantizeResult:
+    """The explicit-INT8 (Q/DQ) model; ranges come from `ranges` or are calibrated on `data`."""
+    qopts = options or QuantizeOptions()
+    proto, name, graph, placement = prepare(model, qopts)
+    stats, calibs = None, {}
+    if ranges is not None:
+        ranges = ranges if isinstance(ranges, Ranges) else Ranges.load(ranges)
+    elif data is not None:
+        ranges, done = _calibrate(proto, name, placement, data, calibration or CalibrationOptions(),
+                                  {"quantize": _qopts_dict(qopts)})
+        stats, calibs = done.stats, done.calibrators
+    else:
+        raise TrtptqError("quantize needs calibration data or a ranges file")
+    qdq = export_graph(insert_qdq(graph, placement, ranges.amax), proto)
+    model_io.check(qdq, "the quantized model")
+    return QuantizeResult(qdq, ranges, placement, stats, calibs)
+
+
+def build(model_path: str | os.PathLike, output: str | os.PathLike, options: BuildOptions | None = None,
+          check_data=None, check_samples: int = 64) -> BuildReport:
+    """Build an engine; for strongly typed TensorRT with `fp16`, convert the ONNX to FP16 first (quantize stage).
+
+    The FP16 model is written beside the engine (OUTPUT.fp16.onnx). With
+    `check_data`, it is compared with its FP32 source in ONNX Runtime and the
+    result goes into the build report.
+    """
+    from trtptq.core.trt import get_backend
+
+    opts = options or BuildOptions()
+    backend = get_backend(opts.backend)
+    output = pathlib.Path(output)
+    fileio.check_writable(output)
+    source, kept, check = pathlib.Path(model_path), {}, None
+    if opts.fp16 and backend.strongly_typed_only:
+        from trtptq.quantization.fp16 import to_fp16
+
+        converted = to_fp16(model_io.load(model_path), opts.keep_fp32)
+        kept = converted.kept_fp32
+        source = model_io.save(converted.model, output.with_name(output.name + ".fp16.onnx"))
+        if check_data is not None:
+            from trtptq.evaluation.compare import CompareOptions, compare
+
+            check = compare(model_path, [source], check_data,
+                            CompareOptions(num_samples=check_samples, per_layer=False,
+                                           show_progress=False)).candidates[0].outputs
+    report = build_engine(source, output, opts)
+    if kept or check:
+        report.fp16_kept_fp32, report.fp16_check = kept, check
+        report.onnx_bytes = pathlib.Path(model_path).stat().st_size
+        report.save()
+    return report

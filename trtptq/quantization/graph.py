@@ -1,0 +1,48 @@
+"""The ONNX <-> onnx-graphsurgeon seam of the quantize stage: import once, edit, export with the source's metadata."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from trtptq.core.errors import ModelError
+
+
+def import_graph(model: onnx.ModelProto) -> gs.Graph:
+    """gs graph with Constant-node weights turned into constants, dtypes inferred where possible."""
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
+        raise ModelError("the model already has QuantizeLinear/DequantizeLinear nodes; "
+                         "quantize the FP32 model instead.")
+    try:
+        model = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - inference is only for dtypes; a model over 2 GB or a custom op may refuse
+        pass
+    graph = gs.import_onnx(model)
+    outputs = {t.name for t in graph.outputs}
+    for node in graph.nodes:
+        value = node.attrs.get("value") if node.op == "Constant" else None
+        out = node.outputs[0] if node.outputs else None
+        if isinstance(value, gs.Constant) and out is not None and out.name not in outputs:
+            const = gs.Constant(out.name, np.asarray(value.values))
+            for consumer in list(out.outputs):
+                replace_input(consumer, out, const)
+    return graph.cleanup().toposort()
+
+
+def replace_input(node: gs.Node, old: gs.Tensor, new: gs.Tensor) -> None:
+    for i, t in enumerate(node.inputs):
+        if t is old:
+            node.inputs[i] = new
+
+
+def export_graph(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
+    """Export a gs graph keeping the source model's metadata (IR version, metadata props); producer: trtptq."""
+    from trtptq.core.version import __version__
+
+    out = gs.export_onnx(graph)
+    out.ir_version = like.ir_version
+    out.producer_name, out.producer_version = "trtptq", __version__
+    del out.metadata_props[:]
+    out.metadata_props.extend(like.metadata_props)
+    return out

@@ -1,0 +1,1 @@
+"""Running models: ONNX Runtime sessions, CUDA buffers and the TensorRT engine runner, behind one interface."""
