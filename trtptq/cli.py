@@ -360,7 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import logging
+
+    from trtptq.core.log import LOGGER_NAME, cli_handler
+
     args = build_parser().parse_args(argv)
+    handler = cli_handler()
     try:
         return args.func(args)
     except TrtptqError as e:
@@ -369,6 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("trtptq: interrupted", file=sys.stderr)
         return 130
+    finally:
+        logging.getLogger(LOGGER_NAME).removeHandler(handler)
 
 
 if __name__ == "__main__":
