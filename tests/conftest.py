@@ -19,7 +19,8 @@ from trtptq.demo import MNIST_MODEL, mnist_samples  # noqa: E402
 
 @pytest.fixture(scope="session")
 def mnist():
-    """(model path, images, labels): calibration uses the first 256, evaluation samples 1000+."""
+    """(model path, images, labels) in a seeded order (the file is sorted by label): calibration uses the first 256,
+    evaluation samples 1000-4999, so both hold every class and never overlap."""
     images, labels = mnist_samples()
     return MNIST_MODEL, images, labels
 

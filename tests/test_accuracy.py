@@ -1,8 +1,10 @@
 """INT8 accuracy on real pretrained models and real data (ONNX Runtime, Q/DQ run unfused as TensorRT defines them).
 
-Numbers seen when these were written (calibration 256 digits / 128 sentences):
-MNIST CNN top-1 on 4000 digits: FP32 99.83 %, minmax 99.85, percentile 99.80, mse 99.83, entropy 93.0
-(entropy clips the network input to 0.51 of 2.82: the background pixels form a spike KL keeps).
+Numbers seen when these were written (calibration 256 digits / 128 sentences; MNIST in a seeded order, since
+the file is sorted by label, so calibration and evaluation both hold every class and never overlap):
+MNIST CNN top-1 on 4000 digits: FP32 99.82 %, minmax 99.82, percentile 99.82, mse 99.85, entropy 98.48
+(entropy clips the network input to 0.99 of 2.82 and conv2's input to 0.50 of 2.74: the background pixels,
+80 % of the input, form a spike KL keeps; keeping conv1 in float gives back 99.30).
 MiniLM topic kNN on 472 sentences (8 fortune topics): FP32 80.1 %; INT8 with attention BMMs quantized:
 minmax 76.3 (cos 0.980), percentile 75.0 (0.962), entropy 77.8 (0.961), mse 79.7 (0.985);
 BMMs left in float: minmax 79.4 (0.981), mse 78.8 (0.985).
@@ -33,7 +35,7 @@ def mnist_eval(mnist):
 
 
 @pytest.mark.parametrize("method, max_drop", [("minmax", 0.003), ("percentile", 0.003), ("mse", 0.003),
-                                              ("entropy", 0.10)])
+                                              ("entropy", 0.03)])
 def test_mnist_int8_accuracy(mnist, mnist_eval, method, max_drop):
     path, images, _ = mnist
     batches, fp32, labels = mnist_eval
@@ -58,7 +60,7 @@ def test_mnist_auto_method_avoids_entropys_loss(mnist, mnist_eval):
 
 
 def test_mnist_entropy_loss_is_mostly_the_input_spike(mnist, mnist_eval):
-    """Keeping the first Conv (and so the network input) in float recovers most of entropy's loss."""
+    """Keeping the first Conv (and so the network input) in float recovers more than half of entropy's loss."""
     path, images, _ = mnist
     batches, fp32, labels = mnist_eval
     accuracy = {}
@@ -68,7 +70,7 @@ def test_mnist_entropy_loss_is_mostly_the_input_spike(mnist, mnist_eval):
         assert ("input" in result.plan.activations) != keep_first
         accuracy[keep_first] = top1(run(result.model, batches)[0], labels)
     assert accuracy[True] >= top1(fp32, labels) - 0.01
-    assert accuracy[True] - accuracy[False] > 0.03
+    assert accuracy[True] - accuracy[False] > 0.5 * (top1(fp32, labels) - accuracy[False])
 
 
 @pytest.fixture(scope="module")

