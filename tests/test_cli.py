@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -11,11 +12,14 @@ import pytest
 
 from trtptq.runtime.ort import session
 
+# The installed console script, as a user runs it. (`python -m trtptq` from the checkout would import the
+# checkout's trtptq/ folder, which lacks the calibrators/ and plugins/ that install inside the package.)
+TRTPTQ = str(pathlib.Path(sys.executable).with_name("trtptq"))
+
 
 def trtptq(*args, cwd=None):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "trtptq", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=600)
+    return subprocess.run([TRTPTQ, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
 
 
 @pytest.fixture
