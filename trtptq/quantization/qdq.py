@@ -16,13 +16,12 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from trtptq.core.errors import ModelError
+from trtptq.core.int8 import INT8
 from trtptq.plugins import is_plugin_op
 from trtptq.quantization.graph import replace_input
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 POOLING_OPS = ("AveragePool", "GlobalAveragePool")
-# The smallest scale written; TensorRT rejects zero scales (an all-zero channel or tensor).
-MIN_SCALE = np.float32(1e-8)
 
 
 @dataclass
@@ -138,15 +137,14 @@ def insert_qdq(graph: gs.Graph, plan_: Plan, amax: dict[str, float]) -> gs.Graph
                          "the ranges come from another model or other options. Re-run calibration.")
     tensors = graph.tensors()
     by_name = {n.name: n for n in graph.nodes}
-    zero = np.zeros((), np.int8)
 
     for name, consumers in plan_.activations.items():
         t = tensors[name]
-        scale = _scale(np.float32(amax[name]))
-        q_out = gs.Variable(f"{name}_quantized", dtype=np.int8, shape=t.shape)
+        scale = INT8.scale(amax[name])
+        q_out = gs.Variable(f"{name}_quantized", dtype=INT8.dtype, shape=t.shape)
         dq_out = gs.Variable(f"{name}_dequantized", dtype=t.dtype or np.float32, shape=t.shape)
         s_const = gs.Constant(f"{name}_scale", scale)
-        z_const = gs.Constant(f"{name}_zero_point", zero)
+        z_const = gs.Constant(f"{name}_zero_point", INT8.zero_point())
         graph.nodes.append(gs.Node("QuantizeLinear", f"{name}_QuantizeLinear", inputs=[t, s_const, z_const], outputs=[q_out]))
         graph.nodes.append(gs.Node("DequantizeLinear", f"{name}_DequantizeLinear", inputs=[q_out, s_const, z_const], outputs=[dq_out]))
         for c in consumers:
@@ -161,28 +159,17 @@ def insert_qdq(graph: gs.Graph, plan_: Plan, amax: dict[str, float]) -> gs.Graph
     return graph.cleanup().toposort()
 
 
-def _scale(amax) -> np.ndarray:
-    """Symmetric INT8 scale amax/127 as a float32 array, never zero."""
-    return np.asarray(np.maximum(np.asarray(amax, np.float32) / np.float32(127), MIN_SCALE), dtype=np.float32)
-
-
 def _quantize_weight(graph: gs.Graph, w: gs.Constant, axis: int | None) -> gs.Variable:
+    """The weight stored as INT8 (per-tensor, or per channel on `axis`) behind a DequantizeLinear."""
     values = np.asarray(w.values, dtype=np.float32)
-    if axis is None:
-        scale = _scale(np.abs(values).max(initial=0.0))
-        zp = np.zeros((), np.int8)
-        broadcast = scale
-    else:
-        others = tuple(d for d in range(values.ndim) if d != axis)
-        scale = _scale(np.abs(values).max(axis=others, initial=0.0))
-        zp = np.zeros(scale.shape, np.int8)
-        broadcast = np.expand_dims(scale, others)
-    q = np.clip(np.rint(values / broadcast), -127, 127).astype(np.int8)
+    others = tuple(d for d in range(values.ndim) if d != axis) if axis is not None else None
+    scale = INT8.scale(np.abs(values).max(axis=others, initial=0.0))
+    q = INT8.quantize(values, scale if axis is None else np.expand_dims(scale, others))
     out = gs.Variable(f"{w.name}_dequantized", dtype=np.float32, shape=list(values.shape))
     attrs = {} if axis is None else {"axis": axis}
     graph.nodes.append(gs.Node(
         "DequantizeLinear", f"{w.name}_DequantizeLinear", attrs=attrs,
         inputs=[gs.Constant(f"{w.name}_quantized", q), gs.Constant(f"{w.name}_scale", scale),
-                gs.Constant(f"{w.name}_zero_point", zp)],
+                gs.Constant(f"{w.name}_zero_point", INT8.zero_point(scale.shape))],
         outputs=[out]))
     return out
