@@ -185,3 +185,29 @@ def test_corrupt_and_missing_models(tmp_path):
         model_io.load(bad)
     with pytest.raises(ModelError, match="does not exist"):
         model_io.load(tmp_path / "nope.onnx")
+
+
+def test_constant_nodes_become_weights_without_duplicate_tensor_warnings(capfd):
+    """PyTorch exports Constant nodes; importing them must not leave two tensors of one name (gs warns per lookup)."""
+    w = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32) * 0.3
+    mm = RNG.standard_normal((64, 5)).astype(np.float32)
+    nodes = [
+        helper.make_node("Constant", [], ["w"], name="w_const", value=numpy_helper.from_array(w)),
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Constant", [], ["shape"], name="shape_const", value=numpy_helper.from_array(np.array([-1, 64]))),
+        helper.make_node("Reshape", ["c", "shape"], ["flat"], name="reshape"),
+        helper.make_node("Constant", [], ["mm"], name="mm_const", value=numpy_helper.from_array(mm)),
+        helper.make_node("MatMul", ["flat", "mm"], ["y"], name="matmul"),
+    ]
+    m = make_model(nodes, [float_input("x", ["N", 3, 4, 4])], [float_input("y", ["N", 5])])
+    x = RNG.standard_normal((8, 3, 4, 4)).astype(np.float32)
+    capfd.readouterr()
+    q = quantize(m, data=[{"x": x}]).model
+    printed = capfd.readouterr()
+    assert "distinct tensors" not in printed.out + printed.err
+    assert not any(n.op_type == "Constant" for n in q.graph.node)
+    assert _attr(_dq_of_input(q, "conv", 1), "axis") == 0 and _attr(_dq_of_input(q, "matmul", 1), "axis") == 1
+    assert _init(q, next(n for n in q.graph.node if n.name == "reshape").input[1]).tolist() == [-1, 64]
+    ref = session(m).run(None, {"x": x})[0]
+    out = session(q, simulate_int8=True).run(None, {"x": x})[0]
+    assert np.abs(out - ref).max() < 0.05 * np.abs(ref).max()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
@@ -24,9 +23,10 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
         value = node.attrs.get("value") if node.op == "Constant" else None
         out = node.outputs[0] if node.outputs else None
         if isinstance(value, gs.Constant) and out is not None and out.name not in outputs:
-            const = gs.Constant(out.name, np.asarray(value.values))
-            for consumer in list(out.outputs):
-                replace_input(consumer, out, const)
+            # Detach the output from its Constant node, then turn that same tensor into a constant: its consumers
+            # keep their tensor, and no second tensor of the same name exists (gs warns on every lookup if one does).
+            node.outputs.clear()
+            out.to_constant(value.values)
     return graph.cleanup().toposort()
 
 
