@@ -6,13 +6,15 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from trtptq.core.errors import ModelError
+from trtptq.core.model import with_node_names
 
 
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
-    """gs graph with Constant-node weights turned into constants, dtypes inferred where possible."""
+    """gs graph with every node named, Constant-node weights turned into constants, dtypes inferred where possible."""
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
         raise ModelError("the model already has QuantizeLinear/DequantizeLinear nodes; "
                          "quantize the FP32 model instead.")
+    model = with_node_names(model)
     try:
         model = onnx.shape_inference.infer_shapes(model)
     except Exception:  # noqa: BLE001 - inference is only for dtypes; a model over 2 GB or a custom op may refuse
