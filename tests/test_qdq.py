@@ -1,5 +1,6 @@
 """Q/DQ placement and insertion (structure tests on random-weight graphs)."""
 
+import logging
 from types import MappingProxyType
 
 import numpy as np
@@ -263,6 +264,16 @@ def test_unnamed_nodes_are_each_quantized():
     assert [n.name for n in matmuls] == ["MatMul_0", "MatMul_2"]
     assert all(_producer(q, i).op_type == "DequantizeLinear" for n in matmuls for i in n.input)
     assert read_plan(q).counts()["INT8"] == 2
+
+
+def test_exclusions_that_match_nothing_are_named_in_a_warning(resnet_block, caplog):
+    with caplog.at_level(logging.WARNING, logger="trtptq"):
+        p = plan(import_graph(resnet_block), QuantizeOptions(exclude_nodes=("conv_1", "relu*"),
+                                                             exclude_op_types=("Relu6", "Gemm")))
+    assert [r.getMessage() for r in caplog.records] == [
+        "excluded node pattern 'conv_1' matches no node of the model; similar: conv1, conv2",
+        "excluded op type 'Relu6' is not in the model; similar: Relu"]
+    assert set(p.kept) == {"relu1", "relu2", "fc"}  # the patterns that match still apply
 
 
 def test_scales_follow_the_int8_format(resnet_block):

@@ -10,7 +10,9 @@ in float), which the quantized model carries in its metadata.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -24,6 +26,8 @@ from trtptq.core.precision import NodePrecision, PrecisionPlan
 from trtptq.plugins import is_plugin_op
 from trtptq.quantization.graph import replace_input
 from trtptq.quantization.rules import RULES, OpRule, rule_key
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -73,6 +77,7 @@ def _is_float(t: gs.Tensor) -> bool:
 def plan(graph: gs.Graph, options: QuantizeOptions, rules: Mapping[str, OpRule] = RULES) -> Plan:
     """Place Q/DQ on `graph` (topologically sorted, as `import_graph` leaves it) by the rule of each node's op."""
     nodes = list(graph.nodes)
+    _warn_unmatched(nodes, options)
     weighted = [n for n in nodes if (r := rules.get(rule_key(n))) is not None and r.weighted]
     ends: dict[str, str] = {}
     if options.keep_first and weighted:
@@ -137,6 +142,23 @@ def _fuses_into_producer(t: gs.Tensor, decided: dict[str, NodePrecision], rules:
     rule = rules.get(rule_key(producer))
     entry = decided.get(producer.name)
     return rule is not None and rule.fuses_add and entry is not None and entry.precision == precision.INT8
+
+
+def _warn_unmatched(nodes: list[gs.Node], options: QuantizeOptions) -> None:
+    """One warning per exclusion that matches nothing: a typo there would quietly quantize what was meant to stay float."""
+    names = [n.name for n in nodes]
+    for pattern in options.exclude_nodes:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            logger.warning("excluded node pattern %r matches no node of the model%s", pattern, _similar(pattern, names))
+    ops = sorted({n.op for n in nodes})
+    for op in options.exclude_op_types:
+        if op not in ops:
+            logger.warning("excluded op type %r is not in the model%s", op, _similar(op, ops))
+
+
+def _similar(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=3, cutoff=0.5)
+    return f"; similar: {', '.join(close)}" if close else ""
 
 
 def insert_qdq(graph: gs.Graph, plan_: Plan, amax: dict[str, float]) -> gs.Graph:
