@@ -12,6 +12,7 @@ from onnx import helper
 from trtptq.calibration.calibrate import CalibrationOptions
 from trtptq.core import model as model_io
 from trtptq.core.errors import ModelError, TrtptqError
+from trtptq.core.precision import NodePrecision, read_plan
 from trtptq.core.trt import get_backend
 from trtptq.engine.build import BuildOptions, build_engine, parse_shapes
 from trtptq.pipelines import build, quantize
@@ -63,6 +64,10 @@ def test_cnn_engines(mnist, mnist_int8, tmp_path, which, fp16, expect):
     check = [{"input": mnist[1][:64]}] if fp16 else None
     report = build(source, engine, _opts(fp16=fp16, profiles=[parse_shapes(MNIST_SHAPES)]), check_data=check)
     assert report.precision == expect
+    # The model's precision plan, read back by the build: none for the plain FP32 model, else node counts.
+    planned = {("fp32", False): None, ("fp32", True): {"INT8": 0, "FP16": 10, "FP32": 0},
+               ("int8", False): {"INT8": 4, "FP16": 0, "FP32": 0}, ("int8", True): {"INT8": 4, "FP16": 6, "FP32": 0}}
+    assert report.plan_counts == planned[which, fp16] and report.kept_float == {}
     if fp16:  # the FP16 ONNX was checked against its FP32 source in ONNX Runtime before the build
         assert report.fp16_check["logits"]["cosine"] > 0.9999
         assert report.fp16_check["logits"]["top1_agreement"] > 0.98
@@ -91,9 +96,15 @@ def test_attention_engines(minilm_files, tmp_path):
     r16 = build(fp32, tmp_path / "fp16.engine", _opts(fp16=True, profiles=profiles))
     assert r16.precision == {"MATRIX_MULTIPLY": {"FP16": 48}}
     assert len(r16.profiles) == 2
-    assert any("LayerNormalization" in why for why in r16.fp16_kept_fp32.values())
+    kept = {name: p for name, p in r16.kept_float.items() if p.op == "LayerNormalization"}
+    assert len(kept) == 13 and all(str(p) == "FP32: LayerNormalization is sensitive to FP16 range/precision"
+                                   for p in kept.values())
+    saved = json.loads((tmp_path / "fp16.engine.json").read_text())
+    assert saved["kept_float"][next(iter(kept))]["reason"] == "LayerNormalization is sensitive to FP16 range/precision"
+    assert r16.plan_counts["INT8"] == 0 and r16.plan_counts["FP32"] == len(r16.kept_float)
     r8 = build(int8, tmp_path / "int8.engine", _opts(fp16=True, profiles=profiles[:1]))
     assert r8.precision == {"MATRIX_MULTIPLY": {"INT8": 48}}
+    assert r8.plan_counts["INT8"] == 48 and r8.plan_counts["FP32"] == r16.plan_counts["FP32"]
     assert r8.engine_bytes < r16.engine_bytes * 0.85  # int8 MatMul weights (the embedding table stays FP16)
 
 
@@ -103,7 +114,9 @@ def test_fp16_model_matches_fp32_in_onnx_runtime(minilm, topics):
 
     feeds = real_models.encode(model_dir, topics[0][:64])
     converted = to_fp16(model, keep_fp32=("layer5/*",))
-    assert converted.kept_fp32["layer5/q/MatMul"] == "kept by the user"
+    assert converted.plan.nodes["layer5/q/MatMul"] == NodePrecision("MatMul", "FP32", "kept by the user")
+    assert converted.plan.nodes["layer4/q/MatMul"] == NodePrecision("MatMul", "FP16")
+    assert read_plan(converted.model) == converted.plan  # the plan travels in the converted model
     ref = session(model).run(None, feeds)[0]
     out = session(converted.model).run(None, feeds)[0]
     assert out.dtype == np.float32  # I/O stays FP32

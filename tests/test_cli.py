@@ -61,6 +61,22 @@ def test_exclusions_from_the_command_line(tmp_path, mnist, calib_npz):
     assert all(not i.endswith("_dequantized") for g in gemms for i in g.input)
 
 
+
+def test_exclusions_that_match_nothing_warn_once(tmp_path, mnist, calib_npz):
+    r = trtptq("quantize", mnist[0], "--data", calib_npz, "--exclude-nodes", "nosuchnode", "-o", tmp_path / "q.onnx",
+               "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines() == ["trtptq: warning: excluded node pattern 'nosuchnode' matches no node of the model"]
+    assert (tmp_path / "q.onnx").exists()
+    r = trtptq("quantize", mnist[0], "--data", calib_npz, "--exclude-op-types", "gemm", "Relu", "--exclude-nodes",
+               "/0/0.0/Cnv", "-o", tmp_path / "q.onnx", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    nodes, ops = r.stderr.splitlines()  # the matching op type (Relu) is quiet; the others name what was likely meant
+    assert nodes.startswith("trtptq: warning: excluded node pattern '/0/0.0/Cnv' matches no node of the model; "
+                            "similar: /0/0.0/Conv")  # closest first
+    assert ops == "trtptq: warning: excluded op type 'gemm' is not in the model; similar: Gemm"
+    assert "3 nodes kept in float" in r.stdout  # the three Relus
+
 @pytest.mark.parametrize("case", ["bad_name", "corrupt_model", "unwritable", "empty", "no_data"])
 def test_user_errors_are_one_line_without_partial_output(tmp_path, mnist, case):
     model, images, _ = mnist

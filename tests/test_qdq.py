@@ -1,16 +1,23 @@
 """Q/DQ placement and insertion (structure tests on random-weight graphs)."""
 
+import logging
+from types import MappingProxyType
+
 import numpy as np
 import onnx
 import pytest
 from conftest import float_input, make_model
 from onnx import TensorProto, helper, numpy_helper
 
+from trtptq.calibration.calibrate import CalibrationOptions
 from trtptq.core import model as model_io
 from trtptq.core.errors import ModelError
+from trtptq.core.int8 import INT8
+from trtptq.core.precision import NodePrecision, read_plan
 from trtptq.pipelines import quantize
-from trtptq.quantization.graph import import_graph
-from trtptq.quantization.qdq import QuantizeOptions, plan
+from trtptq.quantization.graph import export_graph, import_graph
+from trtptq.quantization.qdq import QuantizeOptions, insert_qdq, plan
+from trtptq.quantization.rules import RULES, OpRule, with_rules
 from trtptq.runtime.ort import session
 
 RNG = np.random.default_rng(0)
@@ -185,3 +192,102 @@ def test_corrupt_and_missing_models(tmp_path):
         model_io.load(bad)
     with pytest.raises(ModelError, match="does not exist"):
         model_io.load(tmp_path / "nope.onnx")
+
+
+def test_precision_plan_travels_in_the_quantized_model(resnet_block, tmp_path):
+    q = quantize(resnet_block, data=_calib((8, 6, 6)), options=QuantizeOptions(exclude_nodes=("fc",))).model
+    model_io.save(q, tmp_path / "q.onnx")
+    p = read_plan(model_io.load(tmp_path / "q.onnx"))
+    assert p.nodes == {  # graph order; nodes without a decision (Relu, Flatten) are not listed
+        "conv1": NodePrecision("Conv", "INT8", "Conv inputs quantized"),
+        "conv2": NodePrecision("Conv", "INT8", "Conv inputs quantized"),
+        "residual": NodePrecision("Add", "INT8", "residual input quantized; the other input fuses into the Conv before it"),
+        "gap": NodePrecision("GlobalAveragePool", "INT8", "GlobalAveragePool inputs quantized"),
+        "fc": NodePrecision("Gemm", "FP32", "excluded by name"),
+    }
+    assert list(p.nodes) == [n.name for n in resnet_block.graph.node if n.name in p.nodes]
+    assert p.counts() == {"INT8": 4, "FP16": 0, "FP32": 1} and str(p.kept_float()["fc"]) == "FP32: excluded by name"
+    assert read_plan(resnet_block) is None
+
+
+def test_rule_tables_are_values_a_plugin_can_extend():
+    """A plugin op with a registered rule is quantized like a Conv; without one it stays in float."""
+    w = RNG.standard_normal((4, 3, 1, 1)).astype(np.float32)
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("FusedConv", ["x", "w"], ["y"], name="fused", domain="acme")], "g",
+        [float_input("x", [1, 3, 2, 2])], [float_input("y", [1, 4, 2, 2])], [numpy_helper.from_array(w, "w")]),
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("acme", 1)])
+    rules = with_rules({"acme::FusedConv": OpRule((0, 1), RULES["Conv"].weight_axis, weighted=True)})
+    p = plan(import_graph(model), QuantizeOptions(), rules)
+    assert p.activations == {"x": ["fused"]} and [(s.tensor, s.axis) for s in p.weights] == [("w", 0)]
+    assert p.precision.nodes["fused"] == NodePrecision("FusedConv", "INT8", "FusedConv inputs quantized")
+    # The default table is untouched, and read-only: a registration is a new table, never global state.
+    assert "acme::FusedConv" not in RULES and isinstance(RULES, MappingProxyType)
+    assert plan(import_graph(model), QuantizeOptions()).kept == {"fused": "plugin op acme::FusedConv"}
+
+
+def test_constant_nodes_become_weights_without_duplicate_tensor_warnings(capfd):
+    """PyTorch exports Constant nodes; importing them must not leave two tensors of one name (gs warns per lookup)."""
+    rng = np.random.default_rng(1)  # its own draws: the error bound below should not depend on which tests ran first
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32) * 0.3
+    mm = rng.standard_normal((64, 5)).astype(np.float32)
+    nodes = [
+        helper.make_node("Constant", [], ["w"], name="w_const", value=numpy_helper.from_array(w)),
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Constant", [], ["shape"], name="shape_const", value=numpy_helper.from_array(np.array([-1, 64]))),
+        helper.make_node("Reshape", ["c", "shape"], ["flat"], name="reshape"),
+        helper.make_node("Constant", [], ["mm"], name="mm_const", value=numpy_helper.from_array(mm)),
+        helper.make_node("MatMul", ["flat", "mm"], ["y"], name="matmul"),
+    ]
+    m = make_model(nodes, [float_input("x", ["N", 3, 4, 4])], [float_input("y", ["N", 5])])
+    x = rng.standard_normal((8, 3, 4, 4)).astype(np.float32)
+    capfd.readouterr()
+    q = quantize(m, data=[{"x": x}], calibration=CalibrationOptions(method="minmax", show_progress=False)).model
+    printed = capfd.readouterr()
+    assert "distinct tensors" not in printed.out + printed.err
+    assert not any(n.op_type == "Constant" for n in q.graph.node)
+    assert _attr(_dq_of_input(q, "conv", 1), "axis") == 0 and _attr(_dq_of_input(q, "matmul", 1), "axis") == 1
+    assert _init(q, next(n for n in q.graph.node if n.name == "reshape").input[1]).tolist() == [-1, 64]
+    ref = session(m).run(None, {"x": x})[0]
+    out = session(q, simulate_int8=True).run(None, {"x": x})[0]
+    assert np.abs(out - ref).max() < 0.05 * np.abs(ref).max()
+
+
+def test_unnamed_nodes_are_each_quantized():
+    """The plan is per node name: unnamed nodes get one each (before, only the last unnamed MatMul got its Q/DQ)."""
+    w1, w2 = RNG.standard_normal((6, 5)).astype(np.float32), RNG.standard_normal((5, 3)).astype(np.float32)
+    m = make_model([helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+                    helper.make_node("MatMul", ["r", "w2"], ["y"])],
+                   [float_input("x", ["N", 6])], [float_input("y", ["N", 3])], [("w1", w1), ("w2", w2)])
+    q = quantize(m, data=_calib((6,), n=8)).model
+    matmuls = [n for n in q.graph.node if n.op_type == "MatMul"]
+    assert [n.name for n in matmuls] == ["MatMul_0", "MatMul_2"]
+    assert all(_producer(q, i).op_type == "DequantizeLinear" for n in matmuls for i in n.input)
+    assert read_plan(q).counts()["INT8"] == 2
+
+
+def test_exclusions_that_match_nothing_are_named_in_a_warning(resnet_block, caplog):
+    with caplog.at_level(logging.WARNING, logger="trtptq"):
+        p = plan(import_graph(resnet_block), QuantizeOptions(exclude_nodes=("conv_1", "relu*"),
+                                                             exclude_op_types=("Relu6", "Gemm")))
+    assert [r.getMessage() for r in caplog.records] == [
+        "excluded node pattern 'conv_1' matches no node of the model; similar: conv1, conv2",
+        "excluded op type 'Relu6' is not in the model; similar: Relu"]
+    assert set(p.kept) == {"relu1", "relu2", "fc"}  # the patterns that match still apply
+
+
+def test_scales_follow_the_int8_format(resnet_block):
+    """Zero ranges and all-zero channels get INT8's minimum scale (TensorRT rejects 0), weights stay within ±127."""
+    m = onnx.ModelProto()
+    m.CopyFrom(resnet_block)
+    w1 = next(i for i in m.graph.initializer if i.name == "w1")
+    values = numpy_helper.to_array(w1).copy()
+    values[3] = 0
+    w1.CopyFrom(numpy_helper.from_array(values, "w1"))
+    graph = import_graph(m)
+    placement = plan(graph, QuantizeOptions())
+    q = export_graph(insert_qdq(graph, placement, dict.fromkeys(placement.activations, 0.0)), m)
+    assert _init(q, "x_scale") == np.float32(INT8.min_scale)
+    dq = _dq_of_input(q, "conv1", 1)
+    assert _init(q, dq.input[1])[3] == np.float32(INT8.min_scale) and not _init(q, dq.input[0])[3].any()
+    assert np.abs(_init(q, dq.input[0]).astype(np.int16)).max() == INT8.qmax

@@ -14,9 +14,9 @@ from conftest import NO_ENGINE_GPU, engines_run_here, gpu_compute_capability, ha
 from test_cli import trtptq
 
 from trtptq.calibration.calibrate import CalibrationOptions
-from trtptq.calibration.ranges import read_trt_cache
 from trtptq.core import model as model_io
 from trtptq.core.errors import ModelError
+from trtptq.core.int8 import INT8
 from trtptq.core.trt import cache_version, get_backend
 from trtptq.data import input_specs
 from trtptq.engine.build import BuildOptions, build_engine, parse_shapes
@@ -84,7 +84,7 @@ def test_cache_header_version_is_tensorrts_own_number(tmp_path, mnist):
     assert r.returncode == 0, r.stderr
     text = (tmp_path / "c.cache").read_text()
     assert text.startswith("TRT-101300-MinMaxCalibration\n")
-    assert read_trt_cache(text)[0] == "MinMaxCalibration"
+    assert INT8.read_calibration_cache(text)[0] == "MinMaxCalibration"
 
 
 @pytest.mark.skipif(has_pycuda() and gpu_compute_capability() is not None, reason="pycuda and a GPU are present")
@@ -168,7 +168,7 @@ def test_implicit_int8_engine_is_accurate(mnist, tmp_path, method):
     report = build_engine(model, tmp_path / "e.engine",
                           BuildOptions(implicit_int8=spec, profiles=[parse_shapes("input:1x1x28x28/250x1x28x28/250x1x28x28")],
                                        show_progress=False))
-    algorithm, scales = read_trt_cache(cache.read_text())
+    algorithm, scales = INT8.read_calibration_cache(cache.read_text())
     assert algorithm == report.implicit_int8["algorithm"] and len(scales) >= 4
     # TensorRT runs its own entropy/minmax on the batches; percentile/mse come from our cache, read back.
     assert (report.implicit_int8["batches"] == 8) == (method in ("entropy", "minmax"))

@@ -20,6 +20,7 @@ from trtptq.calibrators import Calibrator
 from trtptq.core import fileio
 from trtptq.core import model as model_io
 from trtptq.core.errors import TrtptqError
+from trtptq.core.precision import write_plan
 from trtptq.engine.build import BuildOptions, BuildReport, build_engine
 from trtptq.quantization.graph import export_graph, import_graph
 from trtptq.quantization.method import choose_method, score_methods
@@ -97,7 +98,7 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
         stats, calibs = done.stats, done.calibrators
     else:
         raise TrtptqError("quantize needs calibration data or a ranges file")
-    qdq = export_graph(insert_qdq(graph, placement, ranges.amax), proto)
+    qdq = write_plan(export_graph(insert_qdq(graph, placement, ranges.amax), proto), placement.precision)
     model_io.check(qdq, "the quantized model")
     return QuantizeResult(qdq, ranges, placement, stats, calibs)
 
@@ -116,12 +117,11 @@ def build(model_path: str | os.PathLike, output: str | os.PathLike, options: Bui
     backend = get_backend(opts.backend)
     output = pathlib.Path(output)
     fileio.check_writable(output)
-    source, kept, check = pathlib.Path(model_path), {}, None
+    source, check = pathlib.Path(model_path), None
     if opts.fp16 and backend.strongly_typed_only:
         from trtptq.quantization.fp16 import to_fp16
 
         converted = to_fp16(model_io.load(model_path), opts.keep_fp32)
-        kept = converted.kept_fp32
         source = model_io.save(converted.model, output.with_name(output.name + ".fp16.onnx"))
         if check_data is not None:
             from trtptq.evaluation.compare import CompareOptions, compare
@@ -129,9 +129,9 @@ def build(model_path: str | os.PathLike, output: str | os.PathLike, options: Bui
             check = compare(model_path, [source], check_data,
                             CompareOptions(num_samples=check_samples, per_layer=False,
                                            show_progress=False)).candidates[0].outputs
-    report = build_engine(source, output, opts)
-    if kept or check:
-        report.fp16_kept_fp32, report.fp16_check = kept, check
+    report = build_engine(source, output, opts)  # the report reads the precision plan from `source`
+    if source != pathlib.Path(model_path):
+        report.fp16_check = check
         report.onnx_bytes = pathlib.Path(model_path).stat().st_size
         report.save()
     return report

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import struct
 from dataclasses import asdict, dataclass, field
 
 from trtptq.core import fileio
 from trtptq.core.errors import TrtptqError
+from trtptq.core.int8 import INT8
 
 FORMAT = "trtptq-ranges"
 VERSION = 1
@@ -24,7 +24,7 @@ class TensorRange:
 
     @property
     def scale(self) -> float:
-        return self.amax / 127.0
+        return float(INT8.scale(self.amax))
 
 
 @dataclass
@@ -76,20 +76,8 @@ class Ranges:
         """
         from trtptq.core.trt import default_cache_version
 
-        lines = [f"TRT-{trt_version or default_cache_version()}-{self.trt_algorithm}"]
-        lines += [f"{name}: {struct.pack('>f', r.scale).hex()}" for name, r in self.tensors.items()]
-        return "\n".join(lines) + "\n"
+        return INT8.calibration_cache(self.amax, trt_version or default_cache_version(), self.trt_algorithm)
 
     def save_trt_cache(self, path: str | os.PathLike, trt_version: int | None = None) -> pathlib.Path:
         return fileio.write_text(path, self.trt_cache(trt_version))
 
-
-def read_trt_cache(text: str) -> tuple[str, dict[str, float]]:
-    """Parse a TensorRT calibration cache into (algorithm, tensor -> scale)."""
-    header, *rows = text.strip().splitlines()
-    algorithm = header.split("-", 2)[-1]
-    scales = {}
-    for row in rows:
-        name, _, hexval = row.rpartition(":")
-        scales[name] = struct.unpack(">f", bytes.fromhex(hexval.strip()))[0]
-    return algorithm, scales

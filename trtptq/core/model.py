@@ -59,6 +59,19 @@ def ensure_opset(model: onnx.ModelProto, minimum: int = _OPSET_FOR_PER_CHANNEL) 
                          f"Re-export it with opset >= {minimum}.") from None
 
 
+def with_node_names(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model`, or a copy whose unnamed nodes are named OpType_index: precision decisions are made per node name."""
+    if all(n.name for n in model.graph.node):
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    taken = {n.name for n in out.graph.node}
+    for i, n in enumerate(out.graph.node):
+        if not n.name:
+            n.name = next(c for c in (f"{n.op_type}_{i}", *(f"{n.op_type}_{i}_{k}" for k in range(1, 1000))) if c not in taken)
+            taken.add(n.name)
+    return out
+
 def save(model: onnx.ModelProto, path: str | os.PathLike) -> pathlib.Path:
     """Write atomically; models over 2 GB keep their weights in `<name>.data` beside the file."""
     path = pathlib.Path(path)

@@ -27,6 +27,7 @@ from trtptq.calibration.calibrate import AUTO, CalibrationOptions
 from trtptq.core import fileio
 from trtptq.core import model as model_io
 from trtptq.core.errors import ModelError, TrtptqError
+from trtptq.core.precision import NodePrecision, read_plan
 from trtptq.core.trt import Backend, get_backend
 
 Shape = tuple[int, ...]
@@ -102,7 +103,8 @@ class BuildReport:
     inputs: list[dict]
     outputs: list[dict]
     profiles: list[dict]
-    fp16_kept_fp32: dict[str, str]
+    plan_counts: dict[str, int] | None  # nodes per precision in the model's precision plan; None: the model has none
+    kept_float: dict[str, NodePrecision]  # from the plan: nodes deliberately kept above INT8 / in FP32, and why
     fp16_check: dict | None  # output -> metrics of the FP16 ONNX vs FP32 (ONNX Runtime), when checked
     compute_capabilities: list[str]
     build_seconds: float
@@ -167,6 +169,7 @@ def build_engine(model_path: str | os.PathLike, output: str | os.PathLike,
         if path:
             fileio.check_writable(path)
     proto = model_io.load(model_path)
+    plan = read_plan(proto)
     has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node)
     with contextlib.ExitStack() as stack:
         source = model_path
@@ -212,7 +215,8 @@ def build_engine(model_path: str | os.PathLike, output: str | os.PathLike,
         strongly_typed=backend.strongly_typed_only, precision=precision,
         inputs=[t for t in io if t["input"]], outputs=[t for t in io if not t["input"]],
         profiles=[{k: [list(s) for s in v] for k, v in p.items()} for p in _profiles_used(network, opts)],
-        fp16_kept_fp32={}, fp16_check=None, compute_capabilities=list(opts.compute_capabilities), build_seconds=round(seconds, 3),
+        plan_counts=plan.counts() if plan else None, kept_float=plan.kept_float() if plan else {},
+        fp16_check=None, compute_capabilities=list(opts.compute_capabilities), build_seconds=round(seconds, 3),
         engine_bytes=len(data), onnx_bytes=model_path.stat().st_size,
         timing_cache=str(timing_cache) if timing_cache else None,
         implicit_int8=calibrator and {"algorithm": calibrator.algorithm, "cache": implicit.cache,

@@ -5,20 +5,24 @@ except what must stay FP32: the model's I/O types, numerically sensitive ops
 (reductions feeding normalization, Softmax/Exp/Pow, LayerNorm), ops fed by
 constants beyond the FP16 range, plugin ops, and whatever the user names. Q/DQ
 scales become FP16 as well, so DequantizeLinear feeds FP16 Convs/MatMuls
-directly (QuantizeLinear with FP16 scales needs opset 19).
+directly (QuantizeLinear with FP16 scales needs opset 19). Each node's
+outcome goes into the model's precision plan (trtptq.core.precision).
 """
 
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from trtptq.core import precision
 from trtptq.core.errors import ModelError
-from trtptq.core.model import ensure_opset
+from trtptq.core.model import ensure_opset, float_tensors, with_node_names
+from trtptq.core.precision import NodePrecision, PrecisionPlan, read_plan, write_plan
 from trtptq.plugins import is_plugin_op
 
 SENSITIVE_OPS = ("LayerNormalization", "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "ReduceLogSumExp",
@@ -29,22 +33,8 @@ QDQ_FP16_OPSET = 19
 
 @dataclass
 class FP16Result:
-    model: onnx.ModelProto
-    kept_fp32: dict[str, str]  # node -> why it stays FP32
-
-
-def _with_node_names(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The converter keeps nodes in FP32 by name: give unnamed nodes one (on a copy)."""
-    if all(n.name for n in model.graph.node):
-        return model
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    taken = {n.name for n in out.graph.node}
-    for i, n in enumerate(out.graph.node):
-        if not n.name:
-            n.name = next(c for c in (f"{n.op_type}_{i}", *(f"{n.op_type}_{i}_{k}" for k in range(1, 1000))) if c not in taken)
-            taken.add(n.name)
-    return out
+    model: onnx.ModelProto  # carries `plan` in its metadata
+    plan: PrecisionPlan  # the model's plan (from quantize, if any) updated: FP16, or kept FP32 and why
 
 
 def _unshare_initializers(model: onnx.ModelProto, kept: set[str]) -> onnx.ModelProto:
@@ -76,12 +66,17 @@ def _unshare_initializers(model: onnx.ModelProto, kept: set[str]) -> onnx.ModelP
 
 
 def to_fp16(model: onnx.ModelProto, keep_fp32: tuple[str, ...] = (), keep_sensitive: bool = True) -> FP16Result:
-    """Convert to FP16 (I/O stays FP32); `keep_fp32` holds node names, globs or op types kept in FP32."""
+    """Convert to FP16 (I/O stays FP32); `keep_fp32` holds node names, globs or op types kept in FP32.
+
+    The model's precision plan (written by quantize; a new one otherwise) is
+    updated node by node and stored in the converted model.
+    """
     from onnxconverter_common import float16
 
+    before = read_plan(model) or PrecisionPlan()
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
         model = ensure_opset(model, QDQ_FP16_OPSET)
-    model = _with_node_names(model)
+    model = with_node_names(model)
     big = {i.name for i in model.graph.initializer
            if i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
            and np.abs(numpy_helper.to_array(i)).max(initial=0) > FP16_MAX}
@@ -98,6 +93,7 @@ def to_fp16(model: onnx.ModelProto, keep_fp32: tuple[str, ...] = (), keep_sensit
         elif n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in n.attribute):
             # The converter leaves explicit casts to FP32 alone; kept, their consumers get a cast to FP16.
             kept[n.name] = "explicit Cast to FP32"
+    plan = _fp16_plan(model, before, kept, float16.DEFAULT_OP_BLOCK_LIST)
     model = _unshare_initializers(model, set(kept))
     try:
         converted = float16.convert_float_to_float16(
@@ -105,4 +101,31 @@ def to_fp16(model: onnx.ModelProto, keep_fp32: tuple[str, ...] = (), keep_sensit
             op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST), node_block_list=list(kept))
     except Exception as e:  # noqa: BLE001 - the converter raises plain errors for unsupported graphs
         raise ModelError(f"FP16 conversion failed: {e}") from None
-    return FP16Result(converted, kept)
+    return FP16Result(write_plan(converted, plan), plan)
+
+
+def _fp16_plan(model: onnx.ModelProto, before: PrecisionPlan, kept: dict[str, str],
+               blocked_ops: Collection[str]) -> PrecisionPlan:
+    """The model's plan after conversion: INT8 nodes stay INT8, kept and blocked nodes FP32, float nodes FP16.
+
+    A node the quantizer left in float and the conversion makes FP16 keeps the quantizer's reason ("not INT8: ...").
+    Nodes with no float output (shape arithmetic) have no float precision and are not listed.
+    """
+    floats = float_tensors(model, {o for n in model.graph.node for o in n.output if o})
+    nodes: dict[str, NodePrecision] = {}
+    for n in model.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        old = before.nodes.get(n.name)
+        if old is not None and old.precision == precision.INT8:
+            extra = f"; its float inputs/outputs stay FP32 ({kept[n.name]})" if n.name in kept else ""
+            nodes[n.name] = NodePrecision(n.op_type, precision.INT8, old.reason + extra)
+        elif n.name in kept:
+            nodes[n.name] = NodePrecision(n.op_type, precision.FP32, kept[n.name])
+        elif n.op_type in blocked_ops:
+            nodes[n.name] = NodePrecision(n.op_type, precision.FP32, f"onnxconverter-common keeps {n.op_type} in FP32")
+        elif floats & set(n.output):
+            nodes[n.name] = NodePrecision(n.op_type, precision.FP16, f"not INT8: {old.reason}" if old else "")
+        elif old is not None:
+            nodes[n.name] = old
+    return PrecisionPlan(nodes)

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 from trtptq.core.errors import ModelError
+from trtptq.core.model import with_node_names
 
 
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
-    """gs graph with Constant-node weights turned into constants, dtypes inferred where possible."""
+    """gs graph with every node named, Constant-node weights turned into constants, dtypes inferred where possible."""
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
         raise ModelError("the model already has QuantizeLinear/DequantizeLinear nodes; "
                          "quantize the FP32 model instead.")
+    model = with_node_names(model)
     try:
         model = onnx.shape_inference.infer_shapes(model)
     except Exception:  # noqa: BLE001 - inference is only for dtypes; a model over 2 GB or a custom op may refuse
@@ -24,9 +25,10 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
         value = node.attrs.get("value") if node.op == "Constant" else None
         out = node.outputs[0] if node.outputs else None
         if isinstance(value, gs.Constant) and out is not None and out.name not in outputs:
-            const = gs.Constant(out.name, np.asarray(value.values))
-            for consumer in list(out.outputs):
-                replace_input(consumer, out, const)
+            # Detach the output from its Constant node, then turn that same tensor into a constant: its consumers
+            # keep their tensor, and no second tensor of the same name exists (gs warns on every lookup if one does).
+            node.outputs.clear()
+            out.to_constant(value.values)
     return graph.cleanup().toposort()
 
 

@@ -1,28 +1,33 @@
 """Q/DQ placement for TensorRT's explicit quantization, and its insertion.
 
-Placement follows TensorRT's guide: quantize the inputs of weighted ops
-(activations per-tensor, weights per-channel), the residual input of an Add
-that follows a Conv (so it fuses into the Conv epilogue), and average pooling;
-never their outputs. A tensor feeding several quantized consumers gets one
-shared Q/DQ pair, so fusions do not break.
+`plan` walks the graph once, in topological order, and applies each node's
+rule from a rule table (`rules.RULES` by default): which inputs take Q/DQ,
+weights per channel. A tensor feeding several quantized consumers gets one
+shared Q/DQ pair, so fusions do not break. Every decision lands in the
+precision plan (INT8 with the rule's reason, or FP32 with why the node stays
+in float), which the quantized model carries in its metadata.
 """
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
+import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from trtptq.core import precision
 from trtptq.core.errors import ModelError
+from trtptq.core.int8 import INT8
+from trtptq.core.precision import NodePrecision, PrecisionPlan
 from trtptq.plugins import is_plugin_op
 from trtptq.quantization.graph import replace_input
+from trtptq.quantization.rules import RULES, OpRule, rule_key
 
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-POOLING_OPS = ("AveragePool", "GlobalAveragePool")
-# The smallest scale written; TensorRT rejects zero scales (an all-zero channel or tensor).
-MIN_SCALE = np.float32(1e-8)
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,11 +53,16 @@ class WeightSite:
 
 @dataclass
 class Plan:
-    """What gets quantized: activation tensors (to calibrate) and weights (quantized from their values)."""
+    """What gets quantized: activation tensors (to calibrate) and weights (quantized from their values), and why."""
 
     activations: dict[str, list[str]] = field(default_factory=dict)  # tensor -> consumer node names
     weights: list[WeightSite] = field(default_factory=list)
-    kept: dict[str, str] = field(default_factory=dict)  # node -> why it stays in float
+    precision: PrecisionPlan = field(default_factory=PrecisionPlan)  # INT8 nodes and nodes kept in float
+
+    @property
+    def kept(self) -> dict[str, str]:
+        """node -> why it stays in float."""
+        return {name: p.reason for name, p in self.precision.nodes.items() if p.precision == precision.FP32}
 
     def add_activation(self, tensor: str, node: str) -> None:
         consumers = self.activations.setdefault(tensor, [])
@@ -64,70 +74,91 @@ def _is_float(t: gs.Tensor) -> bool:
     return t.dtype is None or np.dtype(t.dtype).kind == "f"
 
 
-def _weight_axis(node: gs.Node, index: int, w: gs.Constant) -> int | None:
-    rank = len(w.shape)
-    if node.op == "Conv" and index == 1:
-        return 0
-    if node.op == "ConvTranspose" and index == 1:
-        return 1 if node.attrs.get("group", 1) == 1 else None
-    if node.op == "Gemm" and index == 1:
-        return 0 if node.attrs.get("transB", 0) else 1
-    if node.op == "MatMul" and index == 1 and rank >= 2:
-        return rank - 1
-    return None  # e.g. a constant left operand: one scale
-
-
-def plan(graph: gs.Graph, options: QuantizeOptions) -> Plan:
-    result = Plan()
-    nodes = list(graph.nodes)  # graph.toposort() was applied on import
-    weighted = [n for n in nodes if n.op in WEIGHTED_OPS]
-    for n in nodes:
-        if is_plugin_op(n.domain):
-            result.kept[n.name] = f"plugin op {n.domain}::{n.op}"
-        elif n.op in options.exclude_op_types:
-            result.kept[n.name] = f"op type {n.op} excluded"
-        elif any(fnmatch.fnmatchcase(n.name, p) for p in options.exclude_nodes):
-            result.kept[n.name] = "excluded by name"
+def plan(graph: gs.Graph, options: QuantizeOptions, rules: Mapping[str, OpRule] = RULES) -> Plan:
+    """Place Q/DQ on `graph` (topologically sorted, as `import_graph` leaves it) by the rule of each node's op."""
+    nodes = list(graph.nodes)
+    _warn_unmatched(nodes, options)
+    weighted = [n for n in nodes if (r := rules.get(rule_key(n))) is not None and r.weighted]
+    ends: dict[str, str] = {}
     if options.keep_first and weighted:
-        result.kept.setdefault(weighted[0].name, "first layer kept in float")
+        ends[weighted[0].name] = "first layer kept in float"
     if options.keep_last and weighted:
-        result.kept.setdefault(weighted[-1].name, "last layer kept in float")
-
-    def quantizable(n: gs.Node) -> bool:
-        return n.name not in result.kept
-
-    for n in weighted:
-        if not quantizable(n):
-            continue
-        data = [(i, t) for i, t in enumerate(n.inputs[:2]) if t is not None and t.name]
-        if not all(_is_float(t) for _, t in data):
-            result.kept[n.name] = "not a float op"
-            continue
-        if n.op == "MatMul" and not options.activation_matmul and all(isinstance(t, gs.Variable) for _, t in data):
-            result.kept[n.name] = "activation x activation MatMul (activation_matmul off)"
-            continue
-        for i, t in data:
-            if isinstance(t, gs.Constant):
-                axis = _weight_axis(n, i, t) if options.per_channel else None
-                result.weights.append(WeightSite(n.name, t.name, axis))
-            else:
-                result.add_activation(t.name, n.name)
-    conv_outputs = {n.outputs[0].name for n in weighted if n.op in ("Conv", "ConvTranspose") and quantizable(n)}
+        ends.setdefault(weighted[-1].name, "last layer kept in float")
+    result = Plan()
     for n in nodes:
-        if not quantizable(n):
-            continue
-        if n.op in POOLING_OPS and options.pooling and _is_float(n.inputs[0]):
-            result.add_activation(n.inputs[0].name, n.name)
-        elif n.op == "Add" and options.residual_add and len(n.inputs) == 2:
-            a, b = n.inputs
-            if not all(isinstance(t, gs.Variable) and _is_float(t) for t in (a, b)):
-                continue
-            # The branch from a single-use Conv fuses into that Conv; quantize the other (residual) input.
-            fused = [t for t in (a, b) if t.name in conv_outputs and len(t.outputs) == 1]
-            if fused:
-                residual = b if fused[0] is a else a
-                result.add_activation(residual.name, n.name)
+        rule = rules.get(rule_key(n))
+        why = _exclusion(n, rule, options) or ends.get(n.name)
+        if why:
+            result.precision.nodes[n.name] = NodePrecision(n.op, precision.FP32, why)
+        elif rule is not None and (rule.switch is None or getattr(options, rule.switch)):
+            _place(n, rule, options, rules, result)
     return result
+
+
+def _place(n: gs.Node, rule: OpRule, options: QuantizeOptions, rules: Mapping[str, OpRule], result: Plan) -> None:
+    """Apply `rule` to `n`: its Q/DQ sites into `result`, and the node's precision (INT8, or FP32 and why)."""
+    decided = result.precision.nodes
+    sites = [(i, n.inputs[i]) for i in rule.inputs if i < len(n.inputs) and n.inputs[i].name]
+    if rule.weight_axis is None:
+        sites = [(i, t) for i, t in sites if not isinstance(t, gs.Constant)]
+    if not all(_is_float(t) for _, t in sites):
+        if rule.weighted:
+            decided[n.name] = NodePrecision(n.op, precision.FP32, "not a float op")
+        return
+    if (rule.activations_switch and not getattr(options, rule.activations_switch)
+            and all(isinstance(t, gs.Variable) for _, t in sites)):
+        decided[n.name] = NodePrecision(n.op, precision.FP32, f"activation x activation {n.op} ({rule.activations_switch} off)")
+        return
+    if rule.residual:
+        # An input from a single-use, quantized Conv fuses into that Conv's epilogue; quantize the other (residual).
+        fused = [t for _, t in sites if _fuses_into_producer(t, decided, rules)]
+        sites = [(i, t) for i, t in sites if fused and t is not fused[0]]
+    if not sites:
+        return
+    for i, t in sites:
+        if isinstance(t, gs.Constant):
+            axis = rule.weight_axis(n, i, len(t.shape)) if options.per_channel else None
+            result.weights.append(WeightSite(n.name, t.name, axis))
+        else:
+            result.add_activation(t.name, n.name)
+    decided[n.name] = NodePrecision(n.op, precision.INT8, rule.reason.format(op=n.op))
+
+
+def _exclusion(n: gs.Node, rule: OpRule | None, options: QuantizeOptions) -> str | None:
+    """Why the user's options or the node's kind keep it in float, if they do."""
+    if rule is None and is_plugin_op(n.domain):
+        return f"plugin op {n.domain}::{n.op}"  # no rule: its INT8 behaviour is unknown
+    if n.op in options.exclude_op_types:
+        return f"op type {n.op} excluded"
+    if any(fnmatch.fnmatchcase(n.name, p) for p in options.exclude_nodes):
+        return "excluded by name"
+    return None
+
+
+def _fuses_into_producer(t: gs.Tensor, decided: dict[str, NodePrecision], rules: Mapping[str, OpRule]) -> bool:
+    if len(t.inputs) != 1 or len(t.outputs) != 1:
+        return False
+    producer = t.inputs[0]
+    rule = rules.get(rule_key(producer))
+    entry = decided.get(producer.name)
+    return rule is not None and rule.fuses_add and entry is not None and entry.precision == precision.INT8
+
+
+def _warn_unmatched(nodes: list[gs.Node], options: QuantizeOptions) -> None:
+    """One warning per exclusion that matches nothing: a typo there would quietly quantize what was meant to stay float."""
+    names = [n.name for n in nodes]
+    for pattern in options.exclude_nodes:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            logger.warning("excluded node pattern %r matches no node of the model%s", pattern, _similar(pattern, names))
+    ops = sorted({n.op for n in nodes})
+    for op in options.exclude_op_types:
+        if op not in ops:
+            logger.warning("excluded op type %r is not in the model%s", op, _similar(op, ops))
+
+
+def _similar(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=3, cutoff=0.5)
+    return f"; similar: {', '.join(close)}" if close else ""
 
 
 def insert_qdq(graph: gs.Graph, plan_: Plan, amax: dict[str, float]) -> gs.Graph:
@@ -138,15 +169,14 @@ def insert_qdq(graph: gs.Graph, plan_: Plan, amax: dict[str, float]) -> gs.Graph
                          "the ranges come from another model or other options. Re-run calibration.")
     tensors = graph.tensors()
     by_name = {n.name: n for n in graph.nodes}
-    zero = np.zeros((), np.int8)
 
     for name, consumers in plan_.activations.items():
         t = tensors[name]
-        scale = _scale(np.float32(amax[name]))
-        q_out = gs.Variable(f"{name}_quantized", dtype=np.int8, shape=t.shape)
+        scale = INT8.scale(amax[name])
+        q_out = gs.Variable(f"{name}_quantized", dtype=INT8.dtype, shape=t.shape)
         dq_out = gs.Variable(f"{name}_dequantized", dtype=t.dtype or np.float32, shape=t.shape)
         s_const = gs.Constant(f"{name}_scale", scale)
-        z_const = gs.Constant(f"{name}_zero_point", zero)
+        z_const = gs.Constant(f"{name}_zero_point", INT8.zero_point())
         graph.nodes.append(gs.Node("QuantizeLinear", f"{name}_QuantizeLinear", inputs=[t, s_const, z_const], outputs=[q_out]))
         graph.nodes.append(gs.Node("DequantizeLinear", f"{name}_DequantizeLinear", inputs=[q_out, s_const, z_const], outputs=[dq_out]))
         for c in consumers:
@@ -161,28 +191,17 @@ def insert_qdq(graph: gs.Graph, plan_: Plan, amax: dict[str, float]) -> gs.Graph
     return graph.cleanup().toposort()
 
 
-def _scale(amax) -> np.ndarray:
-    """Symmetric INT8 scale amax/127 as a float32 array, never zero."""
-    return np.asarray(np.maximum(np.asarray(amax, np.float32) / np.float32(127), MIN_SCALE), dtype=np.float32)
-
-
 def _quantize_weight(graph: gs.Graph, w: gs.Constant, axis: int | None) -> gs.Variable:
+    """The weight stored as INT8 (per-tensor, or per channel on `axis`) behind a DequantizeLinear."""
     values = np.asarray(w.values, dtype=np.float32)
-    if axis is None:
-        scale = _scale(np.abs(values).max(initial=0.0))
-        zp = np.zeros((), np.int8)
-        broadcast = scale
-    else:
-        others = tuple(d for d in range(values.ndim) if d != axis)
-        scale = _scale(np.abs(values).max(axis=others, initial=0.0))
-        zp = np.zeros(scale.shape, np.int8)
-        broadcast = np.expand_dims(scale, others)
-    q = np.clip(np.rint(values / broadcast), -127, 127).astype(np.int8)
+    others = tuple(d for d in range(values.ndim) if d != axis) if axis is not None else None
+    scale = INT8.scale(np.abs(values).max(axis=others, initial=0.0))
+    q = INT8.quantize(values, scale if axis is None else np.expand_dims(scale, others))
     out = gs.Variable(f"{w.name}_dequantized", dtype=np.float32, shape=list(values.shape))
     attrs = {} if axis is None else {"axis": axis}
     graph.nodes.append(gs.Node(
         "DequantizeLinear", f"{w.name}_DequantizeLinear", attrs=attrs,
         inputs=[gs.Constant(f"{w.name}_quantized", q), gs.Constant(f"{w.name}_scale", scale),
-                gs.Constant(f"{w.name}_zero_point", zp)],
+                gs.Constant(f"{w.name}_zero_point", INT8.zero_point(scale.shape))],
         outputs=[out]))
     return out

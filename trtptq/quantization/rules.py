@@ -1,0 +1,80 @@
+"""Q/DQ placement rules: a table from op type to a small rule saying which inputs take Q/DQ, and when.
+
+The default table follows TensorRT's explicit-quantization guide: quantize the
+inputs of weighted ops (activations per-tensor, weights per-channel on the
+op's output-channel axis), the residual input of an Add whose other input
+fuses into a Conv's epilogue, and average pooling; never outputs. Ops without
+a rule take no Q/DQ (TensorRT moves Q/DQ through commuting ops itself).
+
+`RULES` is read-only; `with_rules` returns a new table with more rules, e.g.
+a plugin's, keyed "domain::Op" (see `rule_key`), to pass to `qdq.plan`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import onnx_graphsurgeon as gs
+
+from trtptq.plugins import is_plugin_op
+
+#: (node, input index, weight rank) -> the weight's per-channel axis, or None for one scale.
+WeightAxis = Callable[[gs.Node, int, int], "int | None"]
+
+
+@dataclass(frozen=True)
+class OpRule:
+    """Where Q/DQ goes on one op type's inputs (never its outputs).
+
+    A rule without `weight_axis` quantizes activations only: constant inputs
+    are left as they are.
+    """
+
+    inputs: tuple[int, ...]  # the inputs that take Q/DQ; absent optional inputs are skipped
+    weight_axis: WeightAxis | None = None  # constant inputs are weights, per channel on this axis; None: no weights
+    weighted: bool = False  # a weighted layer: keep_first/keep_last count it, a non-float input keeps it in float
+    switch: str | None = None  # the QuantizeOptions flag that turns the rule on (None: always on)
+    activations_switch: str | None = None  # the flag needed when every input is an activation (attention BMMs)
+    fuses_add: bool = False  # an Add reading this op's single-use output fuses into its epilogue (Conv)
+    residual: bool = False  # quantize only the inputs that do not fuse into a `fuses_add` producer, if one does
+    reason: str = "{op} inputs quantized"  # the precision plan's reason for the node's INT8 ({op}: its op type)
+
+
+def _conv_axis(node: gs.Node, index: int, rank: int) -> int | None:
+    return 0 if index == 1 else None  # weights (C_out, C_in/g, k...)
+
+
+def _conv_transpose_axis(node: gs.Node, index: int, rank: int) -> int | None:
+    return 1 if index == 1 and node.attrs.get("group", 1) == 1 else None  # weights (C_in, C_out/g, k...)
+
+
+def _gemm_axis(node: gs.Node, index: int, rank: int) -> int | None:
+    return (0 if node.attrs.get("transB", 0) else 1) if index == 1 else None  # B is (N, K) with transB, else (K, N)
+
+
+def _matmul_axis(node: gs.Node, index: int, rank: int) -> int | None:
+    return rank - 1 if index == 1 and rank >= 2 else None  # a constant left operand: one scale
+
+
+RULES: Mapping[str, OpRule] = MappingProxyType({
+    "Conv": OpRule((0, 1), _conv_axis, fuses_add=True, weighted=True),
+    "ConvTranspose": OpRule((0, 1), _conv_transpose_axis, fuses_add=True, weighted=True),
+    "Gemm": OpRule((0, 1), _gemm_axis, weighted=True),
+    "MatMul": OpRule((0, 1), _matmul_axis, activations_switch="activation_matmul", weighted=True),
+    "AveragePool": OpRule((0,), switch="pooling"),
+    "GlobalAveragePool": OpRule((0,), switch="pooling"),
+    "Add": OpRule((0, 1), switch="residual_add", residual=True,
+                  reason="residual input quantized; the other input fuses into the Conv before it"),
+})
+
+
+def rule_key(node: gs.Node) -> str:
+    """A node's key in a rule table: its op type, or "domain::Op" for an op outside the ONNX domains (a plugin)."""
+    return f"{node.domain}::{node.op}" if is_plugin_op(node.domain) else node.op
+
+
+def with_rules(extra: Mapping[str, OpRule], base: Mapping[str, OpRule] = RULES) -> Mapping[str, OpRule]:
+    """A new read-only table: `base` with `extra` added (an op type in both takes `extra`'s rule)."""
+    return MappingProxyType({**base, **extra})
