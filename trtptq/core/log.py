@@ -37,10 +37,17 @@ class _OncePerMessage(logging.Filter):
         return True
 
 
+class _CliFormatter(logging.Formatter):
+    """`trtptq: warning: message`, lower case like the CLI's `trtptq: error: message` (and argparse's)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"trtptq: {record.levelname.lower()}: {record.getMessage()}"
+
+
 def cli_handler(verbose: bool = False) -> logging.Handler:
     """The CLI's handler: `trtptq: warning: ...` on stderr, each message once; returned so the caller can remove it."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("trtptq: %(levelname)s: %(message)s"))
+    handler.setFormatter(_CliFormatter())
     handler.addFilter(_OncePerMessage())
     logger = logging.getLogger(LOGGER_NAME)
     logger.addHandler(handler)
