@@ -182,3 +182,18 @@ def test_python_api_gets_the_same_messages():
         CalibrationOptions(method="kl")
     assert CalibrationOptions(num_bins=256, percentile=100).num_bins == 256
 
+
+def test_planning_reads_the_first_batch_once(tmp_path):
+    """Passes are planned from the first batch (one extra read of the data); then every pass reads all of it."""
+    counter = tmp_path / "reads"
+    (tmp_path / "loader.py").write_text(
+        "import pathlib\nimport numpy as np\n\ndef load_data():\n"
+        f"    with open({str(counter)!r}, 'a') as f:\n        f.write('x')\n"
+        "    yield {'input': np.random.default_rng(0).random((8, 1, 28, 28), np.float32)}\n")
+    r = trtptq("calibrate", MNIST_MODEL, "--data", "loader.py", "--batch-size", 4, "--memory-budget", "1",
+               "-o", "r.json", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    ranges = json.loads((tmp_path / "r.json").read_text())
+    assert ranges["num_samples"] == 8
+    assert len(counter.read_text()) == 1 + len(ranges["tensors"])  # the plan's first batch, then one read per pass
+    assert np.isfinite([t["amax"] for t in ranges["tensors"].values()]).all()
