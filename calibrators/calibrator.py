@@ -1,13 +1,16 @@
 """Calibrators: streaming, mergeable range statistics for one tensor.
 
-`observe(x)` folds a batch in, `merge(other)` combines two partial states (shards
-or resumed runs), `compute_amax()` gives the clipping threshold at the end.
+`observe(x, pool)` folds a batch in, `merge(other)` combines two partial
+states (shards or resumed runs), `compute_amax()` gives the clipping threshold
+at the end. `pool` is an optional executor the caller owns (one per
+calibration run) that histograms bin large tensors on; no global state here.
 State is a plain dict (`state()` / `Calibrator.from_state`), so it serializes.
 """
 
 from __future__ import annotations
 
 import math
+from concurrent.futures import Executor
 from typing import ClassVar
 
 import numpy as np
@@ -21,7 +24,7 @@ class Calibrator:
     #: TensorRT calibration-cache algorithm a TRT<=10 calibrator with these ranges reports.
     trt_algorithm: ClassVar[str] = "EntropyCalibration2"
 
-    def observe(self, x: np.ndarray) -> None:
+    def observe(self, x: np.ndarray, pool: Executor | None = None) -> None:
         raise NotImplementedError
 
     def merge(self, other: Calibrator) -> Calibrator:
@@ -55,7 +58,7 @@ class MinMaxCalibrator(Calibrator):
     def __init__(self) -> None:
         self.amax, self.minimum, self.maximum, self.count = 0.0, math.inf, -math.inf, 0
 
-    def observe(self, x: np.ndarray) -> None:
+    def observe(self, x: np.ndarray, pool: Executor | None = None) -> None:
         x = np.asarray(x)
         if x.size:
             lo, hi = float(x.min()), float(x.max())
@@ -97,8 +100,8 @@ class HistogramCalibrator(Calibrator):
     def options(self) -> dict:
         return {"num_bins": self.hist.num_bins, **self._options}
 
-    def observe(self, x: np.ndarray) -> None:
-        self.hist.observe(x)
+    def observe(self, x: np.ndarray, pool: Executor | None = None) -> None:
+        self.hist.observe(x, pool)
 
     def merge(self, other: Calibrator) -> HistogramCalibrator:
         self._check_same(other)

@@ -8,10 +8,8 @@ sharding. That is what makes calibration deterministic and resumable.
 
 from __future__ import annotations
 
-import functools
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,11 +22,6 @@ class NonFiniteError(ValueError):
 
 
 _CHUNK = 1 << 20  # elements per task: temporaries stay in cache, and numpy releases the GIL per chunk
-
-
-@functools.lru_cache(maxsize=1)
-def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="calib-hist")
 
 
 def _bin_counts(chunk: np.ndarray, inv_width: np.float32, num_bins: int) -> np.ndarray:
@@ -75,8 +68,13 @@ class AbsHistogram:
             self.counts[: merged.size] = merged
             self.exponent = exponent
 
-    def observe(self, x: np.ndarray) -> None:
-        """Fold one tensor (any shape) into the histogram; NaN/Inf raise NonFiniteError, leaving it unchanged."""
+    def observe(self, x: np.ndarray, pool: Executor | None = None) -> None:
+        """Fold one tensor (any shape) into the histogram; NaN/Inf raise NonFiniteError, leaving it unchanged.
+
+        `pool` (owned by the caller, e.g. one per calibration run) bins the
+        chunks of a large tensor in parallel; without one they are binned here,
+        one after the other. Integer counts add up the same in any order.
+        """
         flat = np.asarray(x).ravel()
         if flat.size == 0:
             return
@@ -96,7 +94,8 @@ class AbsHistogram:
         # Multiplying by a power of two is exact, so the bin of a value never depends on history.
         inv_width = np.float32(2.0 ** -self.exponent)
         chunks = [flat[i:i + _CHUNK] for i in range(0, flat.size, _CHUNK)]
-        for partial in _pool().map(lambda c: _bin_counts(c, inv_width, self.num_bins), chunks):
+        count = lambda c: _bin_counts(c, inv_width, self.num_bins)
+        for partial in pool.map(count, chunks) if pool is not None and len(chunks) > 1 else map(count, chunks):
             self.counts += partial
 
     def merge(self, other: AbsHistogram) -> AbsHistogram:

@@ -1,5 +1,7 @@
 """Calibrators against brute-force references on known distributions."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
@@ -165,3 +167,15 @@ def test_merging_different_options_is_refused():
 def test_unknown_method():
     with pytest.raises(ValueError, match="choose one of"):
         make_calibrator("kl")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_binning_on_the_callers_pool_equals_binning_inline(method):
+    x = RNG.laplace(size=(3, 1_200_000)).astype(np.float32)  # 4 chunks of 2**20 elements
+    inline, pooled = make_calibrator(method), make_calibrator(method)
+    inline.observe(x)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        pooled.observe(x, pool)
+    assert pooled.state().keys() == inline.state().keys()
+    assert all(np.array_equal(pooled.state()[k], v) for k, v in inline.state().items())
+    assert pooled.compute_amax() == inline.compute_amax()

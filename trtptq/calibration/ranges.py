@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from trtptq.core import fileio
 from trtptq.core.errors import TrtptqError
@@ -25,6 +26,9 @@ class TensorRange:
     @property
     def scale(self) -> float:
         return float(INT8.scale(self.amax))
+
+
+_FIELDS = tuple(f.name for f in fields(TensorRange))  # every tensor's entry in the file
 
 
 @dataclass
@@ -64,7 +68,10 @@ class Ranges:
             raise TrtptqError(f"cannot read ranges file {path} ({e}).") from None
         if not isinstance(body, dict) or body.get("format") != FORMAT:
             raise TrtptqError(f"{path} is not a trtptq ranges file (written by `trtptq calibrate`).")
-        tensors = {k: TensorRange(v["amax"], v["min"], v["max"], v["count"]) for k, v in body["tensors"].items()}
+        if not isinstance(body.get("method"), str) or not isinstance(body.get("tensors"), dict):
+            raise TrtptqError(f"ranges file {path} lacks its \"method\" name or its \"tensors\" table; "
+                              "write it again with `trtptq calibrate`.")
+        tensors = {name: _tensor_range(path, name, entry) for name, entry in body["tensors"].items()}
         return cls(body["method"], body.get("options", {}), tensors, body.get("model", ""),
                    body.get("num_samples", 0), body.get("trt_algorithm", "EntropyCalibration2"))
 
@@ -80,4 +87,26 @@ class Ranges:
 
     def save_trt_cache(self, path: str | os.PathLike, trt_version: int | None = None) -> pathlib.Path:
         return fileio.write_text(path, self.trt_cache(trt_version))
+
+
+def _tensor_range(path: pathlib.Path, name: str, entry: object) -> TensorRange:
+    """One tensor's entry of a ranges file, checked: the quantizer turns amax into a scale, so it must be finite, >= 0."""
+    fix = "fix it, or write the file again with `trtptq calibrate`"
+    if not isinstance(entry, dict):
+        raise TrtptqError(f"ranges file {path}: tensor {name!r} is not an object with amax, min, max, count; {fix}.")
+    missing = [k for k in _FIELDS if k not in entry]
+    if missing:
+        raise TrtptqError(f"ranges file {path}: tensor {name!r} has no {', '.join(missing)}; {fix}.")
+    if not all(isinstance(entry[k], (int, float)) and not isinstance(entry[k], bool) for k in _FIELDS):
+        raise TrtptqError(f"ranges file {path}: tensor {name!r} has a value that is not a number "
+                          f"({', '.join(f'{k}={entry[k]!r}' for k in _FIELDS)}); {fix}.")
+    amax = entry["amax"]
+    if not math.isfinite(amax) or amax < 0:
+        raise TrtptqError(f"ranges file {path}: tensor {name!r} has amax {amax}, but amax must be a finite number >= 0 "
+                          f"(the largest |value| kept); {fix}.")
+    if entry["count"] < 0 or entry["count"] != int(entry["count"]):
+        raise TrtptqError(f"ranges file {path}: tensor {name!r} has count {entry['count']}, not a whole number >= 0; "
+                          f"{fix}.")
+    return TensorRange(float(amax), float(entry["min"]), float(entry["max"]), int(entry["count"]))
+
 

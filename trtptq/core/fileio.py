@@ -15,14 +15,22 @@ def check_writable(path: str | os.PathLike) -> pathlib.Path:
     """Fail early, before long work, if `path` cannot be written."""
     path = pathlib.Path(path)
     parent = path.parent if str(path.parent) else pathlib.Path(".")
+    existing = next(p for p in (parent, *parent.parents) if p.exists())
+    if not existing.is_dir():
+        raise TrtptqError(f"cannot create the folder for {path}: {existing} is a file. Choose another output path.")
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise TrtptqError(f"cannot create the folder for {path}: {e.strerror}. Choose another output path.") from None
     if path.is_dir():
         raise TrtptqError(f"{path} is a folder; give a file name for the output.")
-    if not os.access(parent, os.W_OK):
-        raise TrtptqError(f"cannot write {path}: folder {parent} is not writable. Choose another output path.")
+    try:  # a real probe, not os.access: root passes access() on read-only folders, and mounts can be read-only
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    except OSError as e:
+        raise TrtptqError(f"cannot write {path}: folder {parent} is not writable ({e.strerror}). "
+                          "Choose another output path.") from None
+    os.close(fd)
+    os.unlink(probe)
     return path
 
 

@@ -38,10 +38,10 @@ class _OncePerMessage(logging.Filter):
 
 
 class _CliFormatter(logging.Formatter):
-    """`trtptq: warning: ...`, lower case like the CLI's own `trtptq: error: ...` (logging's level names are upper case)."""
+    """`trtptq: warning: message`, lower case like the CLI's `trtptq: error: message` (and argparse's)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return f"trtptq: {record.levelname.lower()}: {super().format(record)}"
+        return f"trtptq: {record.levelname.lower()}: {record.getMessage()}"
 
 
 def cli_handler(verbose: bool = False) -> logging.Handler:

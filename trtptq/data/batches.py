@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from trtptq.core.errors import DataError
+from trtptq.core.options import check_count
 from trtptq.data.spec import LABEL_KEYS, Feed, InputSpec, Source
 
 
@@ -27,6 +28,8 @@ class Batches:
 
     def __init__(self, source: Source, specs: Sequence[InputSpec], batch_size: int | None = None,
                  num_samples: int | None = None) -> None:
+        check_count("--batch-size", batch_size, "sample per batch")
+        check_count("--num-samples", num_samples, "sample")
         self.source, self.specs = source, list(specs)
         fixed = {s.shape[0] for s in self.specs if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0}
         if len(fixed) > 1:
@@ -39,11 +42,7 @@ class Batches:
                                 "or re-export the model with a dynamic batch.")
             batch_size = static
         self._fixed_batch = bool(fixed)
-        self.batch_size = batch_size or 1
-        if self.batch_size < 1:
-            raise DataError(f"batch size must be >= 1, got {self.batch_size}")
-        if num_samples is not None and num_samples < 1:
-            raise DataError(f"--num-samples must be >= 1, got {num_samples}")
+        self.batch_size = 1 if batch_size is None else batch_size
         self.num_samples = num_samples
 
     def __iter__(self) -> Iterator[Batch]:

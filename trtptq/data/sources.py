@@ -11,6 +11,7 @@ import importlib.util
 import os
 import pathlib
 import re
+import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -128,16 +129,33 @@ class ScriptSource:
         try:
             spec.loader.exec_module(module)
         except Exception as e:
-            raise DataError(f"data script {self.path} failed to import: {type(e).__name__}: {e}") from e
+            raise DataError(f"data script {self._where(e)} failed to import: {_one_line(e)}. "
+                            "Fix the script or what it imports.") from e
         fn = getattr(module, self.func, None)
         if not callable(fn):
             raise DataError(f"data script {self.path} defines no function {self.func}(); "
                             "it must yield dicts of input name -> array.")
-        for k, item in enumerate(fn()):
+        for k, item in enumerate(self._items(fn)):
             if not isinstance(item, Mapping):
                 raise DataError(f"{self.path}:{self.func}() item {k} is a {type(item).__name__}, "
                                 "not a dict of input name -> array.")
             yield Feed({name: np.asarray(v) for name, v in item.items()}, f"{self.path}:{self.func}() item {k}")
+
+    def _items(self, fn: Callable[[], Iterable]) -> Iterator:
+        """What `fn()` yields; an exception raised inside the script becomes one line, not a traceback."""
+        try:
+            yield from fn()
+        except Exception as e:
+            raise DataError(f"data script {self._where(e)}: {self.func}() raised {_one_line(e)}. Fix the script; "
+                            f"{self.func}() must yield dicts of input name -> array.") from e
+
+    def _where(self, e: Exception) -> str:
+        """`path:line` of the innermost frame of `e` in the script itself (a SyntaxError carries its own line)."""
+        script = os.path.realpath(self.path)
+        if isinstance(e, SyntaxError) and e.filename and os.path.realpath(e.filename) == script:
+            return f"{self.path}:{e.lineno}"
+        lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if os.path.realpath(f.filename) == script]
+        return f"{self.path}:{lines[-1]}" if lines else str(self.path)
 
 
 @dataclass
@@ -150,6 +168,10 @@ class IterableSource:
         items = self.data() if callable(self.data) else self.data
         for k, item in enumerate(items):
             yield Feed({n: np.asarray(v) for n, v in item.items()}, f"data item {k}")
+
+
+def _one_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"
 
 
 def _read_array_file(path: pathlib.Path, default_name: str | None) -> dict[str, np.ndarray]:

@@ -12,6 +12,7 @@ import contextlib
 import fnmatch
 import functools
 import json
+import logging
 import os
 import pathlib
 import re
@@ -363,7 +364,10 @@ def _keep_layers_fp32(trt, network, config, patterns, proto) -> None:
 
 
 def _profiles_used(network, opts: BuildOptions) -> list[Profile]:
-    """The user's profiles, checked against the network; dynamic inputs left out get 1 in every dynamic dim."""
+    """The user's profiles, checked against the network; dynamic inputs left out get 1 in every dynamic dim.
+
+    That fixes them at one shape (batch 1), which the user rarely wants: a warning says so and how to choose.
+    """
     inputs = {network.get_input(i).name: tuple(network.get_input(i).shape) for i in range(network.num_inputs)}
     dynamic = {n: s for n, s in inputs.items() if any(d < 0 for d in s)}
     profiles = []
@@ -377,6 +381,13 @@ def _profiles_used(network, opts: BuildOptions) -> list[Profile]:
             if name not in profile:
                 one = tuple(1 if d < 0 else d for d in dims)
                 profile[name] = (one, one, one)
+                example = "/".join("x".join(str(d if d >= 0 else (n if k == 0 else 128)) for k, d in enumerate(dims))
+                                   for n in (1, 8, 32))
+                logging.getLogger(__name__).warning(
+                    "input %s has dynamic dimensions (%s) and no --shapes entry: the engine's profile is min = opt = max = "
+                    "%s, so it runs at that shape only. Pass the shapes it will run at as --shapes %s:MIN/OPT/MAX, "
+                    "e.g. --shapes %s:%s.",
+                    name, "x".join(map(str, dims)), "x".join(map(str, one)), name, name, example)
         for name, shapes in profile.items():
             for shape in shapes:
                 if len(shape) != len(inputs[name]) or any(d >= 0 and d != s for d, s in zip(inputs[name], shape)):

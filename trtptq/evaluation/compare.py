@@ -17,7 +17,8 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from trtptq.calibration.collect import DEFAULT_MEMORY_BUDGET, bytes_per_sample, split_passes, with_outputs
+from trtptq.calibration.collect import DEFAULT_MEMORY_BUDGET
+from trtptq.calibration.passes import plan_passes, with_outputs
 from trtptq.core import model as model_io
 from trtptq.core.errors import TrtptqError
 from trtptq.data import Batches, ImageOptions, input_specs, open_source
@@ -181,7 +182,7 @@ def _compare_layers(ref_model: onnx.ModelProto, cand_model: onnx.ModelProto, bat
     floats = model_io.float_tensors(ref_model, set(shared))
     order = [o for o in shared if o in floats]
     stats = {t: ErrorStats() for t in order}
-    groups = split_passes(bytes_per_sample(ref_model, order), batches[0].size if batches else 1, opts.memory_budget // 2)
+    groups = plan_passes(ref_model, order, batches[0].feed, opts.memory_budget // 2)
     with tqdm(total=len(groups) * len(batches), desc="comparing layers", unit="batch",
               disable=not opts.show_progress or None) as bar:
         for group in groups:
