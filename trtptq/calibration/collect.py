@@ -14,8 +14,8 @@ default; the engine stage provides one that runs an FP32 TensorRT engine.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,6 +29,8 @@ from trtptq.calibrators import Calibrator, NonFiniteError
 from trtptq.core.errors import DataError
 from trtptq.data import Batches
 from trtptq.runtime.ort import session
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MEMORY_BUDGET = 2 * 2**30
 PassRun = Callable[[dict], list]  # feed -> the group's tensors, in order
@@ -106,6 +108,6 @@ def _observe(calib: Calibrator, name: str, value: np.ndarray, batch, nonfinite: 
                             "Check the inputs for NaN/Inf, or pass --nonfinite ignore to calibrate on the "
                             "finite values.") from None
         if name not in warned:
-            warnings.warn(f"tensor {name}: {e}; calibrating on its finite values", stacklevel=2)
+            logger.warning("tensor %s: %s; calibrating on its finite values", name, e)
             warned.add(name)
         calib.observe(value[np.isfinite(value)], pool)

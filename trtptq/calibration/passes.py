@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx
 
+logger = logging.getLogger(__name__)
+
 _VALUES_KEPT = 1024  # elements: shape constants keep their values for data propagation; weights keep only their dims
 
 
@@ -97,7 +99,7 @@ def _inferred(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> 
     try:
         inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
     except Exception as e:  # noqa: BLE001 - estimates only; the budget still holds with conservative sizes
-        logging.getLogger(__name__).warning("shape inference failed (%s: %s); --memory-budget plans passes from "
+        logger.warning("shape inference failed (%s: %s); --memory-budget plans passes from "
                                             "estimated tensor sizes.", type(e).__name__, str(e).split("\n")[0])
         inferred = skeleton
     return {vi.name: vi for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]}

@@ -17,7 +17,6 @@ import os
 import pathlib
 import re
 import time
-import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,6 +29,8 @@ from trtptq.core import model as model_io
 from trtptq.core.errors import ModelError, TrtptqError
 from trtptq.core.precision import NodePrecision, read_plan
 from trtptq.core.trt import Backend, get_backend
+
+logger = logging.getLogger(__name__)
 
 Shape = tuple[int, ...]
 Profile = dict[str, tuple[Shape, Shape, Shape]]  # input -> (min, opt, max)
@@ -175,24 +176,24 @@ def build_engine(model_path: str | os.PathLike, output: str | os.PathLike,
     with contextlib.ExitStack() as stack:
         source = model_path
         trt = backend.trt
-        logger = backend.logger(opts.log_level)
-        builder = trt.Builder(logger)
+        trt_logger = backend.logger(opts.log_level)
+        builder = trt.Builder(trt_logger)
         _load_plugins(backend, builder, opts.plugins)
         network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
                                          if backend.needs_explicit_batch_flag else 0)
-        parser = trt.OnnxParser(network, logger)
+        parser = trt.OnnxParser(network, trt_logger)
         if not parser.parse_from_file(str(source)):
             raise ModelError(_parse_errors(parser, model_path))
         if opts.mark_outputs:
             _mark_outputs(network, opts.mark_outputs, model_path)
         config = builder.create_builder_config()
-        _configure(backend, builder, network, config, opts, has_qdq, proto)
+        profiles = _profiles_used(network, opts)  # once: it warns about inputs it had to fix
+        _configure(backend, builder, network, config, opts, has_qdq, proto, profiles)
         calibrator = (_implicit_int8(backend, builder, network, config, implicit, proto, model_path, has_qdq, stack)
                       if implicit else None)
         timing_cache = opts.timing_cache
         if timing_cache and backend.is_rtx:
-            warnings.warn("TensorRT-RTX has no timing cache (its tactics are chosen at run time); "
-                          "--timing-cache is ignored", stacklevel=2)
+            logger.warning("TensorRT-RTX has no timing cache (its tactics are chosen at run time); --timing-cache is ignored")
             timing_cache = None
         cache = _load_timing_cache(config, timing_cache) if timing_cache else None
         allowed = [] if backend.strongly_typed_only else ["INT8"] * (calibrator is not None) + ["FP16"] * opts.fp16
@@ -215,7 +216,7 @@ def build_engine(model_path: str | os.PathLike, output: str | os.PathLike,
         engine=str(output), backend=backend.name, backend_version=backend.version, trtptq_version=__version__,
         strongly_typed=backend.strongly_typed_only, precision=precision,
         inputs=[t for t in io if t["input"]], outputs=[t for t in io if not t["input"]],
-        profiles=[{k: [list(s) for s in v] for k, v in p.items()} for p in _profiles_used(network, opts)],
+        profiles=[{k: [list(s) for s in v] for k, v in p.items()} for p in profiles],
         plan_counts=plan.counts() if plan else None, kept_float=plan.kept_float() if plan else {},
         fp16_check=None, compute_capabilities=list(opts.compute_capabilities), build_seconds=round(seconds, 3),
         engine_bytes=len(data), onnx_bytes=model_path.stat().st_size,
@@ -269,7 +270,8 @@ def _parse_errors(parser, path: pathlib.Path) -> str:
     return f"TensorRT cannot parse {path}: " + "; ".join(lines or ["no error reported"])
 
 
-def _configure(backend: Backend, builder, network, config, opts: BuildOptions, has_qdq: bool, proto) -> None:
+def _configure(backend: Backend, builder, network, config, opts: BuildOptions, has_qdq: bool, proto,
+               profiles: list[Profile]) -> None:
     trt = backend.trt
     if opts.workspace:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace)
@@ -295,7 +297,7 @@ def _configure(backend: Backend, builder, network, config, opts: BuildOptions, h
         if opts.fp16:
             config.set_flag(trt.BuilderFlag.FP16)
             _keep_layers_fp32(trt, network, config, opts.keep_fp32, proto)
-    for profile in _profiles_used(network, opts):
+    for profile in profiles:
         p = builder.create_optimization_profile()
         for name, (lo, opt, hi) in profile.items():
             p.set_shape(name, lo, opt, hi)
@@ -383,7 +385,7 @@ def _profiles_used(network, opts: BuildOptions) -> list[Profile]:
                 profile[name] = (one, one, one)
                 example = "/".join("x".join(str(d if d >= 0 else (n if k == 0 else 128)) for k, d in enumerate(dims))
                                    for n in (1, 8, 32))
-                logging.getLogger(__name__).warning(
+                logger.warning(
                     "input %s has dynamic dimensions (%s) and no --shapes entry: the engine's profile is min = opt = max = "
                     "%s, so it runs at that shape only. Pass the shapes it will run at as --shapes %s:MIN/OPT/MAX, "
                     "e.g. --shapes %s:%s.",
