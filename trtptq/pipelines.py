@@ -124,11 +124,10 @@ def build(model_path: str | os.PathLike, output: str | os.PathLike, options: Bui
         kept = converted.kept_fp32
         source = model_io.save(converted.model, output.with_name(output.name + ".fp16.onnx"))
         if check_data is not None:
-            from trtptq.evaluation.compare import CompareOptions, compare
+            from trtptq.evaluation.evaluator import Evaluator
 
-            check = compare(model_path, [source], check_data,
-                            CompareOptions(num_samples=check_samples, per_layer=False,
-                                           show_progress=False)).candidates[0].outputs
+            with Evaluator(model_path, check_data, num_samples=check_samples) as evaluator:
+                check = evaluator.evaluate(source).outputs
     report = build_engine(source, output, opts)
     if kept or check:
         report.fp16_kept_fp32, report.fp16_check = kept, check
