@@ -189,14 +189,14 @@ def _compare_layers(ref_model: onnx.ModelProto, cand_models: list[onnx.ModelProt
     floats = model_io.float_tensors(ref_model, set(shared))
     order = [o for o in shared if o in floats]
     inputs = [_quantized_inputs(ref_model, m) for m in cand_models]  # compared in the first pass
-    stats = [{t: ErrorStats() for t in [*quantized, *(o for o in order if o in tensors)]}
+    stats = [{t: ErrorStats(detailed=False) for t in [*quantized, *(o for o in order if o in tensors)]}
              for quantized, tensors in zip(inputs, cand_tensors)]
     # Each quantized input's yardstick: INT8 with the evaluation data's own max, i.e. no clipping.
     amax = {x: 0.0 for q in inputs for x in q}
     for batch in evaluator.batches() if amax else ():
         for x in amax:
             amax[x] = max(amax[x], float(np.abs(batch.feed[x]).max(initial=0)))
-    unclipped = {x: ErrorStats() for x in amax}
+    unclipped = {x: ErrorStats(detailed=False) for x in amax}
     budget = opts.memory_budget // (1 + len(cand_models))
     groups = split_passes(bytes_per_sample(ref_model, order), evaluator.data.batch_size, budget) or [[]]
     with progress(total=len(groups) * evaluator.num_batches, enabled=opts.show_progress,

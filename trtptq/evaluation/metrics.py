@@ -29,6 +29,8 @@ class ErrorStats:
     top5_hit: int = 0
     rows: int = 0  # samples scored for top-k (classification-like outputs only)
     errors: list = field(default_factory=list)  # a sample of signed errors, for plots
+    # False: SNR, cosine and max |error| only (what per-layer rows show), at about half the cost per element.
+    detailed: bool = True
 
     def update(self, ref: np.ndarray, cand: np.ndarray, keep_errors: bool = False) -> None:
         if np.shape(ref) != np.shape(cand):
@@ -38,7 +40,7 @@ class ErrorStats:
         scratch = np.empty((4, min(_CHUNK, r.size)))
         for start in range(0, r.size, _CHUNK):
             self._fold(r[start:start + _CHUNK], c[start:start + _CHUNK], scratch)
-        if np.ndim(ref) == 2 and np.shape(ref)[1] >= 2:  # (batch, classes): logits or probabilities
+        if self.detailed and np.ndim(ref) == 2 and np.shape(ref)[1] >= 2:  # (batch, classes): logits, probabilities
             top_ref = np.argmax(ref, axis=1)
             k = min(5, np.shape(ref)[1])
             top_cand = np.argpartition(-np.asarray(cand), k - 1, axis=1)[:, :k]
@@ -60,6 +62,9 @@ class ErrorStats:
         self.cand_sq += float(c64 @ c64)
         self.dot += float(r64 @ c64)
         self.err_sq += float(err @ err)
+        if not self.detailed:
+            self.max_abs_err = max(self.max_abs_err, float(err.max(initial=0)), -float(err.min(initial=0)))
+            return
         abs_err = np.abs(err, out=err)
         self.abs_err_sum += float(abs_err.sum())
         self.max_abs_err = max(self.max_abs_err, float(abs_err.max(initial=0)))
@@ -70,13 +75,13 @@ class ErrorStats:
     def result(self) -> dict:
         out = {
             "max_abs_error": self.max_abs_err,
-            "mean_abs_error": self.abs_err_sum / max(self.count, 1),
-            "max_rel_error": self.max_rel_err,
-            "mean_rel_error": self.rel_err_sum / max(self.count, 1),
             "cosine": self.dot / math.sqrt(self.ref_sq * self.cand_sq) if self.ref_sq and self.cand_sq else
             (1.0 if self.ref_sq == self.cand_sq else 0.0),
             "snr_db": snr_db(self.ref_sq, self.err_sq),
         }
+        if self.detailed:
+            out.update(mean_abs_error=self.abs_err_sum / max(self.count, 1), max_rel_error=self.max_rel_err,
+                       mean_rel_error=self.rel_err_sum / max(self.count, 1))
         if self.rows:
             out["top1_agreement"] = self.top1_same / self.rows
             out["top5_agreement"] = self.top5_hit / self.rows
