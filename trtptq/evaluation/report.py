@@ -134,8 +134,8 @@ def plots(result: CompareResult, histograms: dict | None = None) -> list[tuple[s
     for c in result.candidates:
         for name, errors in c.error_samples.items():
             fig, ax = _figure(5, 3)
-            ax.hist(errors, bins=100, color="tab:red", alpha=0.8)
-            ax.set_yscale("log")
+            counts, edges = np.histogram(errors, bins=100)
+            _log_histogram(ax, counts, edges, color="tab:red", alpha=0.8)
             ax.set_xlabel(f"{name}: candidate - FP32")
             ax.set_ylabel("count")
             out.append((f"Error histogram: {c.name} / {name}", _png(fig)))
@@ -143,14 +143,29 @@ def plots(result: CompareResult, histograms: dict | None = None) -> list[tuple[s
         counts = hist.used()
         edges = np.arange(len(counts) + 1) * hist.width
         fig, ax = _figure(6, 3)
-        ax.stairs(np.maximum(counts, 0.5), edges, fill=True, alpha=0.6)
-        ax.set_yscale("log")
+        _log_histogram(ax, counts, edges, alpha=0.6)
         for (method, amax), color in zip(thresholds.items(), ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")):
             ax.axvline(amax, color=color, lw=1.5, label=f"{method}: {amax:.4g}")
         ax.set_xlabel(f"|{tensor}|")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper right")
         out.append((f"Calibration histogram: {tensor}", _png(fig)))
     return out
+
+
+def _log_histogram(ax, counts: np.ndarray, edges: np.ndarray, **style) -> None:
+    """Bin counts as a filled step on a log axis, empty bins left blank.
+
+    Drawn for speed (a report used to spend most of its time here): one
+    polygon, as matplotlib walks every vertex of bar and stairs patches in
+    Python; decade ticks only, labelled in plain text rather than mathtext.
+    """
+    from matplotlib.ticker import FuncFormatter
+
+    heights = np.maximum(counts, 0.5)
+    ax.fill_between(edges, np.append(heights, heights[-1]), 0.5, step="post", linewidth=0.5, edgecolor="face", **style)
+    ax.set_yscale("log")
+    ax.minorticks_off()
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"1e{np.log10(v):.0f}" if v > 0 else ""))
 
 
 def calibration_histograms(candidate, calibrators: dict, worst: int = 4, percentile: float = 99.99) -> dict:
