@@ -15,8 +15,7 @@ import pytest
 import real_models
 
 from trtptq.calibration.calibrate import CalibrationOptions
-from trtptq.data import Batches, IterableSource, input_specs
-from trtptq.evaluation.run import run, top1
+from trtptq.evaluation.evaluator import Evaluator
 from trtptq.pipelines import quantize
 from trtptq.quantization.qdq import QuantizeOptions
 
@@ -27,28 +26,26 @@ def _opts(method, batch_size=32):
 
 @pytest.fixture(scope="module")
 def mnist_eval(mnist):
+    """4000 labelled digits; the FP32 model runs once for every test of the module."""
     path, images, labels = mnist
-    specs = input_specs(__import__("onnx").load(path))
-    batches = Batches(IterableSource([{"input": images[1000:5000], "labels": labels[1000:5000]}]), specs, 1000)
-    fp32, _ = run(str(path), batches)
-    return batches, fp32, labels[1000:5000]
+    with Evaluator(path, [{"input": images[1000:5000], "labels": labels[1000:5000]}], batch_size=1000) as evaluator:
+        yield evaluator
 
 
 @pytest.mark.parametrize("method, max_drop", [("minmax", 0.003), ("percentile", 0.003), ("mse", 0.003),
                                               ("entropy", 0.03)])
 def test_mnist_int8_accuracy(mnist, mnist_eval, method, max_drop):
     path, images, _ = mnist
-    batches, fp32, labels = mnist_eval
     result = quantize(path, data=[{"input": images[:256]}], calibration=_opts(method))
-    int8, _ = run(result.model, batches)
-    assert top1(int8, labels) >= top1(fp32, labels) - max_drop
-    assert not np.array_equal(int8, fp32)
+    scored = mnist_eval.evaluate(result.model)
+    assert scored.num_samples == 4000
+    assert scored.accuracy["candidate"] >= scored.accuracy["reference"] - max_drop
+    assert scored.outputs["logits"]["max_abs_error"] > 0
 
 
 def test_mnist_auto_method_avoids_entropys_loss(mnist, mnist_eval):
     """One collection, four candidate range sets scored against FP32: the kept one equals calibrating with it alone."""
     path, images, _ = mnist
-    batches, fp32, labels = mnist_eval
     result = quantize(path, data=[{"input": images[:256]}], calibration=_opts("auto"))
     scores = result.ranges.options["auto_snr_db"]
     assert set(scores) == {"minmax", "percentile", "entropy", "mse"}
@@ -56,21 +53,22 @@ def test_mnist_auto_method_avoids_entropys_loss(mnist, mnist_eval):
     assert scores["entropy"] < scores[result.ranges.method] - 10
     alone = quantize(path, data=[{"input": images[:256]}], calibration=_opts(result.ranges.method))
     assert alone.ranges.amax == result.ranges.amax
-    assert top1(run(result.model, batches)[0], labels) >= top1(fp32, labels) - 0.003
+    scored = mnist_eval.evaluate(result.model)
+    assert scored.accuracy["candidate"] >= scored.accuracy["reference"] - 0.003
 
 
 def test_mnist_entropy_loss_is_mostly_the_input_spike(mnist, mnist_eval):
     """Keeping the first Conv (and so the network input) in float recovers more than half of entropy's loss."""
     path, images, _ = mnist
-    batches, fp32, labels = mnist_eval
     accuracy = {}
     for keep_first in (False, True):
         result = quantize(path, data=[{"input": images[:256]}], calibration=_opts("entropy"),
                           options=QuantizeOptions(keep_first=keep_first))
         assert ("input" in result.plan.activations) != keep_first
-        accuracy[keep_first] = top1(run(result.model, batches)[0], labels)
-    assert accuracy[True] >= top1(fp32, labels) - 0.01
-    assert accuracy[True] - accuracy[False] > 0.5 * (top1(fp32, labels) - accuracy[False])
+        accuracy[keep_first] = mnist_eval.evaluate(result.model).accuracy
+    fp32, entropy, kept = accuracy[True]["reference"], accuracy[False]["candidate"], accuracy[True]["candidate"]
+    assert kept >= fp32 - 0.01
+    assert kept - entropy > 0.5 * (fp32 - entropy)
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +78,8 @@ def minilm_eval(minilm, topics):
     calib = real_models.encode(model_dir, [t for f in real_models.CALIBRATION_FILES
                                            for t in real_models.read_fortunes(f, 32)])
     feeds = real_models.encode(model_dir, texts)
-    batches = Batches(IterableSource([feeds]), input_specs(model), batch_size=64)
-    fp32, _ = run(model, batches)
-    return calib, batches, fp32, labels
+    with Evaluator(model, [feeds]) as evaluator:
+        yield calib, evaluator, evaluator.outputs(), labels
 
 
 @pytest.mark.parametrize("method, activation_matmul, min_cos, max_drop", [
@@ -94,12 +91,12 @@ def minilm_eval(minilm, topics):
 ])
 def test_minilm_int8_embeddings(minilm, minilm_eval, method, activation_matmul, min_cos, max_drop):
     model, _ = minilm
-    calib, batches, fp32, labels = minilm_eval
+    calib, evaluator, fp32, labels = minilm_eval
     result = quantize(model, data=[calib], calibration=_opts(method, 16),
                       options=QuantizeOptions(activation_matmul=activation_matmul))
     matmuls = sum(n.op_type == "MatMul" for n in result.model.graph.node)
     assert len(result.plan.weights) == 36 and matmuls == 48
-    int8, _ = run(result.model, batches)
+    int8 = evaluator.outputs(result.model)
     cos = np.sum(int8 * fp32, axis=1) / np.linalg.norm(int8, axis=1)
     assert cos.mean() >= min_cos
     unit = int8 / np.linalg.norm(int8, axis=1, keepdims=True)
@@ -108,11 +105,11 @@ def test_minilm_int8_embeddings(minilm, minilm_eval, method, activation_matmul, 
 
 def test_minilm_auto_method(minilm, minilm_eval):
     model, _ = minilm
-    calib, batches, fp32, labels = minilm_eval
+    calib, evaluator, fp32, labels = minilm_eval
     result = quantize(model, data=[calib], calibration=_opts("auto", 16))
     scores = result.ranges.options["auto_snr_db"]
     assert result.ranges.method == max(scores, key=scores.get)
-    int8, _ = run(result.model, batches)
+    int8 = evaluator.outputs(result.model)
     cos = np.sum(int8 * fp32, axis=1) / np.linalg.norm(int8, axis=1)
     assert cos.mean() >= 0.97
     unit = int8 / np.linalg.norm(int8, axis=1, keepdims=True)

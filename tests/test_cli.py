@@ -9,6 +9,8 @@ import sys
 import numpy as np
 import onnx
 import pytest
+from conftest import float_input
+from onnx import helper
 
 from trtptq.runtime.ort import session
 
@@ -104,6 +106,26 @@ def test_user_errors_are_one_line_without_partial_output(tmp_path, mnist, case):
     assert expect in r.stderr and r.stderr.startswith("trtptq: error:")
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not out.exists() and not any(p.name.startswith(".q.onnx") for p in tmp_path.iterdir())
+
+
+def mystery_model():
+    """MatMul -> acme::Mystery: a custom-domain op ONNX Runtime has no kernel for."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("Mystery", ["h"], ["y"], name="secret_sauce", domain="acme")]
+    graph = helper.make_graph(nodes, "mystery", [float_input("x", ["N", 4])], [float_input("y", ["N", 4])],
+                              [onnx.numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("acme", 1)])
+
+
+def test_an_op_onnx_runtime_cannot_run_is_one_line_naming_it(tmp_path):
+    onnx.save(mystery_model(), tmp_path / "model.onnx")
+    np.savez(tmp_path / "d.npz", x=np.ones((4, 4), np.float32))
+    out = tmp_path / "out.onnx"
+    r = trtptq("quantize", tmp_path / "model.onnx", "--data", tmp_path / "d.npz", "-o", out, "--no-progress")
+    assert r.returncode == 2 and r.stderr.startswith("trtptq: error:")
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "op Mystery (domain acme) at node secret_sauce" in r.stderr and "trtptq.plugins" in r.stderr
+    assert not out.exists() and not any(p.name.startswith(".out.onnx") for p in tmp_path.iterdir())
 
 
 def test_demo(tmp_path):

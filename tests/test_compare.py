@@ -1,6 +1,8 @@
 """compare + report: metrics against independent numpy, the mis-scaled layer named, exit codes, the HTML."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -12,8 +14,8 @@ from test_cli import trtptq
 from trtptq.calibration.calibrate import CalibrationOptions
 from trtptq.core import model as model_io
 from trtptq.core.errors import TrtptqError
-from trtptq.evaluation.compare import CompareOptions, compare, parse_thresholds
-from trtptq.evaluation.report import write_report
+from trtptq.evaluation.compare import QDQ_INPUT_OP, CompareOptions, compare, parse_thresholds
+from trtptq.evaluation.report import markdown, write_report
 from trtptq.pipelines import quantize
 from trtptq.runtime.ort import session
 
@@ -25,12 +27,12 @@ def files(mnist, tmp_path_factory):
     result = quantize(path, data=[{"input": images[:256]}],
                       calibration=CalibrationOptions(method="minmax", batch_size=64, show_progress=False))
     model_io.save(result.model, tmp / "int8.onnx")
-    # The same model with one activation scale 20x too small: conv2's input is clipped hard.
-    bad = onnx.load(tmp / "int8.onnx")
-    for init in bad.graph.initializer:
-        if init.name == "/0/0.2/MaxPool_output_0_scale":
-            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) / 20, init.name))
-    onnx.save(bad, tmp / "misscaled.onnx")
+    # The same model with one activation scale 20x too small: conv2's input (or the graph input) is clipped hard.
+    for scale, name in (("/0/0.2/MaxPool_output_0_scale", "misscaled"), ("input_scale", "clipped_input")):
+        bad = onnx.load(tmp / "int8.onnx")
+        (init,) = (i for i in bad.graph.initializer if i.name == scale)
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) / 20, init.name))
+        onnx.save(bad, tmp / f"{name}.onnx")
     np.savez(tmp / "eval.npz", input=images[1000:1600], labels=labels[1000:1600])
     return tmp
 
@@ -72,6 +74,49 @@ def test_per_layer_snr_names_the_misscaled_layer(mnist, files):
     saved = json.loads((files / "report" / "report.json").read_text())
     assert saved["candidates"][1]["error_source"]["node"] == "/0/0.3/Conv"
     assert (files / "report" / "report.md").read_text().count("![") >= 3
+
+
+def test_clipping_at_the_graph_input_is_blamed_on_the_input(mnist, files):
+    result = compare(mnist[0], [files / "int8.onnx", files / "clipped_input.onnx"], files / "eval.npz", _opts())
+    good, clipped = result.candidates
+    src = clipped.error_source
+    assert (src.node, src.op, src.tensor) == ("input", QDQ_INPUT_OP, "input_dequantized")
+    assert src.db_lost > 20 and src.snr_db < 20
+    (row,) = (r for r in good.layers if r.op == QDQ_INPUT_OP)
+    assert row.node == "input" and row.snr_db > 40 and abs(row.db_lost) < 1  # minmax: INT8 at the data's own max
+    conv1 = {r.node: r for r in clipped.layers}["/0/0.0/Conv"]
+    assert conv1.db_lost == pytest.approx(src.snr_db - conv1.snr_db)  # measured against its quantized input
+    md = markdown(result)
+    assert "| # | node | op | SNR dB | dB lost | cosine |" in md
+    assert f"**input** ({QDQ_INPUT_OP}, output `input_dequantized`): {src.db_lost:.1f} dB lost" in md
+
+
+def test_no_checks_requested_is_no_verdict(mnist, files, tmp_path):
+    result = compare(mnist[0], [files / "int8.onnx"], files / "eval.npz", _opts(per_layer=False))
+    assert result.passed is None and result.candidates[0].passed is None and result.candidates[0].checks == []
+    r = trtptq("compare", mnist[0], files / "int8.onnx", "--data", files / "eval.npz", "--no-progress",
+               "--no-per-layer", "--report", tmp_path / "r")
+    assert r.returncode == 0, r.stderr
+    assert "int8: no checks requested" in r.stdout and "PASS" not in r.stdout
+    saved = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert saved["passed"] is None and saved["candidates"][0]["passed"] is None
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "Verdict: no checks requested" in md and "PASS" not in md
+
+
+def test_report_leaves_the_matplotlib_backend_alone(mnist, files, tmp_path):
+    code = ("import sys, matplotlib\n"
+            "matplotlib.use('svg')\n"
+            "from trtptq.evaluation.compare import CompareOptions, compare\n"
+            "from trtptq.evaluation.report import write_report\n"
+            f"result = compare({str(mnist[0])!r}, [{str(files / 'int8.onnx')!r}], {str(files / 'eval.npz')!r},\n"
+            "                 CompareOptions(show_progress=False))\n"
+            f"write_report(result, {str(tmp_path)!r})\n"
+            "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()\n"
+            "assert 'matplotlib.pyplot' not in sys.modules\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "figure0.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_thresholds_and_polygraphy_tolerances(mnist, files):
@@ -117,8 +162,9 @@ def engine(mnist, files):
 @pytest.mark.skipif(engines_run_here(), reason="the engine runs on this GPU (test_engine_candidate_on_gpu)")
 def test_engine_candidate_without_gpu_is_a_clear_error(mnist, files, engine):
     r = trtptq("compare", mnist[0], engine, "--data", files / "eval.npz", "--batch-size", 200, "--no-progress")
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "An engine runs only on a GPU it was built for" in r.stderr
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.startswith(f"trtptq: error: cannot run {engine}:") and r.stdout == ""
+    assert "An engine runs only on a GPU it was built for" in r.stderr and "colored" not in r.stderr
 
 
 @pytest.mark.gpu

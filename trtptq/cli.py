@@ -222,12 +222,12 @@ def _cmd_compare(a: argparse.Namespace) -> int:
     _print_comparison(result)
     if a.report:
         print(f"report -> {write_report(result, a.report)}")
-    return 0 if result.passed else 1
+    return 1 if result.passed is False else 0
 
 
 def _print_comparison(result) -> None:
     for c in result.candidates:
-        print(f"{c.name}: {'PASS' if c.passed else 'FAIL'}")
+        print(f"{c.name}: {'no checks requested' if c.passed is None else 'PASS' if c.passed else 'FAIL'}")
         for name, m in c.outputs.items():
             extra = f", top-1 agreement {m['top1_agreement']:.2%}" if "top1_agreement" in m else ""
             print(f"  {name}: cosine {m['cosine']:.6f}, SNR {m['snr_db']:.1f} dB, max abs error "
@@ -236,7 +236,7 @@ def _print_comparison(result) -> None:
             print(f"  task top-1: FP32 {c.accuracy['reference']:.2%}, candidate {c.accuracy['candidate']:.2%}")
         if c.layers:
             src = c.error_source
-            print(f"  largest SNR drop: {src.node} ({src.op}) loses {src.drop_db:.1f} dB, {src.snr_db:.1f} dB left")
+            print(f"  largest SNR drop: {src.node} ({src.op}) loses {src.db_lost:.1f} dB, {src.snr_db:.1f} dB left")
         for k in c.checks:
             if not k["passed"]:
                 print(f"  FAIL {k['metric']} of {k['output']}: {k['value']:.6g} < {k['threshold']}")
@@ -308,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranges", help="reuse a ranges file from `trtptq calibrate` instead of calibrating")
     p.add_argument("--save-ranges", help="write the ranges used to this JSON file")
     _add_cache_args(p)
-    p.add_argument("--report", help="compare the result with the FP32 model and write the report into this folder")
+    p.add_argument("--report", help="compare the result with the FP32 model and write the report into this folder "
+                                    "(in batches of --batch-size, default 64 or the model's fixed batch)")
     p.add_argument("--eval-data", help="data for --report (default: the calibration data)")
     _add_backend_arg(p)
     _add_data_args(p)
@@ -348,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("reference", help="FP32 ONNX model")
     p.add_argument("candidates", nargs="+", help="Q/DQ or FP16 ONNX models (several: compared side by side)")
     p.add_argument("--data", required=True, help="evaluation data (as --data of calibrate; a 'labels' array adds task top-1)")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="samples per run (default 64, or the model's fixed batch)")
     p.add_argument("--num-samples", type=int)
     p.add_argument("--report", help="folder for report.json, report.md, report.html")
     p.add_argument("--fail-below", nargs="+", default=[], metavar="METRIC=MIN",

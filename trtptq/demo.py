@@ -61,8 +61,7 @@ def run_demo(out_dir: str | pathlib.Path = "trtptq-demo", methods=("minmax", "pe
     from trtptq.calibration.calibrate import CalibrationOptions
     from trtptq.core import model as model_io
     from trtptq.core.fileio import check_writable
-    from trtptq.data import Batches, IterableSource, input_specs
-    from trtptq.evaluation.run import run, top1
+    from trtptq.evaluation.evaluator import Evaluator
     from trtptq.pipelines import quantize
 
     out_dir = pathlib.Path(out_dir)
@@ -70,26 +69,24 @@ def run_demo(out_dir: str | pathlib.Path = "trtptq-demo", methods=("minmax", "pe
     images, labels = mnist_samples()
     calib, evaluation = images[:num_calib], (images[num_calib:], labels[num_calib:])  # disjoint, every class in both
     np.savez(out_dir / "calib.npz", input=calib)
-    specs = input_specs(model_io.load(MNIST_MODEL))
-    eval_batches = Batches(IterableSource([{"input": evaluation[0], "labels": evaluation[1]}]), specs, batch_size=500)
-    fp32_logits, _ = run(str(MNIST_MODEL), eval_batches)
     rows, best = [], None
-    for method in methods:
-        result = quantize(MNIST_MODEL, data=out_dir / "calib.npz",
-                          calibration=CalibrationOptions(method=method, batch_size=64, show_progress=show_progress))
-        logits, _ = run(result.model, eval_batches)
-        row = DemoRow(method, top1(logits, evaluation[1]), float(np.mean(logits.argmax(1) == fp32_logits.argmax(1))))
-        rows.append(row)
-        if best is None or row.top1 > best[0].top1:
-            best = (row, result)
+    with Evaluator(MNIST_MODEL, [{"input": evaluation[0], "labels": evaluation[1]}], batch_size=500) as evaluator:
+        for method in methods:
+            result = quantize(MNIST_MODEL, data=out_dir / "calib.npz",
+                              calibration=CalibrationOptions(method=method, batch_size=64, show_progress=show_progress))
+            scored = evaluator.evaluate(result.model, method)
+            row = DemoRow(method, scored.accuracy["candidate"], scored.outputs["logits"]["top1_agreement"])
+            rows.append(row)
+            if best is None or row.top1 > best[0].top1:
+                best = (row, result)
+        fp32_top1 = scored.accuracy["reference"]
     row, result = best
     model_io.save(result.model, out_dir / "model.int8.onnx")
     result.ranges.save(out_dir / "ranges.json")
     result.ranges.save_trt_cache(out_dir / "calibration.cache")
     engine, note = _build(out_dir, show_progress)
     report = _report(out_dir, evaluation, result.calibrators, show_progress)
-    return DemoResult(top1(fp32_logits, evaluation[1]), rows, len(evaluation[1]), out_dir, row.method, engine, note,
-                      report)
+    return DemoResult(fp32_top1, rows, len(evaluation[1]), out_dir, row.method, engine, note, report)
 
 
 def _report(out_dir: pathlib.Path, evaluation, calibrators, show_progress: bool) -> pathlib.Path:

@@ -124,11 +124,10 @@ def build(model_path: str | os.PathLike, output: str | os.PathLike, options: Bui
         converted = to_fp16(model_io.load(model_path), opts.keep_fp32)
         source = model_io.save(converted.model, output.with_name(output.name + ".fp16.onnx"))
         if check_data is not None:
-            from trtptq.evaluation.compare import CompareOptions, compare
+            from trtptq.evaluation.evaluator import Evaluator
 
-            check = compare(model_path, [source], check_data,
-                            CompareOptions(num_samples=check_samples, per_layer=False,
-                                           show_progress=False)).candidates[0].outputs
+            with Evaluator(model_path, check_data, num_samples=check_samples) as evaluator:
+                check = evaluator.evaluate(source).outputs
     report = build_engine(source, output, opts)  # the report reads the precision plan from `source`
     if source != pathlib.Path(model_path):
         report.fp16_check = check

@@ -103,13 +103,3 @@ def get_backend(name: str | None = None) -> Backend:
     wanted = name or " or ".join(BACKENDS)
     raise TrtptqError(f"TensorRT is not installed ({wanted} cannot be imported). Install it with "
                       "pip install 'trtptq[rtx]' (TensorRT-RTX, builds on any machine) or 'trtptq[trt]'.")
-
-
-def polygraphy_backend(backend: Backend):
-    """Polygraphy's TensorRT backend (loaders, TrtRunner), pointed at the same TensorRT as ours."""
-    from polygraphy import config
-
-    config.USE_TENSORRT_RTX = backend.is_rtx
-    from polygraphy.backend import trt as polygraphy_trt
-
-    return polygraphy_trt

@@ -1,44 +1,65 @@
-"""Step 4: compare a candidate (Q/DQ or FP16 ONNX, or an engine) with the FP32 reference.
+"""Step 4: compare candidates (Q/DQ or FP16 ONNX, or engines) with the FP32 reference.
 
-Outputs are run through Polygraphy's Comparator (runners, RunResults,
-compare_accuracy for --atol/--rtol); the metrics come from the same results.
-Per layer, the tensors both ONNX models share are exposed and compared batch by
-batch (streaming sums, so memory stays at one batch), which shows where the
-error starts and where it grows.
+Outputs: one `Evaluator` runs the reference once and measures every candidate
+against it in real batches; `--atol/--rtol` is Polygraphy's Comparator
+(`compare_accuracy` with `SimpleCompareFunc`) on the same outputs, batch by
+batch. Per layer (ONNX candidates): the tensors a candidate shares with the
+reference are exposed and compared batch by batch, every candidate in the same
+pass so the reference runs once per pass, which shows where the error starts
+and where it grows; a graph input the candidate quantizes gets its own row.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from tqdm import tqdm
 
 from trtptq.calibration.collect import DEFAULT_MEMORY_BUDGET
 from trtptq.calibration.passes import plan_passes, with_outputs
 from trtptq.core import model as model_io
 from trtptq.core.errors import TrtptqError
-from trtptq.data import Batches, ImageOptions, input_specs, open_source
+from trtptq.core.int8 import INT8
+from trtptq.core.log import progress
+from trtptq.data import ImageOptions
+from trtptq.evaluation.evaluator import Evaluator
 from trtptq.evaluation.metrics import ErrorStats
-from trtptq.runtime.ort import session
+from trtptq.runtime.ort import OrtRunner
 
 CHECKABLE = ("cosine", "snr_db", "top1_agreement", "top5_agreement", "accuracy")
+QDQ_INPUT_OP = "QuantizeLinear+DequantizeLinear"  # the op of a per-layer row for a quantized graph input
 
 
 @dataclass
 class CompareOptions:
-    batch_size: int | None = None
+    batch_size: int | None = None  # None: the model's fixed batch dimension, else 64 (evaluator.DEFAULT_BATCH_SIZE)
     num_samples: int | None = None
     per_layer: bool = True
     fail_below: dict[str, float] = field(default_factory=dict)  # metric -> minimum, e.g. {"cosine": 0.999}
     atol: float | None = None  # Polygraphy's elementwise check, with rtol
     rtol: float | None = None
-    memory_budget: int = DEFAULT_MEMORY_BUDGET
+    memory_budget: int = DEFAULT_MEMORY_BUDGET  # bytes of activations per per-layer pass
     image: ImageOptions = field(default_factory=ImageOptions)
     show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size is not None and self.batch_size < 1:
+            raise TrtptqError(f"batch size must be >= 1, got {self.batch_size}")
+        unknown = set(self.fail_below) - set(CHECKABLE)
+        if unknown:
+            raise TrtptqError(f"cannot check {', '.join(sorted(unknown))}: checkable metrics are {', '.join(CHECKABLE)}")
+
+    @property
+    def has_tolerances(self) -> bool:
+        return self.atol is not None or self.rtol is not None
+
+    @property
+    def has_checks(self) -> bool:
+        return bool(self.fail_below) or self.has_tolerances
 
 
 @dataclass
@@ -49,7 +70,7 @@ class LayerRow:
     snr_db: float
     cosine: float
     max_abs_error: float
-    drop_db: float  # how much SNR this node loses relative to its worst compared input
+    db_lost: float  # SNR this node loses relative to its worst compared input (positive: a loss)
     inputs: list[str] = field(default_factory=list)  # the node's inputs in the reference graph
 
 
@@ -62,12 +83,12 @@ class CandidateResult:
     accuracy: dict[str, float] | None  # task top-1 vs labels: reference and candidate
     checks: list[dict]
     polygraphy_passed: bool | None
-    passed: bool
+    passed: bool | None  # None: no checks were requested
     error_samples: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def error_source(self) -> LayerRow | None:
-        return max(self.layers, key=lambda r: r.drop_db) if self.layers else None
+        return max(self.layers, key=lambda r: r.db_lost) if self.layers else None
 
 
 @dataclass
@@ -77,8 +98,10 @@ class CompareResult:
     num_samples: int
 
     @property
-    def passed(self) -> bool:
-        return all(c.passed for c in self.candidates)
+    def passed(self) -> bool | None:
+        """True when checks were requested and all passed, False when one failed, None when none were requested."""
+        verdicts = [c.passed for c in self.candidates if c.passed is not None]
+        return all(verdicts) if verdicts else None
 
 
 def parse_thresholds(items: list[str]) -> dict[str, float]:
@@ -100,109 +123,138 @@ def compare(reference: str | os.PathLike, candidates: list[str | os.PathLike], d
     """Compare every candidate with the FP32 reference on `data` (same sources as calibration)."""
     opts = options or CompareOptions()
     ref_model = model_io.load(reference)
-    specs = input_specs(ref_model)
-    batches = Batches(open_source(data, specs, opts.image), specs, opts.batch_size, opts.num_samples)
-    loaded = list(batches)  # the evaluation set is fed to every runner, as Polygraphy's data-loader cache does
+    loaded = [(pathlib.Path(p), _load_candidate(pathlib.Path(p))) for p in candidates]  # fail before any run
     results = []
-    for path in candidates:
-        path = pathlib.Path(path)
-        if path.suffix == ".onnx":
-            cand_model = model_io.load(path)
-            runner = _runner(cand_model, "candidate")
-        else:  # a serialized engine: outputs only (its internal tensors are fused away)
-            cand_model, runner = None, _engine_runner(path)
-        outputs, accuracy, errors, poly = _compare_outputs(ref_model, runner, loaded, opts, path)
-        layers = _compare_layers(ref_model, cand_model, loaded, opts) if opts.per_layer and cand_model else []
-        checks = _checks(outputs, accuracy, opts.fail_below)
-        passed = all(c["passed"] for c in checks) and poly is not False
-        results.append(CandidateResult(path.stem, str(path), outputs, layers, accuracy, checks, poly, passed, errors))
-    return CompareResult(str(reference), results, sum(b.size for b in loaded))
+    with Evaluator(ref_model, data, batch_size=opts.batch_size, num_samples=opts.num_samples, image=opts.image,
+                   show_progress=opts.show_progress) as evaluator:
+        for path, model in loaded:
+            check = _PolygraphyCheck(path.stem, opts.atol, opts.rtol) if opts.has_tolerances else None
+            ev = evaluator.evaluate(path if model is None else model, path.stem, keep_errors=True, observe=check)
+            checks = _checks(ev.outputs, ev.accuracy, opts.fail_below)
+            poly = None if check is None else check.passed
+            passed = all(c["passed"] for c in checks) and poly is not False if opts.has_checks else None
+            results.append(CandidateResult(path.stem, str(path), ev.outputs, [], ev.accuracy, checks, poly, passed,
+                                           ev.errors))
+        onnx_candidates = [(r, model) for r, (_, model) in zip(results, loaded) if model is not None]
+        if opts.per_layer and onnx_candidates:
+            layers = _compare_layers(ref_model, [m for _, m in onnx_candidates], evaluator, opts)
+            for (result, _), rows in zip(onnx_candidates, layers):
+                result.layers = rows
+        num_samples = evaluator.num_samples
+    return CompareResult(str(reference), results, num_samples)
 
 
-def _runner(model: onnx.ModelProto, name: str):
-    from polygraphy.backend.onnxrt import OnnxrtRunner
-
-    # Q/DQ run as float ops (ORT's fused INT8 kernels are not what TensorRT computes).
-    return OnnxrtRunner(session(model, simulate_int8=True), name=name)
-
-
-def _engine_runner(path: pathlib.Path):
-    from trtptq.core.trt import get_backend, polygraphy_backend
-
+def _load_candidate(path: pathlib.Path) -> onnx.ModelProto | None:
+    """An ONNX candidate's model (per-layer needs it); None for an engine (its internal tensors are fused away)."""
+    if path.suffix == ".onnx":
+        return model_io.load(path)
     if not path.is_file():
         raise TrtptqError(f"candidate {path} does not exist.")
-    poly_trt = polygraphy_backend(get_backend())
-    return poly_trt.TrtRunner(poly_trt.EngineFromBytes(path.read_bytes()), name="engine")
+    return None
 
 
-def _compare_outputs(ref_model, runner, batches, opts: CompareOptions, path: pathlib.Path):
-    from polygraphy.comparator import Comparator, SimpleCompareFunc
-    from polygraphy.exception import PolygraphyException
-    from polygraphy.logger import G_LOGGER
+class _PolygraphyCheck:
+    """Polygraphy's Comparator with SimpleCompareFunc(atol, rtol) on each batch's outputs; `passed` over all."""
 
-    with G_LOGGER.verbosity(G_LOGGER.CRITICAL):  # our report says it all, once
-        try:
-            run_results = Comparator.run([_runner(ref_model, "fp32"), runner], data_loader=[b.feed for b in batches])
-        except PolygraphyException as e:
-            raise TrtptqError(f"cannot run {path}: {e} An engine runs only on a GPU it was built for "
-                              "(TensorRT-RTX: compute capability 7.5, 8.x, 12.x); compare its .onnx on the CPU "
-                              "instead.") from None
-        poly = None
-        if opts.atol is not None or opts.rtol is not None:
-            func = SimpleCompareFunc(atol=opts.atol, rtol=opts.rtol)
-            poly = bool(Comparator.compare_accuracy(run_results, compare_func=func))
-    (_, ref_iters), (_, cand_iters) = run_results.items()
-    stats: dict[str, ErrorStats] = {}
-    ref_top, cand_top, labels = [], [], []
-    for batch, ref_out, cand_out in zip(batches, ref_iters, cand_iters):
-        for name in ref_out.keys():
-            stats.setdefault(name, ErrorStats()).update(ref_out[name], cand_out[name], keep_errors=True)
-        first = next(iter(ref_out.keys()))
-        if batch.labels is not None and np.ndim(ref_out[first]) == 2:
-            ref_top.append(np.argmax(ref_out[first], 1))
-            cand_top.append(np.argmax(cand_out[first], 1))
-            labels.append(batch.labels)
-    accuracy = None
-    if labels and len(labels) == len(batches):
-        y = np.concatenate(labels)
-        accuracy = {"reference": float(np.mean(np.concatenate(ref_top) == y)),
-                    "candidate": float(np.mean(np.concatenate(cand_top) == y))}
-    errors = {n: np.concatenate(s.errors) for n, s in stats.items() if s.errors}
-    return {n: s.result() for n, s in stats.items()}, accuracy, errors, poly
+    def __init__(self, name: str, atol: float | None, rtol: float | None):
+        from polygraphy.comparator import SimpleCompareFunc
+
+        self.name, self.func, self.passed = name, SimpleCompareFunc(atol=atol, rtol=rtol), True
+
+    def __call__(self, batch, reference: dict, candidate: dict) -> None:
+        from polygraphy.comparator import Comparator, IterationResult, RunResults
+
+        from trtptq.runtime.polygraphy import quiet
+
+        results = RunResults([("fp32", [IterationResult(dict(reference), runner_name="fp32")]),
+                              (self.name, [IterationResult({k: candidate[k] for k in reference}, runner_name=self.name)])])
+        with quiet():
+            self.passed &= bool(Comparator.compare_accuracy(results, compare_func=self.func))
 
 
-def _compare_layers(ref_model: onnx.ModelProto, cand_model: onnx.ModelProto, batches, opts) -> list[LayerRow]:
-    cand_tensors = {o for n in cand_model.graph.node for o in n.output}
-    producers = {}
-    for node in ref_model.graph.node:
-        for o in node.output:
-            producers[o] = node
+def _quantized_inputs(ref_model: onnx.ModelProto, cand_model: onnx.ModelProto) -> dict[str, str]:
+    """Graph input -> the candidate's tensor holding its Q/DQ'd value (the output of Q -> DQ on that input)."""
+    graph_inputs = {i.name for i in ref_model.graph.input} - {i.name for i in ref_model.graph.initializer}
+    quantized = {n.output[0]: n.input[0] for n in cand_model.graph.node
+                 if n.op_type == "QuantizeLinear" and n.input[0] in graph_inputs}
+    return {quantized[n.input[0]]: n.output[0] for n in cand_model.graph.node
+            if n.op_type == "DequantizeLinear" and n.input[0] in quantized}
+
+
+def _compare_layers(ref_model: onnx.ModelProto, cand_models: list[onnx.ModelProto], evaluator: Evaluator,
+                    opts: CompareOptions) -> list[list[LayerRow]]:
+    """Per-layer rows for each candidate; every pass runs the reference once and all candidates beside it."""
+    cand_tensors = [{o for n in m.graph.node for o in n.output} for m in cand_models]
+    producers = {o: node for node in ref_model.graph.node for o in node.output}
     shared = [o for n in ref_model.graph.node for o in n.output
-              if o in cand_tensors and n.op_type not in ("Constant", "Shape")]
+              if n.op_type not in ("Constant", "Shape") and any(o in t for t in cand_tensors)]
     floats = model_io.float_tensors(ref_model, set(shared))
     order = [o for o in shared if o in floats]
-    stats = {t: ErrorStats() for t in order}
-    groups = plan_passes(ref_model, order, batches[0].feed, opts.memory_budget // 2)
-    with tqdm(total=len(groups) * len(batches), desc="comparing layers", unit="batch",
-              disable=not opts.show_progress or None) as bar:
-        for group in groups:
-            ref_sess = session(with_outputs(ref_model, group), many_outputs=True)
-            cand_sess = session(with_outputs(cand_model, group), simulate_int8=True)
-            for batch in batches:
-                for name, r, c in zip(group, ref_sess.run(group, batch.feed), cand_sess.run(group, batch.feed)):
-                    stats[name].update(r, c)
-                bar.update(1)
-    results = {t: s.result() for t, s in stats.items()}
-    # Nodes fed only by graph inputs (exact in both models) are measured against the best layer's SNR,
-    # so "the input was perfect" does not make the first layer the culprit by default.
+    inputs = [_quantized_inputs(ref_model, m) for m in cand_models]  # compared in the first pass
+    stats = [{t: ErrorStats(detailed=False) for t in [*quantized, *(o for o in order if o in tensors)]}
+             for quantized, tensors in zip(inputs, cand_tensors)]
+    # Each quantized input's yardstick: INT8 with the evaluation data's own max, i.e. no clipping.
+    amax = {x: 0.0 for q in inputs for x in q}
+    for batch in evaluator.batches() if amax else ():
+        for x in amax:
+            amax[x] = max(amax[x], float(np.abs(batch.feed[x]).max(initial=0)))
+    unclipped = {x: ErrorStats(detailed=False) for x in amax}
+    budget = opts.memory_budget // (1 + len(cand_models))
+    groups = plan_passes(ref_model, order, next(iter(evaluator.batches())).feed, budget) or [[]]
+    with progress(total=len(groups) * evaluator.num_batches, enabled=opts.show_progress,
+                  desc="comparing layers", unit="batch") as bar:
+        for k, group in enumerate(groups):
+            first = k == 0
+            wanted = [[t for t in group if t in tensors] + (list(q.values()) if first else [])
+                      for tensors, q in zip(cand_tensors, inputs)]
+            with contextlib.ExitStack() as stack:
+                ref = stack.enter_context(OrtRunner(with_outputs(ref_model, group), many_outputs=True)) if group else None
+                cands = [stack.enter_context(OrtRunner(with_outputs(m, names), simulate_int8=True)) if names else None
+                         for m, names in zip(cand_models, wanted)]
+                for batch in evaluator.batches():
+                    expected = {**batch.feed, **(ref.run(batch.feed) if ref else {})}
+                    for runner, quantized, s in zip(cands, inputs, stats):
+                        got = runner.run(batch.feed) if runner else {}
+                        for tensor in (t for t in group if t in s):
+                            s[tensor].update(expected[tensor], got[tensor])
+                        for graph_input, dequantized in quantized.items() if first else ():
+                            s[graph_input].update(expected[graph_input], got[dequantized])
+                    for x, st in unclipped.items() if first else ():
+                        st.update(batch.feed[x], _int8(batch.feed[x], amax[x]))
+                    bar.update(1)
+    yardstick = {x: st.result()["snr_db"] for x, st in unclipped.items()}
+    return [_rows({t: st.result() for t, st in s.items()}, order, producers, q, yardstick) for s, q in zip(stats, inputs)]
+
+
+def _int8(x: np.ndarray, amax: float) -> np.ndarray:
+    """x through symmetric per-tensor INT8 Q/DQ with range `amax` (rounding half to even, as ONNX's)."""
+    if amax == 0:
+        return x
+    scale = INT8.scale(amax)
+    return (INT8.quantize(x, scale) * scale).astype(x.dtype)
+
+
+def _rows(results: dict[str, dict], order: list[str], producers: dict, quantized: dict[str, str],
+          unclipped_snr: dict[str, float]) -> list[LayerRow]:
+    """Rows in graph order, quantized inputs first, with the dB each loses.
+
+    A node loses against its worst compared input; one fed only by exact
+    tensors against the best row's SNR, so "the input was perfect" does not
+    make the first layer the culprit by default. A quantized graph input loses
+    against INT8 at the data's own max: what its range clips away.
+    """
+    exact = [i for i in quantized if results[i]["max_abs_error"] == 0]  # inputs Q/DQ leaves unchanged: no row
+    results = {t: r for t, r in results.items() if t not in exact}
     best = max((r["snr_db"] for r in results.values()), default=200.0)
-    rows = []
-    for t in order:
+    rows = [LayerRow(dequantized, graph_input, QDQ_INPUT_OP, results[graph_input]["snr_db"],
+                     results[graph_input]["cosine"], results[graph_input]["max_abs_error"],
+                     unclipped_snr[graph_input] - results[graph_input]["snr_db"], [graph_input])
+            for graph_input, dequantized in quantized.items() if graph_input in results]
+    for t in (t for t in order if t in results):
         node = producers[t]
-        inputs = [results[i]["snr_db"] for i in node.input if i in results]
-        drop = (min(inputs) if inputs else best) - results[t]["snr_db"]
+        worst_input = min((results[i]["snr_db"] for i in node.input if i in results), default=best)
         rows.append(LayerRow(t, node.name, node.op_type, results[t]["snr_db"], results[t]["cosine"],
-                             results[t]["max_abs_error"], drop, list(node.input)))
+                             results[t]["max_abs_error"], worst_input - results[t]["snr_db"], list(node.input)))
     return rows
 
 
@@ -211,12 +263,14 @@ def _checks(outputs: dict[str, dict], accuracy, fail_below: dict[str, float]) ->
     for metric, threshold in fail_below.items():
         if metric == "accuracy":
             if accuracy is None:
-                raise TrtptqError("--fail-below accuracy=... needs labels in the data (a 'labels' array).")
+                raise TrtptqError("--fail-below accuracy=... needs labels in the data (a 'labels' array) and a "
+                                  "(batch, classes) first output.")
             checks.append({"metric": metric, "output": "(task)", "value": accuracy["candidate"],
                            "threshold": threshold, "passed": accuracy["candidate"] >= threshold})
             continue
-        for name, m in outputs.items():
-            if metric in m:
-                checks.append({"metric": metric, "output": name, "value": m[metric], "threshold": threshold,
-                               "passed": m[metric] >= threshold})
+        found = [{"metric": metric, "output": name, "value": m[metric], "threshold": threshold,
+                  "passed": m[metric] >= threshold} for name, m in outputs.items() if metric in m]
+        if not found:
+            raise TrtptqError(f"--fail-below {metric}=...: no output has {metric} (top-k needs (batch, classes) outputs).")
+        checks += found
     return checks

@@ -1,0 +1,99 @@
+"""The runtime interface: ONNX Runtime runner, engines, Polygraphy's Comparator over our runners, ORT's missing kernels."""
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from conftest import NO_ENGINE_GPU, engines_run_here, float_input
+from onnx import helper
+from test_cli import mystery_model
+
+from trtptq.calibration.calibrate import CalibrationOptions
+from trtptq.core.errors import ModelError
+from trtptq.pipelines import quantize
+from trtptq.runtime.ort import OrtRunner, session
+from trtptq.runtime.polygraphy import PolygraphyRunner, quiet
+
+
+def test_ort_runner_interface(mnist):
+    with OrtRunner(mnist[0]) as runner:
+        (spec,) = runner.input_specs
+        assert (spec.name, spec.dtype, spec.shape[1:]) == ("input", np.float32, (1, 28, 28))
+        assert runner.name == "mnist_cnn" and runner.output_names == ["logits"]
+        out = runner.run({"input": mnist[1][:3]})
+    assert out["logits"].shape == (3, 10) and out["logits"].argmax(1).tolist() == mnist[2][:3].tolist()
+
+
+def test_polygraphy_comparator_drives_our_runners(mnist):
+    """Polygraphy's own Comparator.run and compare_accuracy over an FP32 and a Q/DQ model, through our runners."""
+    from polygraphy.comparator import Comparator, SimpleCompareFunc
+
+    path, images, _ = mnist
+    int8 = quantize(path, data=[{"input": images[:64]}],
+                    calibration=CalibrationOptions(method="minmax", batch_size=64, show_progress=False)).model
+    feeds = [{"input": images[k:k + 50]} for k in (1000, 1050)]
+    runners = [PolygraphyRunner(OrtRunner(path)), PolygraphyRunner(OrtRunner(int8, simulate_int8=True), "int8")]
+    with quiet():
+        results = Comparator.run(runners, data_loader=feeds)
+        loose = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=100.0))
+        tight = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=1e-6, rtol=0))
+    assert bool(loose) and not bool(tight)
+    (_, ref_iters), (name, int8_iters) = results.items()
+    assert name == "int8" and len(int8_iters) == 2
+    direct = session(int8, simulate_int8=True).run(None, feeds[1])[0]
+    np.testing.assert_array_equal(int8_iters[1]["logits"], direct)
+    assert not any(r.is_active for r in runners)
+
+
+def test_quiet_restores_polygraphy_and_prints_no_colored_warning():
+    code = ("from polygraphy.logger import G_LOGGER\n"
+            "from trtptq.runtime.polygraphy import quiet\n"
+            "severity = G_LOGGER.module_severity.get()\n"
+            "with quiet():\n"
+            "    try:\n"
+            "        G_LOGGER.critical('engine cannot run')\n"
+            "    except Exception:\n"
+            "        pass\n"
+            "assert G_LOGGER.colors is True and G_LOGGER.module_severity.get() == severity\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "colored" not in r.stdout + r.stderr and "engine cannot run" in r.stdout + r.stderr
+
+
+def test_a_node_without_an_ort_kernel_is_one_model_error(tmp_path):
+    model = mystery_model()
+    with pytest.raises(ModelError) as caught:
+        session(model)
+    message = str(caught.value)
+    assert "op Mystery (domain acme) at node secret_sauce" in message and "trtptq.plugins" in message
+    assert "\n" not in message
+    onnx.save(model, tmp_path / "m.onnx")
+    with pytest.raises(ModelError, match=f"at node secret_sauce in {tmp_path / 'm.onnx'}"):
+        session(tmp_path / "m.onnx")
+    graph = helper.make_graph([helper.make_node("Frobnicate", ["x"], ["y"], name="f")], "g", [float_input("x", [2])],
+                              [float_input("y", [2])])
+    with pytest.raises(ModelError, match=r"op Frobnicate \(domain ai.onnx\) at node f,"):
+        session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not engines_run_here(), reason=NO_ENGINE_GPU)
+def test_polygraphy_drives_an_engine_without_the_global_switch(mnist, tmp_path):
+    from polygraphy import config
+    from polygraphy.comparator import Comparator
+
+    from trtptq.engine.build import BuildOptions, build_engine, parse_shapes
+    from trtptq.runtime.engine import EngineRunner
+
+    path, images, _ = mnist
+    build_engine(path, tmp_path / "fp32.engine",
+                 BuildOptions(profiles=[parse_shapes("input:1x1x28x28/50x1x28x28/50x1x28x28")], show_progress=False))
+    switch = config.USE_TENSORRT_RTX
+    runners = [PolygraphyRunner(OrtRunner(path)), PolygraphyRunner(EngineRunner(tmp_path / "fp32.engine"))]
+    with quiet():
+        results = Comparator.run(runners, data_loader=[{"input": images[1000:1050]}])
+    assert config.USE_TENSORRT_RTX == switch
+    (_, ref), (_, engine) = results.items()
+    assert (engine[0]["logits"].argmax(1) == ref[0]["logits"].argmax(1)).mean() > 0.98
