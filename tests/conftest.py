@@ -101,3 +101,14 @@ def has_pycuda() -> bool:
 NO_ENGINE_GPU = ("needs an NVIDIA GPU that the installed TensorRT's engines run on (TensorRT-RTX: compute "
                  "capability 7.5, 8.x or 12.x; full TensorRT: any); this machine has "
                  f"{'compute capability ' + gpu_compute_capability() if gpu_compute_capability() else 'no GPU'}")
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory):
+    """`trtptq demo` run once, as README command 1 does: the folder holding trtptq-demo/ and the demo's output."""
+    from test_cli import trtptq
+
+    root = tmp_path_factory.mktemp("readme")
+    run = trtptq("demo", "--no-progress", cwd=root)
+    assert run.returncode == 0, run.stderr
+    return root, run

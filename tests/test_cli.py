@@ -128,24 +128,25 @@ def test_an_op_onnx_runtime_cannot_run_is_one_line_naming_it(tmp_path):
     assert not out.exists() and not any(p.name.startswith(".out.onnx") for p in tmp_path.iterdir())
 
 
-def test_demo(tmp_path):
-    r = trtptq("demo", "--out", tmp_path / "demo", "--no-progress")
-    assert r.returncode == 0, r.stderr
+def test_demo(demo_dir):
+    root, r = demo_dir
+    out = root / "trtptq-demo"
     rows = {line.split()[1]: float(line.split()[2].rstrip("%")) for line in r.stdout.splitlines()
             if line.startswith("INT8 ")}
     fp32 = float(next(line.split()[1].rstrip("%") for line in r.stdout.splitlines() if line.startswith("FP32")))
     assert set(rows) == {"minmax", "percentile", "entropy", "mse"} and fp32 > 99
     assert max(rows.values()) >= fp32 - 0.2
-    assert {p.name for p in (tmp_path / "demo").iterdir()} >= {"model.int8.onnx", "ranges.json", "calibration.cache"}
-    assert (tmp_path / "demo" / "report" / "report.html").stat().st_size > 10_000
-    assert f"accuracy report (per output, per layer, calibration histograms): {tmp_path / 'demo'}" in r.stdout
+    assert {p.name for p in out.iterdir()} >= {"model.onnx", "calib.npz", "eval.npz", "model.int8.onnx", "ranges.json",
+                                              "calibration.cache"}
+    assert (out / "report" / "report.html").stat().st_size > 10_000
+    assert "accuracy report (per output, per layer, calibration histograms): trtptq-demo" in r.stdout
     try:
         import tensorrt_rtx  # noqa: F401
     except ImportError:
         assert "engine not built: TensorRT is not installed" in r.stdout
     else:
         assert "layer precision: CONVOLUTION: 2 INT8; MATRIX_MULTIPLY: 2 INT8" in r.stdout
-        assert (tmp_path / "demo" / "model.engine").stat().st_size > 100_000
+        assert (out / "model.engine").stat().st_size > 100_000
 
 
 def test_method_auto_says_what_it_kept(tmp_path, mnist, calib_npz):

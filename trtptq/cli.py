@@ -176,15 +176,14 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
           f"({result.ranges.method}); {len(p.kept)} nodes kept in float -> {a.output}")
     _save_ranges(result.ranges, a.save_ranges, a.calibration_cache, a.cache_for)
     if a.report:
-        from trtptq.evaluation.compare import CompareOptions, compare
-        from trtptq.evaluation.report import calibration_histograms, write_report
+        from trtptq.evaluation.compare import CompareOptions
+        from trtptq.pipelines import report
 
-        comparison = compare(a.model, [a.output], a.eval_data or a.data,
-                             CompareOptions(batch_size=a.batch_size, image=_image_options(a),
-                                            show_progress=not a.no_progress))
+        comparison, page = report(a.model, a.output, a.eval_data or a.data, a.report,
+                                  CompareOptions(batch_size=a.batch_size, image=_image_options(a),
+                                                 show_progress=not a.no_progress), result.calibrators)
         _print_comparison(comparison)
-        hists = calibration_histograms(comparison.candidates[0], result.calibrators)
-        print(f"report -> {write_report(comparison, a.report, hists)}")
+        print(f"report -> {page}")
     return 0
 
 
@@ -245,14 +244,11 @@ def _print_comparison(result) -> None:
 
 
 def _cmd_build(a: argparse.Namespace) -> int:
-    from trtptq.core import model as model_io
     from trtptq.engine.build import BuildOptions, ImplicitInt8, parse_shapes
-    from trtptq.pipelines import build
+    from trtptq.pipelines import Int8, build
 
     if a.int8 and a.implicit_int8:
         raise TrtptqError("--int8 (Q/DQ) and --implicit-int8 (TensorRT <= 10 calibrates) exclude each other.")
-    if a.int8 and not a.data and not a.ranges:
-        raise TrtptqError("--int8 needs --data (to calibrate) or --ranges")
     calibration, qopts = _calibration_options(a), _quantize_options(a)
     implicit = ImplicitInt8(data=a.data, calibration=calibration, cache=a.calibration_cache) if a.implicit_int8 else None
     opts = BuildOptions(backend=a.backend, fp16=a.fp16, keep_fp32=tuple(a.keep_fp32),
@@ -264,14 +260,10 @@ def _cmd_build(a: argparse.Namespace) -> int:
     qdq_model = a.int8 and (a.save_onnx or f"{a.output}.int8.onnx")
     _check_outputs(a.output, f"{a.output}.json", qdq_model, a.fp16 and f"{a.output}.fp16.onnx", a.timing_cache,
                    a.implicit_int8 and a.calibration_cache)
-    source = a.model
-    if a.int8:
-        from trtptq.pipelines import quantize
-
-        result = quantize(a.model, data=a.data, ranges=_load_ranges(a.ranges), options=qopts, calibration=calibration)
-        source = model_io.save(result.model, qdq_model)
-        print(f"Q/DQ model ({result.ranges.method}) -> {source}")
-    report = build(source, a.output, opts, check_data=a.data if a.fp16 and not a.implicit_int8 else None)
+    int8 = Int8(a.data, _load_ranges(a.ranges), qopts, calibration, qdq_model) if a.int8 else None
+    report = build(a.model, a.output, opts, check_data=a.data if a.fp16 and not a.implicit_int8 else None, int8=int8)
+    if int8:
+        print(f"Q/DQ model -> {qdq_model}")
     print(f"engine ({report.backend} {report.backend_version}, {report.build_seconds:.1f} s, "
           f"{report.engine_bytes / 2**20:.1f} MiB) -> {report.engine}")
     print(f"precision: {report.summary()}")

@@ -58,46 +58,48 @@ class DemoResult:
 
 def run_demo(out_dir: str | pathlib.Path = "trtptq-demo", methods=("minmax", "percentile", "entropy", "mse"),
              num_calib: int = 500, show_progress: bool = True) -> DemoResult:
+    """Every method's INT8 model from one calibration pass, scored on held-out digits; the best one kept,
+    built and reported. `out_dir` gets what the README's examples use: model.onnx, calib.npz, eval.npz."""
     from trtptq.calibration.calibrate import CalibrationOptions
     from trtptq.core import model as model_io
-    from trtptq.core.fileio import check_writable
+    from trtptq.core.fileio import check_writable, write_bytes
+    from trtptq.evaluation.compare import CompareOptions
     from trtptq.evaluation.evaluator import Evaluator
-    from trtptq.pipelines import quantize
+    from trtptq.pipelines import quantize_each_method, report
 
     out_dir = pathlib.Path(out_dir)
     check_writable(out_dir / "model.int8.onnx")
     images, labels = mnist_samples()
     calib, evaluation = images[:num_calib], (images[num_calib:], labels[num_calib:])  # disjoint, every class in both
-    np.savez(out_dir / "calib.npz", input=calib)
-    rows, best = [], None
-    with Evaluator(MNIST_MODEL, [{"input": evaluation[0], "labels": evaluation[1]}], batch_size=500) as evaluator:
-        for method in methods:
-            result = quantize(MNIST_MODEL, data=out_dir / "calib.npz",
-                              calibration=CalibrationOptions(method=method, batch_size=64, show_progress=show_progress))
+    write_bytes(out_dir / "model.onnx", MNIST_MODEL.read_bytes())
+    _save_npz(out_dir / "calib.npz", input=calib)
+    _save_npz(out_dir / "eval.npz", input=evaluation[0], labels=evaluation[1])
+    results = quantize_each_method(out_dir / "model.onnx", out_dir / "calib.npz", methods,
+                                   calibration=CalibrationOptions(batch_size=100, show_progress=show_progress))
+    rows = []
+    with Evaluator(out_dir / "model.onnx", out_dir / "eval.npz", batch_size=500) as evaluator:
+        for method, result in results.items():
             scored = evaluator.evaluate(result.model, method)
-            row = DemoRow(method, scored.accuracy["candidate"], scored.outputs["logits"]["top1_agreement"])
-            rows.append(row)
-            if best is None or row.top1 > best[0].top1:
-                best = (row, result)
+            rows.append(DemoRow(method, scored.accuracy["candidate"], scored.outputs["logits"]["top1_agreement"]))
         fp32_top1 = scored.accuracy["reference"]
-    row, result = best
+    best = max(rows, key=lambda r: r.top1)  # first of the best: minmax when tied
+    result = results[best.method]
     model_io.save(result.model, out_dir / "model.int8.onnx")
     result.ranges.save(out_dir / "ranges.json")
     result.ranges.save_trt_cache(out_dir / "calibration.cache")
     engine, note = _build(out_dir, show_progress)
-    report = _report(out_dir, evaluation, result.calibrators, show_progress)
-    return DemoResult(fp32_top1, rows, len(evaluation[1]), out_dir, row.method, engine, note, report)
+    _, report_path = report(out_dir / "model.onnx", out_dir / "model.int8.onnx", out_dir / "eval.npz",
+                            out_dir / "report", CompareOptions(batch_size=500, show_progress=show_progress),
+                            result.calibrators)
+    return DemoResult(fp32_top1, rows, len(evaluation[1]), out_dir, best.method, engine, note, report_path)
 
 
-def _report(out_dir: pathlib.Path, evaluation, calibrators, show_progress: bool) -> pathlib.Path:
-    """FP32 vs the kept INT8 model, per output and per layer, as report/report.{json,md,html}."""
-    from trtptq.evaluation.compare import CompareOptions, compare
-    from trtptq.evaluation.report import calibration_histograms, write_report
+def _save_npz(path: pathlib.Path, **arrays: np.ndarray) -> None:
+    """np.savez, atomically (through a temp file in the same folder)."""
+    from trtptq.core.fileio import atomic_path
 
-    np.savez(out_dir / "eval.npz", input=evaluation[0], labels=evaluation[1])
-    result = compare(MNIST_MODEL, [out_dir / "model.int8.onnx"], out_dir / "eval.npz",
-                     CompareOptions(batch_size=500, show_progress=show_progress))
-    return write_report(result, out_dir / "report", calibration_histograms(result.candidates[0], calibrators))
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def _build(out_dir: pathlib.Path, show_progress: bool):
@@ -112,6 +114,6 @@ def _build(out_dir: pathlib.Path, show_progress: bool):
     except TrtptqError as e:
         return None, str(e)
     report = build(out_dir / "model.int8.onnx", out_dir / "model.engine",
-                          BuildOptions(fp16=True, profiles=[parse_shapes("input:1x1x28x28/32x1x28x28/256x1x28x28")],
-                                       show_progress=show_progress, log_level="error"))
+                   BuildOptions(fp16=True, profiles=[parse_shapes("input:1x1x28x28/32x1x28x28/256x1x28x28")],
+                                show_progress=show_progress, log_level="error"))
     return report, ""

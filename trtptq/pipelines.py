@@ -9,22 +9,39 @@ from __future__ import annotations
 import functools
 import os
 import pathlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import onnx
 
 from trtptq.calibration.calibrate import AUTO, Calibration, CalibrationOptions, calibrate_tensors
 from trtptq.calibration.collect import CollectStats
 from trtptq.calibration.ranges import Ranges
-from trtptq.calibrators import Calibrator
+from trtptq.calibrators import METHODS, Calibrator
 from trtptq.core import fileio
 from trtptq.core import model as model_io
 from trtptq.core.errors import TrtptqError
 from trtptq.core.precision import write_plan
 from trtptq.engine.build import BuildOptions, BuildReport, build_engine
+from trtptq.evaluation.compare import CompareOptions, CompareResult, compare
+from trtptq.evaluation.report import calibration_histograms, write_report
 from trtptq.quantization.graph import export_graph, import_graph
 from trtptq.quantization.method import choose_method, score_methods
 from trtptq.quantization.qdq import Plan, QuantizeOptions, insert_qdq, plan
+
+
+@dataclass
+class Int8:
+    """`build --int8`: calibrate on `data` (or read `ranges`) and insert Q/DQ before building."""
+
+    data: object = None
+    ranges: Ranges | str | os.PathLike | None = None
+    options: QuantizeOptions = field(default_factory=QuantizeOptions)
+    calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
+    onnx_output: str | os.PathLike | None = None  # where the Q/DQ model goes; default OUTPUT.int8.onnx
+
+    def __post_init__(self) -> None:
+        if self.data is None and self.ranges is None:
+            raise TrtptqError("--int8 needs --data (to calibrate) or --ranges (from `trtptq calibrate`)")
 
 
 @dataclass
@@ -98,15 +115,51 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
         stats, calibs = done.stats, done.calibrators
     else:
         raise TrtptqError("quantize needs calibration data or a ranges file")
+    return QuantizeResult(_qdq_model(proto, graph, placement, ranges), ranges, placement, stats, calibs)
+
+
+def _qdq_model(proto: onnx.ModelProto, graph, placement: Plan, ranges: Ranges) -> onnx.ModelProto:
+    """The Q/DQ model for `ranges`, with its precision plan, checked."""
     qdq = write_plan(export_graph(insert_qdq(graph, placement, ranges.amax), proto), placement.precision)
     model_io.check(qdq, "the quantized model")
-    return QuantizeResult(qdq, ranges, placement, stats, calibs)
+    return qdq
+
+
+def quantize_each_method(model: onnx.ModelProto | str | os.PathLike, data, methods=METHODS,
+                         options: QuantizeOptions | None = None,
+                         calibration: CalibrationOptions | None = None) -> dict[str, QuantizeResult]:
+    """A Q/DQ model per range method from ONE histogram collection (what --method auto scores), side by side.
+
+    Every result carries the histogram calibrators, so a report can draw each method's threshold on them.
+    """
+    qopts = options or QuantizeOptions()
+    proto, name, _, placement = prepare(model, qopts)
+    options = replace(calibration or CalibrationOptions(), method=AUTO)
+    done = calibrate_tensors(proto, list(placement.activations), data, options, _passes(options), name)
+    by_method = done.amax_by_method()
+    results = {}
+    for method in methods:
+        ranges = done.ranges(method, by_method[method], {"quantize": _qopts_dict(qopts)})
+        qdq = _qdq_model(proto, import_graph(proto), placement, ranges)  # insertion edits the graph: one per model
+        results[method] = QuantizeResult(qdq, ranges, placement, done.stats, done.calibrators)
+    return results
+
+
+def report(reference: str | os.PathLike, candidate: str | os.PathLike, data, out_dir: str | os.PathLike,
+           options: CompareOptions | None = None,
+           calibrators: dict[str, Calibrator] | None = None) -> tuple[CompareResult, pathlib.Path]:
+    """Compare a quantized model with its FP32 reference and write the report (its report.html is returned), with
+    the calibration histograms of the layers that lose most when `calibrators` holds histograms."""
+    result = compare(reference, [candidate], data, options)
+    histograms = calibration_histograms(result.candidates[0], calibrators or {})
+    return result, write_report(result, out_dir, histograms)
 
 
 def build(model_path: str | os.PathLike, output: str | os.PathLike, options: BuildOptions | None = None,
-          check_data=None, check_samples: int = 64) -> BuildReport:
+          check_data=None, check_samples: int = 64, int8: Int8 | None = None) -> BuildReport:
     """Build an engine; for strongly typed TensorRT with `fp16`, convert the ONNX to FP16 first (quantize stage).
 
+    With `int8`, the model is quantized first (OUTPUT.int8.onnx, or `int8.onnx_output`).
     The FP16 model is written beside the engine (OUTPUT.fp16.onnx). With
     `check_data`, it is compared with its FP32 source in ONNX Runtime and the
     result goes into the build report.
@@ -117,6 +170,11 @@ def build(model_path: str | os.PathLike, output: str | os.PathLike, options: Bui
     backend = get_backend(opts.backend)
     output = pathlib.Path(output)
     fileio.check_writable(output)
+    if int8 is not None:
+        onnx_output = int8.onnx_output or output.with_name(output.name + ".int8.onnx")
+        fileio.check_writable(onnx_output)
+        result = quantize(model_path, int8.data, int8.ranges, int8.options, int8.calibration)
+        model_path = model_io.save(result.model, onnx_output)
     source, check = pathlib.Path(model_path), None
     if opts.fp16 and backend.strongly_typed_only:
         from trtptq.quantization.fp16 import to_fp16
