@@ -25,6 +25,7 @@ from trtptq.core import model as model_io
 from trtptq.core.errors import TrtptqError
 from trtptq.core.int8 import INT8
 from trtptq.core.log import progress
+from trtptq.core.options import check_count
 from trtptq.data import ImageOptions
 from trtptq.evaluation.evaluator import Evaluator
 from trtptq.evaluation.metrics import ErrorStats
@@ -47,8 +48,8 @@ class CompareOptions:
     show_progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.batch_size is not None and self.batch_size < 1:
-            raise TrtptqError(f"batch size must be >= 1, got {self.batch_size}")
+        check_count("--batch-size", self.batch_size, "sample per batch")
+        check_count("--num-samples", self.num_samples, "sample")
         unknown = set(self.fail_below) - set(CHECKABLE)
         if unknown:
             raise TrtptqError(f"cannot check {', '.join(sorted(unknown))}: checkable metrics are {', '.join(CHECKABLE)}")
