@@ -17,6 +17,7 @@ _EXPORTS = {
     "calibrate": "trtptq.pipelines", "quantize": "trtptq.pipelines", "build": "trtptq.pipelines",
     "QuantizeResult": "trtptq.pipelines",
     "compare": "trtptq.evaluation.compare", "CompareOptions": "trtptq.evaluation.compare",
+    "Evaluator": "trtptq.evaluation.evaluator",
     "write_report": "trtptq.evaluation.report",
     "CalibrationOptions": "trtptq.calibration.calibrate", "Ranges": "trtptq.calibration.ranges",
     "QuantizeOptions": "trtptq.quantization.qdq",
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from trtptq.data import Batches, ImageOptions
     from trtptq.engine.build import BuildOptions, parse_shapes
     from trtptq.evaluation.compare import CompareOptions, compare
+    from trtptq.evaluation.evaluator import Evaluator
     from trtptq.evaluation.report import write_report
     from trtptq.pipelines import QuantizeResult, build, calibrate, quantize
     from trtptq.quantization.qdq import QuantizeOptions

@@ -99,9 +99,6 @@ class _Spill:
         self._items: list[list[np.ndarray | pathlib.Path]] = []
         self._dir: tempfile.TemporaryDirectory | None = None
 
-    def __len__(self) -> int:
-        return len(self._items)
-
     def append(self, arrays: Sequence[np.ndarray]) -> None:
         size = sum(a.nbytes for a in arrays)
         if self._held + size <= self._budget:

@@ -193,12 +193,14 @@ def write_report(result: CompareResult, out_dir: str | pathlib.Path, histograms:
     for name, (_, png) in zip(names, figures):
         fileio.write_bytes(out_dir / name, png)
     md = markdown(result, [(t, n) for (t, _), n in zip(figures, names)])
-    inline = markdown(result, [(t, "data:image/png;base64," + base64.b64encode(png).decode()) for t, png in figures])
+    body = _md_to_html(md)
+    for name, (_, png) in zip(names, figures):  # inlined after conversion: markdown need not scan the base64
+        body = body.replace(f'src="{name}"', f'src="data:image/png;base64,{base64.b64encode(png).decode()}"')
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>trtptq report</title><style>"
             "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
             "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:3px 8px}"
             "th{background:#f3f3f3}img{max-width:100%}.pass{color:#176f2c}.fail{color:#b00020}"
-            f"</style></head><body>{_md_to_html(inline)}</body></html>")
+            f"</style></head><body>{body}</body></html>")
     fileio.write_text(out_dir / "report.json", json.dumps(to_dict(result), indent=1) + "\n")
     fileio.write_text(out_dir / "report.md", md)
     return fileio.write_text(out_dir / "report.html", page)
