@@ -22,11 +22,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from tqdm import tqdm
 
 from trtptq.calibration.passes import plan_passes, with_outputs
 from trtptq.calibrators import Calibrator, NonFiniteError
 from trtptq.core.errors import DataError
+from trtptq.core.log import progress
 from trtptq.data import Batches
 from trtptq.runtime.ort import session
 
@@ -64,7 +64,7 @@ def collect(model: onnx.ModelProto, batches: Batches, calibrators: dict[str, Cal
     open_pass = open_pass or ort_passes(model, providers)
     # One pool for the run, shut down at its end: histogram binning of large tensors spreads over the cores.
     with (ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="trtptq-calib") as pool,
-          tqdm(desc="calibrating", unit="batch", disable=not show_progress or None) as bar):
+          progress(desc="calibrating", unit="batch", enabled=show_progress) as bar):
         for k, group in enumerate(groups):
             bar.set_description(f"calibrating (pass {k + 1}/{len(groups)})" if len(groups) > 1 else "calibrating")
             with open_pass(group) as run:

@@ -21,12 +21,11 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from tqdm import tqdm
-
 from trtptq.calibration.calibrate import AUTO, CalibrationOptions
 from trtptq.core import fileio
 from trtptq.core import model as model_io
 from trtptq.core.errors import ModelError, TrtptqError
+from trtptq.core.log import progress
 from trtptq.core.precision import NodePrecision, read_plan
 from trtptq.core.trt import Backend, get_backend
 
@@ -137,12 +136,12 @@ class _Progress:
         class Monitor(base):
             def __init__(self):
                 base.__init__(self)
-                self.bars: dict[str, tqdm] = {}
+                self.bars: dict = {}
 
             def phase_start(self, phase_name, parent_phase, num_steps):
                 if parent_phase is None:
-                    self.bars[phase_name] = tqdm(total=num_steps, desc=phase_name, unit="step", leave=False,
-                                                 disable=not enabled or None)
+                    self.bars[phase_name] = progress(total=num_steps, desc=phase_name, unit="step", leave=False,
+                                                     enabled=enabled)
 
             def step_complete(self, phase_name, step):
                 if phase_name in self.bars:
