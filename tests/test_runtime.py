@@ -47,7 +47,7 @@ def test_polygraphy_comparator_drives_our_runners(mnist):
     assert not any(r.is_active for r in runners)
 
 
-def test_quiet_restores_polygraphy_and_prints_no_colored_warning():
+def test_quiet_restores_polygraphy_and_prints_no_colored_warning(tmp_path):
     code = ("from polygraphy.logger import G_LOGGER\n"
             "from trtptq.runtime.polygraphy import quiet\n"
             "severity = G_LOGGER.module_severity.get()\n"
@@ -57,7 +57,7 @@ def test_quiet_restores_polygraphy_and_prints_no_colored_warning():
             "    except Exception:\n"
             "        pass\n"
             "assert G_LOGGER.colors is True and G_LOGGER.module_severity.get() == severity\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)  # not the checkout: see test_cli
     assert r.returncode == 0, r.stderr
     assert "colored" not in r.stdout + r.stderr and "engine cannot run" in r.stdout + r.stderr
 
