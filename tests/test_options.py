@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 from test_cli import TRTPTQ
 
+from trtptq.core.errors import TrtptqError
 from trtptq.demo import MNIST_MODEL
+from trtptq.engine.build import BuildOptions
+from trtptq.quantization.qdq import QuantizeOptions
 
 # A data script that leaves a mark when anything imports it: where it is --data, no data may have been read.
 SENTINEL = """\
@@ -196,3 +199,18 @@ def test_planning_reads_the_first_batch_once(tmp_path):
     assert ranges["num_samples"] == 8
     assert len(counter.read_text()) == 1 + len(ranges["tensors"])  # the plan's first batch, then one read per pass
     assert np.isfinite([t["amax"] for t in ranges["tensors"].values()]).all()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: QuantizeOptions(exclude_nodes="conv1"), r"--exclude-nodes 'conv1' is one string, not a list of names; "
+                                                     r"pass \('conv1',\)"),
+    (lambda: QuantizeOptions(exclude_op_types="Gemm"), r"--exclude-op-types 'Gemm' is one string"),
+    (lambda: BuildOptions(keep_fp32="LayerNormalization"), r"--keep-fp32 'LayerNormalization' is one string"),
+    (lambda: BuildOptions(optimization_level=7), r"--optimization-level 7 is outside 0-5"),
+    (lambda: BuildOptions(workspace=0), r"--workspace 0 is not a positive number"),
+])
+def test_python_options_are_checked_where_they_are_made(make, message):
+    """The Python API gets the CLI's one-line messages: a bare string would be read letter by letter."""
+    with pytest.raises(TrtptqError, match=message):
+        make()
+    assert QuantizeOptions(exclude_nodes=("conv1",)).exclude_nodes == ("conv1",)

@@ -26,3 +26,9 @@ def check_count(flag: str, value: int | None, what: str) -> None:
 def check_choice(flag: str, value: str, choices: Collection[str]) -> None:
     if value not in choices:
         raise option_error(flag, repr(value), "is not a choice", f"use one of {', '.join(choices)}")
+
+
+def check_names(flag: str, value: object) -> None:
+    """A sequence of names, not one string: a bare string would be read character by character and match nothing."""
+    if isinstance(value, str):
+        raise option_error(flag, repr(value), "is one string, not a list of names", f"pass ({value!r},)")

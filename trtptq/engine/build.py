@@ -26,6 +26,7 @@ from trtptq.core import fileio
 from trtptq.core import model as model_io
 from trtptq.core.errors import ModelError, TrtptqError
 from trtptq.core.log import progress
+from trtptq.core.options import check_count, check_names, option_error
 from trtptq.core.precision import NodePrecision, read_plan
 from trtptq.core.trt import Backend, get_backend
 
@@ -75,6 +76,15 @@ class BuildOptions:
     implicit_int8: ImplicitInt8 | None = None  # TensorRT <= 10 only
     show_progress: bool = True
     log_level: str = "warning"  # TensorRT's log: verbose, info, warning, error
+
+    def __post_init__(self) -> None:
+        check_names("--keep-fp32", self.keep_fp32)
+        check_names("--plugins", self.plugins)
+        check_names("--compute-capability", self.compute_capabilities)
+        check_count("--workspace", self.workspace, "byte")
+        if self.optimization_level is not None and self.optimization_level not in range(6):
+            raise option_error("--optimization-level", self.optimization_level, "is outside 0-5",
+                               "use 0 (fastest build) to 5 (most tactics tried; TensorRT's default is 3)")
 
 
 def parse_shapes(text: str) -> Profile:

@@ -22,6 +22,7 @@ import onnx_graphsurgeon as gs
 from trtptq.core import precision
 from trtptq.core.errors import ModelError
 from trtptq.core.int8 import INT8
+from trtptq.core.options import check_names
 from trtptq.core.precision import NodePrecision, PrecisionPlan
 from trtptq.plugins import is_plugin_op
 from trtptq.quantization.graph import replace_input
@@ -42,6 +43,10 @@ class QuantizeOptions:
     residual_add: bool = True  # quantize the residual input of Add after Conv
     pooling: bool = True  # quantize AveragePool/GlobalAveragePool inputs
     activation_matmul: bool = True  # quantize both inputs of activation x activation MatMul (attention BMMs)
+
+    def __post_init__(self) -> None:
+        check_names("--exclude-nodes", self.exclude_nodes)
+        check_names("--exclude-op-types", self.exclude_op_types)
 
 
 @dataclass
