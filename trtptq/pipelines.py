@@ -6,7 +6,6 @@ and the CLI, the demo and the scripts call these functions.
 
 from __future__ import annotations
 
-import functools
 import os
 import pathlib
 from dataclasses import asdict, dataclass, field, replace
@@ -22,6 +21,7 @@ from trtptq.core import model as model_io
 from trtptq.core.errors import TrtptqError
 from trtptq.core.precision import write_plan
 from trtptq.engine.build import BuildOptions, BuildReport, build_engine
+from trtptq.engine.calibration import passes_for
 from trtptq.evaluation.compare import CompareOptions, CompareResult, compare
 from trtptq.evaluation.report import calibration_histograms, write_report
 from trtptq.quantization.graph import export_graph, import_graph
@@ -67,15 +67,6 @@ def prepare(model: onnx.ModelProto | str | os.PathLike, options: QuantizeOptions
     return proto, name, graph, plan(graph, options or QuantizeOptions())
 
 
-def _passes(options: CalibrationOptions):
-    """What runs the FP32 model during calibration: None (ONNX Runtime) or TensorRT engines on the GPU."""
-    if options.runner == "onnxruntime":
-        return None
-    from trtptq.engine.calibration import tensorrt_passes
-
-    return functools.partial(tensorrt_passes, backend=options.backend, show_progress=options.show_progress)
-
-
 def _qopts_dict(q: QuantizeOptions) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(q).items()}
 
@@ -83,7 +74,7 @@ def _qopts_dict(q: QuantizeOptions) -> dict:
 def _calibrate(proto: onnx.ModelProto, name: str, placement: Plan, data, options: CalibrationOptions,
                extra: dict) -> tuple[Ranges, Calibration]:
     """Calibrate the plan's activations; for method "auto", score every method's ranges and keep the best."""
-    calibration = calibrate_tensors(proto, list(placement.activations), data, options, _passes(options), name)
+    calibration = calibrate_tensors(proto, list(placement.activations), data, options, passes_for(options), name)
     if options.method != AUTO:
         return calibration.ranges(extra=extra), calibration
     by_method = calibration.amax_by_method()
@@ -135,7 +126,7 @@ def quantize_each_method(model: onnx.ModelProto | str | os.PathLike, data, metho
     qopts = options or QuantizeOptions()
     proto, name, _, placement = prepare(model, qopts)
     options = replace(calibration or CalibrationOptions(), method=AUTO)
-    done = calibrate_tensors(proto, list(placement.activations), data, options, _passes(options), name)
+    done = calibrate_tensors(proto, list(placement.activations), data, options, passes_for(options), name)
     by_method = done.amax_by_method()
     results = {}
     for method in methods:

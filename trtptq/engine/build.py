@@ -331,12 +331,10 @@ def _implicit_int8(backend: Backend, builder, network, config, spec: ImplicitInt
         raise TrtptqError("--implicit-int8 needs --data to calibrate on, or an existing --calibration-cache.")
     if cache is None and method not in TRT_ALGORITHMS:  # percentile, mse: our ranges, read back by TensorRT
         from trtptq.calibration.calibrate import calibrate_tensors
-        from trtptq.engine.calibration import tensorrt_passes
+        from trtptq.engine.calibration import passes_for
 
-        passes = (functools.partial(tensorrt_passes, backend=spec.calibration.backend,
-                                    show_progress=spec.calibration.show_progress)
-                  if spec.calibration.runner == "tensorrt" else None)
-        ranges = calibrate_tensors(proto, model_io.activations(proto), spec.data, spec.calibration, passes).ranges()
+        ranges = calibrate_tensors(proto, model_io.activations(proto), spec.data, spec.calibration,
+                                   passes_for(spec.calibration)).ranges()
         cache = ranges.trt_cache(backend.cache_version).encode()
         if cache_path:
             fileio.write_bytes(cache_path, cache)

@@ -7,6 +7,7 @@ engines (engine stage) and runs them through the runtime's pycuda buffers.
 from __future__ import annotations
 
 import contextlib
+import functools
 import pathlib
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -14,6 +15,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import onnx
 
+from trtptq.calibration.calibrate import CalibrationOptions, Passes
 from trtptq.calibration.collect import OpenPass, PassRun
 from trtptq.core import model as model_io
 from trtptq.data import Batches, InputSpec
@@ -67,3 +69,10 @@ def tensorrt_passes(model: onnx.ModelProto, batches: Batches, backend: str | Non
                 yield run
 
         yield open_pass
+
+
+def passes_for(options: CalibrationOptions) -> Passes | None:
+    """What runs the FP32 model during calibration: None (ONNX Runtime, the default) or TensorRT engines on the GPU."""
+    if options.runner == "onnxruntime":
+        return None
+    return functools.partial(tensorrt_passes, backend=options.backend, show_progress=options.show_progress)
