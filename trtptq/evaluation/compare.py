@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,8 +24,8 @@ from trtptq.calibration.collect import DEFAULT_MEMORY_BUDGET, bytes_per_sample, 
 from trtptq.core import model as model_io
 from trtptq.core.errors import TrtptqError
 from trtptq.core.log import progress
-from trtptq.data import ImageOptions
-from trtptq.evaluation.evaluator import Evaluator
+from trtptq.data import Batch, ImageOptions
+from trtptq.evaluation.evaluator import Evaluator, Observer
 from trtptq.evaluation.metrics import ErrorStats
 from trtptq.runtime.ort import OrtRunner
 
@@ -125,21 +126,33 @@ def compare(reference: str | os.PathLike, candidates: list[str | os.PathLike], d
     results = []
     with Evaluator(ref_model, data, batch_size=opts.batch_size, num_samples=opts.num_samples, image=opts.image,
                    show_progress=opts.show_progress) as evaluator:
+        models = [m for _, m in loaded if m is not None]
+        plan = _LayerPlan(ref_model, models, evaluator, opts) if opts.per_layer and models else None
         for path, model in loaded:
             check = _PolygraphyCheck(path.stem, opts.atol, opts.rtol) if opts.has_tolerances else None
-            ev = evaluator.evaluate(path if model is None else model, path.stem, keep_errors=True, observe=check)
+            layers = _CandidateLayers(plan, model, path.stem) if plan and model is not None else None
+            # Per layer, the first pass rides on the evaluation run: the candidate exposes its tensors too.
+            with layers.first_pass() if layers else contextlib.nullcontext((None, None)) as (runner, observe_layers):
+                ev = evaluator.evaluate(runner or (path if model is None else model), path.stem, keep_errors=True,
+                                        observe=_observers(check, observe_layers))
             checks = _checks(ev.outputs, ev.accuracy, opts.fail_below)
             poly = None if check is None else check.passed
             passed = all(c["passed"] for c in checks) and poly is not False if opts.has_checks else None
-            results.append(CandidateResult(path.stem, str(path), ev.outputs, [], ev.accuracy, checks, poly, passed,
-                                           ev.errors))
-        onnx_candidates = [(r, model) for r, (_, model) in zip(results, loaded) if model is not None]
-        if opts.per_layer and onnx_candidates:
-            layers = _compare_layers(ref_model, [m for _, m in onnx_candidates], evaluator, opts)
-            for (result, _), rows in zip(onnx_candidates, layers):
-                result.layers = rows
+            results.append(CandidateResult(path.stem, str(path), ev.outputs, layers.rows() if layers else [],
+                                           ev.accuracy, checks, poly, passed, ev.errors))
         num_samples = evaluator.num_samples
     return CompareResult(str(reference), results, num_samples)
+
+
+def _observers(*observers: Observer | None) -> Observer | None:
+    """One observer calling each given one in turn."""
+    chosen = [o for o in observers if o is not None]
+
+    def observe(*args) -> None:
+        for o in chosen:
+            o(*args)
+
+    return observe if chosen else None
 
 
 def _load_candidate(path: pathlib.Path) -> onnx.ModelProto | None:
@@ -179,49 +192,80 @@ def _quantized_inputs(ref_model: onnx.ModelProto, cand_model: onnx.ModelProto) -
             if n.op_type == "DequantizeLinear" and n.input[0] in quantized}
 
 
-def _compare_layers(ref_model: onnx.ModelProto, cand_models: list[onnx.ModelProto], evaluator: Evaluator,
-                    opts: CompareOptions) -> list[list[LayerRow]]:
-    """Per-layer rows for each candidate; every pass runs the reference once and all candidates beside it."""
-    cand_tensors = [{o for n in m.graph.node for o in n.output} for m in cand_models]
-    producers = {o: node for node in ref_model.graph.node for o in node.output}
-    shared = [o for n in ref_model.graph.node for o in n.output
-              if n.op_type not in ("Constant", "Shape") and any(o in t for t in cand_tensors)]
-    floats = model_io.float_tensors(ref_model, set(shared))
-    order = [o for o in shared if o in floats]
-    inputs = [_quantized_inputs(ref_model, m) for m in cand_models]  # compared in the first pass
-    stats = [{t: ErrorStats(detailed=False) for t in [*quantized, *(o for o in order if o in tensors)]}
-             for quantized, tensors in zip(inputs, cand_tensors)]
-    # Each quantized input's yardstick: INT8 with the evaluation data's own max, i.e. no clipping.
-    amax = {x: 0.0 for q in inputs for x in q}
-    for batch in evaluator.batches() if amax else ():
-        for x in amax:
-            amax[x] = max(amax[x], float(np.abs(batch.feed[x]).max(initial=0)))
-    unclipped = {x: ErrorStats(detailed=False) for x in amax}
-    budget = opts.memory_budget // (1 + len(cand_models))
-    groups = split_passes(bytes_per_sample(ref_model, order), evaluator.data.batch_size, budget) or [[]]
-    with progress(total=len(groups) * evaluator.num_batches, enabled=opts.show_progress,
-                  desc="comparing layers", unit="batch") as bar:
-        for k, group in enumerate(groups):
-            first = k == 0
-            wanted = [[t for t in group if t in tensors] + (list(q.values()) if first else [])
-                      for tensors, q in zip(cand_tensors, inputs)]
-            with contextlib.ExitStack() as stack:
-                ref = stack.enter_context(OrtRunner(with_outputs(ref_model, group), many_outputs=True)) if group else None
-                cands = [stack.enter_context(OrtRunner(with_outputs(m, names), simulate_int8=True)) if names else None
-                         for m, names in zip(cand_models, wanted)]
-                for batch in evaluator.batches():
-                    expected = {**batch.feed, **(ref.run(batch.feed) if ref else {})}
-                    for runner, quantized, s in zip(cands, inputs, stats):
-                        got = runner.run(batch.feed) if runner else {}
-                        for tensor in (t for t in group if t in s):
-                            s[tensor].update(expected[tensor], got[tensor])
-                        for graph_input, dequantized in quantized.items() if first else ():
-                            s[graph_input].update(expected[graph_input], got[dequantized])
-                    for x, st in unclipped.items() if first else ():
-                        st.update(batch.feed[x], _int8(batch.feed[x], amax[x]))
-                    bar.update(1)
-    yardstick = {x: st.result()["snr_db"] for x, st in unclipped.items()}
-    return [_rows({t: st.result() for t, st in s.items()}, order, producers, q, yardstick) for s, q in zip(stats, inputs)]
+class _LayerPlan:
+    """What per-layer comparison measures, shared by the candidates: the reference's tensors in graph order, the
+    passes that keep their activations within the memory budget, and each quantized input's yardstick."""
+
+    def __init__(self, ref_model: onnx.ModelProto, cand_models: list[onnx.ModelProto], evaluator: Evaluator,
+                 opts: CompareOptions):
+        produced = set().union(*({o for n in m.graph.node for o in n.output} for m in cand_models))
+        shared = [o for n in ref_model.graph.node for o in n.output
+                  if n.op_type not in ("Constant", "Shape") and o in produced]
+        floats = model_io.float_tensors(ref_model, set(shared))
+        self.order = [o for o in shared if o in floats]
+        self.groups = split_passes(bytes_per_sample(ref_model, self.order), evaluator.data.batch_size,
+                                   opts.memory_budget // 2) or [[]]
+        self.producers = {o: node for node in ref_model.graph.node for o in node.output}
+        self.ref_model, self.evaluator, self.show_progress = ref_model, evaluator, opts.show_progress
+        self._unclipped: dict[str, float] = {}
+
+    def unclipped_snr(self, graph_input: str) -> float:
+        """SNR of the input through INT8 at the evaluation data's own max, i.e. without clipping: its yardstick."""
+        if graph_input not in self._unclipped:
+            feeds = [batch.feed[graph_input] for batch in self.evaluator.batches()]
+            amax = max(float(np.abs(x).max(initial=0)) for x in feeds)
+            stats = ErrorStats(detailed=False)
+            for x in feeds:
+                stats.update(x, _int8(x, amax))
+            self._unclipped[graph_input] = stats.result()["snr_db"]
+        return self._unclipped[graph_input]
+
+
+class _CandidateLayers:
+    """One ONNX candidate's tensors against the reference's, pass by pass; a quantized graph input is compared
+    (its Q/DQ output against the input itself) in the first pass."""
+
+    def __init__(self, plan: _LayerPlan, model: onnx.ModelProto, name: str):
+        produced = {o for n in model.graph.node for o in n.output}
+        self.plan, self.model, self.name = plan, model, name
+        self.quantized = _quantized_inputs(plan.ref_model, model)
+        self.passes = [[t for t in group if t in produced] for group in plan.groups]
+        self.stats = {t: ErrorStats(detailed=False) for t in [*self.quantized, *(t for p in self.passes for t in p)]}
+
+    def first_pass(self) -> contextlib.AbstractContextManager[tuple[OrtRunner, Observer]]:
+        """The candidate with its first pass's tensors added to its outputs, and the observer that folds them."""
+        return self._pass(0, self.plan.evaluator.output_names)
+
+    def rows(self) -> list[LayerRow]:
+        """Run the remaining passes (models too big for one), then the rows."""
+        rest = [k for k in range(1, len(self.passes)) if self.passes[k]]
+        with progress(total=len(rest) * self.plan.evaluator.num_batches, enabled=self.plan.show_progress,
+                      desc="comparing layers", unit="batch") as bar:
+            for k in rest:
+                with self._pass(k) as (runner, observe), runner:
+                    for batch in self.plan.evaluator.batches():
+                        observe(batch, {}, runner.run(batch.feed))
+                        bar.update(1)
+        yardstick = {x: self.plan.unclipped_snr(x) for x in self.quantized}
+        return _rows({t: s.result() for t, s in self.stats.items()}, self.plan.order, self.plan.producers,
+                     self.quantized, yardstick)
+
+    @contextlib.contextmanager
+    def _pass(self, k: int, outputs: list[str] = ()) -> Iterator[tuple[OrtRunner, Observer]]:
+        group = self.passes[k]
+        inputs = self.quantized if k == 0 else {}
+        names = list(dict.fromkeys([*outputs, *group, *inputs.values()]))
+        ref = OrtRunner(with_outputs(self.plan.ref_model, group), many_outputs=True) if group else None
+        with ref or contextlib.nullcontext():
+
+            def observe(batch: Batch, _outputs, got: dict) -> None:
+                expected = ref.run(batch.feed) if ref else {}
+                for tensor in group:
+                    self.stats[tensor].update(expected[tensor], got[tensor])
+                for graph_input, dequantized in inputs.items():
+                    self.stats[graph_input].update(batch.feed[graph_input], got[dequantized])
+
+            yield OrtRunner(with_outputs(self.model, names), simulate_int8=True, name=self.name), observe
 
 
 def _int8(x: np.ndarray, amax: float) -> np.ndarray:
