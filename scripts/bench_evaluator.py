@@ -8,10 +8,12 @@ on the same files: 256 calibration and 1000 evaluation digits from
 `trtptq.demo.mnist_samples()`, shuffled with `np.random.default_rng(0)`; the
 compare candidate is one Q/DQ model (default method) quantized once by this
 checkout. The old tree runs from its source folder (PYTHONPATH=OLD), this one
-as installed (`pip install -e .`). Runs alternate old/new and the median wall
-time of each is reported, with the ratio and the largest difference between
-the two reports' metrics (cosine, snr_db, top1_agreement per output; task
-accuracy).
+as installed (`pip install -e .`). Runs alternate old/new; the median wall
+time and CPU time (user + system, all threads) of each are reported with their
+ratios, and the largest difference between the two reports' metrics (cosine,
+snr_db, top1_agreement per output; task accuracy). On a shared machine wall
+time swings with the load; CPU time much less (`--threads 1` also keeps BLAS
+from spinning threads the old code's large dot products start).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import json
 import os
 import pathlib
+import resource
 import statistics
 import subprocess
 import sys
@@ -42,15 +45,17 @@ def write_data(folder: pathlib.Path) -> None:
     np.savez(folder / "eval.npz", input=images[256:1256], labels=labels[256:1256])
 
 
-def trtptq(args: list, cwd: pathlib.Path, env: dict) -> float:
-    """Seconds one `python -m trtptq ARGS` takes; its failure stops the benchmark with its stderr."""
+def trtptq(args: list, cwd: pathlib.Path, env: dict) -> tuple[float, float]:
+    """(wall, CPU) seconds of one `python -m trtptq ARGS`; its failure stops the benchmark with its stderr."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "trtptq", *map(str, args)], cwd=cwd, env=env, capture_output=True,
                        text=True)
-    seconds = time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if r.returncode != 0:
         sys.exit(f"trtptq {' '.join(map(str, args))} failed ({r.returncode}):\n{r.stderr}")
-    return seconds
+    return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
 def command(which: str, tree: str, work: pathlib.Path, model: pathlib.Path) -> list:
@@ -94,14 +99,16 @@ def main() -> int:
         found = {(c, t): metrics(work / f"{t}-{c.split()[0]}") for c in COMMANDS for t in envs}
     print(f"1000 MNIST digits, median of {a.repeat} runs, {os.cpu_count()} CPUs"
           + (f", {a.threads} thread(s)" if a.threads else ""))
-    print(f"{'':20s}{'old s':>9s}{'new s':>9s}{'speed-up':>10s}{'max |metric diff|':>19s}")
+    print(f"{'':20s}{'wall: old s':>12s}{'new s':>7s}{'speed-up':>9s}{'CPU: old s':>12s}{'new s':>7s}{'speed-up':>9s}"
+          f"{'max |metric diff|':>19s}")
     for which in COMMANDS:
-        old, new = (statistics.median(seconds[which, t]) for t in ("old", "new"))
+        (old, old_cpu), (new, new_cpu) = ((statistics.median(x) for x in zip(*seconds[which, t])) for t in ("old", "new"))
         ref, got = found[which, "old"], found[which, "new"]
         if ref.keys() != got.keys():
             sys.exit(f"{which}: the reports hold different metrics: {sorted(ref)} vs {sorted(got)}")
         diff = max(abs(ref[k] - got[k]) for k in ref)
-        print(f"{which:20s}{old:9.2f}{new:9.2f}{old / new:9.1f}x{diff:19.2g}")
+        print(f"{which:20s}{old:12.2f}{new:7.2f}{old / new:8.1f}x{old_cpu:12.2f}{new_cpu:7.2f}{old_cpu / new_cpu:8.1f}x"
+              f"{diff:19.2g}")
         for k in ref:
             print(f"    {k:28s} old {ref[k]:.9g}  new {got[k]:.9g}")
     return 0

@@ -92,6 +92,18 @@ def test_clipping_at_the_graph_input_is_blamed_on_the_input(mnist, files):
     assert f"**input** ({QDQ_INPUT_OP}, output `input_dequantized`): {src.db_lost:.1f} dB lost" in md
 
 
+def test_per_layer_passes_within_the_memory_budget_agree_with_one_pass(mnist, files):
+    """A budget of one byte puts every tensor in its own pass: the rows are those of the single pass."""
+    args = (mnist[0], [files / "clipped_input.onnx", files / "int8.onnx"], files / "eval.npz")
+    one = compare(*args, _opts())
+    split = compare(*args, _opts(memory_budget=1))
+    for a, b in zip(one.candidates, split.candidates):
+        assert [r.tensor for r in a.layers] == [r.tensor for r in b.layers] and len(a.layers) == 11
+        for r, q in zip(a.layers, b.layers):
+            assert (q.snr_db, q.db_lost) == pytest.approx((r.snr_db, r.db_lost), abs=1e-9), r.tensor
+        assert a.outputs == b.outputs
+
+
 def test_no_checks_requested_is_no_verdict(mnist, files, tmp_path):
     result = compare(mnist[0], [files / "int8.onnx"], files / "eval.npz", _opts(per_layer=False))
     assert result.passed is None and result.candidates[0].passed is None and result.candidates[0].checks == []

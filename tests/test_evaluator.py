@@ -96,6 +96,12 @@ def test_a_candidate_missing_an_output_is_a_clear_error(mnist, digits, tmp_path)
         evaluator.evaluate(_renamed(mnist[0]))
     with pytest.raises(TrtptqError, match="does not exist"), Evaluator(mnist[0], digits) as evaluator:
         evaluator.evaluate(tmp_path / "nope.engine")
+    flat = _renamed(mnist[0])  # logits flattened to one axis: same name, another shape
+    flat.graph.node.append(onnx.helper.make_node("Flatten", ["scores"], ["logits"], axis=0))
+    flat.graph.output[0].name = "logits"
+    with pytest.raises(TrtptqError, match=r"output logits has shape \(1, 640\), the reference's \(64, 10\)"), \
+            Evaluator(mnist[0], digits) as evaluator:
+        evaluator.evaluate(flat, "flat")
 
 
 def _renamed(path):

@@ -213,6 +213,10 @@ class Evaluator:
         top1 = np.zeros(2, np.int64)  # reference, candidate: samples whose top class is the label
         for batch, reference, outputs in self.pairs(candidate, name):
             for output, s in stats.items():
+                if np.shape(outputs[output]) != np.shape(reference[output]):
+                    raise TrtptqError(f"candidate {name or _name(candidate)}: output {output} has shape "
+                                      f"{np.shape(outputs[output])}, the reference's {np.shape(reference[output])} "
+                                      f"(batch from {batch.origin}).")
                 s.update(reference[output], outputs[output], keep_errors=keep_errors)
             labelled = labelled and np.ndim(reference[first]) == 2
             if labelled:
