@@ -6,6 +6,7 @@ and the CLI, the demo and the scripts call these functions.
 
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
 from dataclasses import asdict, dataclass, field, replace
@@ -19,14 +20,20 @@ from trtptq.calibrators import METHODS, Calibrator
 from trtptq.core import fileio
 from trtptq.core import model as model_io
 from trtptq.core.errors import TrtptqError
-from trtptq.core.precision import write_plan
+from trtptq.data import Holdout, ImageOptions, input_specs, open_source
 from trtptq.engine.build import BuildOptions, BuildReport, build_engine
 from trtptq.engine.calibration import passes_for
-from trtptq.evaluation.compare import CompareOptions, CompareResult, compare
+from trtptq.evaluation.compare import CHECKABLE, CompareOptions, CompareResult, compare
+from trtptq.evaluation.evaluator import Evaluator
 from trtptq.evaluation.report import calibration_histograms, write_report
-from trtptq.quantization.graph import export_graph, import_graph
-from trtptq.quantization.method import choose_method, score_methods
-from trtptq.quantization.qdq import Plan, QuantizeOptions, insert_qdq, plan
+from trtptq.quantization.fallback import Fallback, fall_back
+from trtptq.quantization.graph import import_graph
+from trtptq.quantization.method import choose_method
+from trtptq.quantization.qdq import Plan, QuantizeOptions, plan, quantized_model
+from trtptq.quantization.sensitivity import Sensitivity, SensitivityOptions, analyze
+
+logger = logging.getLogger(__name__)
+HOLDOUT_EVERY = 5  # without evaluation data, 1 calibration sample in 5 is held out to evaluate on
 
 
 @dataclass
@@ -45,12 +52,39 @@ class Int8:
 
 
 @dataclass
+class Evaluation:
+    """Where sensitivity and `--target` measure: evaluation data (None: held out from the calibration data)."""
+
+    data: object = None
+    batch_size: int | None = None  # None: the model's fixed batch, else 64
+    num_samples: int | None = None
+    image: ImageOptions = field(default_factory=ImageOptions)
+    sensitivity: SensitivityOptions = field(default_factory=SensitivityOptions)
+
+
+@dataclass
+class Target(Evaluation):
+    """`quantize --target`: keep the most sensitive layers in float until every metric reaches its minimum."""
+
+    metrics: dict[str, float] = field(default_factory=dict)  # e.g. {"cosine": 0.99}, as compare --fail-below
+
+    def __post_init__(self) -> None:
+        if not self.metrics:
+            raise TrtptqError("--target needs at least one METRIC=MIN, e.g. --target cosine=0.99")
+        unknown = set(self.metrics) - set(CHECKABLE)
+        if unknown:
+            raise TrtptqError(f"--target {', '.join(sorted(unknown))}: not a metric; use one of {', '.join(CHECKABLE)}")
+
+
+@dataclass
 class QuantizeResult:
     model: onnx.ModelProto
     ranges: Ranges
     plan: Plan
     stats: CollectStats | None
     calibrators: dict[str, Calibrator] = field(default_factory=dict)  # empty when ranges were given
+    fallback: Fallback | None = None  # with a target: what the search kept in float
+    sensitivity: Sensitivity | None = None  # with a target the INT8 model missed: the ranking it searched
 
 
 def _load(model: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.ModelProto, str]:
@@ -73,15 +107,18 @@ def _qopts_dict(q: QuantizeOptions) -> dict:
 
 def _calibrate(proto: onnx.ModelProto, name: str, placement: Plan, data, options: CalibrationOptions,
                extra: dict) -> tuple[Ranges, Calibration]:
-    """Calibrate the plan's activations; for method "auto", score every method's ranges and keep the best."""
+    """Calibrate the plan's activations; for method "auto", every method's ranges and their per-tensor mix are
+    scored against FP32 and the best kept."""
     calibration = calibrate_tensors(proto, list(placement.activations), data, options, passes_for(options), name)
     if options.method != AUTO:
         return calibration.ranges(extra=extra), calibration
     by_method = calibration.amax_by_method()
-    scores = (score_methods(proto, placement, by_method, calibration.batches, options.auto_samples)
-              if calibration.calibrators else {})
-    method = choose_method(scores)
-    return calibration.ranges(method, by_method[method], {**extra, "auto_snr_db": scores}), calibration
+    if not calibration.calibrators:
+        return calibration.ranges("minmax", by_method["minmax"], extra), calibration
+    choice = choose_method(proto, placement, by_method, calibration.batches, options.auto_samples,
+                           options.memory_budget, options.show_progress)
+    extra = {**extra, "auto_snr_db": choice.scores, "auto_methods": choice.per_tensor}
+    return calibration.ranges(choice.method, choice.amax, extra), calibration
 
 
 def calibrate(model: onnx.ModelProto | str | os.PathLike, data, options: CalibrationOptions | None = None,
@@ -93,11 +130,19 @@ def calibrate(model: onnx.ModelProto | str | os.PathLike, data, options: Calibra
 
 
 def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Ranges | str | os.PathLike | None = None,
-             options: QuantizeOptions | None = None, calibration: CalibrationOptions | None = None) -> QuantizeResult:
-    """The explicit-INT8 (Q/DQ) model; ranges come from `ranges` or are calibrated on `data`."""
+             options: QuantizeOptions | None = None, calibration: CalibrationOptions | None = None,
+             target: Target | None = None) -> QuantizeResult:
+    """The explicit-INT8 (Q/DQ) model; ranges come from `ranges` or are calibrated on `data`.
+
+    With `target`, the layers that hurt most stay in float until every target
+    metric holds on the evaluation data (see `quantization.fallback`).
+    """
     qopts = options or QuantizeOptions()
-    proto, name, graph, placement = prepare(model, qopts)
+    proto, name, _, placement = prepare(model, qopts)
     stats, calibs = None, {}
+    eval_data = None
+    if target is not None:
+        data, eval_data = _evaluation_split(proto, data, target)
     if ranges is not None:
         ranges = ranges if isinstance(ranges, Ranges) else Ranges.load(ranges)
     elif data is not None:
@@ -106,12 +151,56 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
         stats, calibs = done.stats, done.calibrators
     else:
         raise TrtptqError("quantize needs calibration data or a ranges file")
-    return QuantizeResult(_qdq_model(proto, graph, placement, ranges), ranges, placement, stats, calibs)
+    if target is None:
+        return QuantizeResult(_qdq_model(proto, placement, ranges), ranges, placement, stats, calibs)
+    show = (calibration or CalibrationOptions()).show_progress
+    with Evaluator(proto, eval_data, batch_size=target.batch_size, num_samples=target.num_samples,
+                   image=target.image, show_progress=show) as evaluator:
+        found, sensitivity = fall_back(
+            proto, placement, ranges.amax, evaluator, target.metrics,
+            lambda: _sensitivity(proto, placement, ranges, eval_data, target, name), show)
+    ranges = replace(ranges, options={**ranges.options, "fallback": found.to_dict()})
+    return QuantizeResult(_qdq_model(proto, found.plan, ranges), ranges, found.plan, stats, calibs, found, sensitivity)
 
 
-def _qdq_model(proto: onnx.ModelProto, graph, placement: Plan, ranges: Ranges) -> onnx.ModelProto:
+def _evaluation_split(proto: onnx.ModelProto, data, evaluation: Evaluation) -> tuple[object, object]:
+    """(calibration data, evaluation data): the evaluation's own, or 1 in HOLDOUT_EVERY samples held out."""
+    if evaluation.data is not None or data is None:
+        return data, evaluation.data if evaluation.data is not None else data
+    specs = input_specs(proto)
+    source = open_source(data, specs, evaluation.image)
+    logger.warning("no --eval-data: 1 in %d calibration samples is held out to evaluate on (not calibrated on)",
+                   HOLDOUT_EVERY)
+    return Holdout(source, specs, HOLDOUT_EVERY, held=False), Holdout(source, specs, HOLDOUT_EVERY, held=True)
+
+
+def _sensitivity(proto: onnx.ModelProto, placement: Plan, ranges: Ranges, eval_data, evaluation: Evaluation,
+                 name: str) -> Sensitivity:
+    """Rank the INT8 layers on the first `evaluation.sensitivity.samples` evaluation samples."""
+    opts = evaluation.sensitivity
+    with Evaluator(proto, eval_data, batch_size=evaluation.batch_size, num_samples=opts.samples,
+                   image=evaluation.image) as evaluator:
+        return analyze(proto, placement, ranges.amax, evaluator, opts, pathlib.Path(name).name)
+
+
+def sensitivity(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Ranges | str | os.PathLike | None = None,
+                options: QuantizeOptions | None = None, calibration: CalibrationOptions | None = None,
+                evaluation: Evaluation | None = None) -> tuple[Sensitivity, QuantizeResult]:
+    """Quantize (from `data` or `ranges`), then rank every INT8 layer by the damage it does (`trtptq sensitivity`)."""
+    evaluation = evaluation or Evaluation()
+    proto, *_ = prepare(model)
+    data, eval_data = _evaluation_split(model_io.ensure_opset(proto), data, evaluation)
+    if eval_data is None:
+        raise TrtptqError("sensitivity needs data to measure on: --eval-data or --data")
+    result = quantize(model, data, ranges, options, calibration)
+    name = str(model) if not isinstance(model, onnx.ModelProto) else model.graph.name
+    fp32 = model_io.ensure_opset(_load(model)[0])
+    return _sensitivity(fp32, result.plan, result.ranges, eval_data, evaluation, name), result
+
+
+def _qdq_model(proto: onnx.ModelProto, placement: Plan, ranges: Ranges) -> onnx.ModelProto:
     """The Q/DQ model for `ranges`, with its precision plan, checked."""
-    qdq = write_plan(export_graph(insert_qdq(graph, placement, ranges.amax), proto), placement.precision)
+    qdq = quantized_model(proto, placement, ranges.amax)
     model_io.check(qdq, "the quantized model")
     return qdq
 
@@ -131,7 +220,7 @@ def quantize_each_method(model: onnx.ModelProto | str | os.PathLike, data, metho
     results = {}
     for method in methods:
         ranges = done.ranges(method, by_method[method], {"quantize": _qopts_dict(qopts)})
-        qdq = _qdq_model(proto, import_graph(proto), placement, ranges)  # insertion edits the graph: one per model
+        qdq = _qdq_model(proto, placement, ranges)
         results[method] = QuantizeResult(qdq, ranges, placement, done.stats, done.calibrators)
     return results
 

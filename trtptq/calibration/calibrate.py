@@ -106,7 +106,7 @@ class Calibration:
             tensors={t: TensorRange(amax[t], c.minimum, c.maximum, c.count) for t, c in self.calibrators.items()},
             model=pathlib.Path(self.model_name).name,
             num_samples=self.stats.samples,
-            trt_algorithm=CALIBRATORS[method].trt_algorithm,
+            trt_algorithm=CALIBRATORS[method].trt_algorithm if method in CALIBRATORS else CALIBRATORS["entropy"].trt_algorithm,
         )
 
 

@@ -1,6 +1,6 @@
 """Stage 0, data: where calibration and evaluation samples come from, and how they are batched."""
 
-from trtptq.data.batches import Batch, Batches
+from trtptq.data.batches import Batch, Batches, Holdout
 from trtptq.data.sources import (
     FolderSource,
     ImageFolderSource,
@@ -13,6 +13,6 @@ from trtptq.data.sources import (
 from trtptq.data.spec import LABEL_KEYS, Feed, InputSpec, Source, input_specs
 
 __all__ = [
-    "Batch", "Batches", "Feed", "FolderSource", "ImageFolderSource", "ImageOptions", "InputSpec", "IterableSource",
+    "Batch", "Batches", "Feed", "Holdout", "FolderSource", "ImageFolderSource", "ImageOptions", "InputSpec", "IterableSource",
     "LABEL_KEYS", "NpzSource", "ScriptSource", "Source", "input_specs", "open_source",
 ]

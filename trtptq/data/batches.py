@@ -106,6 +106,23 @@ class Batches:
         return out, labels, count or 0
 
 
+@dataclass
+class Holdout:
+    """One side of a source split by sample: every `every`-th sample is held out (`held=True` yields those, False
+    the rest). Deterministic, and fair to data sorted by label: both sides see every part of it."""
+
+    source: Source
+    specs: Sequence[InputSpec]
+    every: int
+    held: bool
+
+    def __call__(self) -> Iterator[Feed]:
+        for k, batch in enumerate(Batches(self.source, self.specs)):  # one sample each (or the model's fixed batch)
+            if (k % self.every == self.every - 1) == self.held:
+                labels = {} if batch.labels is None else {LABEL_KEYS[0]: batch.labels}
+                yield Feed({**batch.feed, **labels}, batch.origin)
+
+
 def _cast(a: np.ndarray, spec: InputSpec, origin: str) -> np.ndarray:
     if a.dtype == spec.dtype:
         return a

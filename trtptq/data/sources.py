@@ -223,4 +223,6 @@ def open_source(data, specs: Sequence[InputSpec], image_options: ImageOptions | 
 
 
 def _is_feed_source(fn) -> bool:
-    return isinstance(fn, (NpzSource, FolderSource, ImageFolderSource, ScriptSource, IterableSource))
+    from trtptq.data.batches import Holdout
+
+    return isinstance(fn, (NpzSource, FolderSource, ImageFolderSource, ScriptSource, IterableSource, Holdout))

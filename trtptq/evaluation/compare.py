@@ -105,17 +105,17 @@ class CompareResult:
         return all(verdicts) if verdicts else None
 
 
-def parse_thresholds(items: list[str]) -> dict[str, float]:
+def parse_thresholds(items: list[str], flag: str = "--fail-below") -> dict[str, float]:
     """['cosine=0.999', 'snr_db=20'] -> dict, with the metric names checked."""
     out = {}
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or name not in CHECKABLE:
-            raise TrtptqError(f"bad --fail-below {item!r}: use METRIC=VALUE with METRIC one of {', '.join(CHECKABLE)}")
+            raise TrtptqError(f"bad {flag} {item!r}: use METRIC=VALUE with METRIC one of {', '.join(CHECKABLE)}")
         try:
             out[name] = float(value)
         except ValueError:
-            raise TrtptqError(f"bad --fail-below {item!r}: {value!r} is not a number") from None
+            raise TrtptqError(f"bad {flag} {item!r}: {value!r} is not a number") from None
     return out
 
 
@@ -131,7 +131,7 @@ def compare(reference: str | os.PathLike, candidates: list[str | os.PathLike], d
         for path, model in loaded:
             check = _PolygraphyCheck(path.stem, opts.atol, opts.rtol) if opts.has_tolerances else None
             ev = evaluator.evaluate(path if model is None else model, path.stem, keep_errors=True, observe=check)
-            checks = _checks(ev.outputs, ev.accuracy, opts.fail_below)
+            checks = check_thresholds(ev.outputs, ev.accuracy, opts.fail_below)
             poly = None if check is None else check.passed
             passed = all(c["passed"] for c in checks) and poly is not False if opts.has_checks else None
             results.append(CandidateResult(path.stem, str(path), ev.outputs, [], ev.accuracy, checks, poly, passed,
@@ -259,12 +259,14 @@ def _rows(results: dict[str, dict], order: list[str], producers: dict, quantized
     return rows
 
 
-def _checks(outputs: dict[str, dict], accuracy, fail_below: dict[str, float]) -> list[dict]:
+def check_thresholds(outputs: dict[str, dict], accuracy, thresholds: dict[str, float],
+                     flag: str = "--fail-below") -> list[dict]:
+    """One check per (metric, output): its value, its threshold, passed."""
     checks = []
-    for metric, threshold in fail_below.items():
+    for metric, threshold in thresholds.items():
         if metric == "accuracy":
             if accuracy is None:
-                raise TrtptqError("--fail-below accuracy=... needs labels in the data (a 'labels' array) and a "
+                raise TrtptqError(f"{flag} accuracy=... needs labels in the data (a 'labels' array) and a "
                                   "(batch, classes) first output.")
             checks.append({"metric": metric, "output": "(task)", "value": accuracy["candidate"],
                            "threshold": threshold, "passed": accuracy["candidate"] >= threshold})
@@ -272,6 +274,6 @@ def _checks(outputs: dict[str, dict], accuracy, fail_below: dict[str, float]) ->
         found = [{"metric": metric, "output": name, "value": m[metric], "threshold": threshold,
                   "passed": m[metric] >= threshold} for name, m in outputs.items() if metric in m]
         if not found:
-            raise TrtptqError(f"--fail-below {metric}=...: no output has {metric} (top-k needs (batch, classes) outputs).")
+            raise TrtptqError(f"{flag} {metric}=...: no output has {metric} (top-k needs (batch, classes) outputs).")
         checks += found
     return checks

@@ -13,10 +13,11 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from trtptq.core import precision
@@ -25,7 +26,7 @@ from trtptq.core.int8 import INT8
 from trtptq.core.options import check_names
 from trtptq.core.precision import NodePrecision, PrecisionPlan
 from trtptq.plugins import is_plugin_op
-from trtptq.quantization.graph import replace_input
+from trtptq.quantization.graph import export_graph, import_graph, replace_input
 from trtptq.quantization.rules import RULES, OpRule, rule_key
 
 logger = logging.getLogger(__name__)
@@ -69,10 +70,33 @@ class Plan:
         """node -> why it stays in float."""
         return {name: p.reason for name, p in self.precision.nodes.items() if p.precision == precision.FP32}
 
+    @property
+    def int8_nodes(self) -> list[str]:
+        """The nodes that run in INT8, in graph order: the units sensitivity ranks and fallback keeps in float."""
+        return [name for name, p in self.precision.nodes.items() if p.precision == precision.INT8]
+
     def add_activation(self, tensor: str, node: str) -> None:
         consumers = self.activations.setdefault(tensor, [])
         if node not in consumers:
             consumers.append(node)
+
+    def without(self, kept: Mapping[str, str]) -> Plan:
+        """This plan with the `kept` nodes (name -> why) in float: their Q/DQ sites dropped, the others untouched.
+
+        A tensor shared with a node still in INT8 keeps its Q/DQ for that node,
+        so removing a layer never changes what its neighbours see.
+        """
+        activations = {t: rest for t, consumers in self.activations.items()
+                       if (rest := [c for c in consumers if c not in kept])}
+        nodes = {name: NodePrecision(p.op, precision.FP32, kept[name]) if name in kept else p
+                 for name, p in self.precision.nodes.items()}
+        return replace(self, activations=activations, weights=[w for w in self.weights if w.node not in kept],
+                       precision=replace(self.precision, nodes=nodes))
+
+    def only(self, nodes: Iterable[str], why: str = "not the layer measured") -> Plan:
+        """This plan with every INT8 node but `nodes` in float."""
+        keep = set(nodes)
+        return self.without({n: why for n in self.int8_nodes if n not in keep})
 
 
 def _is_float(t: gs.Tensor) -> bool:
@@ -166,8 +190,16 @@ def _similar(word: str, choices: list[str]) -> str:
     return f"; similar: {', '.join(close)}" if close else ""
 
 
-def insert_qdq(graph: gs.Graph, plan_: Plan, amax: dict[str, float]) -> gs.Graph:
-    """Write Q/DQ pairs for activations (from `amax`) and int8 weights + DQ, in place."""
+def quantized_model(model: onnx.ModelProto, plan_: Plan, amax: Mapping[str, float]) -> onnx.ModelProto:
+    """The Q/DQ model of `plan_` with `amax`, carrying its precision plan (a fresh graph each call: insertion edits it)."""
+    return precision.write_plan(export_graph(insert_qdq(import_graph(model), plan_, amax), model), plan_.precision)
+
+
+def insert_qdq(graph: gs.Graph, plan_: Plan, amax: Mapping[str, float], suffix: str = "") -> gs.Graph:
+    """Write Q/DQ pairs for activations (from `amax`) and int8 weights + DQ, in place.
+
+    `suffix` makes the new names unique when one graph takes several insertions (sensitivity's layer copies).
+    """
     missing = [t for t in plan_.activations if t not in amax]
     if missing:
         raise ModelError(f"no range for {len(missing)} tensor(s) to quantize (e.g. {', '.join(missing[:3])}); "
@@ -178,12 +210,13 @@ def insert_qdq(graph: gs.Graph, plan_: Plan, amax: dict[str, float]) -> gs.Graph
     for name, consumers in plan_.activations.items():
         t = tensors[name]
         scale = INT8.scale(amax[name])
-        q_out = gs.Variable(f"{name}_quantized", dtype=INT8.dtype, shape=t.shape)
-        dq_out = gs.Variable(f"{name}_dequantized", dtype=t.dtype or np.float32, shape=t.shape)
-        s_const = gs.Constant(f"{name}_scale", scale)
-        z_const = gs.Constant(f"{name}_zero_point", INT8.zero_point())
-        graph.nodes.append(gs.Node("QuantizeLinear", f"{name}_QuantizeLinear", inputs=[t, s_const, z_const], outputs=[q_out]))
-        graph.nodes.append(gs.Node("DequantizeLinear", f"{name}_DequantizeLinear", inputs=[q_out, s_const, z_const], outputs=[dq_out]))
+        base = f"{name}{suffix}"
+        q_out = gs.Variable(f"{base}_quantized", dtype=INT8.dtype, shape=t.shape)
+        dq_out = gs.Variable(f"{base}_dequantized", dtype=t.dtype or np.float32, shape=t.shape)
+        s_const = gs.Constant(f"{base}_scale", scale)
+        z_const = gs.Constant(f"{base}_zero_point", INT8.zero_point())
+        graph.nodes.append(gs.Node("QuantizeLinear", f"{base}_QuantizeLinear", inputs=[t, s_const, z_const], outputs=[q_out]))
+        graph.nodes.append(gs.Node("DequantizeLinear", f"{base}_DequantizeLinear", inputs=[q_out, s_const, z_const], outputs=[dq_out]))
         for c in consumers:
             replace_input(by_name[c], t, dq_out)
 
@@ -191,22 +224,23 @@ def insert_qdq(graph: gs.Graph, plan_: Plan, amax: dict[str, float]) -> gs.Graph
     for site in plan_.weights:
         key = (site.tensor, site.axis)
         if key not in done:
-            done[key] = _quantize_weight(graph, tensors[site.tensor], site.axis)
+            done[key] = _quantize_weight(graph, tensors[site.tensor], site.axis, suffix)
         replace_input(by_name[site.node], tensors[site.tensor], done[key])
     return graph.cleanup().toposort()
 
 
-def _quantize_weight(graph: gs.Graph, w: gs.Constant, axis: int | None) -> gs.Variable:
+def _quantize_weight(graph: gs.Graph, w: gs.Constant, axis: int | None, suffix: str = "") -> gs.Variable:
     """The weight stored as INT8 (per-tensor, or per channel on `axis`) behind a DequantizeLinear."""
     values = np.asarray(w.values, dtype=np.float32)
     others = tuple(d for d in range(values.ndim) if d != axis) if axis is not None else None
     scale = INT8.scale(np.abs(values).max(axis=others, initial=0.0))
     q = INT8.quantize(values, scale if axis is None else np.expand_dims(scale, others))
-    out = gs.Variable(f"{w.name}_dequantized", dtype=np.float32, shape=list(values.shape))
+    base = f"{w.name}{suffix}"
+    out = gs.Variable(f"{base}_dequantized", dtype=np.float32, shape=list(values.shape))
     attrs = {} if axis is None else {"axis": axis}
     graph.nodes.append(gs.Node(
-        "DequantizeLinear", f"{w.name}_DequantizeLinear", attrs=attrs,
-        inputs=[gs.Constant(f"{w.name}_quantized", q), gs.Constant(f"{w.name}_scale", scale),
-                gs.Constant(f"{w.name}_zero_point", INT8.zero_point(scale.shape))],
+        "DequantizeLinear", f"{base}_DequantizeLinear", attrs=attrs,
+        inputs=[gs.Constant(f"{base}_quantized", q), gs.Constant(f"{base}_scale", scale),
+                gs.Constant(f"{base}_zero_point", INT8.zero_point(scale.shape))],
         outputs=[out]))
     return out

@@ -1,0 +1,97 @@
+"""Per-layer sensitivity: how much INT8 hurts at each quantized layer, ranked, so the worst can stay in float.
+
+Three measures per INT8 layer (ONNX node), all against the cached FP32 outputs:
+- local: the layer's own output with INT8 inputs vs FP32, fed FP32 activations
+  (every layer in one run, `local.local_snr`);
+- alone: the model's output SNR with only that layer in INT8 (its damage,
+  with nothing else to blame);
+- gain: the output SNR won by keeping only that layer in float, all others INT8
+  (what a fallback of it buys in the real mix).
+The ranking is by damage alone (lowest SNR first): noise powers of separate
+layers roughly add, so the layers that do most damage alone are the ones a
+fallback should try first. Both full-model measures cost one evaluation per
+layer, on `samples` samples (the FP32 reference runs once).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+import onnx
+
+from trtptq.core.fileio import write_text
+from trtptq.core.log import progress
+from trtptq.core.options import check_count
+from trtptq.evaluation.evaluator import Evaluator
+from trtptq.quantization.local import local_snr
+from trtptq.quantization.qdq import Plan, quantized_model
+
+DEFAULT_SAMPLES = 64  # evaluation samples each single-layer variant runs on
+
+
+@dataclass
+class SensitivityOptions:
+    samples: int = DEFAULT_SAMPLES  # evaluation samples the per-layer variants run on
+    gain: bool = True  # also measure each layer's gain in float (one more evaluation per layer)
+    memory_budget: int = 2 * 2**30  # activation bytes per local-error pass
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_count("--sensitivity-samples", self.samples, "sample")
+
+
+@dataclass
+class LayerSensitivity:
+    node: str
+    op: str
+    local_snr_db: float  # the layer's output, INT8 inputs vs FP32, fed FP32 activations
+    alone_snr_db: float  # model output SNR with only this layer in INT8
+    gain_db: float | None  # model output SNR gained by keeping only this layer in float (None: not measured)
+
+
+@dataclass
+class Sensitivity:
+    """Every INT8 layer, most damaging first."""
+
+    model: str
+    int8_snr_db: float  # the whole INT8 model's mean output SNR on the same samples
+    num_samples: int
+    evaluations: int  # full-model evaluations it took (the FP32 reference not counted)
+    layers: list[LayerSensitivity] = field(default_factory=list)
+
+    @property
+    def ranking(self) -> list[str]:
+        return [layer.node for layer in self.layers]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def analyze(model: onnx.ModelProto, plan: Plan, amax: dict[str, float], evaluator: Evaluator,
+            options: SensitivityOptions | None = None, name: str = "") -> Sensitivity:
+    """Rank `plan`'s INT8 layers by the damage INT8 does there, measured on `evaluator`'s data."""
+    opts = options or SensitivityOptions()
+    nodes = plan.int8_nodes
+    local = local_snr(model, plan, {"int8": amax}, nodes, list(evaluator.batches()), opts.memory_budget,
+                      opts.show_progress)
+    evaluations = 1
+    full = evaluator.evaluate(quantized_model(model, plan, amax), "int8").mean_snr_db
+    layers = []
+    with progress(total=len(nodes), enabled=opts.show_progress, desc="layer sensitivity", unit="layer") as bar:
+        for node in nodes:
+            alone = evaluator.evaluate(quantized_model(model, plan.only([node]), amax), node).mean_snr_db
+            gain = None
+            if opts.gain:
+                kept = plan.without({node: "measured in float"})
+                gain = evaluator.evaluate(quantized_model(model, kept, amax), node).mean_snr_db - full
+            evaluations += 1 + opts.gain
+            layers.append(LayerSensitivity(node, plan.precision.nodes[node].op, round(local[node]["int8"], 3),
+                                           round(alone, 3), None if gain is None else round(gain, 3)))
+            bar.update(1)
+    layers.sort(key=lambda layer: (layer.alone_snr_db, -(layer.gain_db or 0.0), layer.local_snr_db))
+    return Sensitivity(name or model.graph.name, round(full, 3), evaluator.num_samples, evaluations, layers)
