@@ -60,6 +60,13 @@ def _add_cache_args(p: argparse.ArgumentParser) -> None:
                         "TensorRT <= 10, else 10.0.0)")
 
 
+def _add_sensitivity_args(p: argparse.ArgumentParser) -> None:
+    from trtptq.quantization.sensitivity import DEFAULT_SAMPLES
+
+    p.add_argument("--sensitivity-samples", type=int, default=DEFAULT_SAMPLES,
+                   help=f"evaluation samples each single-layer variant runs on (default {DEFAULT_SAMPLES})")
+
+
 def _add_backend_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=BACKENDS,
                    help="default: tensorrt if installed, else tensorrt_rtx (or $TRTPTQ_BACKEND)")
@@ -159,22 +166,45 @@ def _save_ranges(ranges, path: str | None, cache: str | None, cache_for: str | N
         print(f"TensorRT calibration cache ({header}) -> {cache}")
 
 
+def _evaluation(a: argparse.Namespace, cls, **extra):
+    from trtptq.quantization.sensitivity import SensitivityOptions
+
+    return cls(data=a.eval_data, image=_image_options(a), sensitivity=SensitivityOptions(
+        samples=a.sensitivity_samples, memory_budget=a.memory_budget, show_progress=not a.no_progress), **extra)
+
+
 def _cmd_quantize(a: argparse.Namespace) -> int:
     from trtptq.core import model as model_io
-    from trtptq.pipelines import quantize
+    from trtptq.pipelines import Target, quantize
 
     calibration, qopts = _calibration_options(a), _quantize_options(a)
+    target = None
+    if a.target:
+        from trtptq.evaluation.compare import parse_thresholds
+
+        target = _evaluation(a, Target, metrics=parse_thresholds(a.target, "--target"))
     _check_outputs(a.output, a.save_ranges, a.calibration_cache, a.report and pathlib.Path(a.report) / "report.html")
     if a.report and not (a.eval_data or a.data):
         raise TrtptqError("--report needs data to compare on: --eval-data (or --data)")
     if not a.data and not a.ranges:
         raise TrtptqError("quantize needs --data (to calibrate) or --ranges (from `trtptq calibrate`)")
-    result = quantize(a.model, data=a.data, ranges=_load_ranges(a.ranges), options=qopts, calibration=calibration)
+    if target and not (a.data or a.eval_data):
+        raise TrtptqError("--target needs data to measure on: --eval-data (or --data, part of it held out)")
+    result = quantize(a.model, data=a.data, ranges=_load_ranges(a.ranges), options=qopts, calibration=calibration,
+                      target=target)
     model_io.save(result.model, a.output)
     p = result.plan
     print(f"quantized {len(p.activations)} activations and {len(p.weights)} weights "
           f"({result.ranges.method}); {len(p.kept)} nodes kept in float -> {a.output}")
+    if result.fallback:
+        _print_fallback(result.fallback)
     _save_ranges(result.ranges, a.save_ranges, a.calibration_cache, a.cache_for)
+    if a.report and result.fallback:
+        from trtptq.evaluation.report import write_sensitivity_report
+
+        page = write_sensitivity_report(result.sensitivity and result.sensitivity.to_dict(), a.report,
+                                        result.fallback.to_dict())
+        print(f"fallback and sensitivity report -> {page}")
     if a.report:
         from trtptq.evaluation.compare import CompareOptions
         from trtptq.pipelines import report
@@ -184,6 +214,40 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
                                                  show_progress=not a.no_progress), result.calibrators)
         _print_comparison(comparison)
         print(f"report -> {page}")
+    return 1 if result.fallback and not result.fallback.met else 0
+
+
+def _print_fallback(found) -> None:
+    goal = " ".join(f"{m}={v:g}" for m, v in found.targets.items())
+    status = "met" if found.met else "NOT met even with every INT8 layer in float; wrote the best model found"
+    print(f"--target {goal}: {status}; {len(found.kept)} layer(s) kept in float, {found.evaluations} evaluations")
+    for metric, before in found.before.items():
+        print(f"  {metric}: INT8 {before:.6g} -> {found.after.get(metric, float('nan')):.6g}")
+    for node in found.kept:
+        print(f"  kept in float: {node}")
+
+
+def _cmd_sensitivity(a: argparse.Namespace) -> int:
+    from trtptq.evaluation.report import write_sensitivity_report
+    from trtptq.pipelines import Evaluation, sensitivity
+
+    calibration, qopts, evaluation = _calibration_options(a), _quantize_options(a), _evaluation(a, Evaluation)
+    _check_outputs(a.output, a.report and pathlib.Path(a.report) / "sensitivity.html")
+    if not a.data and not a.ranges:
+        raise TrtptqError("sensitivity needs --data (to calibrate) or --ranges (from `trtptq calibrate`)")
+    if not a.data and not a.eval_data:
+        raise TrtptqError("sensitivity needs data to measure on: --eval-data (or --data, part of it held out)")
+    ranked, result = sensitivity(a.model, a.data, _load_ranges(a.ranges), qopts, calibration, evaluation)
+    print(f"{len(ranked.layers)} INT8 layers ({result.ranges.method} ranges), {ranked.num_samples} samples, "
+          f"{ranked.evaluations} evaluations; whole INT8 model: {ranked.int8_snr_db:.1f} dB output SNR vs FP32")
+    print(f"  {'rank':>4s}  {'alone dB':>8s}  {'gain dB':>7s}  {'local dB':>8s}  node (op)")
+    for k, layer in enumerate(ranked.layers[:a.top], 1):
+        gain = "" if layer.gain_db is None else f"{layer.gain_db:+.2f}"
+        print(f"  {k:4d}  {layer.alone_snr_db:8.1f}  {gain:>7s}  {layer.local_snr_db:8.1f}  {layer.node} ({layer.op})")
+    ranked.save(a.output)
+    print(f"ranking -> {a.output}")
+    if a.report:
+        print(f"report -> {write_sensitivity_report(ranked.to_dict(), a.report)}")
     return 0
 
 
@@ -302,11 +366,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cache_args(p)
     p.add_argument("--report", help="compare the result with the FP32 model and write the report into this folder "
                                     "(in batches of --batch-size, default 64 or the model's fixed batch)")
-    p.add_argument("--eval-data", help="data for --report (default: the calibration data)")
+    p.add_argument("--eval-data", help="data for --report and --target (default: the calibration data; with --target, "
+                                       "1 in 5 of its samples held out)")
+    p.add_argument("--target", nargs="+", default=[], metavar="METRIC=MIN",
+                   help="accuracy budget on --eval-data, as compare --fail-below takes it (cosine, snr_db, "
+                        "top1_agreement, top5_agreement, accuracy): the most sensitive layers stay in float until every "
+                        "target holds; exit 1 if even all-float misses it")
+    _add_sensitivity_args(p)
     _add_backend_arg(p)
     _add_data_args(p)
     _add_quantize_args(p)
     p.set_defaults(func=_cmd_quantize)
+
+    p = sub.add_parser("sensitivity", help="rank every INT8 layer by the damage it does (for --exclude-nodes)")
+    p.add_argument("model", help="FP32 ONNX model")
+    p.add_argument("-o", "--output", default="sensitivity.json", help="ranking file (default sensitivity.json)")
+    p.add_argument("--ranges", help="ranges from `trtptq calibrate` instead of calibrating on --data")
+    p.add_argument("--eval-data", help="data to measure on (default: 1 in 5 samples of --data, held out)")
+    p.add_argument("--report", help="folder for sensitivity.{json,md,html}: the ranking as a chart and a table")
+    p.add_argument("--top", type=int, default=15, help="layers printed (default 15; the file has all)")
+    _add_sensitivity_args(p)
+    _add_backend_arg(p)
+    _add_data_args(p)
+    _add_quantize_args(p)
+    p.set_defaults(func=_cmd_sensitivity)
 
     p = sub.add_parser("build", help="build a TensorRT engine (FP32, Q/DQ INT8, FP16 mixed precision)")
     p.add_argument("model", help="ONNX model: FP32, or the Q/DQ model from `trtptq quantize`")

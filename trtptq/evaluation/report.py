@@ -187,23 +187,82 @@ def calibration_histograms(candidate, calibrators: dict, worst: int = 4, percent
 
 def write_report(result: CompareResult, out_dir: str | pathlib.Path, histograms: dict | None = None) -> pathlib.Path:
     """Write report.json, report.md (+ its PNGs) and a self-contained report.html into `out_dir`."""
-    out_dir = pathlib.Path(out_dir)
     figures = plots(result, histograms)
     names = [f"figure{k}.png" for k in range(len(figures))]
-    for name, (_, png) in zip(names, figures):
-        fileio.write_bytes(out_dir / name, png)
     md = markdown(result, [(t, n) for (t, _), n in zip(figures, names)])
+    return _write_page(pathlib.Path(out_dir), "report", "trtptq report", md, dict(zip(names, (p for _, p in figures))),
+                       to_dict(result))
+
+
+def _write_page(out_dir: pathlib.Path, stem: str, title: str, md: str, pngs: dict[str, bytes], data: dict) -> pathlib.Path:
+    """STEM.json, STEM.md with its PNGs beside it, and a self-contained STEM.html (PNGs inlined)."""
+    for name, png in pngs.items():
+        fileio.write_bytes(out_dir / name, png)
     body = _md_to_html(md)
-    for name, (_, png) in zip(names, figures):  # inlined after conversion: markdown need not scan the base64
+    for name, png in pngs.items():  # inlined after conversion: markdown need not scan the base64
         body = body.replace(f'src="{name}"', f'src="data:image/png;base64,{base64.b64encode(png).decode()}"')
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>trtptq report</title><style>"
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>"
             "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
             "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:3px 8px}"
             "th{background:#f3f3f3}img{max-width:100%}.pass{color:#176f2c}.fail{color:#b00020}"
             f"</style></head><body>{body}</body></html>")
-    fileio.write_text(out_dir / "report.json", json.dumps(to_dict(result), indent=1) + "\n")
-    fileio.write_text(out_dir / "report.md", md)
-    return fileio.write_text(out_dir / "report.html", page)
+    fileio.write_text(out_dir / f"{stem}.json", json.dumps(data, indent=1) + "\n")
+    fileio.write_text(out_dir / f"{stem}.md", md)
+    return fileio.write_text(out_dir / f"{stem}.html", page)
+
+
+def write_sensitivity_report(sensitivity: dict | None, out_dir: str | pathlib.Path,
+                             fallback: dict | None = None) -> pathlib.Path:
+    """sensitivity.{json,md,html}: the ranking as a chart and a table of the node names `--exclude-nodes` takes, and
+    what `--target` kept (both as dicts: `Sensitivity.to_dict()`, `Fallback.to_dict()`)."""
+    lines, pngs = ["# trtptq sensitivity", ""], {}
+    if fallback is not None:
+        goal = " ".join(f"{m}={v:g}" for m, v in fallback["targets"].items())
+        verdict_ = "met" if fallback["met"] else "NOT met, even with every INT8 layer in float (best model found kept)"
+        lines += [f"## Fallback to `--target {goal}`: {verdict_}", "",
+                  f"{len(fallback['kept'])} layer(s) kept in float, {fallback['evaluations']} evaluations.", "",
+                  "| metric | INT8 | after fallback |", "|---|---|---|"]
+        lines += [f"| {m} | {v:.6g} | {fallback['after'].get(m, float('nan')):.6g} |" for m, v in fallback["before"].items()]
+        lines += ["", "| kept in float | why |", "|---|---|"] + [f"| `{n}` | {w} |" for n, w in fallback["kept"].items()]
+        lines.append("")
+    if sensitivity is not None:
+        layers = sensitivity["layers"]
+        pngs["sensitivity.png"] = _sensitivity_chart(layers)
+        lines += ["## Layers, most damaging first", "",
+                  f"Model {sensitivity['model']}: whole INT8 model {sensitivity['int8_snr_db']:.1f} dB mean output SNR "
+                  f"vs FP32 on {sensitivity['num_samples']} samples; {sensitivity['evaluations']} evaluations. "
+                  "*alone*: output SNR with only this layer in INT8 (lower = more damage); *gain*: output SNR won by "
+                  "keeping only this layer in float; *local*: the layer's own output SNR with FP32 inputs.", "",
+                  "![sensitivity](sensitivity.png)", "",
+                  "| rank | node | op | alone (dB) | gain (dB) | local (dB) |", "|---|---|---|---|---|---|"]
+        lines += [f"| {k} | `{r['node']}` | {r['op']} | {r['alone_snr_db']:.1f} | {_signed(r['gain_db'])} | "
+                  f"{r['local_snr_db']:.1f} |" for k, r in enumerate(layers, 1)]
+        lines += ["", "Keep the top layers in float with `--exclude-nodes NAME ...`, or let `--target` choose."]
+    return _write_page(pathlib.Path(out_dir), "sensitivity", "trtptq sensitivity", "\n".join(lines) + "\n", pngs,
+                       {"sensitivity": sensitivity, "fallback": fallback})
+
+
+def _signed(v: float | None) -> str:
+    return "" if v is None else f"{v:+.2f}"
+
+
+def _sensitivity_chart(layers: list[dict], top: int = 30) -> bytes:
+    """Horizontal bars: each of the `top` most damaging layers' output SNR alone in INT8, and its gain in float."""
+    shown = layers[:top]
+    fig, ax = _figure(9, 1.2 + 0.28 * len(shown))
+    y = np.arange(len(shown))
+    ax.barh(y - 0.2, [r["alone_snr_db"] for r in shown], height=0.4, color="#c0392b",
+            label="output SNR, only this layer INT8 (dB)")
+    if any(r["gain_db"] is not None for r in shown):
+        ax.barh(y + 0.2, [r["gain_db"] or 0.0 for r in shown], height=0.4, color="#2874a6",
+                label="SNR gained keeping it in float (dB)")
+    ax.set_yticks(y, [f"{r['node']} ({r['op']})" for r in shown], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("dB")
+    ax.set_title(f"Layer sensitivity, most damaging first ({len(shown)} of {len(layers)})")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    return _png(fig)
 
 
 def _md_to_html(md: str) -> str:
