@@ -50,8 +50,9 @@ def test_mnist_auto_method_avoids_entropys_loss(mnist, mnist_eval):
     result = quantize(path, data=[{"input": images[:256]}], calibration=_opts("auto"))
     scores = result.ranges.options["auto_snr_db"]
     assert set(scores) == {"minmax", "percentile", "entropy", "mse", "per-tensor"}
-    assert result.ranges.method == max(scores, key=scores.get) != "entropy"
-    assert scores["entropy"] < scores[result.ranges.method] - 10
+    scored = {m: db for m, db in scores.items() if db is not None}
+    assert result.ranges.method == max(scored, key=scored.get) != "entropy"
+    assert scores["entropy"] is None  # 40 dB worse in the layers' local errors: not worth an evaluation
     # the mix never takes entropy's clipped range for the input, where it costs most
     assert result.ranges.options["auto_methods"]["input"] != "entropy"
     if result.ranges.method != "per-tensor":

@@ -37,9 +37,9 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                                   "images, or a .py file defining load_data() (or file.py:function)")
     g.add_argument("--batch-size", type=int, help="samples per batch (default 1, or the model's fixed batch)")
     g.add_argument("--num-samples", type=int, help="use at most this many samples")
-    g.add_argument("--method", choices=(*METHODS, "auto"), default="entropy",
-                   help="range method (default: entropy); auto: collect once, quantize with each method's ranges "
-                        "and keep the one whose outputs are closest to FP32 (mean SNR)")
+    g.add_argument("--method", choices=(*METHODS, "auto"), default="auto",
+                   help="range method (default: auto: collect once, try each method's ranges and their per-tensor mix, "
+                        "keep the one whose outputs are closest to FP32); entropy is TensorRT's")
     g.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default 99.99)")
     g.add_argument("--num-bins", type=int, default=2048, help="histogram bins, a power of two (default 2048)")
     g.add_argument("--memory-budget", type=_size, default="2G",
@@ -157,7 +157,8 @@ def _save_ranges(ranges, path: str | None, cache: str | None, cache_for: str | N
     scores = ranges.options.get("auto_snr_db")
     if scores:
         print(f"--method auto kept {ranges.method}; output SNR vs FP32: "
-              + ", ".join(f"{m} {db:.1f} dB" for m, db in scores.items()))
+              + ", ".join(f"{m} {'not scored (10 dB worse locally)' if db is None else f'{db:.1f} dB'}"
+                          for m, db in scores.items()))
     if path:
         ranges.save(path)
         print(f"{len(ranges.tensors)} tensor ranges ({ranges.method}, {ranges.num_samples} samples) -> {path}")

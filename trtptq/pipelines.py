@@ -33,6 +33,7 @@ from trtptq.quantization.qdq import Plan, QuantizeOptions, plan, quantized_model
 from trtptq.quantization.sensitivity import Sensitivity, SensitivityOptions, analyze
 
 logger = logging.getLogger(__name__)
+LOW_SNR_DB = 20.0  # mean output SNR below which --method auto tells the user to check accuracy (cosine ~0.995)
 HOLDOUT_EVERY = 5  # without evaluation data, 1 calibration sample in 5 is held out to evaluate on
 
 
@@ -118,6 +119,11 @@ def _calibrate(proto: onnx.ModelProto, name: str, placement: Plan, data, options
     choice = choose_method(proto, placement, by_method, calibration.batches, options.auto_samples,
                            options.memory_budget, options.show_progress)
     extra = {**extra, "auto_snr_db": choice.scores, "auto_methods": choice.per_tensor}
+    if choice.scores[choice.method] < LOW_SNR_DB:
+        logger.warning("the best INT8 ranges (%s) leave the outputs %.1f dB from FP32 on %d calibration samples: check "
+                       "task accuracy with --report --eval-data, and if it dropped, keep the most sensitive layers in "
+                       "float with --target (e.g. --target cosine=0.995)", choice.method, choice.scores[choice.method],
+                       min(options.auto_samples, calibration.stats.samples))
     return calibration.ranges(choice.method, choice.amax, extra), calibration
 
 

@@ -34,7 +34,7 @@ MIN_NUM_BINS, MAX_NUM_BINS = 256, 16384
 class CalibrationOptions:
     """How ranges are chosen and how the data is fed."""
 
-    method: str = "entropy"  # minmax | percentile | entropy | mse | auto
+    method: str = AUTO  # minmax | percentile | entropy | mse | auto (the safe default: never the worst method)
     percentile: float = 99.99
     num_bins: int = 2048
     batch_size: int | None = None  # None: 1, or the model's fixed batch
@@ -45,7 +45,7 @@ class CalibrationOptions:
     providers: tuple[str, ...] | None = None  # ONNX Runtime's, for runner="onnxruntime"
     runner: str = "onnxruntime"  # or "tensorrt": an FP32 engine on the GPU, through pycuda buffers
     backend: str | None = None  # the TensorRT for runner="tensorrt" (None: auto)
-    auto_samples: int = 256  # method="auto": calibration samples the candidates are scored on
+    auto_samples: int = 32  # method="auto": calibration samples the candidates are scored on
     show_progress: bool = True
 
     def __post_init__(self) -> None:

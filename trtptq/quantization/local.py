@@ -10,7 +10,7 @@ every candidate range in one pass (more where `memory_budget` splits it).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -19,7 +19,7 @@ import onnx_graphsurgeon as gs
 from trtptq.calibration.passes import plan_passes
 from trtptq.core.log import progress
 from trtptq.data import Batch
-from trtptq.evaluation.metrics import ErrorStats
+from trtptq.evaluation.metrics import snr_db
 from trtptq.quantization.graph import export_graph, import_graph
 from trtptq.quantization.qdq import Plan, WeightSite, insert_qdq
 from trtptq.runtime.ort import OrtRunner
@@ -36,7 +36,8 @@ def local_snr(model: onnx.ModelProto, plan: Plan, amax_sets: Mapping[str, Mappin
     budget = max(1, memory_budget // (1 + len(amax_sets)))
     groups = plan_passes(model, list(outputs.values()), batches[0].feed, budget) if batches else []
     producer = {t: name for name, t in outputs.items()}
-    stats = {name: {key: ErrorStats(detailed=False) for key in amax_sets} for name in nodes}
+    signal = dict.fromkeys(nodes, 0.0)
+    errors = {name: dict.fromkeys(amax_sets, 0.0) for name in nodes}
     with progress(total=len(groups) * len(batches), enabled=show_progress, desc="local errors", unit="batch") as bar:
         for group in groups:
             members = [producer[t] for t in group]
@@ -45,10 +46,13 @@ def local_snr(model: onnx.ModelProto, plan: Plan, amax_sets: Mapping[str, Mappin
                 for batch in batches:
                     got = runner.run(batch.feed)
                     for name in members:
+                        ref = got[outputs[name]].ravel()
+                        signal[name] += float(np.dot(ref, ref))
                         for key, copy in copies[name].items():
-                            stats[name][key].update(got[outputs[name]], got[copy])
+                            diff = got[copy].ravel() - ref
+                            errors[name][key] += float(np.dot(diff, diff))
                     bar.update(1)
-    return {name: {key: s.result()["snr_db"] for key, s in per.items()} for name, per in stats.items()}
+    return {name: {key: snr_db(signal[name], e) for key, e in per.items()} for name, per in errors.items()}
 
 
 def _with_copies(model: onnx.ModelProto, plan: Plan, amax_sets: Mapping[str, Mapping[str, float]],
@@ -75,6 +79,21 @@ def _with_copies(model: onnx.ModelProto, plan: Plan, amax_sets: Mapping[str, Map
             copies[name][key] = twin.outputs[0].name
         insert_qdq(graph, sites, amax, suffix=f"__local{k}")
     return copies, export_graph(graph, model)
+
+
+def small_batches(batches: Iterable[Batch], samples: int, size: int = 4) -> list[Batch]:
+    """The first `samples` samples in batches of `size`: every layer's output and its copies are held per batch,
+    so small batches keep the whole probe in one pass where big ones would split it into many runs."""
+    out, taken = [], 0
+    for batch in batches:
+        for start in range(0, batch.size, size):
+            n = min(size, batch.size - start, samples - taken)
+            if n <= 0:
+                return out
+            labels = None if batch.labels is None else batch.labels[start:start + n]
+            out.append(Batch({k: v[start:start + n] for k, v in batch.feed.items()}, labels, n, batch.origin))
+            taken += n
+    return out
 
 
 def noise(snr_db: float) -> float:

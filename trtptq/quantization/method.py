@@ -4,7 +4,9 @@ Each quantized tensor takes the method whose range gives its consumer layers
 the least local error (`local.local_snr`: all layers, all methods, one run).
 That per-tensor mix and each single method's ranges are then scored on the
 model's outputs against FP32, and the best is kept, so auto is never worse
-than the best single method on the scoring samples.
+than the best single method on the scoring samples. A candidate whose layers'
+local noise adds up to HOPELESS times the best candidate's (10 dB worse) is
+not scored: that is where the time would go, and it cannot win.
 """
 
 from __future__ import annotations
@@ -15,17 +17,19 @@ import onnx
 
 from trtptq.data import Batches
 from trtptq.evaluation.evaluator import Evaluator
-from trtptq.quantization.local import local_snr, noise
+from trtptq.quantization.local import local_snr, noise, small_batches
 from trtptq.quantization.qdq import Plan, quantized_model
 
 PER_TENSOR = "per-tensor"  # the candidate whose every tensor has its own method
+HOPELESS = 10.0  # a candidate whose layers' summed local noise is this many times the best's is not scored
+LOCAL_SAMPLES = 16  # samples the local errors are measured on: per-element statistics over whole layers settle fast
 
 
 @dataclass
 class MethodChoice:
     method: str  # a method name, or PER_TENSOR
     amax: dict[str, float]
-    scores: dict[str, float]  # candidate -> mean output SNR (dB) vs FP32
+    scores: dict[str, float | None]  # candidate -> mean output SNR (dB) vs FP32; None: hopeless, not scored
     per_tensor: dict[str, str]  # tensor -> the method the per-tensor candidate gave it
 
 
@@ -46,14 +50,21 @@ def choose_method(model: onnx.ModelProto, plan: Plan, by_method: dict[str, dict[
     methods = list(by_method)
     limit = min(samples, batches.num_samples or samples)
     with Evaluator(model, batches.source, num_samples=limit) as evaluator:
-        local = local_snr(model, plan, by_method, plan.int8_nodes, list(evaluator.batches()), memory_budget,
-                          show_progress)
+        local = local_snr(model, plan, by_method, plan.int8_nodes,
+                          small_batches(evaluator.batches(), LOCAL_SAMPLES), memory_budget, show_progress)
         chosen = per_tensor_methods(local, plan, methods)
         candidates = {**by_method, PER_TENSOR: {t: by_method[m][t] for t, m in chosen.items()}}
-        scores: dict[str, float] = {}
+        predicted = {m: sum(noise(per[m]) for per in local.values()) for m in methods}
+        floor = min(predicted.values())
+        scores: dict[str, float | None] = {}
         for name, amax in candidates.items():
             same = next((other for other in scores if candidates[other] == amax), None)
-            scores[name] = scores[same] if same else round(
-                evaluator.evaluate(quantized_model(model, plan, amax), name).mean_snr_db, 3)
-    best = max(scores, key=scores.get)  # dict order breaks ties: a single method before the mix
+            if same is not None:
+                scores[name] = scores[same]
+            elif name == PER_TENSOR or predicted[name] <= HOPELESS * floor:
+                scores[name] = round(evaluator.evaluate(quantized_model(model, plan, amax), name).mean_snr_db, 3)
+            else:
+                scores[name] = None  # hopeless: not scored
+    scored = {name: db for name, db in scores.items() if db is not None}
+    best = max(scored, key=scored.get)  # dict order breaks ties: a single method before the mix
     return MethodChoice(best, candidates[best], scores, chosen)

@@ -25,7 +25,7 @@ from trtptq.core.fileio import write_text
 from trtptq.core.log import progress
 from trtptq.core.options import check_count
 from trtptq.evaluation.evaluator import Evaluator
-from trtptq.quantization.local import local_snr
+from trtptq.quantization.local import local_snr, small_batches
 from trtptq.quantization.qdq import Plan, quantized_model
 
 DEFAULT_SAMPLES = 64  # evaluation samples each single-layer variant runs on
@@ -77,8 +77,8 @@ def analyze(model: onnx.ModelProto, plan: Plan, amax: dict[str, float], evaluato
     """Rank `plan`'s INT8 layers by the damage INT8 does there, measured on `evaluator`'s data."""
     opts = options or SensitivityOptions()
     nodes = plan.int8_nodes
-    local = local_snr(model, plan, {"int8": amax}, nodes, list(evaluator.batches()), opts.memory_budget,
-                      opts.show_progress)
+    local = local_snr(model, plan, {"int8": amax}, nodes, small_batches(evaluator.batches(), opts.samples),
+                      opts.memory_budget, opts.show_progress)
     evaluations = 1
     full = evaluator.evaluate(quantized_model(model, plan, amax), "int8").mean_snr_db
     layers = []
