@@ -25,15 +25,16 @@ CONTRIB_DOMAIN = "ai.onnx.contrib"  # onnxruntime-extensions' domain for Python 
 _REGISTERED: dict[tuple, str] = {}  # (reference, attributes, input and output types) -> registered op name
 
 
+def registered(plugins: Plugins, domain: str | None, op_type: str) -> PluginOp | None:
+    """The plugin implementing a node: for plugin-domain ops, and ops ONNX does not define (EfficientNMS_TRT
+    exported in the default domain); never for a standard ONNX op."""
+    plugin = plugins.find(domain, op_type)
+    return plugin if plugin is not None and (is_plugin_op(domain) or not onnx.defs.has(op_type, domain or "")) else None
+
+
 def plugin_nodes(model: onnx.ModelProto, plugins: Plugins) -> dict[int, PluginOp]:
-    """Node index -> plugin, for the nodes `plugins` implements: plugin-domain ops, and ops ONNX does not define
-    (EfficientNMS_TRT in the default domain)."""
-    found = {}
-    for k, node in enumerate(model.graph.node):
-        plugin = plugins.find(node.domain, node.op_type)
-        if plugin is not None and (is_plugin_op(node.domain) or not onnx.defs.has(node.op_type, node.domain)):
-            found[k] = plugin
-    return found
+    """Node index -> plugin, for the nodes of `model` that `plugins` implements."""
+    return {k: p for k, n in enumerate(model.graph.node) if (p := registered(plugins, n.domain, n.op_type)) is not None}
 
 
 def for_onnxruntime(model: onnx.ModelProto, plugins: Plugins) -> tuple[onnx.ModelProto, list[str]]:
