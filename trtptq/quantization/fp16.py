@@ -109,7 +109,29 @@ def to_fp16(model: onnx.ModelProto, keep_fp32: tuple[str, ...] = (), keep_sensit
             op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST), node_block_list=list(kept))
     except Exception as e:  # noqa: BLE001 - the converter raises plain errors for unsupported graphs
         raise ModelError(f"FP16 conversion failed: {e}") from None
+    _restore_kept_outputs(converted, model, set(kept))
     return FP16Result(write_plan(converted, plan), plan)
+
+
+def _restore_kept_outputs(converted: onnx.ModelProto, model: onnx.ModelProto, kept: set[str]) -> None:
+    """Graph outputs written by a kept node stay as it wrote them, in place.
+
+    The converter casts a kept node's graph outputs to FP16 even with
+    keep_io_types (EfficientNMS_TRT's boxes and scores came out FP16): the
+    Cast is dropped and the output's type restored.
+    """
+    types = {o.name: o.type.tensor_type.elem_type for o in model.graph.output}
+    producers = {o: n for n in converted.graph.node for o in n.output}
+    for out in converted.graph.output:
+        cast = producers.get(out.name)
+        if out.type.tensor_type.elem_type == types[out.name] or cast is None or cast.op_type != "Cast":
+            continue
+        source = producers.get(cast.input[0])
+        if source is None or source.name not in kept:
+            continue
+        source.output[list(source.output).index(cast.input[0])] = out.name
+        converted.graph.node.remove(cast)
+        out.type.tensor_type.elem_type = types[out.name]
 
 
 def _fp16_plan(model: onnx.ModelProto, before: PrecisionPlan, kept: dict[str, str],

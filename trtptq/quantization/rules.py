@@ -36,7 +36,6 @@ class OpRule:
     """
 
     inputs: tuple[int, ...]  # the inputs that take Q/DQ; absent optional inputs are skipped
-    outputs: tuple[int, ...] = ()  # outputs whose consumers read them through Q/DQ (a plugin writing INT8)
     weight_axis: WeightAxis | None = None  # constant inputs are weights, per channel on this axis; None: no weights
     weighted: bool = False  # a weighted layer: keep_first/keep_last count it, a non-float input keeps it in float
     switch: str | None = None  # the QuantizeOptions flag that turns the rule on (None: always on)
@@ -44,6 +43,7 @@ class OpRule:
     fuses_add: bool = False  # an Add reading this op's single-use output fuses into its epilogue (Conv)
     residual: bool = False  # quantize only the inputs that do not fuse into a `fuses_add` producer, if one does
     reason: str = "{op} inputs quantized"  # the precision plan's reason for the node's INT8 ({op}: its op type)
+    outputs: tuple[int, ...] = ()  # outputs whose consumers read them through Q/DQ (a plugin writing INT8)
 
 
 def _conv_axis(node: gs.Node, index: int, rank: int) -> int | None:
