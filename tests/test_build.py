@@ -11,7 +11,7 @@ from onnx import helper
 
 from trtptq.calibration.calibrate import CalibrationOptions
 from trtptq.core import model as model_io
-from trtptq.core.errors import ModelError, TrtptqError
+from trtptq.core.errors import TrtptqError
 from trtptq.core.precision import NodePrecision, read_plan
 from trtptq.core.trt import get_backend
 from trtptq.engine.build import BuildOptions, build_engine, parse_shapes
@@ -142,12 +142,12 @@ def test_compute_capability_targets(mnist, tmp_path):
         build_engine(mnist[0], tmp_path / "u.engine", _opts(compute_capabilities=("9.9",)))
 
 
-def test_parse_errors_name_the_node(tmp_path):
+def test_a_missing_plugin_is_named_before_parsing(tmp_path):
     graph = helper.make_graph([helper.make_node("NoSuchPlugin", ["x"], ["y"], name="mystery", domain="acme")], "g",
                               [float_input("x", [1, 4])], [float_input("y", [1, 4])])
     plugin = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("acme", 1)])
     onnx.save(plugin, tmp_path / "plugin.onnx")
-    with pytest.raises(ModelError, match=r"cannot parse .*plugin.onnx: node 'mystery' \(NoSuchPlugin\)"):
+    with pytest.raises(TrtptqError, match=r"has no plugin NoSuchPlugin \(version 1\) for node mystery of .*plugin.onnx"):
         build_engine(tmp_path / "plugin.onnx", tmp_path / "p.engine", _opts())
     assert not (tmp_path / "p.engine").exists()
 

@@ -192,7 +192,7 @@ def test_planning_reads_the_first_batch_once(tmp_path):
         "import pathlib\nimport numpy as np\n\ndef load_data():\n"
         f"    with open({str(counter)!r}, 'a') as f:\n        f.write('x')\n"
         "    yield {'input': np.random.default_rng(0).random((8, 1, 28, 28), np.float32)}\n")
-    r = trtptq("calibrate", MNIST_MODEL, "--data", "loader.py", "--batch-size", 4, "--memory-budget", "1",
+    r = trtptq("calibrate", MNIST_MODEL, "--data", "loader.py", "--batch-size", 4, "--memory-budget", "1", "--method", "minmax",
                "-o", "r.json", "--no-progress", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     ranges = json.loads((tmp_path / "r.json").read_text())

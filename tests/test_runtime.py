@@ -67,7 +67,7 @@ def test_a_node_without_an_ort_kernel_is_one_model_error(tmp_path):
     with pytest.raises(ModelError) as caught:
         session(model)
     message = str(caught.value)
-    assert "op Mystery (domain acme) at node secret_sauce" in message and "trtptq.plugins" in message
+    assert "op Mystery (domain acme) at node secret_sauce" in message and "--plugin FILE.py" in message
     assert "\n" not in message
     onnx.save(model, tmp_path / "m.onnx")
     with pytest.raises(ModelError, match=f"at node secret_sauce in {tmp_path / 'm.onnx'}"):

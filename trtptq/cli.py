@@ -37,9 +37,9 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                                   "images, or a .py file defining load_data() (or file.py:function)")
     g.add_argument("--batch-size", type=int, help="samples per batch (default 1, or the model's fixed batch)")
     g.add_argument("--num-samples", type=int, help="use at most this many samples")
-    g.add_argument("--method", choices=(*METHODS, "auto"), default="auto",
+    g.add_argument("--method", choices=(*METHODS, "auto"),
                    help="range method (default: auto: collect once, try each method's ranges and their per-tensor mix, "
-                        "keep the one whose outputs are closest to FP32); entropy is TensorRT's")
+                        "keep the one whose outputs are closest to FP32; with --implicit-int8: entropy, TensorRT's)")
     g.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default 99.99)")
     g.add_argument("--num-bins", type=int, default=2048, help="histogram bins, a power of two (default 2048)")
     g.add_argument("--memory-budget", type=_size, default="2G",
@@ -70,6 +70,19 @@ def _add_sensitivity_args(p: argparse.ArgumentParser) -> None:
 def _add_backend_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=BACKENDS,
                    help="default: tensorrt if installed, else tensorrt_rtx (or $TRTPTQ_BACKEND)")
+
+
+def _add_plugin_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                   help="a Python file whose PLUGINS list describes plugin ops (numpy reference or ONNX Runtime "
+                        "library, Q/DQ and FP16 rules, TensorRT library); repeatable. EfficientNMS_TRT is built in")
+
+
+def _plugins(a: argparse.Namespace):
+    """The built-in plugin ops plus those of every --plugin file, loaded before any model or data."""
+    from trtptq.core.scripts import load_plugins
+
+    return load_plugins(a.plugin)
 
 
 def _add_image_args(p: argparse.ArgumentParser) -> None:
@@ -109,7 +122,8 @@ def _calibration_options(a: argparse.Namespace):
     from trtptq.calibration.calibrate import CalibrationOptions
 
     image = _image_options(a)
-    return CalibrationOptions(method=a.method, percentile=a.percentile, num_bins=a.num_bins, batch_size=a.batch_size,
+    method = a.method or ("entropy" if getattr(a, "implicit_int8", False) else "auto")
+    return CalibrationOptions(method=method, percentile=a.percentile, num_bins=a.num_bins, batch_size=a.batch_size,
                               num_samples=a.num_samples, memory_budget=a.memory_budget, nonfinite=a.nonfinite,
                               image=image, runner=a.runner, backend=a.backend, show_progress=not a.no_progress)
 
@@ -142,11 +156,11 @@ def _load_ranges(path: str | None):
 def _cmd_calibrate(a: argparse.Namespace) -> int:
     from trtptq.pipelines import calibrate
 
-    calibration, qopts = _calibration_options(a), _quantize_options(a)
+    calibration, qopts, plugins = _calibration_options(a), _quantize_options(a), _plugins(a)
     _check_outputs(a.output, a.calibration_cache)
     if not a.data:
         raise TrtptqError("calibrate needs --data")
-    ranges = calibrate(a.model, a.data, calibration, qopts)
+    ranges = calibrate(a.model, a.data, calibration, qopts, plugins)
     _save_ranges(ranges, a.output, a.calibration_cache, a.cache_for)
     return 0
 
@@ -178,7 +192,7 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
     from trtptq.core import model as model_io
     from trtptq.pipelines import Target, quantize
 
-    calibration, qopts = _calibration_options(a), _quantize_options(a)
+    calibration, qopts, plugins = _calibration_options(a), _quantize_options(a), _plugins(a)
     target = None
     if a.target:
         from trtptq.evaluation.compare import parse_thresholds
@@ -192,7 +206,7 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
     if target and not (a.data or a.eval_data):
         raise TrtptqError("--target needs data to measure on: --eval-data (or --data, part of it held out)")
     result = quantize(a.model, data=a.data, ranges=_load_ranges(a.ranges), options=qopts, calibration=calibration,
-                      target=target)
+                      target=target, plugins=plugins)
     model_io.save(result.model, a.output)
     p = result.plan
     print(f"quantized {len(p.activations)} activations and {len(p.weights)} weights "
@@ -212,7 +226,7 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
 
         comparison, page = report(a.model, a.output, a.eval_data or a.data, a.report,
                                   CompareOptions(batch_size=a.batch_size, image=_image_options(a),
-                                                 show_progress=not a.no_progress), result.calibrators)
+                                                 show_progress=not a.no_progress), result.calibrators, plugins)
         _print_comparison(comparison)
         print(f"report -> {page}")
     return 1 if result.fallback and not result.fallback.met else 0
@@ -238,7 +252,8 @@ def _cmd_sensitivity(a: argparse.Namespace) -> int:
         raise TrtptqError("sensitivity needs --data (to calibrate) or --ranges (from `trtptq calibrate`)")
     if not a.data and not a.eval_data:
         raise TrtptqError("sensitivity needs data to measure on: --eval-data (or --data, part of it held out)")
-    ranked, result = sensitivity(a.model, a.data, _load_ranges(a.ranges), qopts, calibration, evaluation)
+    ranked, result = sensitivity(a.model, a.data, _load_ranges(a.ranges), qopts, calibration, evaluation,
+                                 _plugins(a))
     print(f"{len(ranked.layers)} INT8 layers ({result.ranges.method} ranges), {ranked.num_samples} samples, "
           f"{ranked.evaluations} evaluations; whole INT8 model: {ranked.int8_snr_db:.1f} dB output SNR vs FP32")
     print(f"  {'rank':>4s}  {'alone dB':>8s}  {'gain dB':>7s}  {'local dB':>8s}  node (op)")
@@ -282,7 +297,7 @@ def _cmd_compare(a: argparse.Namespace) -> int:
     opts = CompareOptions(batch_size=a.batch_size, num_samples=a.num_samples, per_layer=not a.no_per_layer,
                           fail_below=parse_thresholds(a.fail_below), atol=a.atol, rtol=a.rtol, image=_image_options(a),
                           show_progress=not a.no_progress)
-    result = compare(a.reference, a.candidates, a.data, opts)
+    result = compare(a.reference, a.candidates, a.data, opts, _plugins(a))
     _print_comparison(result)
     if a.report:
         print(f"report -> {write_report(result, a.report)}")
@@ -314,7 +329,7 @@ def _cmd_build(a: argparse.Namespace) -> int:
 
     if a.int8 and a.implicit_int8:
         raise TrtptqError("--int8 (Q/DQ) and --implicit-int8 (TensorRT <= 10 calibrates) exclude each other.")
-    calibration, qopts = _calibration_options(a), _quantize_options(a)
+    calibration, qopts, plugins = _calibration_options(a), _quantize_options(a), _plugins(a)
     implicit = ImplicitInt8(data=a.data, calibration=calibration, cache=a.calibration_cache) if a.implicit_int8 else None
     opts = BuildOptions(backend=a.backend, fp16=a.fp16, keep_fp32=tuple(a.keep_fp32),
                         profiles=[parse_shapes(s) for s in a.shapes], workspace=a.workspace,
@@ -326,7 +341,8 @@ def _cmd_build(a: argparse.Namespace) -> int:
     _check_outputs(a.output, f"{a.output}.json", qdq_model, a.fp16 and f"{a.output}.fp16.onnx", a.timing_cache,
                    a.implicit_int8 and a.calibration_cache)
     int8 = Int8(a.data, _load_ranges(a.ranges), qopts, calibration, qdq_model) if a.int8 else None
-    report = build(a.model, a.output, opts, check_data=a.data if a.fp16 and not a.implicit_int8 else None, int8=int8)
+    report = build(a.model, a.output, opts, check_data=a.data if a.fp16 and not a.implicit_int8 else None, int8=int8,
+                   plugins=plugins)
     if int8:
         print(f"Q/DQ model -> {qdq_model}")
     print(f"engine ({report.backend} {report.backend_version}, {report.build_seconds:.1f} s, "
@@ -357,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_arg(p)
     _add_data_args(p)
     _add_quantize_args(p)
+    _add_plugin_arg(p)
     p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("quantize", help="write the explicit INT8 (Q/DQ) model")
@@ -377,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_arg(p)
     _add_data_args(p)
     _add_quantize_args(p)
+    _add_plugin_arg(p)
     p.set_defaults(func=_cmd_quantize)
 
     p = sub.add_parser("sensitivity", help="rank every INT8 layer by the damage it does (for --exclude-nodes)")
@@ -387,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", help="folder for sensitivity.{json,md,html}: the ranking as a chart and a table")
     p.add_argument("--top", type=int, default=15, help="layers printed (default 15; the file has all)")
     _add_sensitivity_args(p)
+    _add_plugin_arg(p)
     _add_backend_arg(p)
     _add_data_args(p)
     _add_quantize_args(p)
@@ -404,7 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimization-level", type=int, choices=range(6), help="builder optimization level 0-5")
     p.add_argument("--no-tf32", action="store_true", help="FP32 layers in full FP32 precision (TensorRT allows TF32)")
     p.add_argument("--timing-cache", help="timing cache file: read if present, written after the build")
-    p.add_argument("--plugins", nargs="+", default=[], metavar="LIB", help="TensorRT plugin libraries to load")
+    p.add_argument("--plugins", nargs="+", default=[], metavar="LIB",
+                   help="TensorRT plugin libraries to load (a --plugin file's trt_library is loaded too)")
     p.add_argument("--compute-capability", nargs="+", default=[], metavar="CC",
                    help="TensorRT-RTX target GPUs, e.g. 7.5 8.6 8.9 12.0 (default: RTX's portable set)")
     p.add_argument("--verbose", action="store_true", help="TensorRT's verbose log")
@@ -419,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-cache", help="with --implicit-int8: read if present, else written")
     _add_data_args(p)
     _add_quantize_args(p)
+    _add_plugin_arg(p)
     p.set_defaults(func=_cmd_build)
 
     p = sub.add_parser("compare", help="compare quantized models with the FP32 baseline; exit 1 if a check fails")
@@ -435,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-per-layer", action="store_true", help="outputs only (faster)")
     p.add_argument("--no-progress", action="store_true")
     _add_image_args(p)
+    _add_plugin_arg(p)
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("demo", help="quantize a pretrained MNIST CNN on real digits and compare accuracy")

@@ -1,7 +1,9 @@
 """The pipelines that chain stages, in one place: calibrate -> quantize (-> FP16) -> build (-> check).
 
 Stages never call each other upward; whatever needs two of them lives here,
-and the CLI, the demo and the scripts call these functions.
+and the CLI, the demo and the scripts call these functions. `plugins` (the
+built-in plugin ops, plus a user's: `trtptq.core.scripts.load_plugins`) reaches
+every stage that runs, quantizes, converts or builds the model.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from trtptq.engine.calibration import passes_for
 from trtptq.evaluation.compare import CHECKABLE, CompareOptions, CompareResult, compare
 from trtptq.evaluation.evaluator import Evaluator
 from trtptq.evaluation.report import calibration_histograms, write_report
+from trtptq.plugins import BUILTIN, Plugins
 from trtptq.quantization.fallback import Fallback, fall_back
 from trtptq.quantization.graph import import_graph
 from trtptq.quantization.method import choose_method
 from trtptq.quantization.qdq import Plan, QuantizeOptions, plan, quantized_model
+from trtptq.quantization.rules import plugin_rules, with_rules
 from trtptq.quantization.sensitivity import Sensitivity, SensitivityOptions, analyze
 
 logger = logging.getLogger(__name__)
@@ -94,12 +98,13 @@ def _load(model: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.ModelProto, 
     return model_io.load(model), str(model)
 
 
-def prepare(model: onnx.ModelProto | str | os.PathLike, options: QuantizeOptions | None = None):
-    """Load (opset >= 13), import once and place Q/DQ: (model, name, graph, plan)."""
+def prepare(model: onnx.ModelProto | str | os.PathLike, options: QuantizeOptions | None = None,
+            plugins: Plugins = BUILTIN):
+    """Load (opset >= 13), import once and place Q/DQ (plugin ops by their rules): (model, name, graph, plan)."""
     proto, name = _load(model)
     proto = model_io.ensure_opset(proto)
     graph = import_graph(proto)
-    return proto, name, graph, plan(graph, options or QuantizeOptions())
+    return proto, name, graph, plan(graph, options or QuantizeOptions(), with_rules(plugin_rules(graph, plugins)))
 
 
 def _qopts_dict(q: QuantizeOptions) -> dict:
@@ -107,17 +112,18 @@ def _qopts_dict(q: QuantizeOptions) -> dict:
 
 
 def _calibrate(proto: onnx.ModelProto, name: str, placement: Plan, data, options: CalibrationOptions,
-               extra: dict) -> tuple[Ranges, Calibration]:
+               extra: dict, plugins: Plugins) -> tuple[Ranges, Calibration]:
     """Calibrate the plan's activations; for method "auto", every method's ranges and their per-tensor mix are
     scored against FP32 and the best kept."""
-    calibration = calibrate_tensors(proto, list(placement.activations), data, options, passes_for(options), name)
+    calibration = calibrate_tensors(proto, list(placement.activations), data, options, passes_for(options), name,
+                                    plugins)
     if options.method != AUTO:
         return calibration.ranges(extra=extra), calibration
     by_method = calibration.amax_by_method()
     if not calibration.calibrators:
         return calibration.ranges("minmax", by_method["minmax"], extra), calibration
     choice = choose_method(proto, placement, by_method, calibration.batches, options.auto_samples,
-                           options.memory_budget, options.show_progress)
+                           options.memory_budget, options.show_progress, plugins)
     extra = {**extra, "auto_snr_db": choice.scores, "auto_methods": choice.per_tensor}
     if choice.scores[choice.method] < LOW_SNR_DB:
         logger.warning("the best INT8 ranges (%s) leave the outputs %.1f dB from FP32 on %d calibration samples: check "
@@ -128,23 +134,24 @@ def _calibrate(proto: onnx.ModelProto, name: str, placement: Plan, data, options
 
 
 def calibrate(model: onnx.ModelProto | str | os.PathLike, data, options: CalibrationOptions | None = None,
-              quantize_options: QuantizeOptions | None = None) -> Ranges:
+              quantize_options: QuantizeOptions | None = None, plugins: Plugins = BUILTIN) -> Ranges:
     """Ranges for every tensor the quantizer will put Q/DQ on (chosen by `quantize_options`)."""
     qopts = quantize_options or QuantizeOptions()
-    proto, name, _, placement = prepare(model, qopts)
-    return _calibrate(proto, name, placement, data, options or CalibrationOptions(), {"quantize": _qopts_dict(qopts)})[0]
+    proto, name, _, placement = prepare(model, qopts, plugins)
+    return _calibrate(proto, name, placement, data, options or CalibrationOptions(), {"quantize": _qopts_dict(qopts)},
+                      plugins)[0]
 
 
 def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Ranges | str | os.PathLike | None = None,
              options: QuantizeOptions | None = None, calibration: CalibrationOptions | None = None,
-             target: Target | None = None) -> QuantizeResult:
+             target: Target | None = None, plugins: Plugins = BUILTIN) -> QuantizeResult:
     """The explicit-INT8 (Q/DQ) model; ranges come from `ranges` or are calibrated on `data`.
 
     With `target`, the layers that hurt most stay in float until every target
     metric holds on the evaluation data (see `quantization.fallback`).
     """
     qopts = options or QuantizeOptions()
-    proto, name, _, placement = prepare(model, qopts)
+    proto, name, _, placement = prepare(model, qopts, plugins)
     stats, calibs = None, {}
     eval_data = None
     if target is not None:
@@ -153,7 +160,7 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
         ranges = ranges if isinstance(ranges, Ranges) else Ranges.load(ranges)
     elif data is not None:
         ranges, done = _calibrate(proto, name, placement, data, calibration or CalibrationOptions(),
-                                  {"quantize": _qopts_dict(qopts)})
+                                  {"quantize": _qopts_dict(qopts)}, plugins)
         stats, calibs = done.stats, done.calibrators
     else:
         raise TrtptqError("quantize needs calibration data or a ranges file")
@@ -161,10 +168,10 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
         return QuantizeResult(_qdq_model(proto, placement, ranges), ranges, placement, stats, calibs)
     show = (calibration or CalibrationOptions()).show_progress
     with Evaluator(proto, eval_data, batch_size=target.batch_size, num_samples=target.num_samples,
-                   image=target.image, show_progress=show) as evaluator:
+                   image=target.image, show_progress=show, plugins=plugins) as evaluator:
         found, sensitivity = fall_back(
             proto, placement, ranges.amax, evaluator, target.metrics,
-            lambda: _sensitivity(proto, placement, ranges, eval_data, target, name), show)
+            lambda: _sensitivity(proto, placement, ranges, eval_data, target, name, plugins), show)
     ranges = replace(ranges, options={**ranges.options, "fallback": found.to_dict()})
     return QuantizeResult(_qdq_model(proto, found.plan, ranges), ranges, found.plan, stats, calibs, found, sensitivity)
 
@@ -181,27 +188,26 @@ def _evaluation_split(proto: onnx.ModelProto, data, evaluation: Evaluation) -> t
 
 
 def _sensitivity(proto: onnx.ModelProto, placement: Plan, ranges: Ranges, eval_data, evaluation: Evaluation,
-                 name: str) -> Sensitivity:
+                 name: str, plugins: Plugins) -> Sensitivity:
     """Rank the INT8 layers on the first `evaluation.sensitivity.samples` evaluation samples."""
     opts = evaluation.sensitivity
     with Evaluator(proto, eval_data, batch_size=evaluation.batch_size, num_samples=opts.samples,
-                   image=evaluation.image) as evaluator:
+                   image=evaluation.image, plugins=plugins) as evaluator:
         return analyze(proto, placement, ranges.amax, evaluator, opts, pathlib.Path(name).name)
 
 
 def sensitivity(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Ranges | str | os.PathLike | None = None,
                 options: QuantizeOptions | None = None, calibration: CalibrationOptions | None = None,
-                evaluation: Evaluation | None = None) -> tuple[Sensitivity, QuantizeResult]:
+                evaluation: Evaluation | None = None, plugins: Plugins = BUILTIN) -> tuple[Sensitivity, QuantizeResult]:
     """Quantize (from `data` or `ranges`), then rank every INT8 layer by the damage it does (`trtptq sensitivity`)."""
     evaluation = evaluation or Evaluation()
-    proto, *_ = prepare(model)
-    data, eval_data = _evaluation_split(model_io.ensure_opset(proto), data, evaluation)
+    proto, name = _load(model)
+    proto = model_io.ensure_opset(proto)
+    data, eval_data = _evaluation_split(proto, data, evaluation)
     if eval_data is None:
         raise TrtptqError("sensitivity needs data to measure on: --eval-data or --data")
-    result = quantize(model, data, ranges, options, calibration)
-    name = str(model) if not isinstance(model, onnx.ModelProto) else model.graph.name
-    fp32 = model_io.ensure_opset(_load(model)[0])
-    return _sensitivity(fp32, result.plan, result.ranges, eval_data, evaluation, name), result
+    result = quantize(proto, data, ranges, options, calibration, plugins=plugins)
+    return _sensitivity(proto, result.plan, result.ranges, eval_data, evaluation, name, plugins), result
 
 
 def _qdq_model(proto: onnx.ModelProto, placement: Plan, ranges: Ranges) -> onnx.ModelProto:
@@ -213,15 +219,16 @@ def _qdq_model(proto: onnx.ModelProto, placement: Plan, ranges: Ranges) -> onnx.
 
 def quantize_each_method(model: onnx.ModelProto | str | os.PathLike, data, methods=METHODS,
                          options: QuantizeOptions | None = None,
-                         calibration: CalibrationOptions | None = None) -> dict[str, QuantizeResult]:
+                         calibration: CalibrationOptions | None = None,
+                         plugins: Plugins = BUILTIN) -> dict[str, QuantizeResult]:
     """A Q/DQ model per range method from ONE histogram collection (what --method auto scores), side by side.
 
     Every result carries the histogram calibrators, so a report can draw each method's threshold on them.
     """
     qopts = options or QuantizeOptions()
-    proto, name, _, placement = prepare(model, qopts)
+    proto, name, _, placement = prepare(model, qopts, plugins)
     options = replace(calibration or CalibrationOptions(), method=AUTO)
-    done = calibrate_tensors(proto, list(placement.activations), data, options, passes_for(options), name)
+    done = calibrate_tensors(proto, list(placement.activations), data, options, passes_for(options), name, plugins)
     by_method = done.amax_by_method()
     results = {}
     for method in methods:
@@ -233,22 +240,25 @@ def quantize_each_method(model: onnx.ModelProto | str | os.PathLike, data, metho
 
 def report(reference: str | os.PathLike, candidate: str | os.PathLike, data, out_dir: str | os.PathLike,
            options: CompareOptions | None = None,
-           calibrators: dict[str, Calibrator] | None = None) -> tuple[CompareResult, pathlib.Path]:
+           calibrators: dict[str, Calibrator] | None = None,
+           plugins: Plugins = BUILTIN) -> tuple[CompareResult, pathlib.Path]:
     """Compare a quantized model with its FP32 reference and write the report (its report.html is returned), with
     the calibration histograms of the layers that lose most when `calibrators` holds histograms."""
-    result = compare(reference, [candidate], data, options)
+    result = compare(reference, [candidate], data, options, plugins)
     histograms = calibration_histograms(result.candidates[0], calibrators or {})
     return result, write_report(result, out_dir, histograms)
 
 
 def build(model_path: str | os.PathLike, output: str | os.PathLike, options: BuildOptions | None = None,
-          check_data=None, check_samples: int = 64, int8: Int8 | None = None) -> BuildReport:
+          check_data=None, check_samples: int = 64, int8: Int8 | None = None,
+          plugins: Plugins = BUILTIN) -> BuildReport:
     """Build an engine; for strongly typed TensorRT with `fp16`, convert the ONNX to FP16 first (quantize stage).
 
     With `int8`, the model is quantized first (OUTPUT.int8.onnx, or `int8.onnx_output`).
     The FP16 model is written beside the engine (OUTPUT.fp16.onnx). With
     `check_data`, it is compared with its FP32 source in ONNX Runtime and the
-    result goes into the build report.
+    result goes into the build report. `plugins`' TensorRT libraries are loaded
+    for the build, and every plugin node is checked against TensorRT's registry first.
     """
     from trtptq.core.trt import get_backend
 
@@ -259,20 +269,20 @@ def build(model_path: str | os.PathLike, output: str | os.PathLike, options: Bui
     if int8 is not None:
         onnx_output = int8.onnx_output or output.with_name(output.name + ".int8.onnx")
         fileio.check_writable(onnx_output)
-        result = quantize(model_path, int8.data, int8.ranges, int8.options, int8.calibration)
+        result = quantize(model_path, int8.data, int8.ranges, int8.options, int8.calibration, plugins=plugins)
         model_path = model_io.save(result.model, onnx_output)
     source, check = pathlib.Path(model_path), None
     if opts.fp16 and backend.strongly_typed_only:
         from trtptq.quantization.fp16 import to_fp16
 
-        converted = to_fp16(model_io.load(model_path), opts.keep_fp32)
+        converted = to_fp16(model_io.load(model_path), opts.keep_fp32, plugins=plugins)
         source = model_io.save(converted.model, output.with_name(output.name + ".fp16.onnx"))
         if check_data is not None:
             from trtptq.evaluation.evaluator import Evaluator
 
-            with Evaluator(model_path, check_data, num_samples=check_samples) as evaluator:
+            with Evaluator(model_path, check_data, num_samples=check_samples, plugins=plugins) as evaluator:
                 check = evaluator.evaluate(source).outputs
-    report = build_engine(source, output, opts)  # the report reads the precision plan from `source`
+    report = build_engine(source, output, opts, plugins)  # the report reads the precision plan from `source`
     if source != pathlib.Path(model_path):
         report.fp16_check = check
         report.onnx_bytes = pathlib.Path(model_path).stat().st_size

@@ -20,6 +20,7 @@ from trtptq.calibrators import CALIBRATORS, METHODS, Calibrator, amax_by_method,
 from trtptq.core.options import check_choice, check_count, option_error
 from trtptq.core.trt import RUNNERS
 from trtptq.data import Batches, ImageOptions, input_specs, open_source
+from trtptq.plugins import BUILTIN, Plugins
 
 #: (FP32 model, batches) -> a context giving the OpenPass that runs it; default: ONNX Runtime.
 Passes = Callable[[onnx.ModelProto, Batches], contextlib.AbstractContextManager[OpenPass]]
@@ -111,11 +112,12 @@ class Calibration:
 
 
 def calibrate_tensors(model: onnx.ModelProto, tensors, data, options: CalibrationOptions | None = None,
-                      passes: Passes | None = None, model_name: str = "") -> Calibration:
+                      passes: Passes | None = None, model_name: str = "", plugins: Plugins = BUILTIN) -> Calibration:
     """Run the FP32 `model` over `data` and fold each named tensor into its calibrator.
 
     Method "auto" collects one histogram per tensor, from which every method's
-    threshold is read; choosing among them is the quantize stage's job.
+    threshold is read; choosing among them is the quantize stage's job. Plugin
+    nodes run in ONNX Runtime through `plugins` (a TensorRT runner has them in its engine).
     """
     options = options or CalibrationOptions()
     specs = input_specs(model)
@@ -126,5 +128,5 @@ def calibrate_tensors(model: onnx.ModelProto, tensors, data, options: Calibratio
         return Calibration(calibs, CollectStats(0, 0, 0), batches, options, model_name or model.graph.name)
     with (passes(model, batches) if passes else contextlib.nullcontext(None)) as open_pass:
         stats = collect(model, batches, calibs, options.memory_budget, options.nonfinite, options.providers,
-                        options.show_progress, open_pass)
+                        options.show_progress, open_pass, plugins)
     return Calibration(calibs, stats, batches, options, model_name or model.graph.name)

@@ -28,6 +28,7 @@ from trtptq.calibrators import Calibrator, NonFiniteError
 from trtptq.core.errors import DataError
 from trtptq.core.log import progress
 from trtptq.data import Batches
+from trtptq.plugins import BUILTIN, Plugins
 from trtptq.runtime.ort import session
 
 logger = logging.getLogger(__name__)
@@ -47,12 +48,12 @@ class CollectStats:
 def collect(model: onnx.ModelProto, batches: Batches, calibrators: dict[str, Calibrator],
             memory_budget: int = DEFAULT_MEMORY_BUDGET, nonfinite: str = "error",
             providers: Sequence[str] | None = None, show_progress: bool = True,
-            open_pass: OpenPass | None = None) -> CollectStats:
+            open_pass: OpenPass | None = None, plugins: Plugins = BUILTIN) -> CollectStats:
     """Fold every batch's value of each named tensor into `calibrators[name]`, in place.
 
     `nonfinite`: "error" stops at the first NaN/Inf naming the tensor and data;
     "ignore" warns once per tensor and calibrates on the finite values.
-    `open_pass`: what runs the model (default: ONNX Runtime with `providers`);
+    `open_pass`: what runs the model (default: ONNX Runtime with `providers`, plugin nodes run by `plugins`);
     `memory_budget` bounds the activations of one pass, whatever runs it.
     """
     if nonfinite not in ("error", "ignore"):
@@ -61,7 +62,7 @@ def collect(model: onnx.ModelProto, batches: Batches, calibrators: dict[str, Cal
     groups = plan_passes(model, list(calibrators), next(iter(batches)).feed, memory_budget)
     warned: set[str] = set()
     total_batches = samples = 0
-    open_pass = open_pass or ort_passes(model, providers)
+    open_pass = open_pass or ort_passes(model, providers, plugins)
     # One pool for the run, shut down at its end: histogram binning of large tensors spreads over the cores.
     with (ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="trtptq-calib") as pool,
           progress(desc="calibrating", unit="batch", enabled=show_progress) as bar):
@@ -87,12 +88,12 @@ def collect(model: onnx.ModelProto, batches: Batches, calibrators: dict[str, Cal
     return CollectStats(passes=len(groups), batches=total_batches, samples=samples)
 
 
-def ort_passes(model: onnx.ModelProto, providers: Sequence[str] | None):
+def ort_passes(model: onnx.ModelProto, providers: Sequence[str] | None, plugins: Plugins = BUILTIN):
     """ONNX Runtime runs each pass: the model with the pass's tensors as its outputs."""
 
     @contextlib.contextmanager
     def open_pass(group: list[str]) -> Iterator[PassRun]:
-        sess = session(with_outputs(model, group), providers=providers, many_outputs=True)
+        sess = session(with_outputs(model, group), providers=providers, many_outputs=True, plugins=plugins)
         yield lambda feed: sess.run(group, feed)
 
     return open_pass

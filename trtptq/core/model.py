@@ -33,8 +33,23 @@ def load(path: str | os.PathLike, load_external_data: bool = True) -> onnx.Model
     return model
 
 
+PLUGIN_CHECK_DOMAIN = "trtptq.plugin"
+
+
 def check(model: onnx.ModelProto, what: str) -> None:
-    """onnx.checker on a model of any size (big ones are checked through a temp file)."""
+    """onnx.checker on a model of any size (big ones are checked through a temp file).
+
+    Ops ONNX does not define in its default domain are TensorRT plugins (exporters write EfficientNMS_TRT
+    there; TensorRT finds plugins by op type): the checker sees them in a custom domain, as it would any plugin.
+    """
+    plugins = [k for k, n in enumerate(model.graph.node) if not n.domain and not onnx.defs.has(n.op_type)]
+    if plugins:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        for k in plugins:
+            copy.graph.node[k].domain = PLUGIN_CHECK_DOMAIN
+        copy.opset_import.append(onnx.helper.make_opsetid(PLUGIN_CHECK_DOMAIN, 1))
+        model = copy
     try:
         if model.ByteSize() < PROTOBUF_LIMIT:
             onnx.checker.check_model(model)

@@ -7,17 +7,16 @@ the file.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pathlib
 import re
-import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from trtptq.core.errors import DataError
+from trtptq.core.scripts import import_script, one_line, where
 from trtptq.data.spec import Feed, InputSpec, Source
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif"}
@@ -124,13 +123,7 @@ class ScriptSource:
     func: str = "load_data"
 
     def __call__(self) -> Iterator[Feed]:
-        spec = importlib.util.spec_from_file_location(f"_trtptq_data_{self.path.stem}", self.path)
-        module = importlib.util.module_from_spec(spec)
-        try:
-            spec.loader.exec_module(module)
-        except Exception as e:
-            raise DataError(f"data script {self._where(e)} failed to import: {_one_line(e)}. "
-                            "Fix the script or what it imports.") from e
+        module = import_script(self.path, DataError, "data script")
         fn = getattr(module, self.func, None)
         if not callable(fn):
             raise DataError(f"data script {self.path} defines no function {self.func}(); "
@@ -146,16 +139,8 @@ class ScriptSource:
         try:
             yield from fn()
         except Exception as e:
-            raise DataError(f"data script {self._where(e)}: {self.func}() raised {_one_line(e)}. Fix the script; "
+            raise DataError(f"data script {where(self.path, e)}: {self.func}() raised {one_line(e)}. Fix the script; "
                             f"{self.func}() must yield dicts of input name -> array.") from e
-
-    def _where(self, e: Exception) -> str:
-        """`path:line` of the innermost frame of `e` in the script itself (a SyntaxError carries its own line)."""
-        script = os.path.realpath(self.path)
-        if isinstance(e, SyntaxError) and e.filename and os.path.realpath(e.filename) == script:
-            return f"{self.path}:{e.lineno}"
-        lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if os.path.realpath(f.filename) == script]
-        return f"{self.path}:{lines[-1]}" if lines else str(self.path)
 
 
 @dataclass
@@ -168,10 +153,6 @@ class IterableSource:
         items = self.data() if callable(self.data) else self.data
         for k, item in enumerate(items):
             yield Feed({n: np.asarray(v) for n, v in item.items()}, f"data item {k}")
-
-
-def _one_line(e: Exception) -> str:
-    return f"{type(e).__name__}: {' '.join(str(e).split())}"
 
 
 def _read_array_file(path: pathlib.Path, default_name: str | None) -> dict[str, np.ndarray]:

@@ -29,6 +29,8 @@ from trtptq.core.log import progress
 from trtptq.core.options import check_count, check_names, option_error
 from trtptq.core.precision import NodePrecision, read_plan
 from trtptq.core.trt import Backend, get_backend
+from trtptq.plugins import BUILTIN, Plugins, is_plugin_op
+from trtptq.runtime.plugins import attributes, registered
 
 logger = logging.getLogger(__name__)
 
@@ -167,8 +169,12 @@ class _Progress:
 
 
 def build_engine(model_path: str | os.PathLike, output: str | os.PathLike,
-                 options: BuildOptions | None = None) -> BuildReport:
-    """Build `model_path` into a serialized engine at `output` (+ `output`.json report), atomically."""
+                 options: BuildOptions | None = None, plugins: Plugins = BUILTIN) -> BuildReport:
+    """Build `model_path` into a serialized engine at `output` (+ `output`.json report), atomically.
+
+    The plugin libraries of `options` and of `plugins` are loaded first, and every plugin node of the model
+    must then have a creator in TensorRT's plugin registry (else one line saying which is missing).
+    """
     from trtptq.core.version import __version__
 
     opts = options or BuildOptions()
@@ -187,7 +193,8 @@ def build_engine(model_path: str | os.PathLike, output: str | os.PathLike,
         trt = backend.trt
         trt_logger = backend.logger(opts.log_level)
         builder = trt.Builder(trt_logger)
-        _load_plugins(backend, builder, opts.plugins)
+        _load_plugins(backend, builder, (*opts.plugins, *plugins.trt_libraries))
+        check_plugins(backend, proto, plugins, model_path, trt_logger)
         network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
                                          if backend.needs_explicit_batch_flag else 0)
         parser = trt.OnnxParser(network, trt_logger)
@@ -242,6 +249,28 @@ def _load_plugins(backend: Backend, builder, libraries) -> None:
             raise TrtptqError(f"plugin library {lib} does not exist.")
         if registry.load_library(str(lib)) is None:
             raise TrtptqError(f"TensorRT could not load plugin library {lib} (built for another TensorRT?).")
+
+
+def check_plugins(backend: Backend, proto, plugins: Plugins, path, trt_logger) -> None:
+    """Every plugin node has a creator in the backend's plugin registry, looked up as TensorRT's ONNX parser does
+    (op type, the node's plugin_version, its plugin_namespace or domain); else one line naming what is missing."""
+    trt = backend.trt
+    nodes = [n for n in proto.graph.node if is_plugin_op(n.domain) or registered(plugins, n.domain, n.op_type)]
+    if not nodes:
+        return
+    if hasattr(trt, "init_libnvinfer_plugins"):
+        trt.init_libnvinfer_plugins(trt_logger, "")  # TensorRT's own plugins (EfficientNMS_TRT in full TensorRT)
+    creators = {(c.name, c.plugin_version, c.plugin_namespace) for c in trt.get_plugin_registry().all_creators}
+    for node in nodes:
+        attrs, plugin = attributes(node), registered(plugins, node.domain, node.op_type)
+        version = str(attrs.get("plugin_version", plugin.version if plugin else "1"))
+        spaces = {str(attrs.get("plugin_namespace", "")), node.domain, ""}
+        if not any((node.op_type, version, space) in creators for space in spaces):
+            have = sorted({f"{name} v{v}" for name, v, _ in creators})
+            raise TrtptqError(
+                f"{backend.name} {backend.version} has no plugin {node.op_type} (version {version}) for node "
+                f"{node.name or '?'} of {path}: load a plugin library built for {backend.name} that registers it "
+                f"(trt_library= in a --plugin file, or build --plugins LIB). Its registry has: {', '.join(have) or 'none'}.")
 
 
 def _layer_outputs(network) -> dict[str, tuple[object, object]]:

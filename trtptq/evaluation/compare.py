@@ -29,6 +29,7 @@ from trtptq.core.options import check_count
 from trtptq.data import ImageOptions
 from trtptq.evaluation.evaluator import Evaluator
 from trtptq.evaluation.metrics import ErrorStats
+from trtptq.plugins import BUILTIN, Plugins
 from trtptq.runtime.ort import OrtRunner
 
 CHECKABLE = ("cosine", "snr_db", "top1_agreement", "top5_agreement", "accuracy")
@@ -120,14 +121,15 @@ def parse_thresholds(items: list[str], flag: str = "--fail-below") -> dict[str, 
 
 
 def compare(reference: str | os.PathLike, candidates: list[str | os.PathLike], data,
-            options: CompareOptions | None = None) -> CompareResult:
-    """Compare every candidate with the FP32 reference on `data` (same sources as calibration)."""
+            options: CompareOptions | None = None, plugins: Plugins = BUILTIN) -> CompareResult:
+    """Compare every candidate with the FP32 reference on `data` (same sources as calibration); plugin nodes
+    run in ONNX Runtime through `plugins`."""
     opts = options or CompareOptions()
     ref_model = model_io.load(reference)
     loaded = [(pathlib.Path(p), _load_candidate(pathlib.Path(p))) for p in candidates]  # fail before any run
     results = []
     with Evaluator(ref_model, data, batch_size=opts.batch_size, num_samples=opts.num_samples, image=opts.image,
-                   show_progress=opts.show_progress) as evaluator:
+                   show_progress=opts.show_progress, plugins=plugins) as evaluator:
         for path, model in loaded:
             check = _PolygraphyCheck(path.stem, opts.atol, opts.rtol) if opts.has_tolerances else None
             ev = evaluator.evaluate(path if model is None else model, path.stem, keep_errors=True, observe=check)
@@ -209,8 +211,11 @@ def _compare_layers(ref_model: onnx.ModelProto, cand_models: list[onnx.ModelProt
             wanted = [[t for t in group if t in tensors] + (list(q.values()) if first else [])
                       for tensors, q in zip(cand_tensors, inputs)]
             with contextlib.ExitStack() as stack:
-                ref = stack.enter_context(OrtRunner(with_outputs(ref_model, group), many_outputs=True)) if group else None
-                cands = [stack.enter_context(OrtRunner(with_outputs(m, names), simulate_int8=True)) if names else None
+                plugins = evaluator.plugins
+                ref = (stack.enter_context(OrtRunner(with_outputs(ref_model, group), many_outputs=True, plugins=plugins))
+                       if group else None)
+                cands = [stack.enter_context(OrtRunner(with_outputs(m, names), simulate_int8=True, plugins=plugins))
+                         if names else None
                          for m, names in zip(cand_models, wanted)]
                 for batch in evaluator.batches():
                     expected = {**batch.feed, **(ref.run(batch.feed) if ref else {})}

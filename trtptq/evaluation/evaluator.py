@@ -26,6 +26,7 @@ from trtptq.core.errors import TrtptqError
 from trtptq.core.log import progress
 from trtptq.data import Batch, Batches, ImageOptions, InputSpec, Source, input_specs, open_source
 from trtptq.evaluation.metrics import ErrorStats
+from trtptq.plugins import BUILTIN, Plugins
 from trtptq.runtime.ort import OrtRunner
 from trtptq.runtime.runner import Runner
 
@@ -61,17 +62,18 @@ def evaluation_batches(specs: Sequence[InputSpec], source: Source, batch_size: i
     return Batches(source, specs, batch_size if batch_size is not None or fixed else DEFAULT_BATCH_SIZE, num_samples)
 
 
-def open_runner(candidate: Candidate, name: str | None = None) -> contextlib.AbstractContextManager[Runner]:
-    """The runner for a candidate, as a context manager that holds it open."""
+def open_runner(candidate: Candidate, name: str | None = None,
+                plugins: Plugins = BUILTIN) -> contextlib.AbstractContextManager[Runner]:
+    """The runner for a candidate, as a context manager that holds it open (ONNX plugin nodes run by `plugins`)."""
     if isinstance(candidate, onnx.ModelProto):
-        return OrtRunner(candidate, simulate_int8=True, name=name)
+        return OrtRunner(candidate, simulate_int8=True, name=name, plugins=plugins)
     if not isinstance(candidate, (str, os.PathLike)):
         return candidate
     path = pathlib.Path(candidate)
     if not path.is_file():
         raise TrtptqError(f"candidate {path} does not exist.")
     if path.suffix == ".onnx":
-        return OrtRunner(path, simulate_int8=True, name=name)
+        return OrtRunner(path, simulate_int8=True, name=name, plugins=plugins)
     return _engine(path, name)
 
 
@@ -134,7 +136,7 @@ class Evaluator:
 
     def __init__(self, reference: Candidate, data, *, batch_size: int | None = None, num_samples: int | None = None,
                  image: ImageOptions | None = None, memory_budget: int = DEFAULT_CACHE_BUDGET,
-                 show_progress: bool = False):
+                 show_progress: bool = False, plugins: Plugins = BUILTIN):
         if memory_budget < 0:
             raise ValueError(f"memory_budget must be >= 0 bytes, got {memory_budget}")
         if not isinstance(data, Batches):
@@ -146,7 +148,7 @@ class Evaluator:
             data = evaluation_batches(specs, open_source(data, specs, image), batch_size, num_samples)
         self.reference = reference
         self.data = data
-        self._budget, self._show = memory_budget, show_progress
+        self._budget, self._show, self.plugins = memory_budget, show_progress, plugins
         self._spill: _Spill | None = None
         self._meta: list[tuple[int, np.ndarray | None, str]] = []  # per batch: size, labels, origin
         self._outputs: list[str] = []
@@ -194,7 +196,7 @@ class Evaluator:
     def pairs(self, candidate: Candidate, name: str | None = None) -> Iterator[tuple[Batch, dict, dict]]:
         """(batch, reference outputs, candidate outputs) per batch; the candidate runs while this is iterated."""
         self._cache()
-        with open_runner(candidate, name) as runner:
+        with open_runner(candidate, name, self.plugins) as runner:
             missing = [n for n in self._outputs if n not in runner.output_names]
             if missing:
                 raise TrtptqError(f"candidate {runner.name} has no output {', '.join(missing)}; the reference's "
@@ -243,7 +245,7 @@ class Evaluator:
             return self._spill
         spill, meta, names = _Spill(self._budget), [], [s.name for s in self.data.specs]
         try:
-            with open_runner(self.reference, "fp32") as runner:
+            with open_runner(self.reference, "fp32", self.plugins) as runner:
                 outputs = list(runner.output_names)
                 for batch in progress(self.data, enabled=self._show, desc="FP32 reference", unit="batch"):
                     result = runner.run(batch.feed)

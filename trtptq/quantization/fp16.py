@@ -3,7 +3,8 @@
 The graph is converted to FP16 (initializers, casts) by onnxconverter-common,
 except what must stay FP32: the model's I/O types, numerically sensitive ops
 (reductions feeding normalization, Softmax/Exp/Pow, LayerNorm), ops fed by
-constants beyond the FP16 range, plugin ops, and whatever the user names. Q/DQ
+constants beyond the FP16 range, plugin ops (unless their plugin's precision
+rule allows FP16), and whatever the user names. Q/DQ
 scales become FP16 as well, so DequantizeLinear feeds FP16 Convs/MatMuls
 directly (QuantizeLinear with FP16 scales needs opset 19). Each node's
 outcome goes into the model's precision plan (trtptq.core.precision).
@@ -23,7 +24,8 @@ from trtptq.core import precision
 from trtptq.core.errors import ModelError
 from trtptq.core.model import ensure_opset, float_tensors, with_node_names
 from trtptq.core.precision import NodePrecision, PrecisionPlan, read_plan, write_plan
-from trtptq.plugins import is_plugin_op
+from trtptq.plugins import BUILTIN, FP32, Plugins, is_plugin_op
+from trtptq.runtime.plugins import registered
 
 SENSITIVE_OPS = ("LayerNormalization", "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "ReduceLogSumExp",
                  "Pow", "Sqrt", "Exp", "Softmax", "LogSoftmax")
@@ -65,8 +67,11 @@ def _unshare_initializers(model: onnx.ModelProto, kept: set[str]) -> onnx.ModelP
     return out
 
 
-def to_fp16(model: onnx.ModelProto, keep_fp32: tuple[str, ...] = (), keep_sensitive: bool = True) -> FP16Result:
+def to_fp16(model: onnx.ModelProto, keep_fp32: tuple[str, ...] = (), keep_sensitive: bool = True,
+            plugins: Plugins = BUILTIN) -> FP16Result:
     """Convert to FP16 (I/O stays FP32); `keep_fp32` holds node names, globs or op types kept in FP32.
+
+    A plugin op converts only where its plugin in `plugins` says `precision="fp16"`.
 
     The model's precision plan (written by quantize; a new one otherwise) is
     updated node by node and stored in the converted model.
@@ -82,7 +87,10 @@ def to_fp16(model: onnx.ModelProto, keep_fp32: tuple[str, ...] = (), keep_sensit
            and np.abs(numpy_helper.to_array(i)).max(initial=0) > FP16_MAX}
     kept: dict[str, str] = {}
     for n in model.graph.node:
-        if is_plugin_op(n.domain):
+        plugin = registered(plugins, n.domain, n.op_type)
+        if plugin is not None and plugin.precision == FP32:
+            kept[n.name] = f"plugin {n.op_type} stays FP32 (its precision rule)"
+        elif plugin is None and is_plugin_op(n.domain):
             kept[n.name] = "plugin op"
         elif n.op_type in keep_fp32 or any(fnmatch.fnmatchcase(n.name, p) for p in keep_fp32):
             kept[n.name] = "kept by the user"
@@ -101,7 +109,29 @@ def to_fp16(model: onnx.ModelProto, keep_fp32: tuple[str, ...] = (), keep_sensit
             op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST), node_block_list=list(kept))
     except Exception as e:  # noqa: BLE001 - the converter raises plain errors for unsupported graphs
         raise ModelError(f"FP16 conversion failed: {e}") from None
+    _restore_kept_outputs(converted, model, set(kept))
     return FP16Result(write_plan(converted, plan), plan)
+
+
+def _restore_kept_outputs(converted: onnx.ModelProto, model: onnx.ModelProto, kept: set[str]) -> None:
+    """Graph outputs written by a kept node stay as it wrote them, in place.
+
+    The converter casts a kept node's graph outputs to FP16 even with
+    keep_io_types (EfficientNMS_TRT's boxes and scores came out FP16): the
+    Cast is dropped and the output's type restored.
+    """
+    types = {o.name: o.type.tensor_type.elem_type for o in model.graph.output}
+    producers = {o: n for n in converted.graph.node for o in n.output}
+    for out in converted.graph.output:
+        cast = producers.get(out.name)
+        if out.type.tensor_type.elem_type == types[out.name] or cast is None or cast.op_type != "Cast":
+            continue
+        source = producers.get(cast.input[0])
+        if source is None or source.name not in kept:
+            continue
+        source.output[list(source.output).index(cast.input[0])] = out.name
+        converted.graph.node.remove(cast)
+        out.type.tensor_type.elem_type = types[out.name]
 
 
 def _fp16_plan(model: onnx.ModelProto, before: PrecisionPlan, kept: dict[str, str],

@@ -18,20 +18,23 @@ import onnx_graphsurgeon as gs
 
 from trtptq.calibration.passes import plan_passes
 from trtptq.core.log import progress
+from trtptq.core.model import with_node_names
 from trtptq.data import Batch
 from trtptq.evaluation.metrics import snr_db
+from trtptq.plugins import BUILTIN, Plugins
 from trtptq.quantization.graph import export_graph, import_graph
 from trtptq.quantization.qdq import Plan, WeightSite, insert_qdq
 from trtptq.runtime.ort import OrtRunner
 
 
 def local_snr(model: onnx.ModelProto, plan: Plan, amax_sets: Mapping[str, Mapping[str, float]], nodes: Sequence[str],
-              batches: Sequence[Batch], memory_budget: int, show_progress: bool = False) -> dict[str, dict[str, float]]:
+              batches: Sequence[Batch], memory_budget: int, show_progress: bool = False,
+              plugins: Plugins = BUILTIN) -> dict[str, dict[str, float]]:
     """node -> range set -> SNR (dB) of the node's first output, INT8 inputs at that set's ranges vs FP32.
 
     `batches` are run as given (keep them few: every layer's output is held per batch).
     """
-    first = {n.name: n.output[0] for n in model.graph.node}
+    first = {n.name: n.output[0] for n in with_node_names(model).graph.node}  # the names the plan uses
     outputs = {name: first[name] for name in nodes}
     budget = max(1, memory_budget // (1 + len(amax_sets)))
     groups = plan_passes(model, list(outputs.values()), batches[0].feed, budget) if batches else []
@@ -42,7 +45,7 @@ def local_snr(model: onnx.ModelProto, plan: Plan, amax_sets: Mapping[str, Mappin
         for group in groups:
             members = [producer[t] for t in group]
             copies, probe = _with_copies(model, plan, amax_sets, members)
-            with OrtRunner(probe, simulate_int8=True, many_outputs=True) as runner:
+            with OrtRunner(probe, simulate_int8=True, many_outputs=True, plugins=plugins) as runner:
                 for batch in batches:
                     got = runner.run(batch.feed)
                     for name in members:
@@ -63,13 +66,15 @@ def _with_copies(model: onnx.ModelProto, plan: Plan, amax_sets: Mapping[str, Map
     by_name = {n.name: n for n in graph.nodes}
     copies: dict[str, dict[str, str]] = {name: {} for name in nodes}
     wanted = {name: by_name[name].outputs[0] for name in nodes}
+    for tensor in wanted.values():  # a graph output needs a type; where inference gave none (plugin ops), float
+        tensor.dtype = tensor.dtype or np.float32
     graph.outputs = list(wanted.values())
     for k, (key, amax) in enumerate(amax_sets.items()):
         sites = Plan()
         for name in nodes:
             n = by_name[name]
             twin = gs.Node(n.op, f"{name}__local{k}", dict(n.attrs), list(n.inputs),
-                           [gs.Variable(f"{o.name}__local{k}", dtype=o.dtype) for o in n.outputs], domain=n.domain)
+                           [gs.Variable(f"{o.name}__local{k}", dtype=o.dtype or np.float32) for o in n.outputs], domain=n.domain)
             graph.nodes.append(twin)
             for tensor, consumers in plan.activations.items():
                 if name in consumers:

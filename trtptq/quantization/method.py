@@ -17,6 +17,7 @@ import onnx
 
 from trtptq.data import Batches
 from trtptq.evaluation.evaluator import Evaluator
+from trtptq.plugins import BUILTIN, Plugins
 from trtptq.quantization.local import local_snr, noise, small_batches
 from trtptq.quantization.qdq import Plan, quantized_model
 
@@ -40,7 +41,8 @@ def per_tensor_methods(local: dict[str, dict[str, float]], plan: Plan, methods: 
 
 
 def choose_method(model: onnx.ModelProto, plan: Plan, by_method: dict[str, dict[str, float]], batches: Batches,
-                  samples: int, memory_budget: int, show_progress: bool = False) -> MethodChoice:
+                  samples: int, memory_budget: int, show_progress: bool = False,
+                  plugins: Plugins = BUILTIN) -> MethodChoice:
     """Score each method's ranges and the per-tensor mix on the first `samples` samples; keep the best.
 
     No labels needed: the FP32 model is the reference, as in `trtptq compare`; it
@@ -49,9 +51,9 @@ def choose_method(model: onnx.ModelProto, plan: Plan, by_method: dict[str, dict[
     """
     methods = list(by_method)
     limit = min(samples, batches.num_samples or samples)
-    with Evaluator(model, batches.source, num_samples=limit) as evaluator:
+    with Evaluator(model, batches.source, num_samples=limit, plugins=plugins) as evaluator:
         local = local_snr(model, plan, by_method, plan.int8_nodes,
-                          small_batches(evaluator.batches(), LOCAL_SAMPLES), memory_budget, show_progress)
+                          small_batches(evaluator.batches(), LOCAL_SAMPLES), memory_budget, show_progress, plugins)
         chosen = per_tensor_methods(local, plan, methods)
         candidates = {**by_method, PER_TENSOR: {t: by_method[m][t] for t, m in chosen.items()}}
         predicted = {m: sum(noise(per[m]) for per in local.values()) for m in methods}

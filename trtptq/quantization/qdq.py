@@ -142,8 +142,12 @@ def _place(n: gs.Node, rule: OpRule, options: QuantizeOptions, rules: Mapping[st
         # An input from a single-use, quantized Conv fuses into that Conv's epilogue; quantize the other (residual).
         fused = [t for _, t in sites if _fuses_into_producer(t, decided, rules)]
         sites = [(i, t) for i, t in sites if fused and t is not fused[0]]
-    if not sites:
+    outputs = [n.outputs[i] for i in rule.outputs if i < len(n.outputs) and n.outputs[i].outputs and _is_float(n.outputs[i])]
+    if not sites and not outputs:
         return
+    for t in outputs:  # a plugin writing INT8: every consumer reads the output through one Q/DQ pair
+        for consumer in t.outputs:
+            result.add_activation(t.name, consumer.name)
     for i, t in sites:
         if isinstance(t, gs.Constant):
             axis = rule.weight_axis(n, i, len(t.shape)) if options.per_channel else None
@@ -157,6 +161,8 @@ def _exclusion(n: gs.Node, rule: OpRule | None, options: QuantizeOptions) -> str
     """Why the user's options or the node's kind keep it in float, if they do."""
     if rule is None and is_plugin_op(n.domain):
         return f"plugin op {n.domain}::{n.op}"  # no rule: its INT8 behaviour is unknown
+    if rule is not None and not rule.inputs and not rule.outputs:
+        return rule.reason.format(op=n.op)
     if n.op in options.exclude_op_types:
         return f"op type {n.op} excluded"
     if any(fnmatch.fnmatchcase(n.name, p) for p in options.exclude_nodes):

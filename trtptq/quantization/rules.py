@@ -7,7 +7,8 @@ fuses into a Conv's epilogue, and average pooling; never outputs. Ops without
 a rule take no Q/DQ (TensorRT moves Q/DQ through commuting ops itself).
 
 `RULES` is read-only; `with_rules` returns a new table with more rules, e.g.
-a plugin's, keyed "domain::Op" (see `rule_key`), to pass to `qdq.plan`.
+the plugins' of a graph (`plugin_rules`), keyed "domain::Op" (see `rule_key`),
+to pass to `qdq.plan`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from types import MappingProxyType
 
 import onnx_graphsurgeon as gs
 
-from trtptq.plugins import is_plugin_op
+from trtptq.plugins import Plugins, is_plugin_op
+from trtptq.runtime.plugins import registered
 
 #: (node, input index, weight rank) -> the weight's per-channel axis, or None for one scale.
 WeightAxis = Callable[[gs.Node, int, int], "int | None"]
@@ -26,10 +28,11 @@ WeightAxis = Callable[[gs.Node, int, int], "int | None"]
 
 @dataclass(frozen=True)
 class OpRule:
-    """Where Q/DQ goes on one op type's inputs (never its outputs).
+    """Where Q/DQ goes on one op type's inputs (outputs only for plugins with INT8 outputs).
 
     A rule without `weight_axis` quantizes activations only: constant inputs
-    are left as they are.
+    are left as they are. A rule with neither inputs nor outputs keeps the node
+    in float for `reason` (a plugin without INT8 I/O).
     """
 
     inputs: tuple[int, ...]  # the inputs that take Q/DQ; absent optional inputs are skipped
@@ -40,6 +43,7 @@ class OpRule:
     fuses_add: bool = False  # an Add reading this op's single-use output fuses into its epilogue (Conv)
     residual: bool = False  # quantize only the inputs that do not fuse into a `fuses_add` producer, if one does
     reason: str = "{op} inputs quantized"  # the precision plan's reason for the node's INT8 ({op}: its op type)
+    outputs: tuple[int, ...] = ()  # outputs whose consumers read them through Q/DQ (a plugin writing INT8)
 
 
 def _conv_axis(node: gs.Node, index: int, rank: int) -> int | None:
@@ -73,6 +77,21 @@ RULES: Mapping[str, OpRule] = MappingProxyType({
 def rule_key(node: gs.Node) -> str:
     """A node's key in a rule table: its op type, or "domain::Op" for an op outside the ONNX domains (a plugin)."""
     return f"{node.domain}::{node.op}" if is_plugin_op(node.domain) else node.op
+
+
+def plugin_rules(graph: gs.Graph, plugins: Plugins) -> dict[str, OpRule]:
+    """The rules of the plugin ops in `graph`, from each plugin's INT8 inputs and outputs."""
+    rules = {}
+    for node in graph.nodes:
+        plugin = registered(plugins, node.domain, node.op)
+        if plugin is None:
+            continue
+        if plugin.int8_inputs or plugin.int8_outputs:
+            reason = f"plugin {{op}} takes INT8 inputs {list(plugin.int8_inputs)}, outputs {list(plugin.int8_outputs)}"
+        else:
+            reason = "plugin {op} has no INT8 inputs or outputs (its rule)"
+        rules[rule_key(node)] = OpRule(plugin.int8_inputs, outputs=plugin.int8_outputs, reason=reason)
+    return rules
 
 
 def with_rules(extra: Mapping[str, OpRule], base: Mapping[str, OpRule] = RULES) -> Mapping[str, OpRule]:

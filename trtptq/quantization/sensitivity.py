@@ -78,7 +78,7 @@ def analyze(model: onnx.ModelProto, plan: Plan, amax: dict[str, float], evaluato
     opts = options or SensitivityOptions()
     nodes = plan.int8_nodes
     local = local_snr(model, plan, {"int8": amax}, nodes, small_batches(evaluator.batches(), opts.samples),
-                      opts.memory_budget, opts.show_progress)
+                      opts.memory_budget, opts.show_progress, evaluator.plugins)
     evaluations = 1
     full = evaluator.evaluate(quantized_model(model, plan, amax), "int8").mean_snr_db
     layers = []

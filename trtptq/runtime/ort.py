@@ -14,6 +14,8 @@ import onnx
 from trtptq.core.errors import ModelError
 from trtptq.core.model import PROTOBUF_LIMIT, save
 from trtptq.data.spec import InputSpec
+from trtptq.plugins import BUILTIN, Plugins
+from trtptq.runtime.plugins import for_onnxruntime, plugin_nodes
 
 # How ONNX Runtime says it has no kernel for a node (custom domain; default domain; no kernel for these types).
 _NO_KERNEL = (
@@ -31,8 +33,10 @@ def default_providers() -> list[str]:
 
 
 def session(model: onnx.ModelProto | str | os.PathLike, providers: Sequence[str] | None = None,
-            simulate_int8: bool = False, many_outputs: bool = False):
+            simulate_int8: bool = False, many_outputs: bool = False, plugins: Plugins = BUILTIN):
     """An InferenceSession; a node ONNX Runtime has no kernel for is a one-line ModelError naming it.
+
+    Plugin nodes run through `plugins` (their numpy reference or custom-op library; see runtime.plugins).
 
     `simulate_int8` disables graph optimizations so Q/DQ run as float ops, as
     TensorRT defines them; ORT's fused INT8 kernels saturate on CPUs without VNNI.
@@ -52,6 +56,13 @@ def session(model: onnx.ModelProto | str | os.PathLike, providers: Sequence[str]
     elif many_outputs:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     providers = list(providers or default_providers())
+    source = model
+    if not isinstance(model, onnx.ModelProto) and plugin_nodes(onnx.load(str(model), load_external_data=False), plugins):
+        model = onnx.load(str(model))
+    if isinstance(model, onnx.ModelProto):
+        model, libraries = for_onnxruntime(model, plugins)
+        for library in libraries:
+            opts.register_custom_ops_library(library)
     try:
         if not isinstance(model, onnx.ModelProto):
             return ort.InferenceSession(str(model), opts, providers=providers)
@@ -61,7 +72,7 @@ def session(model: onnx.ModelProto | str | os.PathLike, providers: Sequence[str]
             path = save(model, pathlib.Path(tmp) / "model.onnx")
             return ort.InferenceSession(str(path), opts, providers=providers)
     except Exception as e:  # onnxruntime's pybind errors share no public base class
-        error = _no_kernel_error(model, str(e))
+        error = _no_kernel_error(source, str(e))
         if error is None:
             raise
         raise error from None
@@ -80,22 +91,25 @@ def _no_kernel_error(model: onnx.ModelProto | str | os.PathLike, message: str) -
         domain, node = first.domain, node or first.name
     where = "" if isinstance(model, onnx.ModelProto) else f" in {model}"
     return ModelError(f"ONNX Runtime has no kernel for op {op} (domain {domain or 'ai.onnx'}) at node {node or '?'}{where}, "
-                      "and trtptq runs the model in ONNX Runtime to calibrate and compare. Register its implementation: "
-                      "a plugin / custom-op library for ONNX Runtime (see trtptq.plugins), or export the model without it.")
+                      "and trtptq runs the model in ONNX Runtime to calibrate and compare. Register the op in a plugin "
+                      f"file passed with --plugin FILE.py: PLUGINS = [PluginOp({op!r}, domain={domain or ''!r}, "
+                      "compute=<numpy reference>, output_types=(...)) or ort_library=<custom-op .so>] (README: Plugins).")
 
 
 class OrtRunner:
     """An ONNX model in ONNX Runtime behind the runtime interface (`trtptq.runtime.runner.Runner`).
 
     The session is created on enter, so runners are cheap to make and hold
-    memory only while in use. `simulate_int8` / `many_outputs` as in `session`.
+    memory only while in use. `simulate_int8` / `many_outputs` / `plugins` as in `session`.
     """
 
     def __init__(self, model: onnx.ModelProto | str | os.PathLike, *, simulate_int8: bool = False,
-                 many_outputs: bool = False, providers: Sequence[str] | None = None, name: str | None = None):
+                 many_outputs: bool = False, providers: Sequence[str] | None = None, name: str | None = None,
+                 plugins: Plugins = BUILTIN):
         self.model = model
         self.name = name or (model.graph.name if isinstance(model, onnx.ModelProto) else pathlib.Path(model).stem)
-        self._options = {"simulate_int8": simulate_int8, "many_outputs": many_outputs, "providers": providers}
+        self._options = {"simulate_int8": simulate_int8, "many_outputs": many_outputs, "providers": providers,
+                         "plugins": plugins}
         self._session = None
         self._outputs: list[str] = []
 
