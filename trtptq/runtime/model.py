@@ -49,6 +49,11 @@ class Model:
     outputs: list[TensorInfo]
     profiles: list[Profile]
 
+    @property
+    def input_specs(self) -> list[InputSpec]:
+        """The inputs as data sources and batching (`trtptq.data`) take them."""
+        return [InputSpec(i.name, i.dtype, i.shape) for i in self.inputs]
+
     def infer(self, feed: Mapping[str, np.ndarray], timings: dict | None = None) -> dict[str, np.ndarray]:
         """Outputs by name, arrays the caller owns. Safe to call from many threads at once.
 
@@ -122,7 +127,7 @@ class ModelRunner:
 
     @property
     def input_specs(self) -> list[InputSpec]:
-        return [InputSpec(i.name, i.dtype, i.shape) for i in self.model.inputs]
+        return self.model.input_specs
 
     @property
     def output_names(self) -> list[str]:
