@@ -282,6 +282,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
     import numpy as np
 
     from trtptq.core.fileio import atomic_path
+    from trtptq.core.log import progress
     from trtptq.data import Batches, open_source
     from trtptq.runtime import load
 
@@ -293,7 +294,8 @@ def _cmd_run(a: argparse.Namespace) -> int:
                                                                       for s in specs)]))
         outputs: dict[str, list] = {o.name: [] for o in model.outputs}
         samples = 0
-        for b in Batches(open_source(a.data, specs, _image_options(a)), specs, batch, a.num_samples):
+        batches = Batches(open_source(a.data, specs, _image_options(a)), specs, batch, a.num_samples)
+        for b in progress(batches, desc="run", unit="batch", leave=False, enabled=not a.no_progress):
             for name, array in model.infer(b.feed).items():
                 outputs[name].append(array)
             samples += b.size
@@ -312,7 +314,7 @@ def _cmd_bench(a: argparse.Namespace) -> int:
 
     shapes = {n: opt for n, (_, opt, _) in parse_shapes(a.shapes or "").items()}
     opts = BenchOptions(batch_size=a.batch_size, shapes=shapes, threads=a.threads, duration=a.duration,
-                        warmup=a.warmup, instances=a.instances)
+                        warmup=a.warmup, instances=a.instances, show_progress=not a.no_progress)
     _check_outputs(a.json)
     results = bench(a.models, opts)
     print(f"{'model':24s}{'kind':>7s}{'mean ms':>9s}{'p50':>8s}{'p90':>8s}{'p99':>8s}{'samples/s':>11s}{'speed-up':>9s}"
@@ -427,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help=".npz of the outputs, one array per output, samples on axis 0")
     p.add_argument("--batch-size", type=int, help="samples per call (default: the model's fixed batch, else up to 64)")
     p.add_argument("--num-samples", type=int)
+    p.add_argument("--no-progress", action="store_true")
     _add_backend_arg(p)
     _add_image_args(p)
     p.set_defaults(func=_cmd_run)
@@ -441,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=5.0, help="seconds timed per model (default 5)")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of untimed calls first (default 1)")
     p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("export", help="export a model for an inference server")
@@ -456,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                    "profiles' opt batches)")
     t.add_argument("--max-queue-delay-us", type=int, default=100, help="with --dynamic-batching (default 100)")
     t.add_argument("--instances", type=int, default=1, help="model instances per GPU (default 1)")
+    t.add_argument("--no-progress", action="store_true", help="accepted like every command's (an export shows none)")
     t.set_defaults(func=_cmd_export_triton)
 
     p = sub.add_parser("demo", help="quantize a pretrained MNIST CNN on real digits and compare accuracy")

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from trtptq.core.errors import TrtptqError
+from trtptq.core.log import progress
 from trtptq.core.options import check_count, option_error
 from trtptq.runtime.model import Model, load
 
@@ -32,6 +33,7 @@ class BenchOptions:
     warmup: float = 1.0  # seconds of untimed calls first
     instances: int | None = None  # engine contexts per profile; default: one per thread
     seed: int = 0
+    show_progress: bool = True  # one bar step per model
 
     def __post_init__(self) -> None:
         check_count("--batch-size", self.batch_size, "sample")
@@ -96,7 +98,7 @@ def bench(models: Sequence[str], options: BenchOptions | None = None) -> list[Be
     """Time each model in turn (loaded, measured, closed); speed-ups are over the first."""
     options = options or BenchOptions()
     results = []
-    for path in models:
+    for path in progress(models, desc="bench", unit="model", leave=False, enabled=options.show_progress):
         with load(path, instances=options.instances or options.threads) as model:
             results.append(measure(model, make_feed(model, options), options))
     for r in results[1:]:
