@@ -1,8 +1,5 @@
-import functools
 import importlib.util
 import pathlib
-import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -14,6 +11,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 import real_models  # noqa: E402
 
+from trtptq.core.manifest import gpu_compute_capability  # noqa: E402
 from trtptq.demo import MNIST_MODEL, mnist_samples  # noqa: E402
 
 
@@ -73,15 +71,6 @@ def resnet_block():
         helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["y"], name="fc", transB=1),
     ]
     return make_model(nodes, [float_input("x", ["N", 8, 6, 6])], [float_input("y", ["N", 4])], inits.items())
-
-
-@functools.cache
-def gpu_compute_capability() -> str | None:
-    """GPU 0's compute capability as nvidia-smi reports it ("8.6"), or None without a working GPU."""
-    if shutil.which("nvidia-smi") is None:
-        return None
-    r = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True, text=True)
-    return r.stdout.split()[0] if r.returncode == 0 and r.stdout.strip() else None
 
 
 def engines_run_here() -> bool:

@@ -359,6 +359,76 @@ def _cmd_build(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from trtptq.core.fileio import atomic_path
+    from trtptq.core.log import progress
+    from trtptq.data import Batches, open_source
+    from trtptq.runtime import load
+
+    _check_outputs(a.output)
+    with load(a.model, backend=a.backend) as model:
+        specs = model.input_specs
+        fixed = [s.shape[0] for s in specs if s.shape and s.shape[0] is not None]
+        batch = a.batch_size or (fixed[0] if fixed else min([64, *(p[s.name][2][0] for p in model.profiles[:1]
+                                                                      for s in specs)]))
+        outputs: dict[str, list] = {o.name: [] for o in model.outputs}
+        samples = 0
+        batches = Batches(open_source(a.data, specs, _image_options(a)), specs, batch, a.num_samples)
+        for b in progress(batches, desc="run", unit="batch", leave=False, enabled=not a.no_progress):
+            for name, array in model.infer(b.feed).items():
+                outputs[name].append(array)
+            samples += b.size
+    with atomic_path(a.output) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **{n: np.concatenate(v) for n, v in outputs.items()})
+    print(f"{model.name} ({model.kind}): {samples} samples -> {a.output} ({', '.join(outputs)})")
+    return 0
+
+
+def _cmd_bench(a: argparse.Namespace) -> int:
+    import json
+
+    from trtptq.core.fileio import write_text
+    from trtptq.engine.build import parse_shapes
+    from trtptq.runtime.bench import BenchOptions, bench
+
+    shapes = {n: opt for n, (_, opt, _) in parse_shapes(a.shapes or "").items()}
+    opts = BenchOptions(batch_size=a.batch_size, shapes=shapes, threads=a.threads, duration=a.duration,
+                        warmup=a.warmup, instances=a.instances, show_progress=not a.no_progress)
+    _check_outputs(a.json)
+    results = bench(a.models, opts)
+    print(f"{'model':24s}{'kind':>7s}{'mean ms':>9s}{'p50':>8s}{'p90':>8s}{'p99':>8s}{'samples/s':>11s}{'speed-up':>9s}"
+          f"{'calls':>7s}")
+    for r in results:
+        m = r.latency_ms
+        print(f"{r.model[:24]:24s}{r.kind:>7s}{m['mean']:9.3f}{m['p50']:8.3f}{m['p90']:8.3f}{m['p99']:8.3f}"
+              f"{r.throughput:11.1f}{r.speedup:8.2f}x{r.calls:7d}")
+    for r in results:
+        if r.gpu_ms:
+            g = r.gpu_ms
+            print(f"{r.model}: GPU per call: host-to-device {g['h2d']:.3f} ms, compute {g['compute']:.3f} ms, "
+                  f"device-to-host {g['d2h']:.3f} ms")
+        for note in r.notes:
+            print(f"{r.model}: note: {note}")
+    print(f"shapes: {', '.join(f'{n} {chr(120).join(map(str, s))}' for n, s in results[0].shapes.items())}; "
+          f"{a.threads} thread(s), {a.duration:g} s per model after {a.warmup:g} s warm-up")
+    if a.json:
+        write_text(a.json, json.dumps([r.to_dict() for r in results], indent=1) + "\n")
+        print(f"results -> {a.json}")
+    return 0
+
+
+def _cmd_export_triton(a: argparse.Namespace) -> int:
+    from trtptq.export.triton import TritonOptions, export_triton
+
+    opts = TritonOptions(name=a.name, max_batch_size=a.max_batch_size, dynamic_batching=a.dynamic_batching,
+                         max_queue_delay_us=a.max_queue_delay_us, instances=a.instances)
+    folder = export_triton(a.model, a.repository, opts)
+    print(f"Triton model {a.name} -> {folder}/ (config.pbtxt, 1/{'model.onnx' if a.model.endswith('.onnx') else 'model.plan'})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from trtptq.core.version import __version__
 
@@ -458,6 +528,46 @@ def build_parser() -> argparse.ArgumentParser:
     _add_image_args(p)
     _add_plugin_arg(p)
     p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("run", help="run a model (ONNX or engine) over data and save its outputs")
+    p.add_argument("model", help="ONNX model (ONNX Runtime) or TensorRT engine (GPU)")
+    p.add_argument("--data", required=True, help="inputs (as --data of calibrate)")
+    p.add_argument("-o", "--output", required=True, help=".npz of the outputs, one array per output, samples on axis 0")
+    p.add_argument("--batch-size", type=int, help="samples per call (default: the model's fixed batch, else up to 64)")
+    p.add_argument("--num-samples", type=int)
+    p.add_argument("--no-progress", action="store_true")
+    _add_backend_arg(p)
+    _add_image_args(p)
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("bench", help="latency and throughput of models side by side (speed-up over the first)")
+    p.add_argument("models", nargs="+", help="ONNX models and/or engines, e.g. fp32.engine fp16.engine int8.engine")
+    p.add_argument("--shapes", metavar="NAME:SHAPE,...", help="input shapes, e.g. input:8x3x224x224 (default: "
+                   "--batch-size in a dynamic batch dimension, the profile's opt shape elsewhere)")
+    p.add_argument("--batch-size", type=int, help="fills a dynamic batch dimension (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="concurrent callers (default 1)")
+    p.add_argument("--instances", type=int, help="engine execution contexts per profile (default: --threads)")
+    p.add_argument("--duration", type=float, default=5.0, help="seconds timed per model (default 5)")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds of untimed calls first (default 1)")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("export", help="export a model for an inference server")
+    targets = p.add_subparsers(dest="target", required=True)
+    t = targets.add_parser("triton", help="a Triton model repository entry: config.pbtxt and 1/model.plan (or model.onnx)")
+    t.add_argument("model", help="engine from trtptq build (its .json manifest beside it), or a Q/DQ ONNX model for "
+                                 "the onnxruntime backend with the TensorRT accelerator")
+    t.add_argument("--repository", required=True, help="model repository folder")
+    t.add_argument("--name", required=True, help="model name (its folder in the repository)")
+    t.add_argument("--max-batch-size", type=int, help="0: no batching; default: the largest batch the profiles cover "
+                                                      "(engines), no batching (ONNX)")
+    t.add_argument("--dynamic-batching", action="store_true", help="let Triton batch requests (preferred sizes: the "
+                                                                   "profiles' opt batches)")
+    t.add_argument("--max-queue-delay-us", type=int, default=100, help="with --dynamic-batching (default 100)")
+    t.add_argument("--instances", type=int, default=1, help="model instances per GPU (default 1)")
+    t.add_argument("--no-progress", action="store_true", help="accepted like every command's (an export shows none)")
+    t.set_defaults(func=_cmd_export_triton)
 
     p = sub.add_parser("demo", help="quantize a pretrained MNIST CNN on real digits and compare accuracy")
     p.add_argument("--out", default="trtptq-demo", help="output folder (default trtptq-demo)")

@@ -91,6 +91,11 @@ def _import(name: str) -> ModuleType | None:
         return None
 
 
+def installed_backends() -> dict[str, str]:
+    """name -> version of every TensorRT module importable here."""
+    return {n: m.__version__ for n in BACKENDS if (m := _import(n)) is not None}
+
+
 def get_backend(name: str | None = None) -> Backend:
     """The TensorRT module to build with: `name`, else $TRTPTQ_BACKEND, else the first importable of BACKENDS."""
     name = name or os.environ.get(ENV_VAR) or None

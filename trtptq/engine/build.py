@@ -26,6 +26,7 @@ from trtptq.core import fileio
 from trtptq.core import model as model_io
 from trtptq.core.errors import ModelError, TrtptqError
 from trtptq.core.log import progress
+from trtptq.core.manifest import gpu_compute_capability
 from trtptq.core.options import check_count, check_names, option_error
 from trtptq.core.precision import NodePrecision, read_plan
 from trtptq.core.trt import Backend, get_backend
@@ -125,6 +126,9 @@ class BuildReport:
     onnx_bytes: int
     timing_cache: str | None
     implicit_int8: dict | None = None  # algorithm, cache, batches fed: TensorRT <= 10's own calibration
+    plugins: list[str] = field(default_factory=list)  # plugin libraries the engine needs loaded to deserialize
+
+    # Beside the engine, this report is its manifest: trtptq.core.manifest checks it before the engine loads.
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -234,12 +238,21 @@ def build_engine(model_path: str | os.PathLike, output: str | os.PathLike,
         inputs=[t for t in io if t["input"]], outputs=[t for t in io if not t["input"]],
         profiles=[{k: [list(s) for s in v] for k, v in p.items()} for p in profiles],
         plan_counts=plan.counts() if plan else None, kept_float=plan.kept_float() if plan else {},
-        fp16_check=None, compute_capabilities=list(opts.compute_capabilities), build_seconds=round(seconds, 3),
+        fp16_check=None, compute_capabilities=_compute_capabilities(backend, opts), build_seconds=round(seconds, 3),
         engine_bytes=len(data), onnx_bytes=model_path.stat().st_size,
         timing_cache=str(timing_cache) if timing_cache else None,
         implicit_int8=calibrator and {"algorithm": calibrator.algorithm, "cache": implicit.cache,
-                                      "batches": calibrator.fed, "skipped_batches": calibrator.skipped})
+                                      "batches": calibrator.fed, "skipped_batches": calibrator.skipped},
+        plugins=[str(p) for p in opts.plugins])
     return report.save()
+
+
+def _compute_capabilities(backend: Backend, opts: BuildOptions) -> list[str]:
+    """The GPUs the engine runs on: TensorRT-RTX's targets as given (none: its portable set); TensorRT's build GPU."""
+    if backend.is_rtx or opts.compute_capabilities:
+        return list(opts.compute_capabilities)
+    cc = gpu_compute_capability()
+    return [cc] if cc else []
 
 
 def _load_plugins(backend: Backend, builder, libraries) -> None:

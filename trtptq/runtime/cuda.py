@@ -7,8 +7,9 @@ so the package and its CPU paths work without it.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 
@@ -38,9 +39,10 @@ class DeviceBuffers:
     """Named tensors in pinned host memory and on the GPU, copied asynchronously on one stream.
 
     Buffers grow to the largest size asked for and are then reused, so batches of
-    varying shape do not reallocate. Use as a context manager: the device's primary
-    context (the one TensorRT's runtime uses) is pushed on enter and everything is
-    freed on exit.
+    varying shape do not reallocate. Use as a context manager: everything is
+    freed on exit. They live in the device's primary context (the one TensorRT's
+    runtime uses), which every method makes current in the calling thread and
+    releases again: pycuda contexts are per thread, and a server calls from many.
     """
 
     def __init__(self, device: int = 0):
@@ -53,24 +55,33 @@ class DeviceBuffers:
 
     def __enter__(self) -> DeviceBuffers:
         self._context = self._cuda.Device(self._device_index).retain_primary_context()
-        self._context.push()
-        self.stream = self._cuda.Stream()
+        with self.current():
+            self.stream = self._cuda.Stream()
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
+    @contextlib.contextmanager
+    def current(self) -> Iterator[DeviceBuffers]:
+        """The buffers' CUDA context made current in this thread for the duration (nests)."""
+        self._context.push()
+        try:
+            yield self
+        finally:
+            self._cuda.Context.pop()
+
     def close(self) -> None:
         if self._context is None:
             return
-        if self.stream is not None:
-            self.stream.synchronize()
-        for allocation in self._device.values():
-            allocation.free()
+        with self.current():
+            if self.stream is not None:
+                self.stream.synchronize()
+            for allocation in self._device.values():
+                allocation.free()
         self._device.clear()
         self._host.clear()
         self.stream = None
-        self._context.pop()
         self._context = None
 
     def _reserve(self, name: str, size: int, dtype: np.dtype) -> np.ndarray:
@@ -88,37 +99,47 @@ class DeviceBuffers:
     def pointer(self, name: str) -> int:
         return int(self._device[name])
 
+    def event(self):
+        """A CUDA event recorded on the stream now: for timing the copies and the work between them."""
+        with self.current():
+            return self._cuda.Event().record(self.stream)
+
     def upload(self, arrays: Mapping[str, np.ndarray], wait: bool = False) -> dict[str, int]:
         """Stage each array in pinned memory and queue its copy to the GPU; name -> device pointer.
 
         `wait`: return only once the copies are done, for a consumer on another
         stream (TensorRT's calibrator); work queued on `self.stream` needs no wait.
         """
-        for name, array in arrays.items():
-            array = np.asarray(array)
-            host = self._reserve(name, array.size, array.dtype)
-            staged = host[: array.size]
-            staged[...] = array.reshape(-1)
-            self._cuda.memcpy_htod_async(self._device[name], staged, self.stream)
-        if wait:
-            self.stream.synchronize()
+        with self.current():
+            for name, array in arrays.items():
+                array = np.asarray(array)
+                host = self._reserve(name, array.size, array.dtype)
+                staged = host[: array.size]
+                staged[...] = array.reshape(-1)
+                self._cuda.memcpy_htod_async(self._device[name], staged, self.stream)
+            if wait:
+                self.stream.synchronize()
         return {name: self.pointer(name) for name in arrays}
 
     def allocate(self, name: str, shape: Shape, dtype) -> int:
         """A device buffer for an output of `shape`; its device pointer."""
-        self._reserve(name, math.prod(shape), np.dtype(dtype))
+        with self.current():
+            self._reserve(name, math.prod(shape), np.dtype(dtype))
         return self.pointer(name)
 
-    def download(self, shapes: Mapping[str, Shape]) -> dict[str, np.ndarray]:
-        """Copy the named buffers back and wait for the stream.
+    def download(self, shapes: Mapping[str, Shape], wait: bool = True) -> dict[str, np.ndarray]:
+        """Queue copies of the named buffers back to pinned memory; with `wait`, wait for the stream.
 
         The arrays are views of pinned memory, valid until the next call that
-        reuses these buffers: copy what must outlive it.
+        reuses these buffers: copy what must outlive it. Without `wait` they are
+        valid once `self.stream` is synchronized.
         """
         out = {}
-        for name, shape in shapes.items():
-            view = self._host[name][: math.prod(shape)]
-            self._cuda.memcpy_dtoh_async(view, self._device[name], self.stream)
-            out[name] = view.reshape(shape)
-        self.stream.synchronize()
+        with self.current():
+            for name, shape in shapes.items():
+                view = self._host[name][: math.prod(shape)]
+                self._cuda.memcpy_dtoh_async(view, self._device[name], self.stream)
+                out[name] = view.reshape(shape)
+            if wait:
+                self.stream.synchronize()
         return out

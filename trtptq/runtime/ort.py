@@ -11,10 +11,11 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx
 
-from trtptq.core.errors import ModelError
+from trtptq.core.errors import ModelError, TrtptqError
 from trtptq.core.model import PROTOBUF_LIMIT, save
 from trtptq.data.spec import InputSpec
 from trtptq.plugins import BUILTIN, Plugins
+from trtptq.runtime.model import Model, TensorInfo
 from trtptq.runtime.plugins import for_onnxruntime, plugin_nodes
 
 # How ONNX Runtime says it has no kernel for a node (custom domain; default domain; no kernel for these types).
@@ -137,3 +138,37 @@ def _numpy_dtype(ort_type: str) -> np.dtype:
     """'tensor(float16)' -> float16: ORT's type string through ONNX's own table."""
     name = ort_type.removeprefix("tensor(").removesuffix(")").upper()
     return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(onnx.TensorProto.DataType.Value(name)))
+
+
+class OnnxModel(Model):
+    """An ONNX model for `trtptq.runtime.load`: one ONNX Runtime session, whose `run` is thread-safe.
+
+    A Q/DQ model runs with graph optimizations off (Q and DQ as float ops, as
+    TensorRT defines them): ORT's fused INT8 kernels saturate on CPUs without VNNI.
+    """
+
+    kind = "onnx"
+
+    def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None, name: str | None = None):
+        self.path = pathlib.Path(path)
+        self.name = name or self.path.stem
+        graph = onnx.load(str(self.path), load_external_data=False).graph
+        self.simulate_int8 = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node)
+        self._session = session(self.path, providers=providers, simulate_int8=self.simulate_int8)
+        self.providers = self._session.get_providers()
+        self.inputs = [_info(t) for t in self._session.get_inputs()]
+        self.outputs = [_info(t) for t in self._session.get_outputs()]
+        self._names = [o.name for o in self.outputs]
+        self.profiles = []
+
+    def _infer(self, feed: dict[str, np.ndarray], profile: int, timings: dict | None) -> dict[str, np.ndarray]:
+        if self._session is None:
+            raise TrtptqError(f"{self.name} is closed.")
+        return dict(zip(self._names, self._session.run(self._names, feed)))
+
+    def close(self) -> None:
+        self._session = None
+
+
+def _info(t) -> TensorInfo:
+    return TensorInfo(t.name, _numpy_dtype(t.type), tuple(d if isinstance(d, int) and d >= 0 else None for d in t.shape))

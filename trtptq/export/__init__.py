@@ -1,0 +1,1 @@
+"""Exports for inference servers: Triton model repositories."""
