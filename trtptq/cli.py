@@ -193,11 +193,13 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
     from trtptq.pipelines import Target, quantize
 
     calibration, qopts, plugins = _calibration_options(a), _quantize_options(a), _plugins(a)
-    target = None
-    if a.target:
-        from trtptq.evaluation.compare import parse_thresholds
+    from trtptq.evaluation.compare import parse_thresholds
+    from trtptq.pipelines import Evaluation
 
-        target = _evaluation(a, Target, metrics=parse_thresholds(a.target, "--target"))
+    # built (and so checked) even without --target: a bad --sensitivity-samples is an error, not ignored
+    evaluation = _evaluation(a, Target, metrics=parse_thresholds(a.target, "--target")) if a.target else \
+        _evaluation(a, Evaluation)
+    target = evaluation if a.target else None
     _check_outputs(a.output, a.save_ranges, a.calibration_cache, a.report and pathlib.Path(a.report) / "report.html")
     if a.report and not (a.eval_data or a.data):
         raise TrtptqError("--report needs data to compare on: --eval-data (or --data)")
