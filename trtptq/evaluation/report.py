@@ -227,7 +227,7 @@ def write_sensitivity_report(sensitivity: dict | None, out_dir: str | pathlib.Pa
         lines.append("")
     if sensitivity is not None:
         layers = sensitivity["layers"]
-        pngs["sensitivity.png"] = _sensitivity_chart(layers)
+        pngs["sensitivity.png"] = _sensitivity_chart(layers, sensitivity["int8_snr_db"])
         lines += ["## Layers, most damaging first", "",
                   f"Model {sensitivity['model']}: whole INT8 model {sensitivity['int8_snr_db']:.1f} dB mean output SNR "
                   f"vs FP32 on {sensitivity['num_samples']} samples; {sensitivity['evaluations']} evaluations. "
@@ -246,22 +246,36 @@ def _signed(v: float | None) -> str:
     return "" if v is None else f"{v:+.2f}"
 
 
-def _sensitivity_chart(layers: list[dict], top: int = 30) -> bytes:
-    """Horizontal bars: each of the `top` most damaging layers' output SNR alone in INT8, and its gain in float."""
+def _sensitivity_chart(layers: list[dict], int8_snr_db: float, top: int = 30) -> bytes:
+    """Two panels over the `top` most damaging layers: output SNR with only that layer in INT8 (short = harmful),
+    and the SNR won by keeping only that layer in float (long = worth a fallback); values written on the bars."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     shown = layers[:top]
-    fig, ax = _figure(9, 1.2 + 0.28 * len(shown))
+    fig = Figure(figsize=(10, 1.4 + 0.3 * len(shown)))
+    FigureCanvasAgg(fig)
+    alone_ax, gain_ax = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [3, 2]})
     y = np.arange(len(shown))
-    ax.barh(y - 0.2, [r["alone_snr_db"] for r in shown], height=0.4, color="#c0392b",
-            label="output SNR, only this layer INT8 (dB)")
-    if any(r["gain_db"] is not None for r in shown):
-        ax.barh(y + 0.2, [r["gain_db"] or 0.0 for r in shown], height=0.4, color="#2874a6",
-                label="SNR gained keeping it in float (dB)")
-    ax.set_yticks(y, [f"{r['node']} ({r['op']})" for r in shown], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("dB")
-    ax.set_title(f"Layer sensitivity, most damaging first ({len(shown)} of {len(layers)})")
-    ax.legend(loc="lower right", fontsize=8)
-    ax.grid(axis="x", alpha=0.3)
+    alone = [r["alone_snr_db"] for r in shown]
+    alone_ax.barh(y, alone, color="#c0392b")
+    alone_ax.axvline(int8_snr_db, color="#555", ls="--", lw=1, label=f"whole INT8 model ({int8_snr_db:.1f} dB)")
+    for k, v in enumerate(alone):
+        alone_ax.text(max(v, 0) + 0.5, k, f"{v:.1f}", va="center", fontsize=7)
+    alone_ax.set_yticks(y, [f"{r['node']} ({r['op']})" for r in shown], fontsize=8)
+    alone_ax.invert_yaxis()
+    alone_ax.set_xlabel("output SNR with only this layer in INT8 (dB; lower = more damage)")
+    alone_ax.legend(loc="lower right", fontsize=7)
+    gains = [r["gain_db"] for r in shown]
+    if any(g is not None for g in gains):
+        gain_ax.barh(y, [g or 0.0 for g in gains], color="#2874a6")
+        for k, g in enumerate(gains):
+            if g is not None:
+                gain_ax.text(max(g, 0) + 0.2, k, f"{g:+.2f}", va="center", fontsize=7)
+    gain_ax.set_xlabel("output SNR won keeping only it in float (dB)")
+    for ax in (alone_ax, gain_ax):
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(f"Layer sensitivity, most damaging first ({len(shown)} of {len(layers)} INT8 layers)")
     return _png(fig)
 
 
