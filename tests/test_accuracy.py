@@ -16,8 +16,9 @@ import real_models
 
 from trtptq.calibration.calibrate import CalibrationOptions
 from trtptq.evaluation.evaluator import Evaluator
-from trtptq.pipelines import quantize
+from trtptq.pipelines import Target, quantize
 from trtptq.quantization.qdq import QuantizeOptions
+from trtptq.quantization.sensitivity import SensitivityOptions
 
 
 def _opts(method, batch_size=32):
@@ -108,14 +109,37 @@ def test_minilm_int8_embeddings(minilm, minilm_eval, method, activation_matmul, 
     assert real_models.knn_accuracy(unit, labels) >= real_models.knn_accuracy(fp32, labels) - max_drop
 
 
-def test_minilm_auto_method(minilm, minilm_eval):
+def _knn(evaluator, model, fp32, labels):
+    int8 = evaluator.outputs(model)
+    cos = np.sum(int8 * fp32, axis=1) / np.linalg.norm(int8, axis=1)
+    return real_models.knn_accuracy(int8 / np.linalg.norm(int8, axis=1, keepdims=True), labels), float(cos.mean())
+
+
+def test_minilm_default_holds_accuracy_or_says_what_to_do(minilm, minilm_eval, caplog):
+    """The default (no method given) is auto: the best of the scored candidates. On MiniLM it lands 1.1 points
+    under FP32's kNN (79.0 vs 80.1 %), so it must say, in one line, to check accuracy and use --target."""
     model, _ = minilm
     calib, evaluator, fp32, labels = minilm_eval
-    result = quantize(model, data=[calib], calibration=_opts("auto", 16))
-    scores = result.ranges.options["auto_snr_db"]
+    result = quantize(model, data=[calib], calibration=CalibrationOptions(batch_size=16, show_progress=False))
+    scores = {m: db for m, db in result.ranges.options["auto_snr_db"].items() if db is not None}
     assert result.ranges.method == max(scores, key=scores.get)
-    int8 = evaluator.outputs(result.model)
-    cos = np.sum(int8 * fp32, axis=1) / np.linalg.norm(int8, axis=1)
-    assert cos.mean() >= 0.97
-    unit = int8 / np.linalg.norm(int8, axis=1, keepdims=True)
-    assert real_models.knn_accuracy(unit, labels) >= real_models.knn_accuracy(fp32, labels) - 0.03
+    knn, cos = _knn(evaluator, result.model, fp32, labels)
+    assert cos >= 0.98 and knn >= real_models.knn_accuracy(fp32, labels) - 0.03
+    if knn < real_models.knn_accuracy(fp32, labels) - 0.01:
+        assert any("--target" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+
+def test_minilm_target_holds_task_accuracy(minilm, minilm_eval):
+    """--target cosine=0.99 on held-out fortunes (not the topic sentences scored here) keeps a few layers in float
+    and lands within 1 point of FP32's kNN topic accuracy."""
+    model, model_dir = minilm
+    calib, evaluator, fp32, labels = minilm_eval
+    held = real_models.encode(model_dir, [t for f in real_models.CALIBRATION_FILES
+                                          for t in real_models.read_fortunes(f, 64)[32:]])
+    result = quantize(model, data=[calib], calibration=CalibrationOptions(batch_size=16, show_progress=False),
+                      target=Target(data=[held], metrics={"cosine": 0.99},
+                                    sensitivity=SensitivityOptions(samples=32, show_progress=False)))
+    knn, cos = _knn(evaluator, result.model, fp32, labels)
+    print(result.fallback.to_dict() | {"trials": None}, knn, cos)
+    assert result.fallback.met and 0 < len(result.fallback.kept) < len(result.plan.precision.nodes)
+    assert knn >= real_models.knn_accuracy(fp32, labels) - 0.01

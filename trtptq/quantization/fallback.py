@@ -19,7 +19,8 @@ import onnx
 from trtptq.core.log import progress
 from trtptq.evaluation.compare import check_thresholds
 from trtptq.evaluation.evaluator import Evaluation, Evaluator
-from trtptq.quantization.qdq import Plan, quantized_model
+from trtptq.quantization.gated import GatedModel
+from trtptq.quantization.qdq import Plan
 from trtptq.quantization.sensitivity import Sensitivity
 
 logger = logging.getLogger(__name__)
@@ -64,36 +65,44 @@ def fall_back(model: onnx.ModelProto, plan: Plan, amax: dict[str, float], evalua
               ) -> tuple[Fallback, Sensitivity | None]:
     """Search the fewest layers to keep in float so that every target holds, in the order `rank()` gives (called
     only when the INT8 model misses a target); the sensitivity it used, if any, comes back beside the result."""
-    sensitivity: Sensitivity | None = None
-    tried: dict[frozenset, Trial] = {}
-    bars = []  # the search's progress bar, once the search starts
-
-    def trial(kept: list[str]) -> Trial:
-        key = frozenset(kept)
-        if key not in tried:
-            candidate = quantized_model(model, plan.without(dict.fromkeys(kept, "")), amax)
-            ev = evaluator.evaluate(candidate, f"{len(kept)} in float")
-            tried[key] = Trial(tuple(kept), ev, check_thresholds(ev.outputs, ev.accuracy, targets, "--target"))
-            for bar in bars:
-                bar.update(1)
-        return tried[key]
-
-    start = best = trial([])
-    if not start.passed:
-        sensitivity = rank()
-        order = sensitivity.ranking
-        with progress(total=None, enabled=show_progress, desc="fallback search", unit="model") as bar:
-            bars.append(bar)
-            best = _shortest_prefix(order, trial) or max(tried.values(), key=lambda t: t.evaluation.mean_snr_db)
-            if best.passed:
-                best = _prune(best, order, trial)
-        if not best.passed:
-            logger.warning("the targets (%s) are not met even with all %d INT8 layers in float; keeping the best "
-                           "model found", ", ".join(f"{m}={v:g}" for m, v in targets.items()), len(order))
+    sensitivity = None
+    with GatedModel(model, plan, amax, evaluator.plugins) as gated:
+        search = _Search(gated, evaluator, targets)
+        start = best = search.trial([])
+        if not start.passed:
+            sensitivity = rank()
+            order = sensitivity.ranking
+            with progress(total=None, enabled=show_progress, desc="fallback search", unit="model") as search.bar:
+                best = _shortest_prefix(order, search.trial) or max(search.tried.values(),
+                                                                      key=lambda t: t.evaluation.mean_snr_db)
+                if best.passed:
+                    best = _prune(best, order, search.trial)
+            if not best.passed:
+                logger.warning("the targets (%s) are not met even with all %d INT8 layers in float; keeping the best "
+                               "model found", ", ".join(f"{m}={v:g}" for m, v in targets.items()), len(order))
     why = {node: _reason(node, sensitivity, targets) for node in best.kept}
-    trials = [{"kept": list(t.kept), "passed": t.passed, **t.summary()} for t in tried.values()]
-    return Fallback(plan.without(why), why, targets, start.summary(), best.summary(), best.passed, len(tried),
+    trials = [{"kept": list(t.kept), "passed": t.passed, **t.summary()} for t in search.tried.values()]
+    return Fallback(plan.without(why), why, targets, start.summary(), best.summary(), best.passed, len(search.tried),
                     trials), sensitivity
+
+
+class _Search:
+    """The trials of one search: each set of layers kept in float evaluated once, as a gate setting of one session."""
+
+    def __init__(self, gated: GatedModel, evaluator: Evaluator, targets: dict[str, float]):
+        self.gated, self.evaluator, self.targets = gated, evaluator, targets
+        self.tried: dict[frozenset, Trial] = {}
+        self.bar = None  # the search's progress bar, once there is a search
+
+    def trial(self, kept: list[str]) -> Trial:
+        key = frozenset(kept)
+        if key not in self.tried:
+            int8 = [n for n in self.gated.nodes if n not in key]
+            ev = self.evaluator.evaluate(self.gated.variant(int8, f"{len(kept)} in float"))
+            self.tried[key] = Trial(tuple(kept), ev, check_thresholds(ev.outputs, ev.accuracy, self.targets, "--target"))
+            if self.bar is not None:
+                self.bar.update(1)
+        return self.tried[key]
 
 
 def _shortest_prefix(order: list[str], trial) -> object | None:

@@ -25,8 +25,9 @@ from trtptq.core.fileio import write_text
 from trtptq.core.log import progress
 from trtptq.core.options import check_count
 from trtptq.evaluation.evaluator import Evaluator
+from trtptq.quantization.gated import GatedModel
 from trtptq.quantization.local import local_snr, small_batches
-from trtptq.quantization.qdq import Plan, quantized_model
+from trtptq.quantization.qdq import Plan
 
 DEFAULT_SAMPLES = 64  # evaluation samples each single-layer variant runs on
 
@@ -80,15 +81,15 @@ def analyze(model: onnx.ModelProto, plan: Plan, amax: dict[str, float], evaluato
     local = local_snr(model, plan, {"int8": amax}, nodes, small_batches(evaluator.batches(), opts.samples),
                       opts.memory_budget, opts.show_progress, evaluator.plugins)
     evaluations = 1
-    full = evaluator.evaluate(quantized_model(model, plan, amax), "int8").mean_snr_db
     layers = []
-    with progress(total=len(nodes), enabled=opts.show_progress, desc="layer sensitivity", unit="layer") as bar:
+    with GatedModel(model, plan, amax, evaluator.plugins) as gated, \
+            progress(total=len(nodes), enabled=opts.show_progress, desc="layer sensitivity", unit="layer") as bar:
+        full = evaluator.evaluate(gated.variant(nodes, "int8")).mean_snr_db
         for node in nodes:
-            alone = evaluator.evaluate(quantized_model(model, plan.only([node]), amax), node).mean_snr_db
+            alone = evaluator.evaluate(gated.variant([node], node)).mean_snr_db
             gain = None
             if opts.gain:
-                kept = plan.without({node: "measured in float"})
-                gain = evaluator.evaluate(quantized_model(model, kept, amax), node).mean_snr_db - full
+                gain = evaluator.evaluate(gated.variant([n for n in nodes if n != node], node)).mean_snr_db - full
             evaluations += 1 + opts.gain
             layers.append(LayerSensitivity(node, plan.precision.nodes[node].op, round(local[node]["int8"], 3),
                                            round(alone, 3), None if gain is None else round(gain, 3)))
