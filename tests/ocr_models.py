@@ -180,19 +180,20 @@ def _resize_norm(image: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray |
     return out
 
 
-def _lines(n: int, seed: int, split: str, shape: tuple[int, int, int]):
-    """n (texts, rendered BGR lines, preprocessed arrays) whose lines fit the width, in a seeded order."""
+def _lines(n: int, seed: int, split: str, shape: tuple[int, int, int] | None):
+    """n (texts, rendered BGR lines, preprocessed arrays or None) in a seeded order; with a shape, only lines
+    that fit its width at its height (rapidocr would widen the batch for longer ones; a fixed width cannot)."""
     pool = phrases(split)
     rng = np.random.default_rng([seed, SPLITS.index(split)])
     texts, images, arrays = [], [], []
     for k in rng.permutation(len(pool)):
         image = _render_line(pool[k], rng)
-        array = _resize_norm(image, shape)
-        if array is None:
+        array = _resize_norm(image, shape) if shape else None
+        if shape and array is None:
             continue
         texts.append(pool[k]), images.append(image), arrays.append(array)
         if len(texts) == n:
-            return texts, images, np.stack(arrays)
+            return texts, images, np.stack(arrays) if shape else None
     raise ValueError(f"only {len(texts)} {split} lines fit {shape}; asked for {n}")
 
 
@@ -204,7 +205,7 @@ def rec_data(n: int, seed: int = 0, split: str = "eval") -> tuple[np.ndarray, li
 
 def cls_data(n: int, seed: int = 0, split: str = "eval") -> tuple[np.ndarray, np.ndarray]:
     """(N, 3, 48, 192) float32 classifier inputs and labels: 0 upright, 1 rotated 180 degrees (about half)."""
-    texts, images, _ = _lines(n, seed, split, (3, 48, 10_000))  # any width: long lines get squeezed, as in rapidocr
+    texts, images, _ = _lines(n, seed, split, None)  # any width: long lines get squeezed, as in rapidocr
     rng = np.random.default_rng([seed, SPLITS.index(split), 180])
     labels = (rng.random(n) < 0.5).astype(np.int64)
     batch = np.stack([_resize_norm_squeeze(img[::-1, ::-1] if lab else img, CLS_SHAPE) for img, lab in zip(images, labels)])
@@ -258,3 +259,119 @@ def _edit_distance(a: str, b: str) -> int:
         for j, cb in enumerate(b, 1):
             prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
     return row[-1]
+
+
+def det_data(n: int, seed: int = 0, split: str = "eval", shape: tuple[int, int, int] = DET_SHAPE
+             ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(N, 3, H, W) float32 pages, each with 3 to 9 rendered lines where they fit (and sometimes a rule or a box, which are not
+    text), and per page the ground-truth line boxes, an (L, 4) int array of x0, y0, x1, y1 (ink extent)."""
+    _, height, width = shape
+    pool = phrases(split, 40)
+    rng = np.random.default_rng([seed, SPLITS.index(split), 32])
+    order = iter(rng.permutation(len(pool)))
+    pages, boxes = [], []
+    for _ in range(n):
+        bg = rng.integers(180, 256) - rng.integers(0, 30, 3) * (rng.random() < 0.5)
+        page = Image.new("RGB", (width, height), tuple(int(v) for v in np.broadcast_to(bg, 3)))
+        draw = ImageDraw.Draw(page)
+        y, page_boxes = int(rng.integers(4, 30)), []
+        wanted = int(rng.integers(3, 10))
+        for _ in range(40):
+            if len(page_boxes) == wanted:
+                break
+            font = _font(FONTS[rng.integers(len(FONTS))], int(rng.integers(14, 30)))
+            text = pool[next(order)]
+            x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
+            if x1 - x0 > width - 16:
+                continue
+            if y + y1 + 8 > height:
+                continue
+            x = int(rng.integers(8, width - 8 - (x1 - x0))) - x0
+            fg = rng.integers(0, 90) + rng.integers(0, 40, 3) * (rng.random() < 0.4)
+            draw.text((x, y), text, font=font, fill=tuple(int(v) for v in np.broadcast_to(fg, 3)))
+            page_boxes.append((x + x0, y + y0, x + x1, y + y1))
+            y += y1 + int(rng.integers(6, 30))
+        if rng.random() < 0.3:  # a table rule: not text
+            ry = int(rng.integers(0, height))
+            draw.line((0, ry, width, ry), fill=(90, 90, 90), width=1)
+        pixels = _degrade(page, rng)
+        pages.append((pixels.transpose(2, 0, 1).astype(np.float32) / 255 - 0.5) / 0.5)
+        boxes.append(np.array(page_boxes, np.int64).reshape(-1, 4))
+    return np.stack(pages), boxes
+
+
+def det_regions(prob: np.ndarray, thresh: float = 0.3, box_thresh: float = 0.5, unclip_ratio: float = 1.6
+                ) -> np.ndarray:
+    """rapidocr's DBPostProcess on axis-aligned boxes: threshold, 2x2 dilation, 8-connected regions, keep those
+    whose mean probability is >= box_thresh, expand each by area * unclip_ratio / perimeter. (K, 4) x0, y0, x1, y1."""
+    prob = np.asarray(prob).reshape(prob.shape[-2:])
+    mask = prob > thresh
+    mask = mask | np.pad(mask, ((1, 0), (1, 0)))[:-1, :-1] | np.pad(mask, ((1, 0), (0, 0)))[:-1] \
+        | np.pad(mask, ((0, 0), (1, 0)))[:, :-1]  # cv2.dilate with a 2x2 kernel (anchor at its centre)
+    height, width = mask.shape
+    out = []
+    for ys, xs in _components(mask):
+        y0, y1, x0, x1 = ys.start, ys.stop, xs.start, xs.stop
+        w, h = x1 - x0, y1 - y0
+        if min(w, h) < 3 or prob[y0:y1, x0:x1].mean() < box_thresh:
+            continue
+        d = w * h * unclip_ratio / (2 * (w + h))
+        out.append((max(0, x0 - d), max(0, y0 - d), min(width, x1 + d), min(height, y1 + d)))
+    return np.array(out, np.float64).reshape(-1, 4)
+
+
+def _components(mask: np.ndarray) -> list[tuple[slice, slice]]:
+    try:
+        from scipy import ndimage
+    except ImportError:
+        return _components_numpy(mask)
+    labels, _ = ndimage.label(mask, structure=np.ones((3, 3)))
+    return [s for s in ndimage.find_objects(labels) if s is not None]
+
+
+def _components_numpy(mask: np.ndarray) -> list[tuple[slice, slice]]:
+    """Bounding slices of 8-connected regions by flood fill (slow, only where scipy is absent)."""
+    seen = np.zeros_like(mask, bool)
+    out = []
+    for y, x in zip(*np.nonzero(mask)):
+        if seen[y, x]:
+            continue
+        stack, seen[y, x] = [(y, x)], True
+        y0, y1, x0, x1 = y, y, x, x
+        while stack:
+            cy, cx = stack.pop()
+            y0, y1, x0, x1 = min(y0, cy), max(y1, cy), min(x0, cx), max(x1, cx)
+            for ny in range(max(0, cy - 1), min(mask.shape[0], cy + 2)):
+                for nx in range(max(0, cx - 1), min(mask.shape[1], cx + 2)):
+                    if mask[ny, nx] and not seen[ny, nx]:
+                        seen[ny, nx] = True
+                        stack.append((ny, nx))
+        out.append((slice(y0, y1 + 1), slice(x0, x1 + 1)))
+    return out
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of (A, 4) and (B, 4) x0, y0, x1, y1 boxes."""
+    a, b = np.asarray(a, np.float64)[:, None], np.asarray(b, np.float64)[None]
+    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = iw * ih
+    area = lambda z: (z[..., 2] - z[..., 0]) * (z[..., 3] - z[..., 1])
+    return inter / np.maximum(area(a) + area(b) - inter, 1e-9)
+
+
+def det_f1(probs: np.ndarray, boxes: list[np.ndarray], min_iou: float = 0.5) -> dict[str, float]:
+    """Line-level detection over all pages: predicted regions matched one-to-one (greedy by IoU, >= min_iou)
+    to ground-truth boxes; precision, recall and F1 (micro)."""
+    hits = predicted = truth = 0
+    for prob, gt in zip(probs, boxes, strict=True):
+        pred = det_regions(prob)
+        predicted, truth = predicted + len(pred), truth + len(gt)
+        if len(pred) and len(gt):
+            m = iou(pred, gt)
+            while m.size and m.max() >= min_iou:
+                i, j = np.unravel_index(m.argmax(), m.shape)
+                hits += 1
+                m[i, :], m[:, j] = -1, -1
+    p, r = hits / max(predicted, 1), hits / max(truth, 1)
+    return {"precision": p, "recall": r, "f1": 2 * p * r / max(p + r, 1e-9)}
