@@ -282,7 +282,7 @@ def det_data(n: int, seed: int = 0, split: str = "eval", shape: tuple[int, int, 
             font = _font(FONTS[rng.integers(len(FONTS))], int(rng.integers(14, 30)))
             text = pool[next(order)]
             x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
-            if x1 - x0 > width - 16:
+            if x1 - x0 >= width - 16:
                 continue
             if y + y1 + 8 > height:
                 continue
