@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import ocr_models  # noqa: E402
 
 METHODS = ("minmax", "percentile", "entropy", "mse", "auto")
-DEFAULT_SIZES = {"rec": (300, 300), "cls": (300, 300), "det": (48, 48)}  # (calibration, evaluation) samples
+DEFAULT_SIZES = {"rec": (300, 300), "cls": (300, 300), "det": (96, 96)}  # (calibration, evaluation) samples
 TASK_METRIC = {"rec": "exact_match", "cls": "top1", "det": "f1"}
 
 
@@ -134,8 +134,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", choices=("rec", "cls", "det"), default=["rec", "cls", "det"])
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    p.add_argument("--calib", type=int, help="calibration samples (default rec/cls 300, det 48)")
-    p.add_argument("--eval", type=int, help="evaluation samples (default rec/cls 300, det 48)")
+    p.add_argument("--calib", type=int, help="calibration samples (default rec/cls 300, det 96)")
+    p.add_argument("--eval", type=int, help="evaluation samples (default rec/cls 300, det 96)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16, help="trtptq quantize --batch-size (default 16)")
     p.add_argument("--json", help="write the results here")
