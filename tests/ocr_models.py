@@ -264,7 +264,8 @@ def _edit_distance(a: str, b: str) -> int:
 def det_data(n: int, seed: int = 0, split: str = "eval", shape: tuple[int, int, int] = DET_SHAPE
              ) -> tuple[np.ndarray, list[np.ndarray]]:
     """(N, 3, H, W) float32 pages, each with 3 to 9 rendered lines where they fit (and sometimes a rule or a box, which are not
-    text), and per page the ground-truth line boxes, an (L, 4) int array of x0, y0, x1, y1 (ink extent)."""
+    text), and per page the ground-truth line boxes, an (L, 4) int array of x0, y0, x1, y1: the ink's width, and the height from
+    cap top to descender (as an annotator boxes a line; a line of lowercase letters is not a thinner box)."""
     _, height, width = shape
     pool = phrases(split, 40)
     rng = np.random.default_rng([seed, SPLITS.index(split), 32])
@@ -289,7 +290,8 @@ def det_data(n: int, seed: int = 0, split: str = "eval", shape: tuple[int, int, 
             x = int(rng.integers(8, width - 8 - (x1 - x0))) - x0
             fg = rng.integers(0, 90) + rng.integers(0, 40, 3) * (rng.random() < 0.4)
             draw.text((x, y), text, font=font, fill=tuple(int(v) for v in np.broadcast_to(fg, 3)))
-            page_boxes.append((x + x0, y + y0, x + x1, y + y1))
+            _, top, _, bottom = draw.textbbox((0, 0), "Hg", font=font)  # the line's height, whatever its letters
+            page_boxes.append((x + x0, y + min(y0, top), x + x1, y + max(y1, bottom)))
             y += y1 + int(rng.integers(6, 30))
         if rng.random() < 0.3:  # a table rule: not text
             ry = int(rng.integers(0, height))
