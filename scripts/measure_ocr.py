@@ -33,6 +33,8 @@ Recognizer character accuracy: FP32 99.88 %, minmax 97.98, percentile 99.78, ent
 entropy clips most Hardswish/residual tensors to 1/4 to 1/7 of their range (percentile about 1/2). Keeping
 those layers in float does not help: entropy with p2o.Conv.14 and p2o.Conv.1 in float reads 3.33 %, and
 percentile with p2o.Conv.1 alone in float drops from 97.67 % to 90.33 % (cosine 0.9806 -> 0.9570).
+A quick variant for tests, `--models rec --calib 64 --eval 100` (about 10 s per quantize, 10 s per evaluation):
+FP32 98 %, entropy 0 % (cosine 0.61), percentile 90 % (0.93), mse 79 % (0.95), minmax 78 % (0.94).
 """
 
 from __future__ import annotations
