@@ -181,11 +181,12 @@ def _save_ranges(ranges, path: str | None, cache: str | None, cache_for: str | N
         print(f"TensorRT calibration cache ({header}) -> {cache}")
 
 
-def _evaluation(a: argparse.Namespace, cls, **extra):
+def _evaluation(a: argparse.Namespace, cls, gain: bool = True, **extra):
     from trtptq.quantization.sensitivity import SensitivityOptions
 
     return cls(data=a.eval_data, image=_image_options(a), sensitivity=SensitivityOptions(
-        samples=a.sensitivity_samples, memory_budget=a.memory_budget, show_progress=not a.no_progress), **extra)
+        samples=a.sensitivity_samples, gain=gain, memory_budget=a.memory_budget, show_progress=not a.no_progress),
+        **extra)
 
 
 def _cmd_quantize(a: argparse.Namespace) -> int:
@@ -197,7 +198,7 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
     from trtptq.pipelines import Evaluation
 
     # built (and so checked) even without --target: a bad --sensitivity-samples is an error, not ignored
-    evaluation = _evaluation(a, Target, metrics=parse_thresholds(a.target, "--target")) if a.target else \
+    evaluation = _evaluation(a, Target, gain=False, metrics=parse_thresholds(a.target, "--target")) if a.target else \
         _evaluation(a, Evaluation)
     target = evaluation if a.target else None
     _check_outputs(a.output, a.save_ranges, a.calibration_cache, a.report and pathlib.Path(a.report) / "report.html")

@@ -69,9 +69,13 @@ class Evaluation:
 
 @dataclass
 class Target(Evaluation):
-    """`quantize --target`: keep the most sensitive layers in float until every metric reaches its minimum."""
+    """`quantize --target`: keep the most sensitive layers in float until every metric reaches its minimum.
+
+    Its ranking skips the gain measure by default (half the evaluations): the search orders by damage alone.
+    """
 
     metrics: dict[str, float] = field(default_factory=dict)  # e.g. {"cosine": 0.99}, as compare --fail-below
+    sensitivity: SensitivityOptions = field(default_factory=lambda: SensitivityOptions(gain=False))
 
     def __post_init__(self) -> None:
         if not self.metrics:

@@ -52,7 +52,7 @@ class Fallback:
     before: dict[str, float]
     after: dict[str, float]
     met: bool
-    evaluations: int
+    evaluations: int  # full-model evaluations: the search's and the sensitivity ranking's
     trials: list[dict] = field(default_factory=list)  # every configuration tried, in order
 
     def to_dict(self) -> dict:
@@ -82,7 +82,8 @@ def fall_back(model: onnx.ModelProto, plan: Plan, amax: dict[str, float], evalua
                                "model found", ", ".join(f"{m}={v:g}" for m, v in targets.items()), len(order))
     why = {node: _reason(node, sensitivity, targets) for node in best.kept}
     trials = [{"kept": list(t.kept), "passed": t.passed, **t.summary()} for t in search.tried.values()]
-    return Fallback(plan.without(why), why, targets, start.summary(), best.summary(), best.passed, len(search.tried),
+    evaluations = len(search.tried) + (sensitivity.evaluations if sensitivity else 0)  # the ranking's count too
+    return Fallback(plan.without(why), why, targets, start.summary(), best.summary(), best.passed, evaluations,
                     trials), sensitivity
 
 

@@ -29,7 +29,7 @@ from trtptq.quantization.gated import GatedModel
 from trtptq.quantization.local import local_snr, small_batches
 from trtptq.quantization.qdq import Plan
 
-DEFAULT_SAMPLES = 64  # evaluation samples each single-layer variant runs on
+DEFAULT_SAMPLES = 32  # evaluation samples each single-layer variant runs on
 
 
 @dataclass
