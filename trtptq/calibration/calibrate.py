@@ -46,7 +46,7 @@ class CalibrationOptions:
     providers: tuple[str, ...] | None = None  # ONNX Runtime's, for runner="onnxruntime"
     runner: str = "onnxruntime"  # or "tensorrt": an FP32 engine on the GPU, through pycuda buffers
     backend: str | None = None  # the TensorRT for runner="tensorrt" (None: auto)
-    auto_samples: int = 32  # method="auto": calibration samples the candidates are scored on
+    auto_samples: int = 16  # method="auto": calibration samples the candidates are scored on
     show_progress: bool = True
 
     def __post_init__(self) -> None:

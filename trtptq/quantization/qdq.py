@@ -201,6 +201,18 @@ def quantized_model(model: onnx.ModelProto, plan_: Plan, amax: Mapping[str, floa
     return precision.write_plan(export_graph(insert_qdq(import_graph(model), plan_, amax), model), plan_.precision)
 
 
+def with_scales(qdq_model: onnx.ModelProto, amax: Mapping[str, float]) -> onnx.ModelProto:
+    """A copy of a Q/DQ model from `insert_qdq` with its activation scales set from `amax`: candidates that differ
+    only in their ranges, without placing and exporting the graph again."""
+    out = onnx.ModelProto()
+    out.CopyFrom(qdq_model)
+    for init in out.graph.initializer:
+        tensor = init.name.removesuffix("_scale")
+        if tensor != init.name and tensor in amax:
+            init.CopyFrom(onnx.numpy_helper.from_array(np.asarray(INT8.scale(amax[tensor]), np.float32), init.name))
+    return out
+
+
 def insert_qdq(graph: gs.Graph, plan_: Plan, amax: Mapping[str, float], suffix: str = "") -> gs.Graph:
     """Write Q/DQ pairs for activations (from `amax`) and int8 weights + DQ, in place.
 
