@@ -52,8 +52,10 @@ def test_picodet_with_efficient_nms_quantizes_and_compares_from_the_cli(tmp_path
     onnx.save(rd.with_nms(), tmp_path / "layout.onnx")
     rd.save_pages(tmp_path / "calib.npz", CALIB, seed=1)
     rd.save_pages(tmp_path / "eval.npz", EVAL, seed=2)
-    r = trtptq("quantize", "layout.onnx", "-o", "layout.int8.onnx", "--data", "calib.npz", "--no-progress",
-               cwd=tmp_path)
+    # --method auto (the default) keeps percentile on these pages (scripts/measure_detector.py) but scores every
+    # method first: 4x the time; the test runs the method it keeps.
+    r = trtptq("quantize", "layout.onnx", "-o", "layout.int8.onnx", "--data", "calib.npz", "--method", "percentile",
+               "--no-progress", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "1 nodes kept in float" in r.stdout  # the NMS: no Q/DQ on its inputs or outputs
     int8 = onnx.load(tmp_path / "layout.int8.onnx")
@@ -61,7 +63,7 @@ def test_picodet_with_efficient_nms_quantizes_and_compares_from_the_cli(tmp_path
     assert list(nms.input) == ["boxes", "scores"]  # float boxes and scores, as the plugin reads them
 
     r = trtptq("compare", "layout.onnx", "layout.int8.onnx", "--data", "eval.npz", "--report", "report",
-               "--no-progress", cwd=tmp_path)
+               "--no-per-layer", "--no-progress", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert list(report["candidates"][0]["outputs"]) == list(rd.NMS_OUTPUTS)  # the report lists the NMS outputs
@@ -73,6 +75,7 @@ def test_picodet_with_efficient_nms_quantizes_and_compares_from_the_cli(tmp_path
     assert ref[0].min() >= 5  # FP32 finds the page's blocks
     confident = rd.agreement(ref, got, min_score=0.8)
     every = rd.agreement(ref, got)
-    # measured (default method, these pages): ~0.8 of the confident FP32 boxes found, mean IoU ~0.87
-    assert confident["recall"] >= 0.7 and confident["mean_iou"] >= 0.8, confident
-    assert every["recall"] >= 0.6 and abs(every["candidate"] - every["reference"]) <= 0.3 * every["reference"], every
+    # measured (percentile, these 16 / 8 pages): 84 % of the FP32 boxes scoring >= 0.8 found (same class, IoU >= 0.5),
+    # 77 % of all 87, mean IoU 0.87, 76 INT8 boxes
+    assert confident["recall"] >= 0.75 and confident["mean_iou"] >= 0.82, confident
+    assert every["recall"] >= 0.65 and abs(every["candidate"] - every["reference"]) <= 0.3 * every["reference"], every
