@@ -77,6 +77,7 @@ def main() -> None:
             return CalibrationOptions(method=method, batch_size=args.batch_size, show_progress=False)
 
         quiet = SensitivityOptions(show_progress=False)
+        ranking = SensitivityOptions(gain=False, show_progress=False)  # what quantize --target ranks with
         jobs = {
             f"quantize --method {args.baseline}": lambda: quantize(model, calib, calibration=opts(args.baseline)),
             "quantize --method auto": lambda: quantize(model, calib, calibration=opts("auto")),
@@ -84,7 +85,7 @@ def main() -> None:
                                                              evaluation=Evaluation(data=evals, sensitivity=quiet)),
             f"quantize --target {args.target}": lambda: quantize(
                 model, calib, calibration=opts("auto"),
-                target=Target(data=evals, metrics=parse_thresholds([args.target], "--target"), sensitivity=quiet)),
+                target=Target(data=evals, metrics=parse_thresholds([args.target], "--target"), sensitivity=ranking)),
         }
         base = None
         print(f"{'job':36s}{'wall s':>8s}{'CPU s':>8s}{'x baseline':>11s}  result")
