@@ -214,7 +214,7 @@ def test_user_plugin_calibrated_through_its_numpy_reference_and_quantized_by_its
         session(model)
 
 
-def test_cli_calibrates_and_compares_a_user_plugin_model(tmp_path):
+def test_cli_calibrates_compares_ranks_and_runs_a_user_plugin_model(tmp_path):
     (tmp_path / "my_plugins.py").write_text(PLUGIN_FILE)
     onnx.save(_user_plugin_model(), tmp_path / "model.onnx")
     np.savez(tmp_path / "data.npz", x=np.random.default_rng(0).standard_normal((16, 2, 5, 5)).astype(np.float32))
@@ -226,6 +226,13 @@ def test_cli_calibrates_and_compares_a_user_plugin_model(tmp_path):
                "--no-progress", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "largest SNR drop" in r.stdout
+    r = trtptq("sensitivity", "model.onnx", "--data", "data.npz", "--plugin", "my_plugins.py", "--no-progress",
+               cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = trtptq("run", "model.int8.onnx", "--data", "data.npz", "-o", "out.npz", "--plugin", "my_plugins.py",
+               "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert all(len(v) == 16 for v in np.load(tmp_path / "out.npz").values())
     r = trtptq("calibrate", "model.onnx", "--data", "data.npz", "--no-progress", cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert "no kernel for op ScaledTanh (domain my.ops) at node tanh" in r.stderr and "--plugin FILE.py" in r.stderr

@@ -371,7 +371,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
     from trtptq.runtime import load
 
     _check_outputs(a.output)
-    with load(a.model, backend=a.backend) as model:
+    with load(a.model, backend=a.backend, registry=_plugins(a)) as model:
         specs = model.input_specs
         fixed = [s.shape[0] for s in specs if s.shape and s.shape[0] is not None]
         batch = a.batch_size or (fixed[0] if fixed else min([64, *(p[s.name][2][0] for p in model.profiles[:1]
@@ -398,7 +398,7 @@ def _cmd_bench(a: argparse.Namespace) -> int:
 
     shapes = {n: opt for n, (_, opt, _) in parse_shapes(a.shapes or "").items()}
     opts = BenchOptions(batch_size=a.batch_size, shapes=shapes, threads=a.threads, duration=a.duration,
-                        warmup=a.warmup, instances=a.instances, show_progress=not a.no_progress)
+                        warmup=a.warmup, instances=a.instances, show_progress=not a.no_progress, plugins=_plugins(a))
     _check_outputs(a.json)
     results = bench(a.models, opts)
     print(f"{'model':24s}{'kind':>7s}{'mean ms':>9s}{'p50':>8s}{'p90':>8s}{'p99':>8s}{'samples/s':>11s}{'speed-up':>9s}"
@@ -541,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     _add_backend_arg(p)
     _add_image_args(p)
+    _add_plugin_arg(p)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("bench", help="latency and throughput of models side by side (speed-up over the first)")
@@ -554,6 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of untimed calls first (default 1)")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--no-progress", action="store_true")
+    _add_plugin_arg(p)
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("export", help="export a model for an inference server")

@@ -19,6 +19,7 @@ import numpy as np
 from trtptq.core.errors import TrtptqError
 from trtptq.core.log import progress
 from trtptq.core.options import check_count, option_error
+from trtptq.plugins import BUILTIN, Plugins
 from trtptq.runtime.model import Model, load
 
 NOISY_CV = 0.10  # coefficient of variation of the latencies above which the note says the timings are noisy
@@ -34,6 +35,7 @@ class BenchOptions:
     instances: int | None = None  # engine contexts per profile; default: one per thread
     seed: int = 0
     show_progress: bool = True  # one bar step per model
+    plugins: Plugins = BUILTIN  # plugin ops (from --plugin files) for ONNX models, their TensorRT libraries for engines
 
     def __post_init__(self) -> None:
         check_count("--batch-size", self.batch_size, "sample")
@@ -99,7 +101,7 @@ def bench(models: Sequence[str], options: BenchOptions | None = None) -> list[Be
     options = options or BenchOptions()
     results = []
     for path in progress(models, desc="bench", unit="model", leave=False, enabled=options.show_progress):
-        with load(path, instances=options.instances or options.threads) as model:
+        with load(path, instances=options.instances or options.threads, registry=options.plugins) as model:
             results.append(measure(model, make_feed(model, options), options))
     for r in results[1:]:
         r.speedup = r.throughput / results[0].throughput

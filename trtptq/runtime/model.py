@@ -18,6 +18,7 @@ import numpy as np
 
 from trtptq.core.errors import TrtptqError
 from trtptq.data.spec import InputSpec
+from trtptq.plugins import BUILTIN, Plugins
 
 Shape = tuple[int, ...]
 Profile = dict[str, tuple[Shape, Shape, Shape]]  # input -> (min, opt, max)
@@ -138,14 +139,15 @@ class ModelRunner:
 
 
 def load(path: str | os.PathLike, *, instances: int = 1, backend: str | None = None, providers: Sequence[str] | None = None,
-         plugins: Sequence[str] = (), name: str | None = None) -> Model:
+         plugins: Sequence[str] = (), name: str | None = None, registry: Plugins = BUILTIN) -> Model:
     """The model at `path`: `.onnx` runs in ONNX Runtime, anything else is a serialized TensorRT engine.
 
     Engines: `instances` execution contexts per optimization profile (each with
     its own stream and buffers) serve that many calls at once; the manifest
     beside the engine is checked first; `backend` (tensorrt | tensorrt_rtx)
     defaults to the one the manifest names. ONNX: `providers` default to CUDA
-    where installed, then CPU.
+    where installed, then CPU. `registry` (from `--plugin` files) runs an ONNX
+    model's plugin ops and adds its TensorRT libraries to `plugins` for engines.
     """
     path = pathlib.Path(path)
     if not path.is_file():
@@ -155,10 +157,11 @@ def load(path: str | os.PathLike, *, instances: int = 1, backend: str | None = N
     if path.suffix == ".onnx":
         from trtptq.runtime.ort import OnnxModel
 
-        return OnnxModel(path, providers=providers, name=name)
+        return OnnxModel(path, providers=providers, name=name, plugins=registry)
     from trtptq.runtime.engine import EngineModel
 
-    return EngineModel(path, instances=instances, backend=backend, plugins=plugins, name=name)
+    libraries = tuple(dict.fromkeys([*map(str, plugins), *registry.trt_libraries]))
+    return EngineModel(path, instances=instances, backend=backend, plugins=libraries, name=name)
 
 
 def _dims(shape: Sequence) -> str:

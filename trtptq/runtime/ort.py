@@ -149,12 +149,13 @@ class OnnxModel(Model):
 
     kind = "onnx"
 
-    def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None, name: str | None = None):
+    def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None, name: str | None = None,
+                 plugins: Plugins = BUILTIN):
         self.path = pathlib.Path(path)
         self.name = name or self.path.stem
         graph = onnx.load(str(self.path), load_external_data=False).graph
         self.simulate_int8 = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node)
-        self._session = session(self.path, providers=providers, simulate_int8=self.simulate_int8)
+        self._session = session(self.path, providers=providers, simulate_int8=self.simulate_int8, plugins=plugins)
         self.providers = self._session.get_providers()
         self.inputs = [_info(t) for t in self._session.get_inputs()]
         self.outputs = [_info(t) for t in self._session.get_outputs()]
