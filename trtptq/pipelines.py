@@ -30,6 +30,7 @@ from trtptq.evaluation.evaluator import Evaluator
 from trtptq.evaluation.report import calibration_histograms, write_report
 from trtptq.plugins import BUILTIN, Plugins
 from trtptq.quantization.fallback import Fallback, fall_back
+from trtptq.quantization.gated import GatedModel
 from trtptq.quantization.graph import import_graph
 from trtptq.quantization.method import choose_method
 from trtptq.quantization.qdq import Plan, QuantizeOptions, plan, quantized_model
@@ -175,7 +176,7 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
                    image=target.image, show_progress=show, plugins=plugins) as evaluator:
         found, sensitivity = fall_back(
             proto, placement, ranges.amax, evaluator, target.metrics,
-            lambda: _sensitivity(proto, placement, ranges, eval_data, target, name, plugins), show)
+            lambda gated: _sensitivity(proto, placement, ranges, eval_data, target, name, plugins, gated), show)
     ranges = replace(ranges, options={**ranges.options, "fallback": found.to_dict()})
     return QuantizeResult(_qdq_model(proto, found.plan, ranges), ranges, found.plan, stats, calibs, found, sensitivity)
 
@@ -192,12 +193,12 @@ def _evaluation_split(proto: onnx.ModelProto, data, evaluation: Evaluation) -> t
 
 
 def _sensitivity(proto: onnx.ModelProto, placement: Plan, ranges: Ranges, eval_data, evaluation: Evaluation,
-                 name: str, plugins: Plugins) -> Sensitivity:
+                 name: str, plugins: Plugins, gated: GatedModel | None = None) -> Sensitivity:
     """Rank the INT8 layers on the first `evaluation.sensitivity.samples` evaluation samples."""
     opts = evaluation.sensitivity
     with Evaluator(proto, eval_data, batch_size=evaluation.batch_size, num_samples=opts.samples,
                    image=evaluation.image, plugins=plugins) as evaluator:
-        return analyze(proto, placement, ranges.amax, evaluator, opts, pathlib.Path(name).name)
+        return analyze(proto, placement, ranges.amax, evaluator, opts, pathlib.Path(name).name, gated)
 
 
 def sensitivity(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Ranges | str | os.PathLike | None = None,

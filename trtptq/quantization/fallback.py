@@ -61,16 +61,17 @@ class Fallback:
 
 
 def fall_back(model: onnx.ModelProto, plan: Plan, amax: dict[str, float], evaluator: Evaluator,
-              targets: dict[str, float], rank: Callable[[], Sensitivity], show_progress: bool = True
+              targets: dict[str, float], rank: Callable[[GatedModel], Sensitivity], show_progress: bool = True
               ) -> tuple[Fallback, Sensitivity | None]:
-    """Search the fewest layers to keep in float so that every target holds, in the order `rank()` gives (called
-    only when the INT8 model misses a target); the sensitivity it used, if any, comes back beside the result."""
+    """Search the fewest layers to keep in float so that every target holds, in the order `rank(gated)` gives
+    (called with the search's session, only when the INT8 model misses a target); the sensitivity it used, if any,
+    comes back beside the result."""
     sensitivity = None
     with GatedModel(model, plan, amax, evaluator.plugins) as gated:
         search = _Search(gated, evaluator, targets)
         start = best = search.trial([])
         if not start.passed:
-            sensitivity = rank()
+            sensitivity = rank(gated)
             order = sensitivity.ranking
             with progress(total=None, enabled=show_progress, desc="fallback search", unit="model") as search.bar:
                 best = _shortest_prefix(order, search.trial) or max(search.tried.values(),

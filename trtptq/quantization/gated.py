@@ -72,8 +72,10 @@ class _Variant:
 
 
 def _gated(model: onnx.ModelProto, plan: Plan, amax: Mapping[str, float], gates: dict[str, str]) -> onnx.ModelProto:
-    floats = import_graph(model).tensors()  # the weights' float values, before insertion replaces them
-    graph = insert_qdq(import_graph(model), plan, amax)
+    graph = import_graph(model)
+    tensors = graph.tensors()
+    floats = {w.tensor: np.asarray(tensors[w.tensor].values) for w in plan.weights}  # before insertion replaces them
+    graph = insert_qdq(graph, plan, amax)
     by_name = {n.name: n for n in graph.nodes}
     for node, gate_name in gates.items():
         n = by_name[node]
@@ -88,7 +90,7 @@ def _gated(model: onnx.ModelProto, plan: Plan, amax: Mapping[str, float], gates:
                 x = source.inputs[0].inputs[0]
             else:  # a weight: its float values, from the FP32 model
                 name = t.name.removesuffix("_dequantized")
-                x = gs.Constant(f"{name}_float_{i}_{node}", np.asarray(floats[name].values))
+                x = gs.Constant(f"{name}_float_{i}_{node}", floats[name])
             n.inputs[i] = _mix(graph, x, t, gate, f"{node}/gate{i}")
     return export_graph(graph.cleanup().toposort(), model)
 

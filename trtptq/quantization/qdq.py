@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -92,11 +92,6 @@ class Plan:
                  for name, p in self.precision.nodes.items()}
         return replace(self, activations=activations, weights=[w for w in self.weights if w.node not in kept],
                        precision=replace(self.precision, nodes=nodes))
-
-    def only(self, nodes: Iterable[str], why: str = "not the layer measured") -> Plan:
-        """This plan with every INT8 node but `nodes` in float."""
-        keep = set(nodes)
-        return self.without({n: why for n in self.int8_nodes if n not in keep})
 
 
 def _is_float(t: gs.Tensor) -> bool:

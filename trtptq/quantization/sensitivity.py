@@ -15,6 +15,7 @@ layer, on `samples` samples (the FP32 reference runs once).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -74,15 +75,16 @@ class Sensitivity:
 
 
 def analyze(model: onnx.ModelProto, plan: Plan, amax: dict[str, float], evaluator: Evaluator,
-            options: SensitivityOptions | None = None, name: str = "") -> Sensitivity:
-    """Rank `plan`'s INT8 layers by the damage INT8 does there, measured on `evaluator`'s data."""
+            options: SensitivityOptions | None = None, name: str = "", gated: GatedModel | None = None) -> Sensitivity:
+    """Rank `plan`'s INT8 layers by the damage INT8 does there, measured on `evaluator`'s data; `gated`: an open
+    session of the same plan and ranges to reuse (the fallback search's), else one is made."""
     opts = options or SensitivityOptions()
     nodes = plan.int8_nodes
     local = local_snr(model, plan, {"int8": amax}, nodes, small_batches(evaluator.batches(), opts.samples),
                       opts.memory_budget, opts.show_progress, evaluator.plugins)
     evaluations = 1
     layers = []
-    with GatedModel(model, plan, amax, evaluator.plugins) as gated, \
+    with (contextlib.nullcontext(gated) if gated else GatedModel(model, plan, amax, evaluator.plugins)) as gated, \
             progress(total=len(nodes), enabled=opts.show_progress, desc="layer sensitivity", unit="layer") as bar:
         full = evaluator.evaluate(gated.variant(nodes, "int8")).mean_snr_db
         for node in nodes:
