@@ -22,13 +22,13 @@ import time
 import numpy as np
 
 HERE = pathlib.Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # scripts/ and the checkout (evidence/)
 
 
 def data(n_calib: int, n_eval: int, tmp: pathlib.Path) -> tuple[str, pathlib.Path, pathlib.Path, str]:
     """(model path, calib.npz, eval.npz, description)."""
     try:
-        import ocr_models
+        from evidence import ocr_models
 
         if ocr_models.ocr_model_dir() is None:
             raise ImportError
@@ -63,10 +63,10 @@ def main() -> None:
     p.add_argument("--target", default="cosine=0.99")
     args = p.parse_args()
 
+    from trtptq.autotune.sensitivity import SensitivityOptions
     from trtptq.calibration.calibrate import CalibrationOptions
     from trtptq.evaluation.compare import parse_thresholds
     from trtptq.pipelines import Evaluation, Target, quantize, sensitivity
-    from trtptq.quantization.sensitivity import SensitivityOptions
 
     with tempfile.TemporaryDirectory() as tmp:
         model, calib, evals, what = data(args.calib, args.eval, pathlib.Path(tmp))

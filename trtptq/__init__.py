@@ -16,7 +16,7 @@ from trtptq.core.version import __version__
 _EXPORTS = {
     "calibrate": "trtptq.pipelines", "quantize": "trtptq.pipelines", "build": "trtptq.pipelines",
     "QuantizeResult": "trtptq.pipelines", "sensitivity": "trtptq.pipelines", "Target": "trtptq.pipelines",
-    "Evaluation": "trtptq.pipelines", "SensitivityOptions": "trtptq.quantization.sensitivity",
+    "Evaluation": "trtptq.pipelines", "SensitivityOptions": "trtptq.autotune.sensitivity",
     "compare": "trtptq.evaluation.compare", "CompareOptions": "trtptq.evaluation.compare",
     "Evaluator": "trtptq.evaluation.evaluator",
     "write_report": "trtptq.evaluation.report",
@@ -29,6 +29,7 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
+    from trtptq.autotune.sensitivity import SensitivityOptions
     from trtptq.calibration.calibrate import CalibrationOptions
     from trtptq.calibration.ranges import Ranges
     from trtptq.core.errors import TrtptqError
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
     from trtptq.evaluation.report import write_report
     from trtptq.pipelines import Evaluation, QuantizeResult, Target, build, calibrate, quantize, sensitivity
     from trtptq.quantization.qdq import QuantizeOptions
-    from trtptq.quantization.sensitivity import SensitivityOptions
 
 _RENAMED = {"save_model": "save", "load_model": "load"}
 

@@ -61,7 +61,7 @@ def _add_cache_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_sensitivity_args(p: argparse.ArgumentParser) -> None:
-    from trtptq.quantization.sensitivity import DEFAULT_SAMPLES
+    from trtptq.autotune.sensitivity import DEFAULT_SAMPLES
 
     p.add_argument("--sensitivity-samples", type=int, default=DEFAULT_SAMPLES,
                    help=f"evaluation samples each single-layer variant runs on (default {DEFAULT_SAMPLES})")
@@ -182,7 +182,7 @@ def _save_ranges(ranges, path: str | None, cache: str | None, cache_for: str | N
 
 
 def _evaluation(a: argparse.Namespace, cls, gain: bool = True, **extra):
-    from trtptq.quantization.sensitivity import SensitivityOptions
+    from trtptq.autotune.sensitivity import SensitivityOptions
 
     return cls(data=a.eval_data, image=_image_options(a), sensitivity=SensitivityOptions(
         samples=a.sensitivity_samples, gain=gain, memory_budget=a.memory_budget, show_progress=not a.no_progress),

@@ -15,6 +15,10 @@ from dataclasses import asdict, dataclass, field, replace
 
 import onnx
 
+from trtptq.autotune.fallback import Fallback, fall_back
+from trtptq.autotune.gated import GatedModel
+from trtptq.autotune.method import choose_method
+from trtptq.autotune.sensitivity import Sensitivity, SensitivityOptions, analyze
 from trtptq.calibration.calibrate import AUTO, Calibration, CalibrationOptions, calibrate_tensors
 from trtptq.calibration.collect import CollectStats
 from trtptq.calibration.ranges import Ranges
@@ -29,13 +33,9 @@ from trtptq.evaluation.compare import CHECKABLE, CompareOptions, CompareResult, 
 from trtptq.evaluation.evaluator import Evaluator
 from trtptq.evaluation.report import calibration_histograms, write_report
 from trtptq.plugins import BUILTIN, Plugins
-from trtptq.quantization.fallback import Fallback, fall_back
-from trtptq.quantization.gated import GatedModel
 from trtptq.quantization.graph import import_graph
-from trtptq.quantization.method import choose_method
 from trtptq.quantization.qdq import Plan, QuantizeOptions, plan, quantized_model
 from trtptq.quantization.rules import plugin_rules, with_rules
-from trtptq.quantization.sensitivity import Sensitivity, SensitivityOptions, analyze
 
 logger = logging.getLogger(__name__)
 LOW_SNR_DB = 20.0  # mean output SNR below which --method auto tells the user to check accuracy (cosine ~0.995)

@@ -22,12 +22,12 @@ from dataclasses import asdict, dataclass, field
 
 import onnx
 
+from trtptq.autotune.gated import GatedModel
+from trtptq.autotune.local import local_snr, small_batches
 from trtptq.core.fileio import write_text
 from trtptq.core.log import progress
 from trtptq.core.options import check_count
 from trtptq.evaluation.evaluator import Evaluator
-from trtptq.quantization.gated import GatedModel
-from trtptq.quantization.local import local_snr, small_batches
 from trtptq.quantization.qdq import Plan
 
 DEFAULT_SAMPLES = 32  # evaluation samples each single-layer variant runs on

@@ -6,9 +6,9 @@ from types import MappingProxyType
 import numpy as np
 import onnx
 import pytest
-from conftest import float_input, make_model
 from onnx import TensorProto, helper, numpy_helper
 
+from support import float_input, make_model
 from trtptq.calibration.calibrate import CalibrationOptions
 from trtptq.core import model as model_io
 from trtptq.core.errors import ModelError

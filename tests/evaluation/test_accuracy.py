@@ -12,13 +12,13 @@ BMMs left in float: minmax 79.4 (0.981), mse 78.8 (0.985).
 
 import numpy as np
 import pytest
-import real_models
 
+from evidence import real_models
+from trtptq.autotune.sensitivity import SensitivityOptions
 from trtptq.calibration.calibrate import CalibrationOptions
 from trtptq.evaluation.evaluator import Evaluator
 from trtptq.pipelines import Target, quantize
 from trtptq.quantization.qdq import QuantizeOptions
-from trtptq.quantization.sensitivity import SensitivityOptions
 
 
 def _opts(method, batch_size=32):

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import onnx
 
+from trtptq.autotune.local import local_snr, noise, small_batches
 from trtptq.data import Batches
 from trtptq.evaluation.evaluator import Evaluator
 from trtptq.plugins import BUILTIN, Plugins
-from trtptq.quantization.local import local_snr, noise, small_batches
 from trtptq.quantization.qdq import Plan, quantized_model, with_scales
 
 PER_TENSOR = "per-tensor"  # the candidate whose every tensor has its own method

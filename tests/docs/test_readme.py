@@ -10,9 +10,10 @@ import re
 import shlex
 
 import pytest
-from test_cli import trtptq
 
-README = pathlib.Path(__file__).parents[1] / "README.md"
+from support import trtptq
+
+README = pathlib.Path(__file__).parents[2] / "README.md"
 
 
 def _blocks(language: str) -> list[tuple[str, str]]:

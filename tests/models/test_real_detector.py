@@ -8,9 +8,9 @@ import json
 import numpy as np
 import onnx
 import pytest
-import real_detector as rd
-from test_cli import trtptq
 
+from evidence import real_detector as rd
+from support import trtptq
 from trtptq.runtime.ort import session
 
 pytestmark = pytest.mark.skipif(rd.layout_model() is None, reason=rd.SKIP_REASON)

@@ -6,10 +6,9 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from conftest import NO_ENGINE_GPU, engines_run_here, float_input
 from onnx import helper
-from test_cli import mystery_model
 
+from support import NO_ENGINE_GPU, engines_run_here, float_input
 from trtptq.calibration.calibrate import CalibrationOptions
 from trtptq.core.errors import ModelError
 from trtptq.pipelines import quantize
@@ -57,13 +56,13 @@ def test_quiet_restores_polygraphy_and_prints_no_colored_warning(tmp_path):
             "    except Exception:\n"
             "        pass\n"
             "assert G_LOGGER.colors is True and G_LOGGER.module_severity.get() == severity\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)  # not the checkout: see test_cli
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "colored" not in r.stdout + r.stderr and "engine cannot run" in r.stdout + r.stderr
 
 
-def test_a_node_without_an_ort_kernel_is_one_model_error(tmp_path):
-    model = mystery_model()
+def test_a_node_without_an_ort_kernel_is_one_model_error(tmp_path, mystery_model):
+    model = mystery_model
     with pytest.raises(ModelError) as caught:
         session(model)
     message = str(caught.value)

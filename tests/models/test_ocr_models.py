@@ -1,10 +1,10 @@
-"""The OCR evidence harness itself (tests/ocr_models.py): FP32 reads the rendered data well, data is deterministic,
+"""The OCR evidence harness itself (evidence/ocr_models.py): FP32 reads the rendered data well, data is deterministic,
 calibration and evaluation never share a text. Per-method INT8 figures: scripts/measure_ocr.py."""
 
 import numpy as np
-import ocr_models
 import pytest
 
+from evidence import ocr_models
 from trtptq.runtime.ort import OrtRunner
 
 pytestmark = pytest.mark.skipif(ocr_models.ocr_model_dir() is None,

@@ -4,13 +4,12 @@ exit 2, no traceback, no file left behind, and nothing loaded or calibrated firs
 import json
 import os
 import pathlib
-import subprocess
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from test_cli import TRTPTQ
 
+from support import trtptq
 from trtptq.core.errors import TrtptqError
 from trtptq.demo import MNIST_MODEL
 from trtptq.engine.build import BuildOptions
@@ -26,10 +25,6 @@ def load_data():
     yield {"input": np.zeros((4, 1, 28, 28), np.float32)}
 """
 
-
-def trtptq(*args, cwd):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([TRTPTQ, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
 
 
 @pytest.fixture

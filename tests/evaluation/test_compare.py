@@ -7,10 +7,9 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from conftest import NO_ENGINE_GPU, engines_run_here
 from onnx import numpy_helper
-from test_cli import trtptq
 
+from support import NO_ENGINE_GPU, engines_run_here, trtptq
 from trtptq.calibration.calibrate import CalibrationOptions
 from trtptq.core import model as model_io
 from trtptq.core.errors import TrtptqError

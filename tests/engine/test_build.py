@@ -6,9 +6,9 @@ import os
 import numpy as np
 import onnx
 import pytest
-from conftest import float_input
 from onnx import helper
 
+from support import float_input, trtptq
 from trtptq.calibration.calibrate import CalibrationOptions
 from trtptq.core import model as model_io
 from trtptq.core.errors import TrtptqError
@@ -42,7 +42,7 @@ def mnist_int8(mnist, tmp_path_factory):
 @pytest.fixture(scope="module")
 def minilm_files(minilm, tmp_path_factory):
     model, model_dir = minilm
-    import real_models
+    from evidence import real_models
 
     tmp = tmp_path_factory.mktemp("minilm")
     model_io.save(model, tmp / "fp32.onnx")
@@ -110,7 +110,7 @@ def test_attention_engines(minilm_files, tmp_path):
 
 def test_fp16_model_matches_fp32_in_onnx_runtime(minilm, topics):
     model, model_dir = minilm
-    import real_models
+    from evidence import real_models
 
     feeds = real_models.encode(model_dir, topics[0][:64])
     converted = to_fp16(model, keep_fp32=("layer5/*",))
@@ -185,8 +185,6 @@ def test_missing_plugin_library(mnist, tmp_path):
 
 
 def test_cli_one_step_int8_fp16_build(mnist, tmp_path):
-    from test_cli import trtptq
-
     np.savez(tmp_path / "calib.npz", input=mnist[1][:64])
     r = trtptq("build", mnist[0], "--int8", "--data", tmp_path / "calib.npz", "--method", "entropy", "--fp16",
                "--shapes", MNIST_SHAPES, "--backend", "tensorrt_rtx", "-o", tmp_path / "m.engine", "--no-progress")
@@ -205,7 +203,7 @@ def test_build_engine_script(mnist, tmp_path):
     import sys
 
     np.savez(tmp_path / "calib.npz", input=mnist[1][:64])
-    script = pathlib.Path(__file__).parent.parent / "scripts" / "build_engine.py"
+    script = pathlib.Path(__file__).parents[2] / "scripts" / "build_engine.py"
     r = subprocess.run([sys.executable, script, mnist[0], tmp_path / "calib.npz", tmp_path / "out", "--method",
                         "minmax", "--batch-size", "16", "--shapes", MNIST_SHAPES], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

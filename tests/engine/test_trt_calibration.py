@@ -10,9 +10,8 @@ are marked gpu and skip with the reason where that cannot happen.
 import numpy as np
 import onnx
 import pytest
-from conftest import NO_ENGINE_GPU, engines_run_here, gpu_compute_capability, has_pycuda
-from test_cli import trtptq
 
+from support import NO_ENGINE_GPU, engines_run_here, gpu_compute_capability, has_pycuda, trtptq
 from trtptq.calibration.calibrate import CalibrationOptions
 from trtptq.core import model as model_io
 from trtptq.core.errors import ModelError

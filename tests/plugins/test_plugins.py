@@ -8,10 +8,9 @@ import textwrap
 import numpy as np
 import onnx
 import pytest
-from conftest import engines_run_here, float_input
 from onnx import TensorProto, helper
-from test_cli import trtptq
 
+from support import engines_run_here, float_input, trtptq
 from trtptq.core.errors import TrtptqError
 from trtptq.core.scripts import load_plugins
 from trtptq.plugins import BUILTIN

@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
-from conftest import float_input
 from onnx import TensorProto, helper
 
+from support import float_input
 from trtptq.calibration.calibrate import CalibrationOptions, calibrate_tensors
 from trtptq.calibration.passes import split_passes, tensor_bytes
 from trtptq.pipelines import prepare

@@ -3,9 +3,9 @@
 import numpy as np
 import onnx
 import pytest
-from conftest import float_input, make_model
 from onnx import helper
 
+from support import float_input, make_model
 from trtptq.core import model as model_io
 from trtptq.core.errors import ModelError
 from trtptq.core.precision import METADATA_KEY, NodePrecision, PrecisionPlan, read_plan, write_plan

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from trtptq.autotune.gated import GatedModel
+from trtptq.autotune.sensitivity import Sensitivity
 from trtptq.core.log import progress
 from trtptq.evaluation.compare import check_thresholds
 from trtptq.evaluation.evaluator import Evaluation, Evaluator
-from trtptq.quantization.gated import GatedModel
 from trtptq.quantization.qdq import Plan
-from trtptq.quantization.sensitivity import Sensitivity
 
 logger = logging.getLogger(__name__)
 

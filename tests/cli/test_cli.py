@@ -1,27 +1,13 @@
 """The trtptq command: calibrate -> quantize --ranges, demo, and user errors (one line, exit 2, no partial files)."""
 
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import onnx
 import pytest
-from conftest import float_input
-from onnx import helper
 
+from support import trtptq
 from trtptq.runtime.ort import session
-
-# The installed console script, as a user runs it. (`python -m trtptq` from the checkout would import the
-# checkout's trtptq/ folder, which lacks the calibrators/ and plugins/ that install inside the package.)
-TRTPTQ = str(pathlib.Path(sys.executable).with_name("trtptq"))
-
-
-def trtptq(*args, cwd=None):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([TRTPTQ, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
 
 
 @pytest.fixture
@@ -108,17 +94,8 @@ def test_user_errors_are_one_line_without_partial_output(tmp_path, mnist, case):
     assert not out.exists() and not any(p.name.startswith(".q.onnx") for p in tmp_path.iterdir())
 
 
-def mystery_model():
-    """MatMul -> acme::Mystery: a custom-domain op ONNX Runtime has no kernel for."""
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
-             helper.make_node("Mystery", ["h"], ["y"], name="secret_sauce", domain="acme")]
-    graph = helper.make_graph(nodes, "mystery", [float_input("x", ["N", 4])], [float_input("y", ["N", 4])],
-                              [onnx.numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("acme", 1)])
-
-
-def test_an_op_onnx_runtime_cannot_run_is_one_line_naming_it(tmp_path):
-    onnx.save(mystery_model(), tmp_path / "model.onnx")
+def test_an_op_onnx_runtime_cannot_run_is_one_line_naming_it(tmp_path, mystery_model):
+    onnx.save(mystery_model, tmp_path / "model.onnx")
     np.savez(tmp_path / "d.npz", x=np.ones((4, 4), np.float32))
     out = tmp_path / "out.onnx"
     r = trtptq("quantize", tmp_path / "model.onnx", "--data", tmp_path / "d.npz", "-o", out, "--no-progress")

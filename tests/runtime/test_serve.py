@@ -15,17 +15,16 @@ import urllib.request
 import numpy as np
 import onnx
 import pytest
-from conftest import NO_ENGINE_GPU, engines_run_here, has_pycuda, make_model
 from onnx import TensorProto, helper
-from test_cli import trtptq
 
+from support import NO_ENGINE_GPU, engines_run_here, has_pycuda, make_model, trtptq
 from trtptq.core.errors import TrtptqError
 from trtptq.core.manifest import check_compatible, read_manifest
 from trtptq.engine.build import BuildOptions, build_engine, parse_shapes
 from trtptq.export.triton import model_config_pb2
 from trtptq.runtime import load
 
-SCRIPTS = pathlib.Path(__file__).parents[1] / "scripts"
+SCRIPTS = pathlib.Path(__file__).parents[2] / "scripts"
 
 
 def _build(model, path, *shapes, **kw):

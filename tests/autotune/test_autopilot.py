@@ -12,13 +12,13 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
-from test_cli import trtptq
 
+from support import trtptq
+from trtptq.autotune.sensitivity import SensitivityOptions, analyze
 from trtptq.calibration.calibrate import CalibrationOptions
 from trtptq.calibration.passes import with_outputs
 from trtptq.evaluation.evaluator import Evaluator
 from trtptq.pipelines import Evaluation, Target, prepare, quantize, sensitivity
-from trtptq.quantization.sensitivity import SensitivityOptions, analyze
 from trtptq.runtime.ort import OrtRunner
 
 FRAGILE = "/2/2.0/Gemm"

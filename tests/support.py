@@ -1,0 +1,61 @@
+"""Helpers the tests share (fixtures live in conftest.py): the installed command, small ONNX models, GPU guards."""
+
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
+
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from trtptq.core.manifest import gpu_compute_capability
+
+# The installed console script, as a user runs it.
+TRTPTQ = str(pathlib.Path(sys.executable).with_name("trtptq"))
+
+
+def trtptq(*args, cwd=None, timeout=600):
+    """Run the `trtptq` command as a user would; returns the CompletedProcess (text stdout/stderr)."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([TRTPTQ, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
+
+
+def assert_one_line_error(r, *expected: str) -> None:
+    """A user error: exit 2, one line starting `trtptq: error:`, no traceback, each expected text in it."""
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert r.stderr.startswith("trtptq: error:") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    for text in expected:
+        assert text in r.stderr, (text, r.stderr)
+
+
+def make_model(nodes, inputs, outputs, initializers=(), opset=17, name="test"):
+    graph = helper.make_graph(nodes, name, inputs, outputs, [numpy_helper.from_array(v, k) for k, v in initializers])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def float_input(name, shape):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def engines_run_here() -> bool:
+    """Whether the auto-chosen TensorRT's engines run on this machine's GPU (TensorRT-RTX: 7.5, 8.x, 12.x only)."""
+    cc = gpu_compute_capability()
+    if cc is None:
+        return False
+    if importlib.util.find_spec("tensorrt") is not None:
+        return True
+    return cc == "7.5" or cc.split(".")[0] in ("8", "12")
+
+
+def has_pycuda() -> bool:
+    return importlib.util.find_spec("pycuda") is not None
+
+
+NO_ENGINE_GPU = ("needs an NVIDIA GPU that the installed TensorRT's engines run on (TensorRT-RTX: compute "
+                 "capability 7.5, 8.x or 12.x; full TensorRT: any); this machine has "
+                 f"{'compute capability ' + gpu_compute_capability() if gpu_compute_capability() else 'no GPU'}")
+
