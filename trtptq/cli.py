@@ -366,26 +366,15 @@ def _cmd_run(a: argparse.Namespace) -> int:
     import numpy as np
 
     from trtptq.core.fileio import atomic_path
-    from trtptq.core.log import progress
-    from trtptq.data import Batches, open_source
-    from trtptq.runtime import load
+    from trtptq.runtime import load, run_batches
 
     _check_outputs(a.output)
     with load(a.model, backend=a.backend, registry=_plugins(a)) as model:
-        specs = model.input_specs
-        fixed = [s.shape[0] for s in specs if s.shape and s.shape[0] is not None]
-        batch = a.batch_size or (fixed[0] if fixed else min([64, *(p[s.name][2][0] for p in model.profiles[:1]
-                                                                      for s in specs)]))
-        outputs: dict[str, list] = {o.name: [] for o in model.outputs}
-        samples = 0
-        batches = Batches(open_source(a.data, specs, _image_options(a)), specs, batch, a.num_samples)
-        for b in progress(batches, desc="run", unit="batch", leave=False, enabled=not a.no_progress):
-            for name, array in model.infer(b.feed).items():
-                outputs[name].append(array)
-            samples += b.size
+        result = run_batches(model, a.data, batch_size=a.batch_size, num_samples=a.num_samples,
+                             image_options=_image_options(a), show_progress=not a.no_progress)
     with atomic_path(a.output) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **{n: np.concatenate(v) for n, v in outputs.items()})
-    print(f"{model.name} ({model.kind}): {samples} samples -> {a.output} ({', '.join(outputs)})")
+        np.savez(f, **result.outputs)
+    print(f"{model.name} ({model.kind}): {result.samples} samples -> {a.output} ({', '.join(result.outputs)})")
     return 0
 
 

@@ -158,7 +158,7 @@ def test_tensorrt_runner_gives_onnxruntimes_ranges(mnist):
 @pytest.mark.parametrize("method", ["entropy", "minmax", "percentile", "mse"])
 def test_implicit_int8_engine_is_accurate(mnist, tmp_path, method):
     from trtptq.engine.build import ImplicitInt8
-    from trtptq.runtime.engine import EngineRunner
+    from trtptq.runtime.engine import engine_runner
 
     model, images, labels = mnist
     cache = tmp_path / "calibration.cache"
@@ -171,7 +171,7 @@ def test_implicit_int8_engine_is_accurate(mnist, tmp_path, method):
     assert algorithm == report.implicit_int8["algorithm"] and len(scales) >= 4
     # TensorRT runs its own entropy/minmax on the batches; percentile/mse come from our cache, read back.
     assert (report.implicit_int8["batches"] == 8) == (method in ("entropy", "minmax"))
-    with EngineRunner(tmp_path / "e.engine") as runner:
+    with engine_runner(tmp_path / "e.engine") as runner:
         logits = np.concatenate([runner.run({"input": images[i:i + 250]})["logits"].copy()
                                  for i in range(1000, 2000, 250)])
     assert (logits.argmax(1) == labels[1000:2000]).mean() > 0.98

@@ -281,12 +281,12 @@ def test_build_names_the_missing_tensorrt_plugin_before_parsing(tmp_path):
                            "TensorRT-RTX has no EfficientNMS_TRT plugin")
 def test_nms_engine_matches_the_reference_on_gpu(tmp_path):
     from trtptq.engine.build import BuildOptions, build_engine
-    from trtptq.runtime.engine import EngineRunner
+    from trtptq.runtime.engine import engine_runner
 
     onnx.save(_nms_model(), tmp_path / "nms.onnx")
     build_engine(tmp_path / "nms.onnx", tmp_path / "nms.engine", BuildOptions(backend="tensorrt"))
     feed = {"x": np.random.default_rng(3).standard_normal((1, 3, 4, 4)).astype(np.float32)}
-    with EngineRunner(tmp_path / "nms.engine") as runner:
+    with engine_runner(tmp_path / "nms.engine") as runner:
         got = runner.run(feed)
     want = dict(zip(["num_detections", "detection_boxes", "detection_scores", "detection_classes"],
                     session(_nms_model()).run(None, feed)))

@@ -84,13 +84,13 @@ def test_polygraphy_drives_an_engine_without_the_global_switch(mnist, tmp_path):
     from polygraphy.comparator import Comparator
 
     from trtptq.engine.build import BuildOptions, build_engine, parse_shapes
-    from trtptq.runtime.engine import EngineRunner
+    from trtptq.runtime.engine import engine_runner
 
     path, images, _ = mnist
     build_engine(path, tmp_path / "fp32.engine",
                  BuildOptions(profiles=[parse_shapes("input:1x1x28x28/50x1x28x28/50x1x28x28")], show_progress=False))
     switch = config.USE_TENSORRT_RTX
-    runners = [PolygraphyRunner(OrtRunner(path)), PolygraphyRunner(EngineRunner(tmp_path / "fp32.engine"))]
+    runners = [PolygraphyRunner(OrtRunner(path)), PolygraphyRunner(engine_runner(tmp_path / "fp32.engine"))]
     with quiet():
         results = Comparator.run(runners, data_loader=[{"input": images[1000:1050]}])
     assert config.USE_TENSORRT_RTX == switch

@@ -13,11 +13,18 @@ import os
 from dataclasses import dataclass
 from types import ModuleType
 
+import numpy as np
+
 from trtptq.core.errors import TrtptqError
 
 BACKENDS = ("tensorrt", "tensorrt_rtx")
 RUNNERS = ("onnxruntime", "tensorrt")  # what runs the FP32 model during calibration
 ENV_VAR = "TRTPTQ_BACKEND"
+OLDEST_TENSORRT = 10  # 8.6 shares a profile between contexts only with PreviewFeature.PROFILE_SHARING_0806
+# TensorRT types that trt.nptype does not know, as ml_dtypes names them (installed with onnx).
+# INT4 and FP4 hold two values per byte on the device; ml_dtypes holds one per byte.
+_ML_DTYPES = {"BF16": "bfloat16", "FP8": "float8_e4m3fn", "INT4": "int4", "FP4": "float4_e2m1fn",
+              "E8M0": "float8_e8m0fnu"}
 
 
 @dataclass(frozen=True)
@@ -48,11 +55,6 @@ class Backend:
         return hasattr(self.trt, "IInt8EntropyCalibrator2") and hasattr(self.trt.BuilderFlag, "INT8")
 
     @property
-    def needs_explicit_batch_flag(self) -> bool:
-        """TensorRT 8 and 9 parse ONNX only into networks created with EXPLICIT_BATCH (the default since 10)."""
-        return not self.is_rtx and self.major < 10
-
-    @property
     def has_compute_capabilities(self) -> bool:
         return hasattr(self.trt, "ComputeCapability")
 
@@ -60,10 +62,26 @@ class Backend:
     def cache_version(self) -> int:
         return cache_version(self.version)
 
-    def logger(self, level: str = "warning"):
-        """TensorRT's logger at `level`: verbose, info, warning or error."""
-        trt = self.trt
-        return trt.Logger(getattr(trt.Logger, level.upper()))
+    def logger(self, level: str | None = None):
+        """The process's one TensorRT logger (TensorRT keeps the first it is given and warns about any other);
+        `level` (verbose, info, warning or error) sets what it prints from now on."""
+        logger = _logger(self.trt)
+        if level is not None:
+            logger.min_severity = getattr(self.trt.Logger, level.upper())
+        return logger
+
+    def numpy_dtype(self, dtype) -> np.dtype:
+        """The numpy dtype of a TensorRT DataType, including those `trt.nptype` lacks (BF16, FP8, INT4, FP4, E8M0)."""
+        name = dtype.name
+        if name in _ML_DTYPES:
+            import ml_dtypes
+
+            return np.dtype(getattr(ml_dtypes, _ML_DTYPES[name]))
+        try:
+            return np.dtype(self.trt.nptype(dtype))
+        except TypeError:
+            raise TrtptqError(f"{self.name} {self.version} has a tensor type {name} that trtptq cannot hold in numpy; "
+                              "mark that tensor's type as one of FLOAT, HALF, INT8, INT32, INT64, BOOL.") from None
 
 
 def cache_version(version: str) -> int:
@@ -91,6 +109,11 @@ def _import(name: str) -> ModuleType | None:
         return None
 
 
+@functools.cache
+def _logger(trt: ModuleType):
+    return trt.Logger(trt.Logger.WARNING)
+
+
 def installed_backends() -> dict[str, str]:
     """name -> version of every TensorRT module importable here."""
     return {n: m.__version__ for n in BACKENDS if (m := _import(n)) is not None}
@@ -104,7 +127,12 @@ def get_backend(name: str | None = None) -> Backend:
     for candidate in [name] if name else BACKENDS:
         module = _import(candidate)
         if module is not None:
-            return Backend(candidate, module)
+            backend = Backend(candidate, module)
+            if not backend.is_rtx and backend.major < OLDEST_TENSORRT:
+                raise TrtptqError(f"tensorrt {backend.version} is older than {OLDEST_TENSORRT}.0, which trtptq needs "
+                                  "(execution contexts sharing a profile, name-based I/O); upgrade it: "
+                                  f"pip install 'tensorrt>={OLDEST_TENSORRT}'.")
+            return backend
     wanted = name or " or ".join(BACKENDS)
     raise TrtptqError(f"TensorRT is not installed ({wanted} cannot be imported). Install it with "
                       "pip install 'trtptq[rtx]' (TensorRT-RTX, builds on any machine) or 'trtptq[trt]'.")

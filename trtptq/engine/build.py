@@ -199,8 +199,7 @@ def build_engine(model_path: str | os.PathLike, output: str | os.PathLike,
         builder = trt.Builder(trt_logger)
         _load_plugins(backend, builder, (*opts.plugins, *plugins.trt_libraries))
         check_plugins(backend, proto, plugins, model_path, trt_logger)
-        network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-                                         if backend.needs_explicit_batch_flag else 0)
+        network = builder.create_network(0)
         parser = trt.OnnxParser(network, trt_logger)
         if not parser.parse_from_file(str(source)):
             raise ModelError(_parse_errors(parser, model_path))

@@ -45,7 +45,7 @@ def tensorrt_passes(model: onnx.ModelProto, batches: Batches, backend: str | Non
     """
     from trtptq.core.trt import get_backend
     from trtptq.runtime.cuda import driver
-    from trtptq.runtime.engine import EngineRunner
+    from trtptq.runtime.engine import engine_runner
 
     driver()  # fail before building anything when there is no GPU
     chosen = get_backend(backend)
@@ -61,7 +61,7 @@ def tensorrt_passes(model: onnx.ModelProto, batches: Batches, backend: str | Non
                                                       profiles=[profile] if profile else [],
                                                       show_progress=show_progress))
             marked = [n for n in group if n not in first.feed]
-            with EngineRunner(engine, chosen, outputs=marked) as runner:
+            with engine_runner(engine, chosen, outputs=marked) as runner:
                 def run(feed: dict) -> list:
                     out = runner.run(feed)
                     return [feed[n] if n in feed else out[n] for n in group]

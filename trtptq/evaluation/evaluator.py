@@ -80,10 +80,10 @@ def open_runner(candidate: Candidate, name: str | None = None,
 @contextlib.contextmanager
 def _engine(path: pathlib.Path, name: str | None) -> Iterator[Runner]:
     """A serialized engine on the GPU; where it cannot run, one line saying why and what to do instead."""
-    from trtptq.runtime.engine import EngineRunner
+    from trtptq.runtime.engine import engine_runner
 
     try:
-        runner = EngineRunner(path, name=name).__enter__()
+        runner = engine_runner(path, name=name).__enter__()
     except TrtptqError as e:
         raise TrtptqError(f"cannot run {path}: {e} An engine runs only on a GPU it was built for (TensorRT-RTX: "
                           "compute capability 7.5, 8.x, 12.x); compare its .onnx on the CPU instead.") from None

@@ -20,7 +20,8 @@ from trtptq.core.errors import TrtptqError
 from trtptq.core.log import progress
 from trtptq.core.options import check_count, option_error
 from trtptq.plugins import BUILTIN, Plugins
-from trtptq.runtime.model import Model, load
+from trtptq.runtime.base import Model
+from trtptq.runtime.loader import load
 
 NOISY_CV = 0.10  # coefficient of variation of the latencies above which the note says the timings are noisy
 
@@ -99,12 +100,17 @@ def make_feed(model: Model, options: BenchOptions) -> dict[str, np.ndarray]:
 def bench(models: Sequence[str], options: BenchOptions | None = None) -> list[BenchResult]:
     """Time each model in turn (loaded, measured, closed); speed-ups are over the first."""
     options = options or BenchOptions()
-    results = []
+    results, simulated = [], []
     for path in progress(models, desc="bench", unit="model", leave=False, enabled=options.show_progress):
         with load(path, instances=options.instances or options.threads, registry=options.plugins) as model:
             results.append(measure(model, make_feed(model, options), options))
-    for r in results[1:]:
+            simulated.append(model.kind == "onnx" and model.simulate_int8)
+    for r, qdq in zip(results[1:], simulated[1:]):
         r.speedup = r.throughput / results[0].throughput
+        if qdq and r.speedup < 1:
+            r.notes.append("a Q/DQ ONNX model runs unfused in ONNX Runtime (Q and DQ as float ops, to match TensorRT), "
+                           "so it is expected to be slower than FP32 here; build engines and bench those: the engine "
+                           "is what to time")
     return results
 
 

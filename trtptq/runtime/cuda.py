@@ -35,54 +35,87 @@ def driver():
     return cuda
 
 
+class DeviceContext:
+    """The device's primary context (the one TensorRT's runtime uses), retained once and shared by everything of one
+    model; `release()` gives it back.
+
+    pycuda contexts are per thread: `current()` makes it current in the calling
+    thread, and every pycuda object must be freed while it is current, or pycuda
+    skips the free with an "out-of-thread context" warning. A server closes from
+    any thread, so nothing here relies on the thread that loaded.
+    """
+
+    def __init__(self, device: int = 0):
+        self._cuda = driver()
+        self._context = self._cuda.Device(device).retain_primary_context()
+
+    @contextlib.contextmanager
+    def current(self) -> Iterator[None]:
+        """The context made current in this thread for the duration (nests)."""
+        self._context.push()
+        try:
+            yield
+        finally:
+            self._cuda.Context.pop()
+
+    def release(self) -> None:
+        """Give the retained context back (cuDevicePrimaryCtxRelease), from any thread; free everything in it first."""
+        if self._context is None:
+            return
+        self._context.push()  # current here, so that pycuda releases it whatever thread retained it
+        self._context.detach()  # detach takes it off this thread's stack
+        self._context = None
+
+
 class DeviceBuffers:
     """Named tensors in pinned host memory and on the GPU, copied asynchronously on one stream.
 
     Buffers grow to the largest size asked for and are then reused, so batches of
     varying shape do not reallocate. Use as a context manager: everything is
-    freed on exit. They live in the device's primary context (the one TensorRT's
-    runtime uses), which every method makes current in the calling thread and
-    releases again: pycuda contexts are per thread, and a server calls from many.
+    freed on exit, inside `context` (one of its own unless given: an engine's
+    slots share their model's). Every method makes the context current in the
+    calling thread and releases it again: a server calls from many.
     """
 
-    def __init__(self, device: int = 0):
+    def __init__(self, context: DeviceContext | None = None):
         self._cuda = driver()
-        self._device_index = device
-        self._context = None
+        self._owns_context = context is None
+        self.context = context
         self.stream = None
         self._host: dict[str, np.ndarray] = {}  # flat pinned arrays
         self._device: dict[str, object] = {}  # pycuda DeviceAllocation
+        self._events: dict[str, object] = {}  # pycuda Event, made once per name and re-recorded
 
     def __enter__(self) -> DeviceBuffers:
-        self._context = self._cuda.Device(self._device_index).retain_primary_context()
-        with self.current():
+        if self.context is None:
+            self.context = DeviceContext()
+        with self.context.current():
             self.stream = self._cuda.Stream()
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
-    @contextlib.contextmanager
-    def current(self) -> Iterator[DeviceBuffers]:
+    def current(self) -> contextlib.AbstractContextManager:
         """The buffers' CUDA context made current in this thread for the duration (nests)."""
-        self._context.push()
-        try:
-            yield self
-        finally:
-            self._cuda.Context.pop()
+        return self.context.current()
 
     def close(self) -> None:
-        if self._context is None:
+        """Free the buffers, events and stream inside the context (from any thread); release an own context."""
+        if self.stream is None:
             return
         with self.current():
-            if self.stream is not None:
-                self.stream.synchronize()
+            self.stream.synchronize()
             for allocation in self._device.values():
                 allocation.free()
-        self._device.clear()
-        self._host.clear()
-        self.stream = None
-        self._context = None
+            for host in self._host.values():
+                host.base.free()  # the pinned allocation under the array
+            self._device.clear()
+            self._host.clear()
+            self._events.clear()
+            self.stream = None  # pycuda destroys it here, while the context is current
+        if self._owns_context:
+            self.context.release()
 
     def _reserve(self, name: str, size: int, dtype: np.dtype) -> np.ndarray:
         """The flat pinned array for `name`, with room for `size` elements of `dtype` (and its device twin)."""
@@ -99,10 +132,21 @@ class DeviceBuffers:
     def pointer(self, name: str) -> int:
         return int(self._device[name])
 
-    def event(self):
-        """A CUDA event recorded on the stream now: for timing the copies and the work between them."""
+    def record(self, name: str) -> None:
+        """Record the event `name` on the stream now, for timing the work between two of them (see `elapsed`).
+
+        Each name's event is made once and reused, so a timed call creates and
+        leaks nothing whatever thread it runs in.
+        """
         with self.current():
-            return self._cuda.Event().record(self.stream)
+            if name not in self._events:
+                self._events[name] = self._cuda.Event()
+            self._events[name].record(self.stream)
+
+    def elapsed(self, start: str, end: str) -> float:
+        """Milliseconds between two recorded events; call once the stream has passed `end` (synchronized)."""
+        with self.current():
+            return self._events[end].time_since(self._events[start])
 
     def upload(self, arrays: Mapping[str, np.ndarray], wait: bool = False) -> dict[str, int]:
         """Stage each array in pinned memory and queue its copy to the GPU; name -> device pointer.

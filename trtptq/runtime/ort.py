@@ -13,9 +13,10 @@ import onnx
 
 from trtptq.core.errors import ModelError, TrtptqError
 from trtptq.core.model import PROTOBUF_LIMIT, save
+from trtptq.core.model import load as load_onnx
 from trtptq.data.spec import InputSpec
 from trtptq.plugins import BUILTIN, Plugins
-from trtptq.runtime.model import Model, TensorInfo
+from trtptq.runtime.base import Model, TensorInfo
 from trtptq.runtime.plugins import for_onnxruntime, plugin_nodes
 
 # How ONNX Runtime says it has no kernel for a node (custom domain; default domain; no kernel for these types).
@@ -153,7 +154,7 @@ class OnnxModel(Model):
                  plugins: Plugins = BUILTIN):
         self.path = pathlib.Path(path)
         self.name = name or self.path.stem
-        graph = onnx.load(str(self.path), load_external_data=False).graph
+        graph = load_onnx(self.path, load_external_data=False).graph  # not ONNX: one line, before ONNX Runtime
         self.simulate_int8 = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node)
         self._session = session(self.path, providers=providers, simulate_int8=self.simulate_int8, plugins=plugins)
         self.providers = self._session.get_providers()

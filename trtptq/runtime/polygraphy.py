@@ -2,7 +2,7 @@
 
 `PolygraphyRunner` wraps any `trtptq.runtime.runner.Runner` (ONNX Runtime,
 a TensorRT or TensorRT-RTX engine) so Polygraphy's Comparator and tools drive
-it. Engines run through our `EngineRunner`, on the TensorRT that
+it. Engines run through our `engine_runner`, on the TensorRT that
 `trtptq.core.trt` chose, so nothing flips the process-wide
 `polygraphy.config.USE_TENSORRT_RTX`.
 """

@@ -1,4 +1,4 @@
-"""`load(path)`: one model object for servers, whether the file is an ONNX model (ONNX Runtime) or a TensorRT engine.
+"""`Model`: what every model `trtptq.runtime.load` returns offers, whether ONNX Runtime or a TensorRT engine runs it.
 
 A server is developed and tested on a CPU with the ONNX model and switched to
 the engine by changing the path: both offer the same names, dtypes, shapes and
@@ -9,7 +9,6 @@ semantics.
 
 from __future__ import annotations
 
-import os
 import pathlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,7 +17,6 @@ import numpy as np
 
 from trtptq.core.errors import TrtptqError
 from trtptq.data.spec import InputSpec
-from trtptq.plugins import BUILTIN, Plugins
 
 Shape = tuple[int, ...]
 Profile = dict[str, tuple[Shape, Shape, Shape]]  # input -> (min, opt, max)
@@ -71,7 +69,11 @@ class Model:
             raise TrtptqError(f"{self.name} takes inputs {', '.join(names)}; the feed has {', '.join(feed) or 'none'}.")
         arrays = {}
         for info in self.inputs:
-            a = np.asarray(feed[info.name])
+            try:
+                a = np.asarray(feed[info.name])
+            except ValueError:  # nested lists of unequal lengths (a JSON client's ragged array)
+                raise TrtptqError(f"input {info.name} of {self.name} is a ragged array (rows of different lengths); "
+                                  f"send a rectangular array of shape {_dims(info.shape)}.") from None
             if a.dtype != info.dtype:
                 if not np.can_cast(a.dtype, info.dtype, "same_kind"):
                     raise TrtptqError(f"input {info.name} of {self.name} is {info.dtype}; the feed's is {a.dtype}. "
@@ -136,32 +138,6 @@ class ModelRunner:
 
     def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.model.infer(feed)
-
-
-def load(path: str | os.PathLike, *, instances: int = 1, backend: str | None = None, providers: Sequence[str] | None = None,
-         plugins: Sequence[str] = (), name: str | None = None, registry: Plugins = BUILTIN) -> Model:
-    """The model at `path`: `.onnx` runs in ONNX Runtime, anything else is a serialized TensorRT engine.
-
-    Engines: `instances` execution contexts per optimization profile (each with
-    its own stream and buffers) serve that many calls at once; the manifest
-    beside the engine is checked first; `backend` (tensorrt | tensorrt_rtx)
-    defaults to the one the manifest names. ONNX: `providers` default to CUDA
-    where installed, then CPU. `registry` (from `--plugin` files) runs an ONNX
-    model's plugin ops and adds its TensorRT libraries to `plugins` for engines.
-    """
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise TrtptqError(f"model {path} does not exist.")
-    if instances < 1:
-        raise TrtptqError(f"instances={instances} is not a positive number; give at least 1 execution context.")
-    if path.suffix == ".onnx":
-        from trtptq.runtime.ort import OnnxModel
-
-        return OnnxModel(path, providers=providers, name=name, plugins=registry)
-    from trtptq.runtime.engine import EngineModel
-
-    libraries = tuple(dict.fromkeys([*map(str, plugins), *registry.trt_libraries]))
-    return EngineModel(path, instances=instances, backend=backend, plugins=libraries, name=name)
 
 
 def _dims(shape: Sequence) -> str:
