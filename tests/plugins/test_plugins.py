@@ -280,14 +280,17 @@ def test_build_names_the_missing_tensorrt_plugin_before_parsing(tmp_path):
                     reason="needs full TensorRT (its libnvinfer_plugin has EfficientNMS_TRT) and a GPU it runs on; "
                            "TensorRT-RTX has no EfficientNMS_TRT plugin")
 def test_nms_engine_matches_the_reference_on_gpu(tmp_path):
+    """Run in a fresh process (`trtptq run`): the build here registered TensorRT's plugins in this one, and a server
+    loading the engine alone must register them itself before deserializing."""
     from trtptq.engine.build import BuildOptions, build_engine
-    from trtptq.runtime.engine import engine_runner
 
     onnx.save(_nms_model(), tmp_path / "nms.onnx")
     build_engine(tmp_path / "nms.onnx", tmp_path / "nms.engine", BuildOptions(backend="tensorrt"))
     feed = {"x": np.random.default_rng(3).standard_normal((1, 3, 4, 4)).astype(np.float32)}
-    with engine_runner(tmp_path / "nms.engine") as runner:
-        got = runner.run(feed)
+    np.savez(tmp_path / "feed.npz", **feed)
+    r = trtptq("run", "nms.engine", "--data", "feed.npz", "-o", "out.npz", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    got = dict(np.load(tmp_path / "out.npz"))
     want = dict(zip(["num_detections", "detection_boxes", "detection_scores", "detection_classes"],
                     session(_nms_model()).run(None, feed)))
     assert got["num_detections"][0, 0] == want["num_detections"][0, 0]

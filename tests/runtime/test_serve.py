@@ -17,12 +17,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from support import NO_ENGINE_GPU, engines_run_here, has_pycuda, make_model, trtptq
+from support import NO_ENGINE_GPU, assert_one_line_error, engines_run_here, has_pycuda, make_model, trtptq
 from trtptq.core.errors import TrtptqError
 from trtptq.core.manifest import check_compatible, read_manifest
 from trtptq.engine.build import BuildOptions, build_engine, parse_shapes
 from trtptq.export.triton import model_config_pb2
-from trtptq.runtime import load
+from trtptq.runtime import load, run_batches
 
 SCRIPTS = pathlib.Path(__file__).parents[2] / "scripts"
 
@@ -128,6 +128,49 @@ def test_onnx_model_is_thread_safe(mnist):
 
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             assert all(pool.map(work, range(16)))
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("model.engine", b"hello, I am a text file\n", "model.engine is a text file (starting 'hello, I am a text file'), where a "
+                                                   "file not named .onnx must be a TensorRT engine"),
+    ("data.engine", None, "data.engine is a zip archive (an .npz data file?), where a file not named .onnx"),
+    ("weird.engine", b"\x00\x01\x02\x03binary", "weird.engine is not a serialized TensorRT engine (it starts with "
+                                                    "b'\\x00\\x01\\x02\\x03', engines with ftrt or vtrt)"),
+    ("model.onnx", b'{"inputs": []}', "model.onnx is a JSON file, not an ONNX model; give the .onnx file"),
+    ("model.onnx", b"", "model.onnx is an empty file, not an ONNX model"),
+    ("model.onnx", b"\x08\x07\xff\xfe\xfd not protobuf", "model.onnx is not a readable ONNX model (DecodeError"),
+    ("model.onnx", "engine", "model.onnx is a serialized TensorRT engine, not an ONNX model; name it .engine"),
+])
+def test_run_and_bench_say_what_a_wrong_file_is_in_one_line(engines, tmp_path, name, content, message):
+    """Checked before ONNX Runtime or pycuda load: no protobuf traceback, nothing blamed on pycuda."""
+    path = tmp_path / name
+    if content == "engine":
+        shutil.copy(engines / "dynamic.engine", path)
+    elif content is None:
+        np.savez(path.with_suffix(".npz"), input=np.zeros((1, 1, 28, 28), np.float32))
+        path.with_suffix(".npz").rename(path)
+    else:
+        path.write_bytes(content)
+    np.savez(tmp_path / "x.npz", input=np.zeros((2, 1, 28, 28), np.float32))
+    for args in (["run", path, "--data", "x.npz", "-o", "o.npz"], ["bench", path, "--duration", 0.1]):
+        r = trtptq(*args, cwd=tmp_path)
+        assert_one_line_error(r, message)
+        assert "pycuda" not in r.stderr
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_run_batches_as_a_library(mnist, tmp_path):
+    path, images, labels = mnist
+    np.savez(tmp_path / "eval.npz", input=images[:150], labels=labels[:150])
+    with load(path) as model:
+        result = run_batches(model, tmp_path / "eval.npz", show_progress=False)  # batches of 64: 64, 64, 22
+        small = run_batches(model, tmp_path / "eval.npz", batch_size=7, num_samples=100, show_progress=False)
+    assert result.samples == 150 and list(result.outputs) == ["logits"] and result.outputs["logits"].shape == (150, 10)
+    assert (result.outputs["logits"].argmax(1) == labels[:150]).mean() > 0.95
+    np.testing.assert_allclose(small.outputs["logits"], result.outputs["logits"][:100], rtol=1e-5, atol=1e-5)
+    with load(_static_mnist(path, tmp_path)) as model:  # the model's fixed batch of 4; a short last batch cannot run
+        static = run_batches(model, tmp_path / "eval.npz", show_progress=False)
+    assert static.samples == 148 and static.outputs["logits"].shape == (148, 10)
 
 
 # ---- engines: manifest checks on the CPU, the engine path on a GPU ----
@@ -299,6 +342,8 @@ def test_bench_two_models_side_by_side(mnist, int8_onnx, tmp_path):
     m = fp32["latency_ms"]
     assert m["min"] <= m["p50"] <= m["p90"] <= m["p99"] <= m["max"]
     assert "speed-up" in r.stdout and "int8" in r.stdout
+    note = "int8: note: a Q/DQ ONNX model runs unfused in ONNX Runtime"
+    assert (note in r.stdout) == (int8["speedup"] < 1), r.stdout  # slower unfused Q/DQ on the CPU is explained
     r = trtptq("bench", path, "--threads", 0, cwd=tmp_path)
     assert r.returncode == 2 and "--threads 0 is not a positive number" in r.stderr
 
@@ -337,6 +382,31 @@ def test_fastapi_server_under_concurrent_requests(mnist, tmp_path):
         with pytest.raises(urllib.error.HTTPError) as caught:
             urllib.request.urlopen(req, timeout=30)
         assert caught.value.code == 400 and "takes inputs input" in json.loads(caught.value.read())["detail"]
+        ragged = [[[[0.0] * 28] * 28], [[[0.0] * 27] * 28]]
+        for body, message in [(b'{"inputs": {"input": [1, 2', "the request body is not valid JSON"),
+                              (b'{"inputs": {"input": 3}}', "inputs.input: input should be a valid list"),
+                              (b'{"input": [1]}', "inputs: field required"),
+                              (json.dumps({"inputs": {"input": ragged}}).encode(), "input input of mnist_cnn is a ragged "
+                                                                                   "array (rows of different lengths)")]:
+            req = urllib.request.Request(base + "/v1/infer", body, {"Content-Type": "application/json"})
+            with pytest.raises(urllib.error.HTTPError) as caught:
+                urllib.request.urlopen(req, timeout=30)
+            detail = json.loads(caught.value.read())["detail"]
+            assert caught.value.code == 400 and isinstance(detail, str) and "\n" not in detail, detail
+            assert message in detail, detail
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_server_startup_failures_are_one_line(engines, tmp_path):
+    """Before uvicorn starts: a missing model, a bad option, an engine this machine cannot run; exit 2, no traceback."""
+    cases = [(["missing.onnx"], "model missing.onnx does not exist"),
+             ([str(engines / "static.engine"), "--threads", "0"], "--threads 0 is not a positive number")]
+    if not engines_run_here():
+        cases.append(([str(engines / "static.engine")], "and no GPU. Run it on a machine"))
+    for args, message in cases:
+        r = subprocess.run([sys.executable, SCRIPTS / "serve.py", *args], capture_output=True, text=True, cwd=tmp_path,
+                           timeout=120)
+        assert r.returncode == 2 and r.stderr.startswith("serve.py: error:"), (r.returncode, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr and message in r.stderr, r.stderr
