@@ -99,6 +99,15 @@ def test_tensorrt_older_than_10_is_refused_in_one_line(tmp_path):
 
 # ---- on a GPU the engine runs on ----
 
+@pytest.fixture(scope="module")
+def mnist_engine(mnist, tmp_path_factory):
+    """The MNIST CNN as an engine for batches of 1 to 8, built by `trtptq build` (with its manifest)."""
+    path = tmp_path_factory.mktemp("engine") / "m.engine"
+    r = trtptq("build", mnist[0], "-o", path, "--shapes", "input:1x1x28x28/8x1x28x28/8x1x28x28", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    return path
+
+
 def _build(model: onnx.ModelProto, path, shape_inputs: dict | None = None):
     """An engine built with the TensorRT API directly (shape-tensor profiles are not a `trtptq build` option)."""
     from trtptq.core.trt import get_backend
@@ -156,18 +165,15 @@ def test_bf16_inputs_and_outputs(tmp_path):
 
 @pytest.mark.gpu
 @needs_engine_gpu
-def test_timed_calls_from_threads_and_close_from_another_thread_leave_nothing_behind(mnist, tmp_path):
+def test_timed_calls_from_threads_and_close_from_another_thread_leave_nothing_behind(mnist_engine, tmp_path):
     """pycuda warns "... in out-of-thread context could not be cleaned up" for each object it cannot free: none here."""
-    r = trtptq("build", mnist[0], "-o", tmp_path / "m.engine", "--shapes", "input:1x1x28x28/8x1x28x28/8x1x28x28",
-               "--no-progress", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
     code = textwrap.dedent(f"""
         import concurrent.futures, threading, warnings
         import numpy as np
         from trtptq.runtime import load
         warnings.simplefilter("always")
         feed = {{"input": np.zeros((8, 1, 28, 28), np.float32)}}
-        model = load({str(tmp_path / "m.engine")!r}, instances=2)
+        model = load({str(mnist_engine)!r}, instances=2)
         def timed(_):
             t = {{}}
             model.infer(feed, t)
@@ -186,20 +192,17 @@ def test_timed_calls_from_threads_and_close_from_another_thread_leave_nothing_be
 
 @pytest.mark.gpu
 @needs_engine_gpu
-def test_close_while_calls_run_waits_for_them_and_refuses_the_rest(mnist, tmp_path):
+def test_close_while_calls_run_waits_for_them_and_refuses_the_rest(mnist, mnist_engine):
     from trtptq.runtime import load
 
-    r = trtptq("build", mnist[0], "-o", tmp_path / "m.engine", "--shapes", "input:1x1x28x28/4x1x28x28/4x1x28x28",
-               "--no-progress", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    model = load(tmp_path / "m.engine", instances=1)
-    feed = {"input": mnist[1][:4]}
+    model = load(mnist_engine, instances=1)
+    feed = {"input": mnist[1][:8]}
     started = threading.Event()
 
     def call(_):
         started.set()
         try:
-            return model.infer(feed)["logits"].shape == (4, 10)
+            return model.infer(feed)["logits"].shape == (8, 10)
         except TrtptqError as e:
             return "is closed" in str(e)
 
