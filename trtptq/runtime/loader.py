@@ -15,7 +15,7 @@ from trtptq.core.errors import ModelError, TrtptqError
 from trtptq.plugins import BUILTIN, Plugins
 from trtptq.runtime.base import Model
 
-ENGINE_MAGIC = (b"ftrt", b"vtrt")  # the first bytes of a TensorRT 10+ and of a TensorRT-RTX engine
+ENGINE_MAGIC = (b"ftrt", b"vtrt")  # first bytes seen on TensorRT 10 and TensorRT-RTX 1.7 engines
 _HEAD = 256  # bytes read to tell what a file is
 
 
@@ -59,9 +59,10 @@ def check_file(path: pathlib.Path) -> None:
             hint = ("; name it .engine to run it on the GPU" if head.startswith(ENGINE_MAGIC) else
                     "; give the .onnx file your framework exported")
             raise ModelError(f"{path} is {found}, not an ONNX model{hint}.")
-    elif not head.startswith(ENGINE_MAGIC):
-        what = found or f"not a serialized TensorRT engine (it starts with {head[:4]!r}, engines with ftrt or vtrt)"
-        raise ModelError(f"{path} is {what}, where a file not named .onnx must be a TensorRT engine; give an engine "
+    elif found is not None and not head.startswith(ENGINE_MAGIC):
+        # Only what is recognizably something else is refused here: other binary data goes to TensorRT, which
+        # knows its own formats (their magic differs between versions) and whose refusal is one line too.
+        raise ModelError(f"{path} is {found}, where a file not named .onnx must be a TensorRT engine; give an engine "
                          "written by trtptq build, or an ONNX model named .onnx.")
 
 
