@@ -13,8 +13,10 @@ from trtptq.calibration.calibrate import CalibrationOptions
 from trtptq.core import model as model_io
 from trtptq.core.errors import TrtptqError
 from trtptq.core.precision import NodePrecision, read_plan
+from trtptq.core.shapes import parse_shapes
 from trtptq.core.trt import get_backend
-from trtptq.engine.build import BuildOptions, build_engine, parse_shapes
+from trtptq.engine.build import build_engine
+from trtptq.engine.options import BuildOptions
 from trtptq.pipelines import build, quantize
 from trtptq.quantization.fp16 import to_fp16
 from trtptq.runtime.ort import session

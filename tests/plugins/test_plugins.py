@@ -280,7 +280,8 @@ def test_build_names_the_missing_tensorrt_plugin_before_parsing(tmp_path):
                     reason="needs full TensorRT (its libnvinfer_plugin has EfficientNMS_TRT) and a GPU it runs on; "
                            "TensorRT-RTX has no EfficientNMS_TRT plugin")
 def test_nms_engine_matches_the_reference_on_gpu(tmp_path):
-    from trtptq.engine.build import BuildOptions, build_engine
+    from trtptq.engine.build import build_engine
+    from trtptq.engine.options import BuildOptions
     from trtptq.runtime.engine import EngineRunner
 
     onnx.save(_nms_model(), tmp_path / "nms.onnx")

@@ -20,7 +20,9 @@ from onnx import TensorProto, helper
 from support import NO_ENGINE_GPU, engines_run_here, has_pycuda, make_model, trtptq
 from trtptq.core.errors import TrtptqError
 from trtptq.core.manifest import check_compatible, read_manifest
-from trtptq.engine.build import BuildOptions, build_engine, parse_shapes
+from trtptq.core.shapes import parse_shapes
+from trtptq.engine.build import build_engine
+from trtptq.engine.options import BuildOptions
 from trtptq.export.triton import model_config_pb2
 from trtptq.runtime import load
 

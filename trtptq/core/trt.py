@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from trtptq.core.errors import TrtptqError
+from trtptq.core.trt_log import tensorrt_logger
 
 BACKENDS = ("tensorrt", "tensorrt_rtx")
 RUNNERS = ("onnxruntime", "tensorrt")  # what runs the FP32 model during calibration
@@ -60,10 +61,9 @@ class Backend:
     def cache_version(self) -> int:
         return cache_version(self.version)
 
-    def logger(self, level: str = "warning"):
-        """TensorRT's logger at `level`: verbose, info, warning or error."""
-        trt = self.trt
-        return trt.Logger(getattr(trt.Logger, level.upper()))
+    def logger(self):
+        """The process's TensorRT logger for this module (`trtptq.core.trt_log`): messages go to Python logging."""
+        return tensorrt_logger(self.trt)
 
 
 def cache_version(version: str) -> int:
