@@ -43,7 +43,7 @@ def _calibration_engine(model, tmp_path):
     report = build_engine(model, tmp_path / "calibration.engine",
                           BuildOptions(backend="tensorrt_rtx", mark_outputs=tuple(placement.activations), tf32=False,
                                        profiles=[profile] if profile else [], show_progress=False))
-    return placement.activations, inputs, {o["name"] for o in report.outputs}
+    return placement.activations, inputs, {o.name for o in report.outputs}
 
 
 def test_calibration_engine_exposes_every_planned_tensor(mnist, minilm, tmp_path):
