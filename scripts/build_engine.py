@@ -4,7 +4,7 @@
         --shapes input:1x3x224x224/8x3x224x224/32x3x224x224
 
 Each step is the library call the CLI makes (trtptq.quantize, trtptq.compare.compare,
-trtptq.build.build_engine), so this is also the template for scripting your own pipeline.
+trtptq.engine.build.build_engine), so this is also the template for scripting your own pipeline.
 `--runner tensorrt` calibrates with an FP32 engine on the GPU instead of ONNX Runtime.
 """
 
@@ -16,7 +16,8 @@ import sys
 
 from trtptq import CalibrationOptions, TrtptqError, quantize
 from trtptq.core import model as model_io
-from trtptq.engine.build import BuildOptions, parse_shapes
+from trtptq.core.shapes import parse_shapes
+from trtptq.engine.options import BuildOptions
 from trtptq.evaluation.compare import CompareOptions, compare
 from trtptq.pipelines import build
 

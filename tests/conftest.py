@@ -1,10 +1,10 @@
 import numpy as np
 import onnx
 import pytest
-from onnx import helper
+from onnx import TensorProto, helper
 
 from evidence import real_models
-from support import float_input, make_model, trtptq
+from support import float_input, make_model, static_batch_mnist, trtptq
 from trtptq.demo import MNIST_MODEL, mnist_samples
 
 
@@ -72,3 +72,57 @@ def mystery_model():
     graph = helper.make_graph(nodes, "mystery", [float_input("x", ["N", 4])], [float_input("y", ["N", 4])],
                               [onnx.numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("acme", 1)])
+
+
+def _build_engine(model, path, *shapes):
+    from trtptq.core.shapes import parse_shapes
+    from trtptq.engine.build import build_engine
+    from trtptq.engine.options import BuildOptions
+
+    return build_engine(model, path, BuildOptions(profiles=[parse_shapes(s) for s in shapes], show_progress=False,
+                                                  optimization_level=0))
+
+
+def _tiny_encoder():
+    """A one-layer attention encoder over token ids: [batch, seq] int64 -> [batch, seq, 16]."""
+    rng = np.random.default_rng(0)
+    inits = {"emb": rng.standard_normal((100, 16)).astype(np.float32), "wq": rng.standard_normal((16, 16)).astype(np.float32),
+             "wk": rng.standard_normal((16, 16)).astype(np.float32), "perm": np.array([0, 2, 1], np.int64)}
+    nodes = [
+        helper.make_node("Gather", ["emb", "input_ids"], ["x"], name="embed"),
+        helper.make_node("MatMul", ["x", "wq"], ["q"], name="q"),
+        helper.make_node("MatMul", ["x", "wk"], ["k"], name="k"),
+        helper.make_node("Transpose", ["k"], ["kt"], name="kt", perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "kt"], ["scores"], name="bmm1"),
+        helper.make_node("Softmax", ["scores"], ["probs"], name="softmax", axis=-1),
+        helper.make_node("MatMul", ["probs", "x"], ["hidden"], name="bmm2"),
+    ]
+    inits.pop("perm")
+    return make_model(nodes, [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])],
+                      [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", "seq", 16])], inits.items())
+
+
+@pytest.fixture(scope="session")
+def engines(mnist, tmp_path_factory):
+    """Three real engines (TensorRT-RTX, built on the CPU): static-batch CNN, dynamic CNN with two profiles, encoder."""
+    pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed: pip install 'trtptq[rtx]'")
+    d = tmp_path_factory.mktemp("engines")
+    _build_engine(static_batch_mnist(mnist[0], d), d / "static.engine")
+    _build_engine(mnist[0], d / "dynamic.engine", "input:1x1x28x28/8x1x28x28/16x1x28x28", "input:17x1x28x28/32x1x28x28/64x1x28x28")
+    onnx.save(_tiny_encoder(), d / "encoder.onnx")
+    _build_engine(d / "encoder.onnx", d / "encoder.engine", "input_ids:1x1/4x64/8x128")
+    return d
+
+
+@pytest.fixture(scope="session")
+def int8_onnx(mnist, tmp_path_factory):
+    """The MNIST CNN quantized (Q/DQ, min-max ranges on 64 digits), saved."""
+    from trtptq.calibration.calibrate import CalibrationOptions
+    from trtptq.pipelines import quantize
+
+    path, images, _ = mnist
+    model = quantize(path, data=[{"input": images[:64]}],
+                     calibration=CalibrationOptions(method="minmax", batch_size=64, show_progress=False)).model
+    out = tmp_path_factory.mktemp("int8") / "int8.onnx"
+    onnx.save(model, out)
+    return out

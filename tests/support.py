@@ -59,3 +59,12 @@ NO_ENGINE_GPU = ("needs an NVIDIA GPU that the installed TensorRT's engines run 
                  "capability 7.5, 8.x or 12.x; full TensorRT: any); this machine has "
                  f"{'compute capability ' + gpu_compute_capability() if gpu_compute_capability() else 'no GPU'}")
 
+
+
+def static_batch_mnist(path, tmp_path):
+    """The MNIST CNN with its batch fixed at 4: a static-batch CNN."""
+    m = onnx.load(path)
+    for vi in (*m.graph.input, *m.graph.output):
+        vi.type.tensor_type.shape.dim[0].dim_value = 4
+    onnx.save(m, tmp_path / "static.onnx")
+    return tmp_path / "static.onnx"

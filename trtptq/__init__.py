@@ -22,7 +22,8 @@ _EXPORTS = {
     "write_report": "trtptq.evaluation.report",
     "CalibrationOptions": "trtptq.calibration.calibrate", "Ranges": "trtptq.calibration.ranges",
     "QuantizeOptions": "trtptq.quantization.qdq",
-    "BuildOptions": "trtptq.engine.build", "parse_shapes": "trtptq.engine.build",
+    "BuildOptions": "trtptq.engine.options", "parse_shapes": "trtptq.core.shapes",
+    "BuildReport": "trtptq.core.build_report",
     "ImageOptions": "trtptq.data", "Batches": "trtptq.data",
     "save_model": "trtptq.core.model", "load_model": "trtptq.core.model",
     "TrtptqError": "trtptq.core.errors",
@@ -32,11 +33,13 @@ if TYPE_CHECKING:
     from trtptq.autotune.sensitivity import SensitivityOptions
     from trtptq.calibration.calibrate import CalibrationOptions
     from trtptq.calibration.ranges import Ranges
+    from trtptq.core.build_report import BuildReport
     from trtptq.core.errors import TrtptqError
     from trtptq.core.model import load as load_model
     from trtptq.core.model import save as save_model
+    from trtptq.core.shapes import parse_shapes
     from trtptq.data import Batches, ImageOptions
-    from trtptq.engine.build import BuildOptions, parse_shapes
+    from trtptq.engine.options import BuildOptions
     from trtptq.evaluation.compare import CompareOptions, compare
     from trtptq.evaluation.evaluator import Evaluator
     from trtptq.evaluation.report import write_report

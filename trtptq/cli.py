@@ -327,7 +327,9 @@ def _print_comparison(result) -> None:
 
 
 def _cmd_build(a: argparse.Namespace) -> int:
-    from trtptq.engine.build import BuildOptions, ImplicitInt8, parse_shapes
+    from trtptq.core.shapes import parse_shapes
+    from trtptq.core.sidecars import fp16_model_path, int8_model_path, report_path
+    from trtptq.engine.options import BuildOptions, ImplicitInt8
     from trtptq.pipelines import Int8, build
 
     if a.int8 and a.implicit_int8:
@@ -339,9 +341,9 @@ def _cmd_build(a: argparse.Namespace) -> int:
                         optimization_level=a.optimization_level, tf32=not a.no_tf32, timing_cache=a.timing_cache,
                         plugins=tuple(a.plugins), compute_capabilities=tuple(a.compute_capability),
                         implicit_int8=implicit,
-                        show_progress=not a.no_progress, log_level="verbose" if a.verbose else "warning")
-    qdq_model = a.int8 and (a.save_onnx or f"{a.output}.int8.onnx")
-    _check_outputs(a.output, f"{a.output}.json", qdq_model, a.fp16 and f"{a.output}.fp16.onnx", a.timing_cache,
+                        show_progress=not a.no_progress)
+    qdq_model = a.int8 and (a.save_onnx or int8_model_path(a.output))
+    _check_outputs(a.output, report_path(a.output), qdq_model, a.fp16 and fp16_model_path(a.output), a.timing_cache,
                    a.implicit_int8 and a.calibration_cache)
     int8 = Int8(a.data, _load_ranges(a.ranges), qopts, calibration, qdq_model) if a.int8 else None
     report = build(a.model, a.output, opts, check_data=a.data if a.fp16 and not a.implicit_int8 else None, int8=int8,
@@ -358,7 +360,7 @@ def _cmd_build(a: argparse.Namespace) -> int:
     for name, m in (report.fp16_check or {}).items():
         print(f"FP16 ONNX vs its FP32 source in ONNX Runtime: {name} cosine "
               f"{m['cosine']:.6f}, SNR {m['snr_db']:.1f} dB")
-    print(f"build report -> {report.engine}.json")
+    print(f"build report -> {report_path(report.engine)}")
     return 0
 
 
@@ -382,7 +384,7 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     import json
 
     from trtptq.core.fileio import write_text
-    from trtptq.engine.build import parse_shapes
+    from trtptq.core.shapes import parse_shapes
     from trtptq.runtime.bench import BenchOptions, bench
 
     shapes = {n: opt for n, (_, opt, _) in parse_shapes(a.shapes or "").items()}

@@ -105,8 +105,9 @@ def _save_npz(path: pathlib.Path, **arrays: np.ndarray) -> None:
 def _build(out_dir: pathlib.Path, show_progress: bool):
     """Build the INT8 engine (TensorRT-RTX builds without a GPU); without TensorRT, say how to get it."""
     from trtptq.core.errors import TrtptqError
+    from trtptq.core.shapes import parse_shapes
     from trtptq.core.trt import get_backend
-    from trtptq.engine.build import BuildOptions, parse_shapes
+    from trtptq.engine.options import BuildOptions
     from trtptq.pipelines import build
 
     try:
@@ -115,5 +116,5 @@ def _build(out_dir: pathlib.Path, show_progress: bool):
         return None, str(e)
     report = build(out_dir / "model.int8.onnx", out_dir / "model.engine",
                    BuildOptions(fp16=True, profiles=[parse_shapes("input:1x1x28x28/32x1x28x28/256x1x28x28")],
-                                show_progress=show_progress, log_level="error"))
+                                show_progress=show_progress))
     return report, ""

@@ -25,10 +25,13 @@ from trtptq.calibration.ranges import Ranges
 from trtptq.calibrators import METHODS, Calibrator
 from trtptq.core import fileio
 from trtptq.core import model as model_io
+from trtptq.core.build_report import BuildReport
 from trtptq.core.errors import TrtptqError
+from trtptq.core.sidecars import fp16_model_path, int8_model_path
 from trtptq.data import Holdout, ImageOptions, input_specs, open_source
-from trtptq.engine.build import BuildOptions, BuildReport, build_engine
+from trtptq.engine.build import build_engine
 from trtptq.engine.calibration import passes_for
+from trtptq.engine.options import BuildOptions
 from trtptq.evaluation.compare import CHECKABLE, CompareOptions, CompareResult, compare
 from trtptq.evaluation.evaluator import Evaluator
 from trtptq.evaluation.report import calibration_histograms, write_report
@@ -120,7 +123,7 @@ def _calibrate(proto: onnx.ModelProto, name: str, placement: Plan, data, options
                extra: dict, plugins: Plugins) -> tuple[Ranges, Calibration]:
     """Calibrate the plan's activations; for method "auto", every method's ranges and their per-tensor mix are
     scored against FP32 and the best kept."""
-    calibration = calibrate_tensors(proto, list(placement.activations), data, options, passes_for(options), name,
+    calibration = calibrate_tensors(proto, list(placement.activations), data, options, passes_for(options, build_engine), name,
                                     plugins)
     if options.method != AUTO:
         return calibration.ranges(extra=extra), calibration
@@ -233,7 +236,7 @@ def quantize_each_method(model: onnx.ModelProto | str | os.PathLike, data, metho
     qopts = options or QuantizeOptions()
     proto, name, _, placement = prepare(model, qopts, plugins)
     options = replace(calibration or CalibrationOptions(), method=AUTO)
-    done = calibrate_tensors(proto, list(placement.activations), data, options, passes_for(options), name, plugins)
+    done = calibrate_tensors(proto, list(placement.activations), data, options, passes_for(options, build_engine), name, plugins)
     by_method = done.amax_by_method()
     results = {}
     for method in methods:
@@ -272,7 +275,7 @@ def build(model_path: str | os.PathLike, output: str | os.PathLike, options: Bui
     output = pathlib.Path(output)
     fileio.check_writable(output)
     if int8 is not None:
-        onnx_output = int8.onnx_output or output.with_name(output.name + ".int8.onnx")
+        onnx_output = int8.onnx_output or int8_model_path(output)
         fileio.check_writable(onnx_output)
         result = quantize(model_path, int8.data, int8.ranges, int8.options, int8.calibration, plugins=plugins)
         model_path = model_io.save(result.model, onnx_output)
@@ -281,7 +284,7 @@ def build(model_path: str | os.PathLike, output: str | os.PathLike, options: Bui
         from trtptq.quantization.fp16 import to_fp16
 
         converted = to_fp16(model_io.load(model_path), opts.keep_fp32, plugins=plugins)
-        source = model_io.save(converted.model, output.with_name(output.name + ".fp16.onnx"))
+        source = model_io.save(converted.model, fp16_model_path(output))
         if check_data is not None:
             from trtptq.evaluation.evaluator import Evaluator
 

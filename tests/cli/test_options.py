@@ -12,7 +12,7 @@ import pytest
 from support import trtptq
 from trtptq.core.errors import TrtptqError
 from trtptq.demo import MNIST_MODEL
-from trtptq.engine.build import BuildOptions
+from trtptq.engine.options import BuildOptions
 from trtptq.quantization.qdq import QuantizeOptions
 
 # A data script that leaves a mark when anything imports it: where it is --data, no data may have been read.

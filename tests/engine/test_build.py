@@ -11,10 +11,13 @@ from onnx import helper
 from support import float_input, trtptq
 from trtptq.calibration.calibrate import CalibrationOptions
 from trtptq.core import model as model_io
+from trtptq.core.build_report import BuildReport, EngineTensor
 from trtptq.core.errors import TrtptqError
 from trtptq.core.precision import NodePrecision, read_plan
+from trtptq.core.shapes import parse_shapes
 from trtptq.core.trt import get_backend
-from trtptq.engine.build import BuildOptions, build_engine, parse_shapes
+from trtptq.engine.build import build_engine
+from trtptq.engine.options import BuildOptions
 from trtptq.pipelines import build, quantize
 from trtptq.quantization.fp16 import to_fp16
 from trtptq.runtime.ort import session
@@ -75,9 +78,13 @@ def test_cnn_engines(mnist, mnist_int8, tmp_path, which, fp16, expect):
         assert report.fp16_check is None
     assert engine.stat().st_size == report.engine_bytes > 100_000
     saved = json.loads((tmp_path / "m.engine.json").read_text())
-    assert saved["backend"] == "tensorrt_rtx" and saved["strongly_typed"] is True
-    assert saved["inputs"] == [{"name": "input", "dtype": "FLOAT", "shape": [-1, 1, 28, 28], "input": True}]
+    assert saved["schema"] == 1 and saved["backend"] == "tensorrt_rtx" and saved["strongly_typed"] is True
+    assert saved["inputs"] == [{"name": "input", "dtype": "FLOAT", "shape": [-1, 1, 28, 28]}]
     assert saved["profiles"] == [{"input": [[1, 1, 28, 28], [8, 1, 28, 28], [32, 1, 28, 28]]}]
+    assert BuildReport.load(tmp_path / "m.engine.json") == report  # typed fields back, as written
+    # TensorRT-RTX widens FP16 Q/DQ scales to FP32 per Conv (exact): recorded, never shown (test_known_harmless_...)
+    assert report.log == ["WARNING: (foreignNode) Converting conv activation scales to fp32.",
+                          "WARNING: (foreignNode) Converting conv weight scales to fp32."] * 2 * (which == "int8" and fp16)
     # strongly typed FP16: the quantize stage's FP16 ONNX is kept beside the engine
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.engine", *["m.engine.fp16.onnx"] * fp16, "m.engine.json"]
 
@@ -87,7 +94,7 @@ def test_static_shape_engine(mnist, tmp_path):
     static.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4
     model_io.save(static, tmp_path / "static.onnx")
     report = build_engine(tmp_path / "static.onnx", tmp_path / "s.engine", _opts())
-    assert report.inputs[0]["shape"] == [4, 1, 28, 28] and report.profiles == []
+    assert report.inputs[0] == EngineTensor("input", "FLOAT", (4, 1, 28, 28)) and report.profiles == []
 
 
 def test_attention_engines(minilm_files, tmp_path):
@@ -134,10 +141,14 @@ def test_timing_cache_is_ignored_by_tensorrt_rtx(mnist, tmp_path, caplog):
 def test_compute_capability_targets(mnist, tmp_path):
     report = build(mnist[0], tmp_path / "t.engine", _opts(fp16=True, compute_capabilities=("7.5",)))
     assert report.compute_capabilities == ["7.5"]
-    # Turing runs no FP32 GEMM in TensorRT-RTX: the build fails, and says so.
-    with pytest.raises(TrtptqError, match="could not build"):
-        build_engine(mnist[0], tmp_path / "f.engine", _opts(compute_capabilities=("7.5",)))
-    assert not (tmp_path / "f.engine").exists()
+    # Turing runs no FP32 GEMM in TensorRT-RTX: the build fails, and TensorRT's error says why.
+    r = trtptq("build", mnist[0], "--compute-capability", "7.5", "--backend", "tensorrt_rtx", "-o", tmp_path / "f.engine",
+               "--no-progress")
+    *said, last = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert any(line.startswith("trtptq: error: TensorRT: ") and "FP32 GEMM is not supported" in line for line in said)
+    assert last.startswith("trtptq: error: TensorRT could not build") and "its errors above say why" in last
+    assert not (tmp_path / "f.engine").exists() and not (tmp_path / "f.engine.json").exists()
     with pytest.raises(TrtptqError, match="unknown compute capability 9.9"):
         build_engine(mnist[0], tmp_path / "u.engine", _opts(compute_capabilities=("9.9",)))
 
@@ -179,6 +190,23 @@ def test_backend_choice(monkeypatch):
                 get_backend()
 
 
+def test_known_harmless_tensorrt_warnings_are_recorded_not_shown(caplog):
+    """Through the process's TensorRT logger: a known-harmless warning is debug (and recorded), any other one shows."""
+    backend = get_backend("tensorrt_rtx")
+    trt, log = backend.trt, backend.logger()
+    assert log is backend.logger()  # one per TensorRT module and process, as TensorRT requires
+    with caplog.at_level("DEBUG", logger="trtptq.tensorrt"), log.recording() as recorded:
+        log.log(trt.ILogger.WARNING, " (foreignNode) Converting conv activation scales to fp32.")
+        log.log(trt.ILogger.WARNING, "Weights are outside of FP16 range.")
+        log.log(trt.ILogger.INFO, "Engine generation completed.")
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("DEBUG", "TensorRT: (foreignNode) Converting conv activation scales to fp32."),
+        ("WARNING", "TensorRT: Weights are outside of FP16 range."),
+        ("INFO", "TensorRT: Engine generation completed.")]
+    assert recorded == ["WARNING: (foreignNode) Converting conv activation scales to fp32.",
+                        "WARNING: Weights are outside of FP16 range."]
+
+
 def test_missing_plugin_library(mnist, tmp_path):
     with pytest.raises(TrtptqError, match="plugin library .*nope.so does not exist"):
         build_engine(mnist[0], tmp_path / "x.engine", _opts(plugins=(str(tmp_path / "nope.so"),)))
@@ -189,6 +217,8 @@ def test_cli_one_step_int8_fp16_build(mnist, tmp_path):
     r = trtptq("build", mnist[0], "--int8", "--data", tmp_path / "calib.npz", "--method", "entropy", "--fp16",
                "--shapes", MNIST_SHAPES, "--backend", "tensorrt_rtx", "-o", tmp_path / "m.engine", "--no-progress")
     assert r.returncode == 0, r.stderr
+    assert r.stderr == ""  # TensorRT-RTX's four "Converting conv ... scales to fp32" went to the report's log only
+    assert len(BuildReport.load(tmp_path / "m.engine.json").log) == 4
     assert "precision: CONVOLUTION: 2 INT8; MATRIX_MULTIPLY: 2 INT8" in r.stdout
     assert "FP16 ONNX vs its FP32 source in ONNX Runtime: logits cosine 0.99" in r.stdout
     assert {p.name for p in tmp_path.iterdir()} == {"calib.npz", "m.engine", "m.engine.json", "m.engine.int8.onnx",

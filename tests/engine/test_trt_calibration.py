@@ -16,10 +16,12 @@ from trtptq.calibration.calibrate import CalibrationOptions
 from trtptq.core import model as model_io
 from trtptq.core.errors import ModelError
 from trtptq.core.int8 import INT8
+from trtptq.core.shapes import parse_shapes
 from trtptq.core.trt import cache_version, get_backend
 from trtptq.data import input_specs
-from trtptq.engine.build import BuildOptions, build_engine, parse_shapes
+from trtptq.engine.build import build_engine
 from trtptq.engine.calibration import calibration_profile
+from trtptq.engine.options import BuildOptions
 from trtptq.pipelines import calibrate, prepare
 from trtptq.quantization.qdq import QuantizeOptions
 
@@ -41,7 +43,7 @@ def _calibration_engine(model, tmp_path):
     report = build_engine(model, tmp_path / "calibration.engine",
                           BuildOptions(backend="tensorrt_rtx", mark_outputs=tuple(placement.activations), tf32=False,
                                        profiles=[profile] if profile else [], show_progress=False))
-    return placement.activations, inputs, {o["name"] for o in report.outputs}
+    return placement.activations, inputs, {o.name for o in report.outputs}
 
 
 def test_calibration_engine_exposes_every_planned_tensor(mnist, minilm, tmp_path):
@@ -157,7 +159,7 @@ def test_tensorrt_runner_gives_onnxruntimes_ranges(mnist):
                     reason="needs TensorRT <= 10 (IInt8EntropyCalibrator2 / IInt8MinMaxCalibrator) and a GPU it runs on")
 @pytest.mark.parametrize("method", ["entropy", "minmax", "percentile", "mse"])
 def test_implicit_int8_engine_is_accurate(mnist, tmp_path, method):
-    from trtptq.engine.build import ImplicitInt8
+    from trtptq.engine.options import ImplicitInt8
     from trtptq.runtime.engine import engine_runner
 
     model, images, labels = mnist

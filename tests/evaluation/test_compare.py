@@ -164,7 +164,9 @@ def test_cli_exit_codes(mnist, files, tmp_path):
 @pytest.fixture(scope="module")
 def engine(mnist, files):
     pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed")
-    from trtptq.engine.build import BuildOptions, build_engine, parse_shapes
+    from trtptq.core.shapes import parse_shapes
+    from trtptq.engine.build import build_engine
+    from trtptq.engine.options import BuildOptions
 
     build_engine(files / "int8.onnx", files / "int8.engine",
                  BuildOptions(profiles=[parse_shapes("input:1x1x28x28/200x1x28x28/200x1x28x28")], show_progress=False))

@@ -282,7 +282,8 @@ def test_build_names_the_missing_tensorrt_plugin_before_parsing(tmp_path):
 def test_nms_engine_matches_the_reference_on_gpu(tmp_path):
     """Run in a fresh process (`trtptq run`): the build here registered TensorRT's plugins in this one, and a server
     loading the engine alone must register them itself before deserializing."""
-    from trtptq.engine.build import BuildOptions, build_engine
+    from trtptq.engine.build import build_engine
+    from trtptq.engine.options import BuildOptions
 
     onnx.save(_nms_model(), tmp_path / "nms.onnx")
     build_engine(tmp_path / "nms.onnx", tmp_path / "nms.engine", BuildOptions(backend="tensorrt"))

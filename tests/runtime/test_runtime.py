@@ -83,7 +83,9 @@ def test_polygraphy_drives_an_engine_without_the_global_switch(mnist, tmp_path):
     from polygraphy import config
     from polygraphy.comparator import Comparator
 
-    from trtptq.engine.build import BuildOptions, build_engine, parse_shapes
+    from trtptq.core.shapes import parse_shapes
+    from trtptq.engine.build import build_engine
+    from trtptq.engine.options import BuildOptions
     from trtptq.runtime.engine import engine_runner
 
     path, images, _ = mnist

@@ -1,1 +1,2 @@
-"""Shared ground for every stage: errors, atomic files, ONNX model I/O, the TensorRT seam, logging."""
+"""Shared ground for every stage: errors, atomic files, ONNX model I/O, shapes, the TensorRT seam and its log,
+the build report beside every engine, logging."""

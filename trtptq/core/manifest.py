@@ -1,48 +1,31 @@
-"""The engine manifest: the build report beside every engine (ENGINE.json), read and checked before the engine loads.
+"""The engine manifest: the build report beside every engine (ENGINE.json), checked before the engine loads.
 
 An engine runs only on the TensorRT (module and exact version) that built it and
 on the GPUs it was built for. TensorRT itself says so late and obscurely (a
 failed deserialization, or a server that will not start); the manifest lets
-the runtime and the Triton export say it first, in one line. The engine stage
-writes it (`trtptq.engine.build.BuildReport`); the runtime and the export read
-it here, below both.
+the runtime say it first, in one line. The engine stage writes it
+(`trtptq.core.build_report.BuildReport`); the runtime checks it here, below both.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
-import pathlib
 import shutil
 import subprocess
 
+from trtptq.core.build_report import BuildReport
 from trtptq.core.errors import TrtptqError
+from trtptq.core.sidecars import report_path
 
 # TensorRT-RTX builds, by default, for every GPU it supports (DESIGN.md: 7.5, 8.x, 12.x; no Hopper).
 RTX_PORTABLE = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1")
 
 
-def manifest_path(engine: str | os.PathLike) -> pathlib.Path:
-    engine = pathlib.Path(engine)
-    return engine.with_name(engine.name + ".json")
-
-
-def read_manifest(engine: str | os.PathLike) -> dict | None:
-    """The manifest beside `engine`, or None where there is none (an engine built by another tool)."""
-    path = manifest_path(engine)
-    if not path.is_file():
-        return None
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise TrtptqError(f"cannot read the engine manifest {path} ({e}); rebuild the engine with trtptq build, "
-                          "or delete the file to load the engine unchecked.") from None
-    missing = {"backend", "backend_version", "inputs", "outputs", "profiles"} - set(manifest)
-    if missing:
-        raise TrtptqError(f"the engine manifest {path} lacks {', '.join(sorted(missing))}; rebuild the engine "
-                          "with trtptq build, or delete the file to load the engine unchecked.")
-    return manifest
+def read_manifest(engine: str | os.PathLike) -> BuildReport | None:
+    """The build report beside `engine`, or None where there is none (an engine built by another tool)."""
+    path = report_path(engine)
+    return BuildReport.load(path) if path.is_file() else None
 
 
 @functools.cache
@@ -54,23 +37,22 @@ def gpu_compute_capability() -> str | None:
     return r.stdout.split()[0] if r.returncode == 0 and r.stdout.strip() else None
 
 
-def built_for(manifest: dict) -> list[str]:
+def built_for(manifest: BuildReport) -> list[str]:
     """The compute capabilities an engine runs on: those named at build, else TensorRT-RTX's portable set.
 
     An empty list from full TensorRT means the build did not record its GPU (no nvidia-smi there): unchecked.
     """
-    named = list(manifest.get("compute_capabilities") or ())
-    return named or (list(RTX_PORTABLE) if manifest["backend"] == "tensorrt_rtx" else [])
+    return manifest.compute_capabilities or (list(RTX_PORTABLE) if manifest.backend == "tensorrt_rtx" else [])
 
 
-def check_compatible(manifest: dict, engine: str | os.PathLike, installed: dict[str, str],
+def check_compatible(manifest: BuildReport, engine: str | os.PathLike, installed: dict[str, str],
                      compute_capability: str | None) -> None:
     """Refuse, in one line, an engine that this TensorRT or this GPU cannot run.
 
     `installed`: backend name -> version of the TensorRT modules importable here;
     `compute_capability`: this machine's GPU (None: no GPU).
     """
-    backend, version = manifest["backend"], manifest["backend_version"]
+    backend, version = manifest.backend, manifest.backend_version
     ccs = built_for(manifest)
     what = f"{engine} was built with {backend} {version} for compute capability {', '.join(ccs) or 'of its build GPU'}"
     here = ", ".join(f"{n} {v}" for n, v in installed.items()) or "no TensorRT"

@@ -16,6 +16,7 @@ from types import ModuleType
 import numpy as np
 
 from trtptq.core.errors import TrtptqError
+from trtptq.core.trt_log import tensorrt_logger
 
 BACKENDS = ("tensorrt", "tensorrt_rtx")
 RUNNERS = ("onnxruntime", "tensorrt")  # what runs the FP32 model during calibration
@@ -62,13 +63,9 @@ class Backend:
     def cache_version(self) -> int:
         return cache_version(self.version)
 
-    def logger(self, level: str | None = None):
-        """The process's one TensorRT logger (TensorRT keeps the first it is given and warns about any other);
-        `level` (verbose, info, warning or error) sets what it prints from now on."""
-        logger = _logger(self.trt)
-        if level is not None:
-            logger.min_severity = getattr(self.trt.Logger, level.upper())
-        return logger
+    def logger(self):
+        """The process's TensorRT logger for this module (`trtptq.core.trt_log`): messages go to Python logging."""
+        return tensorrt_logger(self.trt)
 
     def numpy_dtype(self, dtype) -> np.dtype:
         """The numpy dtype of a TensorRT DataType, including those `trt.nptype` lacks (BF16, FP8, INT4, FP4, E8M0)."""
@@ -108,10 +105,6 @@ def _import(name: str) -> ModuleType | None:
     except ImportError:
         return None
 
-
-@functools.cache
-def _logger(trt: ModuleType):
-    return trt.Logger(trt.Logger.WARNING)
 
 
 def installed_backends() -> dict[str, str]:

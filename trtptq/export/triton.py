@@ -24,11 +24,12 @@ import onnx
 
 from trtptq.core import fileio
 from trtptq.core import model as model_io
+from trtptq.core.build_report import BuildReport
 from trtptq.core.errors import TrtptqError
-from trtptq.core.manifest import manifest_path, read_manifest
 from trtptq.core.options import check_count, option_error
+from trtptq.core.sidecars import report_path
 
-# TensorRT's DataType names (as the manifest holds them) -> Triton's; ONNX's elem types go through numpy.
+# TensorRT's DataType names (as the build report holds them) -> Triton's; ONNX's elem types go through numpy.
 _TRT_TYPES = {"FLOAT": "TYPE_FP32", "HALF": "TYPE_FP16", "BF16": "TYPE_BF16", "INT8": "TYPE_INT8", "UINT8": "TYPE_UINT8",
               "INT32": "TYPE_INT32", "INT64": "TYPE_INT64", "BOOL": "TYPE_BOOL"}
 _NUMPY_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "int8": "TYPE_INT8",
@@ -72,7 +73,7 @@ def model_config_pb2() -> ModuleType:
 
 
 def export_triton(model: str | os.PathLike, repository: str | os.PathLike, options: TritonOptions) -> pathlib.Path:
-    """Write `repository/NAME/config.pbtxt` and `repository/NAME/1/model.plan` (an engine, its manifest beside it)
+    """Write `repository/NAME/config.pbtxt` and `repository/NAME/1/model.plan` (an engine, its build report beside it)
     or `1/model.onnx` (an ONNX model, for the onnxruntime backend with TensorRT); the model folder."""
     from google.protobuf import text_format
 
@@ -86,42 +87,38 @@ def export_triton(model: str | os.PathLike, repository: str | os.PathLike, optio
         fileio.check_writable(folder / "config.pbtxt")
         model_io.save(proto, folder / "1" / "model.onnx")
     else:
-        manifest = read_manifest(model)
-        if manifest is None:
-            raise TrtptqError(f"{model} has no manifest ({manifest_path(model).name}) beside it, and the export reads "
-                              "the engine's inputs, outputs and profiles from it: build the engine with trtptq build.")
-        config = _engine_config(manifest, model, options)
+        report = BuildReport.load(report_path(model))  # the engine's inputs, outputs and profiles
+        config = _engine_config(report, model, options)
         plan = folder / "1" / "model.plan"
         fileio.check_writable(folder / "config.pbtxt")
         with fileio.atomic_path(plan) as tmp:
             shutil.copyfile(model, tmp)
-        with fileio.atomic_path(manifest_path(plan)) as tmp:
-            shutil.copyfile(manifest_path(model), tmp)
+        with fileio.atomic_path(report_path(plan)) as tmp:
+            shutil.copyfile(report_path(model), tmp)
     fileio.write_text(folder / "config.pbtxt", text_format.MessageToString(config))
     return folder
 
 
-def _engine_config(manifest: dict, path: pathlib.Path, options: TritonOptions):
+def _engine_config(report: BuildReport, path: pathlib.Path, options: TritonOptions):
     pb = model_config_pb2()
-    tensors = [*manifest["inputs"], *manifest["outputs"]]
+    tensors = [*report.inputs, *report.outputs]
     for t in tensors:
-        if t["dtype"] not in _TRT_TYPES:
-            raise TrtptqError(f"{path}: tensor {t['name']} is {t['dtype']}, which Triton's TensorRT backend cannot "
+        if t.dtype not in _TRT_TYPES:
+            raise TrtptqError(f"{path}: tensor {t.name} is {t.dtype}, which Triton's TensorRT backend cannot "
                               "exchange; rebuild with it cast to a supported type (FP32, FP16, INT8, INT32, INT64, BOOL).")
-    names = [t["name"] for t in manifest["inputs"]]
-    profiles = [{n: [tuple(s) for s in p[n]] if n in p else (tuple(t["shape"]),) * 3
-                 for n, t in zip(names, manifest["inputs"])} for p in manifest["profiles"]]
-    profiles = profiles or [{t["name"]: (tuple(t["shape"]),) * 3 for t in manifest["inputs"]}]
+    names = [t.name for t in report.inputs]
+    profiles = [{t.name: p.get(t.name, (t.shape,) * 3) for t in report.inputs} for p in report.profiles]
+    profiles = profiles or [{t.name: (t.shape,) * 3 for t in report.inputs}]
     batches = [(max(p[n][0][0] for n in names), min(p[n][2][0] for n in names)) for p in profiles]  # per profile
     covered = 0
     while any(lo <= covered + 1 <= hi for lo, hi in batches):
         covered += 1
-    batchable = all(t["shape"] and t["shape"][0] == -1 for t in tensors)
+    batchable = all(t.shape and t.shape[0] == -1 for t in tensors)
     max_batch = _max_batch(options, batchable, covered, path,
                            f"its profiles cover batch sizes {', '.join(f'{lo}-{hi}' for lo, hi in batches)}")
     config = _config(pb, options, "tensorrt_plan", "model.plan", max_batch,
-                     [(t["name"], _TRT_TYPES[t["dtype"]], t["shape"]) for t in manifest["inputs"]],
-                     [(t["name"], _TRT_TYPES[t["dtype"]], t["shape"]) for t in manifest["outputs"]],
+                     [(t.name, _TRT_TYPES[t.dtype], t.shape) for t in report.inputs],
+                     [(t.name, _TRT_TYPES[t.dtype], t.shape) for t in report.outputs],
                      sorted({p[names[0]][1][0] for p in profiles if p[names[0]][1][0] <= max_batch}))
     if len(profiles) > 1:
         config.instance_group[0].profile.extend(str(k) for k in range(len(profiles)))

@@ -16,10 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from trtptq.core.errors import TrtptqError
+from trtptq.core.shapes import Profile
 from trtptq.data.spec import InputSpec
-
-Shape = tuple[int, ...]
-Profile = dict[str, tuple[Shape, Shape, Shape]]  # input -> (min, opt, max)
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,7 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 
 from trtptq.core.errors import TrtptqError
-
-Shape = tuple[int, ...]
+from trtptq.core.shapes import Shape
 
 
 def driver():

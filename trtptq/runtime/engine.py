@@ -55,11 +55,11 @@ class EngineModel(Model):
         self.manifest = None if in_memory else read_manifest(self.path)
         if self.manifest is not None:
             check_compatible(self.manifest, self.path, installed_backends(), gpu_compute_capability())
-            plugins = [*plugins, *self.manifest.get("plugins", ())]
+            plugins = [*plugins, *self.manifest.plugins]
         elif not in_memory:
             logger.warning("%s has no manifest (%s.json) beside it: loading it unchecked", self.path, self.path.name)
         self.backend = backend if isinstance(backend, Backend) else get_backend(
-            backend or (self.manifest or {}).get("backend"))
+            backend or (self.manifest and self.manifest.backend))
         self._pools: list[queue.Queue] = []
         self._slots: list[_Slot] = []
         self._calls = threading.Condition()
