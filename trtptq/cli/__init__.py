@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from trtptq.cli import bench, build, calibrate, compare, demo, export, quantize, run, sensitivity
+from trtptq.cli.args import Parser
 from trtptq.core.errors import TrtptqError
 
 COMMANDS = (calibrate, quantize, sensitivity, build, compare, run, bench, export, demo)
@@ -16,8 +17,7 @@ COMMANDS = (calibrate, quantize, sensitivity, build, compare, run, bench, export
 def build_parser() -> argparse.ArgumentParser:
     from trtptq.core.version import __version__
 
-    parser = argparse.ArgumentParser(prog="trtptq",
-                                     description="Post-training INT8 quantization of ONNX models for TensorRT.")
+    parser = Parser(prog="trtptq", description="Post-training INT8 quantization of ONNX models for TensorRT.")
     parser.add_argument("--version", action="version", version=f"trtptq {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:

@@ -16,6 +16,15 @@ from trtptq.core.trt import BACKENDS, RUNNERS
 Command = Callable[[argparse.Namespace], int]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's own errors (a missing option, a value of the wrong type) as the one line every other error is;
+    the commands' parsers are made of this class too."""
+
+    def error(self, message: str):
+        command = self.prog.partition(" ")[2]  # "quantize", "export triton"; "" for the top-level parser
+        self.exit(2, f"trtptq: error: {command + ': ' if command else ''}{message}; see `{self.prog} --help`.\n")
+
+
 def size(text: str) -> int:
     """'512M', '2G', '1024' -> bytes."""
     m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMG]?)i?B?", text.strip(), re.IGNORECASE)
