@@ -130,11 +130,11 @@ def test_cli_sensitivity_and_target(fragile, tmp_path):
 
 
 def test_cli_target_out_of_reach_writes_the_best_model_and_exits_1(fragile, tmp_path):
-    """Even all-float cannot reach cosine 1.01: one warning, the best model found written, exit 1; no --eval-data:
+    """Even all-float cannot reach an SNR of 1000 dB: one warning, the best model found written, exit 1; no --eval-data:
     a fifth of the calibration digits is held out, and the user is told."""
     path, calib, _ = fragile
     r = trtptq("quantize", path, "--data", calib, "--method", "minmax", "--batch-size", 64,
-               "--target", "cosine=1.01", "-o", "m.onnx", "--no-progress", cwd=tmp_path)
+               "--target", "snr_db=1000", "-o", "m.onnx", "--no-progress", cwd=tmp_path)
     assert r.returncode == 1, r.stderr
     assert "1 in 5 calibration samples is held out" in r.stderr
     assert "not met even with all 4 INT8 layers in float" in r.stderr

@@ -48,8 +48,8 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def check_inputs(*items: tuple[str, str | os.PathLike | Iterable[str | os.PathLike] | None]) -> None:
-    """Every file the command reads exists, each named with its option, before anything is loaded.
-    `--data`-like options may be `script.py:function`."""
+    """Every file the command reads exists, each named with its option, before any model or data is loaded
+    (after the --plugin files, whose own errors name them). `--data` may be `script.py:function`."""
     from trtptq.data.sources import source_path
 
     for flag, value in items:
@@ -189,7 +189,6 @@ class CalibrationArgs(BaseArgs):
     def parse(self, args: argparse.Namespace, default_method: str = "auto"):
         from trtptq.calibration.calibrate import CalibrationOptions
 
-        check_inputs(("--data", args.data))
         return CalibrationOptions(method=args.method or default_method, percentile=args.percentile,
                                   num_bins=args.num_bins, batch_size=args.batch_size, num_samples=args.num_samples,
                                   memory_budget=args.memory_budget, nonfinite=args.nonfinite, image=IMAGE.parse(args),
@@ -276,7 +275,6 @@ class EvaluationArgs(BaseArgs):
         from trtptq.evaluation.compare import parse_thresholds
         from trtptq.pipelines import Evaluation, Target
 
-        check_inputs(("--eval-data", args.eval_data))
         targets = self.target and args.target
         sensitivity = SensitivityOptions(samples=args.sensitivity_samples, gain=not targets,
                                          memory_budget=args.memory_budget, show_progress=PROGRESS.parse(args))
@@ -314,7 +312,6 @@ class BuildArgs(BaseArgs):
         """BuildOptions; `implicit_int8`: the command's ImplicitInt8, built from the calibration group."""
         from trtptq.engine.build import BuildOptions, parse_shapes
 
-        check_inputs(("--plugins", args.plugins))
         return BuildOptions(backend=args.backend, fp16=args.fp16, keep_fp32=tuple(args.keep_fp32),
                             profiles=[parse_shapes(s) for s in args.shapes], workspace=args.workspace,
                             optimization_level=args.optimization_level, tf32=not args.no_tf32,

@@ -43,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
                 if args.implicit_int8 else None)
     options = BUILD.parse(args, implicit_int8=implicit)
     int8 = Int8(args.data, ranges, qopts, calibration, args.save_onnx or f"{args.output}.int8.onnx") if args.int8 else None
-    check_inputs(("model", args.model))
     plugins = PLUGIN.parse(args)
+    check_inputs(("model", args.model), ("--data", args.data), ("--plugins", args.plugins))
     check_outputs(args.output, f"{args.output}.json", int8 and int8.onnx_output, args.fp16 and f"{args.output}.fp16.onnx",
                   args.timing_cache, args.implicit_int8 and args.calibration_cache)
     report = build(args.model, args.output, options, check_data=args.data if args.fp16 and not args.implicit_int8 else None,

@@ -36,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
     calibration, qopts, cache = CALIBRATION.parse(args), QUANTIZE.parse(args), CACHE.parse(args)
     if not args.data:
         raise TrtptqError("calibrate needs --data")
-    check_inputs(("model", args.model))
     plugins = PLUGIN.parse(args)
+    check_inputs(("model", args.model), ("--data", args.data))
     check_outputs(args.output, cache[0])
     ranges = calibrate(args.model, args.data, calibration, qopts, plugins)
     printing.print_auto_choice(ranges)

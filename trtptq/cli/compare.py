@@ -28,8 +28,8 @@ def run(args: argparse.Namespace) -> int:
     from trtptq.evaluation.report import write_report
 
     options = COMPARE.parse(args)
-    check_inputs(("reference", args.reference), ("candidate", args.candidates), ("--data", args.data))
     plugins = PLUGIN.parse(args)
+    check_inputs(("reference", args.reference), ("candidate", args.candidates), ("--data", args.data))
     check_outputs(args.report and pathlib.Path(args.report) / "report.html")
     result = compare(args.reference, args.candidates, args.data, options, plugins)
     printing.print_comparison(result)

@@ -59,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
         raise TrtptqError("quantize needs --data (to calibrate) or --ranges (from `trtptq calibrate`)")
     if target and not (args.data or args.eval_data):
         raise TrtptqError("--target needs data to measure on: --eval-data (or --data, part of it held out)")
-    check_inputs(("model", args.model))
     plugins = PLUGIN.parse(args)
+    check_inputs(("model", args.model), ("--data", args.data), ("--eval-data", args.eval_data))
     check_outputs(args.output, args.save_ranges, cache[0], args.report and pathlib.Path(args.report) / "report.html")
     result = quantize(args.model, data=args.data, ranges=ranges, options=qopts, calibration=calibration,
                       target=target, plugins=plugins)

@@ -31,8 +31,8 @@ def run(args: argparse.Namespace) -> int:
     check_count("--batch-size", args.batch_size, "sample per call")
     check_count("--num-samples", args.num_samples, "sample")
     image = IMAGE.parse(args)
-    check_inputs(("model", args.model), ("--data", args.data))
     plugins = PLUGIN.parse(args)
+    check_inputs(("model", args.model), ("--data", args.data))
     check_outputs(args.output)
     with load(args.model, backend=args.backend, registry=plugins) as model:
         specs = model.input_specs

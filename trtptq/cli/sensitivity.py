@@ -47,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
         raise TrtptqError("sensitivity needs --data (to calibrate) or --ranges (from `trtptq calibrate`)")
     if not args.data and not args.eval_data:
         raise TrtptqError("sensitivity needs data to measure on: --eval-data (or --data, part of it held out)")
-    check_inputs(("model", args.model))
     plugins = PLUGIN.parse(args)
+    check_inputs(("model", args.model), ("--data", args.data), ("--eval-data", args.eval_data))
     check_outputs(args.output, args.report and pathlib.Path(args.report) / "sensitivity.html")
     ranked, result = sensitivity(args.model, args.data, ranges, qopts, calibration, evaluation, plugins)
     printing.print_sensitivity(ranked, result.ranges.method, args.top)
