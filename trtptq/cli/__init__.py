@@ -1,5 +1,5 @@
 """The `trtptq` command: a thin layer over the library. One module per command (`add_parser`, `run`); the argument
-groups in `args` build the library's options, `printing` holds every line the commands print."""
+groups in `groups` build the library's options, `printing` holds every line the commands print."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from trtptq.cli import bench, build, calibrate, compare, demo, export, quantize, run, sensitivity
-from trtptq.cli.args import Parser
+from trtptq.cli import bench, build, calibrate, compare, demo, export, groups, quantize, run, sensitivity
 from trtptq.core.errors import TrtptqError
 
 COMMANDS = (calibrate, quantize, sensitivity, build, compare, run, bench, export, demo)
@@ -17,7 +16,7 @@ COMMANDS = (calibrate, quantize, sensitivity, build, compare, run, bench, export
 def build_parser() -> argparse.ArgumentParser:
     from trtptq.core.version import __version__
 
-    parser = Parser(prog="trtptq", description="Post-training INT8 quantization of ONNX models for TensorRT.")
+    parser = groups.Parser(prog="trtptq", description="Post-training INT8 quantization of ONNX models for TensorRT.")
     parser.add_argument("--version", action="version", version=f"trtptq {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:

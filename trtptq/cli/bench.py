@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from trtptq.cli import printing
-from trtptq.cli.args import BenchArgs, add_command, check_inputs, check_outputs
+from trtptq.cli import groups, printing
 
-BENCH = BenchArgs()
+BENCH = groups.BenchArgs()
 
 
 def add_parser(subparsers) -> None:
-    p = add_command(subparsers, "bench", "latency and throughput of models side by side (speed-up over the first)", run)
+    p = groups.add_command(subparsers, "bench", "latency and throughput of models side by side (speed-up over the first)", run)
     p.add_argument("models", nargs="+", help="ONNX models and/or engines, e.g. fp32.engine fp16.engine int8.engine")
     BENCH.add_to_parser(p)
     p.add_argument("--json", help="also write the results to this JSON file")
@@ -23,8 +22,8 @@ def run(args: argparse.Namespace) -> int:
     from trtptq.runtime.bench import bench
 
     options = BENCH.parse(args)
-    check_inputs(("model", args.models))
-    check_outputs(args.json)
+    groups.check_inputs(("model", args.models))
+    groups.check_outputs(args.json)
     results = bench(args.models, options)
     printing.print_bench(results, options)
     if args.json:

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from trtptq.cli import printing
-from trtptq.cli.args import BACKEND, PLUGIN, BuildArgs, CalibrationArgs, QuantizeArgs, RangesArgs, add_command, check_inputs, check_outputs
+from trtptq.cli import groups, printing
 from trtptq.core.errors import TrtptqError
 
-BUILD, CALIBRATION, QUANTIZE = BuildArgs(), CalibrationArgs(), QuantizeArgs()
-RANGES = RangesArgs("with --int8: ranges from `trtptq calibrate` instead of --data")
+BUILD, CALIBRATION, QUANTIZE = groups.BuildArgs(), groups.CalibrationArgs(), groups.QuantizeArgs()
+RANGES = groups.RangesArgs("with --int8: ranges from `trtptq calibrate` instead of --data")
 
 
 def add_parser(subparsers) -> None:
-    p = add_command(subparsers, "build", "build a TensorRT engine (FP32, Q/DQ INT8, FP16 mixed precision)", run)
+    p = groups.add_command(subparsers, "build", "build a TensorRT engine (FP32, Q/DQ INT8, FP16 mixed precision)", run)
     p.add_argument("model", help="ONNX model: FP32, or the Q/DQ model from `trtptq quantize`")
     p.add_argument("-o", "--output", required=True, help="engine file to write (+ OUTPUT.json build report)")
-    BACKEND.add_to_parser(p)
+    groups.BACKEND.add_to_parser(p)
     BUILD.add_to_parser(p)
     p.add_argument("--int8", action="store_true",
                    help="calibrate and quantize first (needs --data or --ranges); with --fp16, --data also checks "
@@ -27,7 +26,7 @@ def add_parser(subparsers) -> None:
                    help="TensorRT <= 10 only: TensorRT calibrates the FP32 model itself on --data through pycuda "
                         "buffers (entropy, minmax), or reads trtptq's ranges as a cache (percentile, mse)")
     p.add_argument("--calibration-cache", help="with --implicit-int8: read if present, else written")
-    for group in (CALIBRATION, QUANTIZE, PLUGIN):
+    for group in (CALIBRATION, QUANTIZE, groups.PLUGIN):
         group.add_to_parser(p)
 
 
@@ -43,10 +42,11 @@ def run(args: argparse.Namespace) -> int:
                 if args.implicit_int8 else None)
     options = BUILD.parse(args, implicit_int8=implicit)
     int8 = Int8(args.data, ranges, qopts, calibration, args.save_onnx or f"{args.output}.int8.onnx") if args.int8 else None
-    plugins = PLUGIN.parse(args)
-    check_inputs(("model", args.model), ("--data", args.data), ("--plugins", args.plugins))
-    check_outputs(args.output, f"{args.output}.json", int8 and int8.onnx_output, args.fp16 and f"{args.output}.fp16.onnx",
-                  args.timing_cache, args.implicit_int8 and args.calibration_cache)
+    plugins = groups.PLUGIN.parse(args)
+    groups.check_inputs(("model", args.model), ("--data", args.data), ("--plugins", args.plugins))
+    groups.check_outputs(args.output, f"{args.output}.json", int8 and int8.onnx_output,
+                         args.fp16 and f"{args.output}.fp16.onnx", args.timing_cache,
+                         args.implicit_int8 and args.calibration_cache)
     report = build(args.model, args.output, options, check_data=args.data if args.fp16 and not args.implicit_int8 else None,
                    int8=int8, plugins=plugins)
     printing.print_build(report, int8 and int8.onnx_output)

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from trtptq.cli import printing
-from trtptq.cli.args import BACKEND, PLUGIN, CacheArgs, CalibrationArgs, QuantizeArgs, add_command, check_inputs, check_outputs
+from trtptq.cli import groups, printing
 from trtptq.core.errors import TrtptqError
 
-CALIBRATION, QUANTIZE, CACHE = CalibrationArgs(), QuantizeArgs(), CacheArgs()
+CALIBRATION, QUANTIZE, CACHE = groups.CalibrationArgs(), groups.QuantizeArgs(), groups.CacheArgs()
 
 
 def add_parser(subparsers) -> None:
-    p = add_command(subparsers, "calibrate", "choose per-tensor ranges and write ranges.json", run)
+    p = groups.add_command(subparsers, "calibrate", "choose per-tensor ranges and write ranges.json", run)
     p.add_argument("model", help="FP32 ONNX model")
     p.add_argument("-o", "--output", default="ranges.json", help="ranges file (default ranges.json)")
-    for group in (CACHE, BACKEND, CALIBRATION, QUANTIZE, PLUGIN):
+    for group in (CACHE, groups.BACKEND, CALIBRATION, QUANTIZE, groups.PLUGIN):
         group.add_to_parser(p)
 
 
@@ -36,9 +35,9 @@ def run(args: argparse.Namespace) -> int:
     calibration, qopts, cache = CALIBRATION.parse(args), QUANTIZE.parse(args), CACHE.parse(args)
     if not args.data:
         raise TrtptqError("calibrate needs --data")
-    plugins = PLUGIN.parse(args)
-    check_inputs(("model", args.model), ("--data", args.data))
-    check_outputs(args.output, cache[0])
+    plugins = groups.PLUGIN.parse(args)
+    groups.check_inputs(("model", args.model), ("--data", args.data))
+    groups.check_outputs(args.output, cache[0])
     ranges = calibrate(args.model, args.data, calibration, qopts, plugins)
     printing.print_auto_choice(ranges)
     save_ranges(ranges, args.output, cache)

@@ -5,18 +5,17 @@ from __future__ import annotations
 import argparse
 import pathlib
 
-from trtptq.cli import printing
-from trtptq.cli.args import PROGRESS, add_command, check_outputs
+from trtptq.cli import groups, printing
 
 
 def add_parser(subparsers) -> None:
-    p = add_command(subparsers, "demo", "quantize a pretrained MNIST CNN on real digits and compare accuracy", run)
+    p = groups.add_command(subparsers, "demo", "quantize a pretrained MNIST CNN on real digits and compare accuracy", run)
     p.add_argument("--out", default="trtptq-demo", help="output folder (default trtptq-demo)")
 
 
 def run(args: argparse.Namespace) -> int:
     from trtptq.demo import run_demo
 
-    check_outputs(pathlib.Path(args.out) / "ranges.json")
-    printing.print_demo(run_demo(args.out, show_progress=PROGRESS.parse(args)))
+    groups.check_outputs(pathlib.Path(args.out) / "ranges.json")
+    printing.print_demo(run_demo(args.out, show_progress=groups.PROGRESS.parse(args)))
     return 0

@@ -5,32 +5,18 @@ from __future__ import annotations
 import argparse
 import pathlib
 
-from trtptq.cli import printing
-from trtptq.cli.args import (
-    BACKEND,
-    IMAGE,
-    PLUGIN,
-    PROGRESS,
-    CacheArgs,
-    CalibrationArgs,
-    EvaluationArgs,
-    QuantizeArgs,
-    RangesArgs,
-    add_command,
-    check_inputs,
-    check_outputs,
-)
+from trtptq.cli import groups, printing
 from trtptq.cli.calibrate import save_ranges
 from trtptq.core.errors import TrtptqError
 
-CALIBRATION, QUANTIZE, CACHE = CalibrationArgs(), QuantizeArgs(), CacheArgs()
-RANGES = RangesArgs("reuse a ranges file from `trtptq calibrate` instead of calibrating")
-EVALUATION = EvaluationArgs("data for --report and --target (default: the calibration data; with --target, "
-                            "1 in 5 of its samples held out)", target=True)
+CALIBRATION, QUANTIZE, CACHE = groups.CalibrationArgs(), groups.QuantizeArgs(), groups.CacheArgs()
+RANGES = groups.RangesArgs("reuse a ranges file from `trtptq calibrate` instead of calibrating")
+EVALUATION = groups.EvaluationArgs("data for --report and --target (default: the calibration data; with --target, "
+                                   "1 in 5 of its samples held out)", target=True)
 
 
 def add_parser(subparsers) -> None:
-    p = add_command(subparsers, "quantize", "write the explicit INT8 (Q/DQ) model", run)
+    p = groups.add_command(subparsers, "quantize", "write the explicit INT8 (Q/DQ) model", run)
     p.add_argument("model", help="FP32 ONNX model")
     p.add_argument("-o", "--output", required=True, help="Q/DQ model to write")
     RANGES.add_to_parser(p)
@@ -38,7 +24,7 @@ def add_parser(subparsers) -> None:
     CACHE.add_to_parser(p)
     p.add_argument("--report", help="compare the result with the FP32 model and write the report into this folder "
                                     "(in batches of --batch-size, default 64 or the model's fixed batch)")
-    for group in (EVALUATION, BACKEND, CALIBRATION, QUANTIZE, PLUGIN):
+    for group in (EVALUATION, groups.BACKEND, CALIBRATION, QUANTIZE, groups.PLUGIN):
         group.add_to_parser(p)
 
 
@@ -51,17 +37,17 @@ def run(args: argparse.Namespace) -> int:
                                              EVALUATION.parse(args))
     target = evaluation if isinstance(evaluation, Target) else None
     ranges = RANGES.parse(args)
-    compare = args.report and CompareOptions(batch_size=args.batch_size, image=IMAGE.parse(args),
-                                             show_progress=PROGRESS.parse(args))
+    compare = args.report and CompareOptions(batch_size=args.batch_size, image=groups.IMAGE.parse(args),
+                                             show_progress=groups.PROGRESS.parse(args))
     if args.report and not (args.eval_data or args.data):
         raise TrtptqError("--report needs data to compare on: --eval-data (or --data)")
     if not args.data and not args.ranges:
         raise TrtptqError("quantize needs --data (to calibrate) or --ranges (from `trtptq calibrate`)")
     if target and not (args.data or args.eval_data):
         raise TrtptqError("--target needs data to measure on: --eval-data (or --data, part of it held out)")
-    plugins = PLUGIN.parse(args)
-    check_inputs(("model", args.model), ("--data", args.data), ("--eval-data", args.eval_data))
-    check_outputs(args.output, args.save_ranges, cache[0], args.report and pathlib.Path(args.report) / "report.html")
+    plugins = groups.PLUGIN.parse(args)
+    groups.check_inputs(("model", args.model), ("--data", args.data), ("--eval-data", args.eval_data))
+    groups.check_outputs(args.output, args.save_ranges, cache[0], args.report and pathlib.Path(args.report) / "report.html")
     result = quantize(args.model, data=args.data, ranges=ranges, options=qopts, calibration=calibration,
                       target=target, plugins=plugins)
     model_io.save(result.model, args.output)

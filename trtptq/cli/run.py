@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from trtptq.cli import printing
-from trtptq.cli.args import BACKEND, IMAGE, PLUGIN, PROGRESS, add_command, check_inputs, check_outputs
+from trtptq.cli import groups, printing
 from trtptq.core.options import check_count
 
 
 def add_parser(subparsers) -> None:
-    p = add_command(subparsers, "run", "run a model (ONNX or engine) over data and save its outputs", run)
+    p = groups.add_command(subparsers, "run", "run a model (ONNX or engine) over data and save its outputs", run)
     p.add_argument("model", help="ONNX model (ONNX Runtime) or TensorRT engine (GPU)")
     p.add_argument("--data", required=True, help="inputs (as --data of calibrate)")
     p.add_argument("-o", "--output", required=True, help=".npz of the outputs, one array per output, samples on axis 0")
     p.add_argument("--batch-size", type=int, help="samples per call (default: the model's fixed batch, else up to 64)")
     p.add_argument("--num-samples", type=int, help="use at most this many samples")
-    for group in (BACKEND, IMAGE, PLUGIN):
+    for group in (groups.BACKEND, groups.IMAGE, groups.PLUGIN):
         group.add_to_parser(p)
 
 
@@ -30,10 +29,10 @@ def run(args: argparse.Namespace) -> int:
 
     check_count("--batch-size", args.batch_size, "sample per call")
     check_count("--num-samples", args.num_samples, "sample")
-    image = IMAGE.parse(args)
-    plugins = PLUGIN.parse(args)
-    check_inputs(("model", args.model), ("--data", args.data))
-    check_outputs(args.output)
+    image = groups.IMAGE.parse(args)
+    plugins = groups.PLUGIN.parse(args)
+    groups.check_inputs(("model", args.model), ("--data", args.data))
+    groups.check_outputs(args.output)
     with load(args.model, backend=args.backend, registry=plugins) as model:
         specs = model.input_specs
         fixed = [s.shape[0] for s in specs if s.shape and s.shape[0] is not None]
@@ -42,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         outputs: dict[str, list] = {o.name: [] for o in model.outputs}
         samples = 0
         batches = Batches(open_source(args.data, specs, image), specs, batch, args.num_samples)
-        for b in progress(batches, desc="run", unit="batch", leave=False, enabled=PROGRESS.parse(args)):
+        for b in progress(batches, desc="run", unit="batch", leave=False, enabled=groups.PROGRESS.parse(args)):
             for name, array in model.infer(b.feed).items():
                 outputs[name].append(array)
             samples += b.size

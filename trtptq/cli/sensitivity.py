@@ -5,34 +5,23 @@ from __future__ import annotations
 import argparse
 import pathlib
 
-from trtptq.cli import printing
-from trtptq.cli.args import (
-    BACKEND,
-    PLUGIN,
-    CalibrationArgs,
-    EvaluationArgs,
-    QuantizeArgs,
-    RangesArgs,
-    add_command,
-    check_inputs,
-    check_outputs,
-)
+from trtptq.cli import groups, printing
 from trtptq.core.errors import TrtptqError
 from trtptq.core.options import check_count
 
-CALIBRATION, QUANTIZE = CalibrationArgs(), QuantizeArgs()
-RANGES = RangesArgs("ranges from `trtptq calibrate` instead of calibrating on --data")
-EVALUATION = EvaluationArgs("data to measure on (default: 1 in 5 samples of --data, held out)")
+CALIBRATION, QUANTIZE = groups.CalibrationArgs(), groups.QuantizeArgs()
+RANGES = groups.RangesArgs("ranges from `trtptq calibrate` instead of calibrating on --data")
+EVALUATION = groups.EvaluationArgs("data to measure on (default: 1 in 5 samples of --data, held out)")
 
 
 def add_parser(subparsers) -> None:
-    p = add_command(subparsers, "sensitivity", "rank every INT8 layer by the damage it does (for --exclude-nodes)", run)
+    p = groups.add_command(subparsers, "sensitivity", "rank every INT8 layer by the damage it does (for --exclude-nodes)", run)
     p.add_argument("model", help="FP32 ONNX model")
     p.add_argument("-o", "--output", default="sensitivity.json", help="ranking file (default sensitivity.json)")
     RANGES.add_to_parser(p)
     p.add_argument("--report", help="folder for sensitivity.{json,md,html}: the ranking as a chart and a table")
     p.add_argument("--top", type=int, default=15, help="layers printed (default 15; the file has all)")
-    for group in (EVALUATION, PLUGIN, BACKEND, CALIBRATION, QUANTIZE):
+    for group in (EVALUATION, groups.PLUGIN, groups.BACKEND, CALIBRATION, QUANTIZE):
         group.add_to_parser(p)
 
 
@@ -47,9 +36,9 @@ def run(args: argparse.Namespace) -> int:
         raise TrtptqError("sensitivity needs --data (to calibrate) or --ranges (from `trtptq calibrate`)")
     if not args.data and not args.eval_data:
         raise TrtptqError("sensitivity needs data to measure on: --eval-data (or --data, part of it held out)")
-    plugins = PLUGIN.parse(args)
-    check_inputs(("model", args.model), ("--data", args.data), ("--eval-data", args.eval_data))
-    check_outputs(args.output, args.report and pathlib.Path(args.report) / "sensitivity.html")
+    plugins = groups.PLUGIN.parse(args)
+    groups.check_inputs(("model", args.model), ("--data", args.data), ("--eval-data", args.eval_data))
+    groups.check_outputs(args.output, args.report and pathlib.Path(args.report) / "sensitivity.html")
     ranked, result = sensitivity(args.model, args.data, ranges, qopts, calibration, evaluation, plugins)
     printing.print_sensitivity(ranked, result.ranges.method, args.top)
     ranked.save(args.output)
