@@ -32,7 +32,7 @@ from trtptq.data import Holdout, ImageOptions, input_specs, open_source
 from trtptq.engine.build import build_engine
 from trtptq.engine.calibration import passes_for
 from trtptq.engine.options import BuildOptions
-from trtptq.evaluation.compare import CHECKABLE, CompareOptions, CompareResult, compare
+from trtptq.evaluation.compare import CompareOptions, CompareResult, check_metrics, compare
 from trtptq.evaluation.evaluator import Evaluator
 from trtptq.evaluation.report import calibration_histograms, write_report
 from trtptq.plugins import BUILTIN, Plugins
@@ -84,9 +84,7 @@ class Target(Evaluation):
     def __post_init__(self) -> None:
         if not self.metrics:
             raise TrtptqError("--target needs at least one METRIC=MIN, e.g. --target cosine=0.99")
-        unknown = set(self.metrics) - set(CHECKABLE)
-        if unknown:
-            raise TrtptqError(f"--target {', '.join(sorted(unknown))}: not a metric; use one of {', '.join(CHECKABLE)}")
+        check_metrics("--target", self.metrics)
 
 
 @dataclass

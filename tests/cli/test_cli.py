@@ -43,7 +43,7 @@ def test_exclusions_from_the_command_line(tmp_path, mnist, calib_npz):
     r = trtptq("quantize", mnist[0], "--data", calib_npz, "-o", tmp_path / "q.onnx", "--keep-first",
                "--exclude-op-types", "Gemm", "--no-progress")
     assert r.returncode == 0, r.stderr
-    assert "quantized 1 activations and 1 weights" in r.stdout
+    assert "quantized 1 activation and 1 weight" in r.stdout
     q = onnx.load(tmp_path / "q.onnx")
     gemms = [n for n in q.graph.node if n.op_type == "Gemm"]
     assert all(not i.endswith("_dequantized") for g in gemms for i in g.input)
@@ -136,3 +136,16 @@ def test_method_auto_says_what_it_kept(tmp_path, mnist, calib_npz):
     assert f"--method auto kept {saved['method']}" in r.stdout and "entropy not scored" in r.stdout
     header = (tmp_path / "c.cache").read_text().splitlines()[0]
     assert header.endswith("MinMaxCalibration" if saved["method"] == "minmax" else "EntropyCalibration2")
+
+
+def test_target_prints_the_method_auto_choice_first_and_counts_in_words(tmp_path, mnist, calib_npz):
+    """What --method auto kept comes before the results it led to; counts read '1 node', '0 layers', '1 evaluation'."""
+    r = trtptq("quantize", mnist[0], "--data", calib_npz, "--batch-size", 32, "--target", "cosine=-1", "--keep-first",
+               "--save-ranges", tmp_path / "r.json", "-o", tmp_path / "q.onnx", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    starts = ("--method auto kept ", "quantized 3 activations and 3 weights (", "--target cosine=-1: met; 0 layers kept "
+              "in float, 1 evaluation", "3 tensor ranges (")
+    first = [next(i for i, line in enumerate(lines) if line.startswith(s)) for s in starts]
+    assert first == sorted(first), r.stdout
+    assert "; 1 node kept in float -> " in r.stdout

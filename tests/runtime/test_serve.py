@@ -140,6 +140,7 @@ def test_manifest_mismatches_are_refused_in_one_line(engines, tmp_path):
         check_compatible(targeted, engine, rtx, "8.6")
     # Through load(), before any CUDA: an edited manifest naming another version, then a corrupt one.
     dataclasses.replace(manifest, engine=str(engine), backend_version="0.9.0").save()
+    (tmp_path / "x.npz").touch()  # the data exists: the manifest is what is refused
     r = trtptq("run", engine, "--data", "x.npz", "-o", tmp_path / "o.npz", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     assert "was built with tensorrt_rtx 0.9.0" in r.stderr and f"has tensorrt_rtx {manifest.backend_version}" in r.stderr

@@ -170,21 +170,25 @@ def _read_array_file(path: pathlib.Path, default_name: str | None) -> dict[str, 
         raise DataError(f"cannot read {path} ({type(e).__name__}: {e}). Is it a valid .npz/.npy file?") from None
 
 
+def source_path(data: str | os.PathLike) -> tuple[pathlib.Path, str]:
+    """The file or folder a `--data` text names, and the function of a `script.py:function`."""
+    m = re.fullmatch(r"(.+\.py):(\w+)", str(data))
+    return (pathlib.Path(m.group(1)), m.group(2)) if m else (pathlib.Path(data), "load_data")
+
+
 def open_source(data, specs: Sequence[InputSpec], image_options: ImageOptions | None = None) -> Source:
     """Turn what the user passed (--data, or a Python object) into a source."""
     if callable(data) and not isinstance(data, (str, os.PathLike)):
         return data if _is_feed_source(data) else IterableSource(data)
     if not isinstance(data, (str, os.PathLike)):
         return IterableSource(data)
-    text = str(data)
-    m = re.fullmatch(r"(.+\.py):(\w+)", text)
-    path = pathlib.Path(m.group(1) if m else text)
+    path, function = source_path(data)
     if not path.exists():
         raise DataError(f"calibration data {path} does not exist. Give a .npz file, a folder of .npz/.npy "
                         "files or images, or a .py file defining load_data().")
     single = specs[0].name if len(specs) == 1 else None
     if path.suffix == ".py":
-        return ScriptSource(path, m.group(2) if m else "load_data")
+        return ScriptSource(path, function)
     if path.is_file():
         if path.suffix in (".npz", ".npy"):
             return NpzSource(path, single)

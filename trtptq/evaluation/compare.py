@@ -12,6 +12,7 @@ and where it grows; a graph input the candidate quantizes gets its own row.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import pathlib
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from trtptq.core import model as model_io
 from trtptq.core.errors import TrtptqError
 from trtptq.core.int8 import INT8
 from trtptq.core.log import progress
-from trtptq.core.options import check_count
+from trtptq.core.options import check_count, option_error
 from trtptq.data import ImageOptions
 from trtptq.evaluation.evaluator import Evaluator
 from trtptq.evaluation.metrics import ErrorStats
@@ -33,6 +34,8 @@ from trtptq.plugins import BUILTIN, Plugins
 from trtptq.runtime.ort import OrtRunner
 
 CHECKABLE = ("cosine", "snr_db", "top1_agreement", "top5_agreement", "accuracy")
+FRACTIONS = ("top1_agreement", "top5_agreement", "accuracy")  # shares of samples, from 0 to 1
+EXAMPLES = {"cosine": 0.999, "snr_db": 20, "top1_agreement": 0.99, "top5_agreement": 0.999, "accuracy": 0.98}
 QDQ_INPUT_OP = "QuantizeLinear+DequantizeLinear"  # the op of a per-layer row for a quantized graph input
 
 
@@ -51,9 +54,10 @@ class CompareOptions:
     def __post_init__(self) -> None:
         check_count("--batch-size", self.batch_size, "sample per batch")
         check_count("--num-samples", self.num_samples, "sample")
-        unknown = set(self.fail_below) - set(CHECKABLE)
-        if unknown:
-            raise TrtptqError(f"cannot check {', '.join(sorted(unknown))}: checkable metrics are {', '.join(CHECKABLE)}")
+        check_metrics("--fail-below", self.fail_below)
+        for flag, tolerance in (("--atol", self.atol), ("--rtol", self.rtol)):
+            if tolerance is not None and not (math.isfinite(tolerance) and tolerance >= 0):
+                raise option_error(flag, tolerance, "is not a tolerance", f"give a finite number >= 0, e.g. {flag} 1e-3")
 
     @property
     def has_tolerances(self) -> bool:
@@ -107,7 +111,7 @@ class CompareResult:
 
 
 def parse_thresholds(items: list[str], flag: str = "--fail-below") -> dict[str, float]:
-    """['cosine=0.999', 'snr_db=20'] -> dict, with the metric names checked."""
+    """['cosine=0.999', 'snr_db=20'] -> dict, with the metric names and their ranges checked."""
     out = {}
     for item in items:
         name, sep, value = item.partition("=")
@@ -117,7 +121,27 @@ def parse_thresholds(items: list[str], flag: str = "--fail-below") -> dict[str, 
             out[name] = float(value)
         except ValueError:
             raise TrtptqError(f"bad {flag} {item!r}: {value!r} is not a number") from None
+    check_metrics(flag, out)
     return out
+
+
+def check_metrics(flag: str, minimums: dict[str, float]) -> None:
+    """Each minimum names a checkable metric and lies in its range: a cosine above 1 can never be met, and an
+    accuracy of 99 is a percentage where a fraction was meant."""
+    for name, value in minimums.items():
+        item = f"{name}={value:g}"
+        if name not in CHECKABLE:
+            raise option_error(flag, item, "names no metric", f"use one of {', '.join(CHECKABLE)}")
+        example = f"e.g. {flag} {name}={EXAMPLES[name]:g}"
+        if not math.isfinite(value):
+            raise option_error(flag, item, "is not a finite number", f"give the minimum {name}, {example}")
+        if name == "cosine" and not -1 <= value <= 1:
+            raise option_error(flag, item, "is outside [-1, 1], the range of a cosine similarity",
+                               f"give the minimum cosine, {example}")
+        if name in FRACTIONS and not 0 <= value <= 1:
+            fix = (f"{name} is a fraction from 0 to 1, not a percentage: {value:g}% is {flag} {name}={value / 100:g}"
+                   if 1 < value <= 100 else f"{name} is a fraction from 0 to 1, {example}")
+            raise option_error(flag, item, "is outside [0, 1]", fix)
 
 
 def compare(reference: str | os.PathLike, candidates: list[str | os.PathLike], data,

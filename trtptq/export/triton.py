@@ -56,6 +56,9 @@ class TritonOptions:
         check_count("--instances", self.instances, "instance")
         if self.max_batch_size is not None and self.max_batch_size < 0:
             raise option_error("--max-batch-size", self.max_batch_size, "is negative", "use 0 (no batching) or more")
+        if self.max_queue_delay_us < 0:
+            raise option_error("--max-queue-delay-us", self.max_queue_delay_us, "is negative",
+                               "give the microseconds Triton may wait to fill a batch, 0 or more (default 100)")
 
 
 @functools.cache
