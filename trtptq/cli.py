@@ -80,7 +80,7 @@ def _add_plugin_arg(p: argparse.ArgumentParser) -> None:
 
 def _plugins(a: argparse.Namespace):
     """The built-in plugin ops plus those of every --plugin file, loaded before any model or data."""
-    from trtptq.core.scripts import load_plugins
+    from trtptq.core.userfiles import load_plugins
 
     return load_plugins(a.plugin)
 
@@ -195,11 +195,11 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
 
     calibration, qopts, plugins = _calibration_options(a), _quantize_options(a), _plugins(a)
     from trtptq.evaluation.compare import parse_thresholds
-    from trtptq.pipelines import Evaluation
+    from trtptq.pipelines import EvaluationOptions
 
     # built (and so checked) even without --target: a bad --sensitivity-samples is an error, not ignored
     evaluation = _evaluation(a, Target, gain=False, metrics=parse_thresholds(a.target, "--target")) if a.target else \
-        _evaluation(a, Evaluation)
+        _evaluation(a, EvaluationOptions)
     target = evaluation if a.target else None
     _check_outputs(a.output, a.save_ranges, a.calibration_cache, a.report and pathlib.Path(a.report) / "report.html")
     if a.report and not (a.eval_data or a.data):
@@ -247,9 +247,9 @@ def _print_fallback(found) -> None:
 
 def _cmd_sensitivity(a: argparse.Namespace) -> int:
     from trtptq.evaluation.report import write_sensitivity_report
-    from trtptq.pipelines import Evaluation, sensitivity
+    from trtptq.pipelines import EvaluationOptions, sensitivity
 
-    calibration, qopts, evaluation = _calibration_options(a), _quantize_options(a), _evaluation(a, Evaluation)
+    calibration, qopts, evaluation = _calibration_options(a), _quantize_options(a), _evaluation(a, EvaluationOptions)
     _check_outputs(a.output, a.report and pathlib.Path(a.report) / "sensitivity.html")
     if not a.data and not a.ranges:
         raise TrtptqError("sensitivity needs --data (to calibrate) or --ranges (from `trtptq calibrate`)")
@@ -308,26 +308,28 @@ def _cmd_compare(a: argparse.Namespace) -> int:
 
 
 def _print_comparison(result) -> None:
+    from trtptq.evaluation.metrics import snr_text
+
     for c in result.candidates:
         print(f"{c.name}: {'no checks requested' if c.passed is None else 'PASS' if c.passed else 'FAIL'}")
         for name, m in c.outputs.items():
-            extra = f", top-1 agreement {m['top1_agreement']:.2%}" if "top1_agreement" in m else ""
-            print(f"  {name}: cosine {m['cosine']:.6f}, SNR {m['snr_db']:.1f} dB, max abs error "
-                  f"{m['max_abs_error']:.4g}{extra}")
+            extra = "" if m.top1_agreement is None else f", top-1 agreement {m.top1_agreement:.2%}"
+            print(f"  {name}: cosine {m.cosine:.6f}, SNR {snr_text(m.snr_db)}, max abs error {m.max_abs_error:.4g}{extra}")
         if c.accuracy:
-            print(f"  task top-1: FP32 {c.accuracy['reference']:.2%}, candidate {c.accuracy['candidate']:.2%}")
-        if c.layers:
+            print(f"  task top-1: FP32 {c.accuracy.reference:.2%}, candidate {c.accuracy.candidate:.2%}")
+        if c.layers and c.error_source.db_lost > 0:
             src = c.error_source
-            print(f"  largest SNR drop: {src.node} ({src.op}) loses {src.db_lost:.1f} dB, {src.snr_db:.1f} dB left")
+            print(f"  largest SNR drop: {src.node} ({src.op}) loses {src.db_lost:.1f} dB, {snr_text(src.snr_db)} left")
         for k in c.checks:
-            if not k["passed"]:
-                print(f"  FAIL {k['metric']} of {k['output']}: {k['value']:.6g} < {k['threshold']}")
+            if not k.passed:
+                print(f"  FAIL {k.metric} of {k.output}: {k.value:.6g} < {k.threshold}")
         if c.polygraphy_passed is False:
             print("  FAIL Polygraphy atol/rtol comparison")
 
 
 def _cmd_build(a: argparse.Namespace) -> int:
     from trtptq.engine.build import BuildOptions, ImplicitInt8, parse_shapes
+    from trtptq.evaluation.metrics import snr_text
     from trtptq.pipelines import Int8, build
 
     if a.int8 and a.implicit_int8:
@@ -355,9 +357,9 @@ def _cmd_build(a: argparse.Namespace) -> int:
         i = report.implicit_int8
         print(f"implicit INT8: TensorRT {i['algorithm']}, {i['batches']} batches"
               + (f", cache -> {i['cache']}" if i["cache"] else ""))
-    for name, m in (report.fp16_check or {}).items():
-        print(f"FP16 ONNX vs its FP32 source in ONNX Runtime: {name} cosine "
-              f"{m['cosine']:.6f}, SNR {m['snr_db']:.1f} dB")
+    for name, m in (report.fp16_check or {}).items():  # the build report's JSON form of OutputMetrics
+        print(f"FP16 ONNX vs its FP32 source in ONNX Runtime: {name} cosine {m['cosine']:.6f}, SNR "
+              f"{snr_text(m['snr_db'])}")
     print(f"build report -> {report.engine}.json")
     return 0
 

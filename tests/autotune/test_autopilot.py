@@ -18,7 +18,7 @@ from trtptq.autotune.sensitivity import SensitivityOptions, analyze
 from trtptq.calibration.calibrate import CalibrationOptions
 from trtptq.calibration.passes import with_outputs
 from trtptq.evaluation.evaluator import Evaluator
-from trtptq.pipelines import Evaluation, Target, prepare, quantize, sensitivity
+from trtptq.pipelines import EvaluationOptions, Target, prepare, quantize, sensitivity
 from trtptq.runtime.ort import OrtRunner
 
 FRAGILE = "/2/2.0/Gemm"
@@ -57,13 +57,13 @@ def _minmax():
 
 def test_fp32_is_unchanged_by_the_spike(mnist, fragile):
     with Evaluator(mnist[0], fragile[2]) as evaluator:
-        assert evaluator.evaluate(fragile[0]).outputs["logits"]["snr_db"] > 80
+        assert evaluator.evaluate(fragile[0]).outputs["logits"].snr_db > 80
 
 
 def test_sensitivity_ranks_the_fragile_layer_first(fragile):
     path, calib, evals = fragile
     ranked, result = sensitivity(path, calib, calibration=_minmax(),
-                                 evaluation=Evaluation(data=evals, sensitivity=SensitivityOptions(show_progress=False)))
+                                 evaluation=EvaluationOptions(data=evals, sensitivity=SensitivityOptions(show_progress=False)))
     assert ranked.ranking[0] == FRAGILE and len(ranked.layers) == 4
     first, second = ranked.layers[:2]
     assert first.alone_snr_db < second.alone_snr_db - 10  # it alone wrecks the output; nothing else comes close

@@ -191,7 +191,7 @@ def build_engine(model_path: str | os.PathLike, output: str | os.PathLike,
             fileio.check_writable(path)
     proto = model_io.load(model_path)
     plan = read_plan(proto)
-    has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node)
+    has_qdq = model_io.has_qdq(proto)
     with contextlib.ExitStack() as stack:
         source = model_path
         trt = backend.trt
