@@ -20,7 +20,7 @@ from trtptq.calibration.passes import plan_passes
 from trtptq.core.log import progress
 from trtptq.core.model import with_node_names
 from trtptq.data import Batch
-from trtptq.evaluation.metrics import ErrorStats
+from trtptq.evaluation.metrics import SnrStats
 from trtptq.plugins import BUILTIN, Plugins
 from trtptq.quantization.graph import export_graph, import_graph
 from trtptq.quantization.qdq import Plan, WeightSite, insert_qdq
@@ -39,7 +39,7 @@ def local_snr(model: onnx.ModelProto, plan: Plan, amax_sets: Mapping[str, Mappin
     budget = max(1, memory_budget // (1 + len(amax_sets)))
     groups = plan_passes(model, list(outputs.values()), batches[0].feed, budget) if batches else []
     producer = {t: name for name, t in outputs.items()}
-    stats = {name: {key: ErrorStats(detailed=False) for key in amax_sets} for name in nodes}
+    stats = {name: {key: SnrStats() for key in amax_sets} for name in nodes}
     with progress(total=len(groups) * len(batches), enabled=show_progress, desc="local errors", unit="batch") as bar:
         for group in groups:
             members = [producer[t] for t in group]
