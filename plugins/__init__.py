@@ -6,7 +6,7 @@ ONNX Runtime custom-op library, which inputs/outputs may carry Q/DQ, whether
 FP16 conversion may touch it, and the TensorRT plugin library that builds it.
 A `Plugins` registry holds them; `BUILTIN` has TensorRT's most exported
 plugin (EfficientNMS_TRT), and a user's file adds more (`--plugin FILE.py`,
-whose `PLUGINS` list is read by `trtptq.core.scripts.load_plugins`).
+whose `PLUGINS` list is read by `trtptq.core.userfiles.load_plugins`).
 
 A plugin node without an entry keeps today's safe default: no Q/DQ around it,
 FP32 under FP16 conversion, and ONNX Runtime cannot run it (one line says how

@@ -66,7 +66,7 @@ def main() -> None:
     from trtptq.autotune.sensitivity import SensitivityOptions
     from trtptq.calibration.calibrate import CalibrationOptions
     from trtptq.evaluation.compare import parse_thresholds
-    from trtptq.pipelines import Evaluation, Target, quantize, sensitivity
+    from trtptq.pipelines import EvaluationOptions, Target, quantize, sensitivity
 
     with tempfile.TemporaryDirectory() as tmp:
         model, calib, evals, what = data(args.calib, args.eval, pathlib.Path(tmp))
@@ -82,7 +82,7 @@ def main() -> None:
             f"quantize --method {args.baseline}": lambda: quantize(model, calib, calibration=opts(args.baseline)),
             "quantize --method auto": lambda: quantize(model, calib, calibration=opts("auto")),
             "sensitivity (auto ranges)": lambda: sensitivity(model, calib, calibration=opts("auto"),
-                                                             evaluation=Evaluation(data=evals, sensitivity=quiet)),
+                                                             evaluation=EvaluationOptions(data=evals, sensitivity=quiet)),
             f"quantize --target {args.target}": lambda: quantize(
                 model, calib, calibration=opts("auto"),
                 target=Target(data=evals, metrics=parse_thresholds([args.target], "--target"), sensitivity=ranking)),

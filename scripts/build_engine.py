@@ -19,6 +19,7 @@ from trtptq.core import model as model_io
 from trtptq.core.shapes import parse_shapes
 from trtptq.engine.options import BuildOptions
 from trtptq.evaluation.compare import CompareOptions, compare
+from trtptq.evaluation.metrics import snr_text
 from trtptq.pipelines import build
 
 
@@ -48,8 +49,8 @@ def main() -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for name, m in check.candidates[0].outputs.items():
-        print(f"INT8 vs FP32 ({check.num_samples} samples, ONNX Runtime): {name} cosine {m['cosine']:.5f}, "
-              f"SNR {m['snr_db']:.1f} dB")
+        print(f"INT8 vs FP32 ({check.num_samples} samples, ONNX Runtime): {name} cosine {m.cosine:.5f}, "
+              f"SNR {snr_text(m.snr_db)}")
     print(f"{report.engine}: {report.summary()} ({report.backend} {report.backend_version})")
     return 0
 

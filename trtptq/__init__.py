@@ -16,7 +16,7 @@ from trtptq.core.version import __version__
 _EXPORTS = {
     "calibrate": "trtptq.pipelines", "quantize": "trtptq.pipelines", "build": "trtptq.pipelines",
     "QuantizeResult": "trtptq.pipelines", "sensitivity": "trtptq.pipelines", "Target": "trtptq.pipelines",
-    "Evaluation": "trtptq.pipelines", "SensitivityOptions": "trtptq.autotune.sensitivity",
+    "EvaluationOptions": "trtptq.pipelines", "SensitivityOptions": "trtptq.autotune.sensitivity",
     "compare": "trtptq.evaluation.compare", "CompareOptions": "trtptq.evaluation.compare",
     "Evaluator": "trtptq.evaluation.evaluator",
     "write_report": "trtptq.evaluation.report",
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from trtptq.evaluation.compare import CompareOptions, compare
     from trtptq.evaluation.evaluator import Evaluator
     from trtptq.evaluation.report import write_report
-    from trtptq.pipelines import Evaluation, QuantizeResult, Target, build, calibrate, quantize, sensitivity
+    from trtptq.pipelines import EvaluationOptions, QuantizeResult, Target, build, calibrate, quantize, sensitivity
     from trtptq.quantization.qdq import QuantizeOptions
 
 _RENAMED = {"save_model": "save", "load_model": "load"}

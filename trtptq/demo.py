@@ -80,8 +80,8 @@ def run_demo(out_dir: str | pathlib.Path = "trtptq-demo", methods=("minmax", "pe
     with Evaluator(out_dir / "model.onnx", out_dir / "eval.npz", batch_size=500) as evaluator:
         for method, result in results.items():
             scored = evaluator.evaluate(result.model, method)
-            rows.append(DemoRow(method, scored.accuracy["candidate"], scored.outputs["logits"]["top1_agreement"]))
-        fp32_top1 = scored.accuracy["reference"]
+            rows.append(DemoRow(method, scored.accuracy.candidate, scored.outputs["logits"].top1_agreement))
+        fp32_top1 = scored.accuracy.reference
     best = max(rows, key=lambda r: r.top1)  # first of the best: minmax when tied
     result = results[best.method]
     model_io.save(result.model, out_dir / "model.int8.onnx")

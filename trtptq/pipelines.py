@@ -2,7 +2,7 @@
 
 Stages never call each other upward; whatever needs two of them lives here,
 and the CLI, the demo and the scripts call these functions. `plugins` (the
-built-in plugin ops, plus a user's: `trtptq.core.scripts.load_plugins`) reaches
+built-in plugin ops, plus a user's: `trtptq.core.userfiles.load_plugins`) reaches
 every stage that runs, quantizes, converts or builds the model.
 """
 
@@ -41,7 +41,7 @@ from trtptq.quantization.qdq import Plan, QuantizeOptions, plan, quantized_model
 from trtptq.quantization.rules import plugin_rules, with_rules
 
 logger = logging.getLogger(__name__)
-LOW_SNR_DB = 20.0  # mean output SNR below which --method auto tells the user to check accuracy (cosine ~0.995)
+LOW_SNR_DB = 20.0  # output SNR (all outputs combined) below which --method auto tells the user to check accuracy (cosine ~0.995)
 HOLDOUT_EVERY = 5  # without evaluation data, 1 calibration sample in 5 is held out to evaluate on
 
 
@@ -61,7 +61,7 @@ class Int8:
 
 
 @dataclass
-class Evaluation:
+class EvaluationOptions:
     """Where sensitivity and `--target` measure: evaluation data (None: held out from the calibration data)."""
 
     data: object = None
@@ -72,7 +72,7 @@ class Evaluation:
 
 
 @dataclass
-class Target(Evaluation):
+class Target(EvaluationOptions):
     """`quantize --target`: keep the most sensitive layers in float until every metric reaches its minimum.
 
     Its ranking skips the gain measure by default (half the evaluations): the search orders by damage alone.
@@ -182,7 +182,7 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
     return QuantizeResult(_qdq_model(proto, found.plan, ranges), ranges, found.plan, stats, calibs, found, sensitivity)
 
 
-def _evaluation_split(proto: onnx.ModelProto, data, evaluation: Evaluation) -> tuple[object, object]:
+def _evaluation_split(proto: onnx.ModelProto, data, evaluation: EvaluationOptions) -> tuple[object, object]:
     """(calibration data, evaluation data): the evaluation's own, or 1 in HOLDOUT_EVERY samples held out."""
     if evaluation.data is not None or data is None:
         return data, evaluation.data if evaluation.data is not None else data
@@ -193,7 +193,7 @@ def _evaluation_split(proto: onnx.ModelProto, data, evaluation: Evaluation) -> t
     return Holdout(source, specs, HOLDOUT_EVERY, held=False), Holdout(source, specs, HOLDOUT_EVERY, held=True)
 
 
-def _sensitivity(proto: onnx.ModelProto, placement: Plan, ranges: Ranges, eval_data, evaluation: Evaluation,
+def _sensitivity(proto: onnx.ModelProto, placement: Plan, ranges: Ranges, eval_data, evaluation: EvaluationOptions,
                  name: str, plugins: Plugins, gated: GatedModel | None = None) -> Sensitivity:
     """Rank the INT8 layers on the first `evaluation.sensitivity.samples` evaluation samples."""
     opts = evaluation.sensitivity
@@ -204,9 +204,9 @@ def _sensitivity(proto: onnx.ModelProto, placement: Plan, ranges: Ranges, eval_d
 
 def sensitivity(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Ranges | str | os.PathLike | None = None,
                 options: QuantizeOptions | None = None, calibration: CalibrationOptions | None = None,
-                evaluation: Evaluation | None = None, plugins: Plugins = BUILTIN) -> tuple[Sensitivity, QuantizeResult]:
+                evaluation: EvaluationOptions | None = None, plugins: Plugins = BUILTIN) -> tuple[Sensitivity, QuantizeResult]:
     """Quantize (from `data` or `ranges`), then rank every INT8 layer by the damage it does (`trtptq sensitivity`)."""
-    evaluation = evaluation or Evaluation()
+    evaluation = evaluation or EvaluationOptions()
     proto, name = _load(model)
     proto = model_io.ensure_opset(proto)
     data, eval_data = _evaluation_split(proto, data, evaluation)
@@ -287,7 +287,7 @@ def build(model_path: str | os.PathLike, output: str | os.PathLike, options: Bui
             from trtptq.evaluation.evaluator import Evaluator
 
             with Evaluator(model_path, check_data, num_samples=check_samples, plugins=plugins) as evaluator:
-                check = evaluator.evaluate(source).outputs
+                check = {o: m.to_dict() for o, m in evaluator.evaluate(source).outputs.items()}
     report = build_engine(source, output, opts, plugins)  # the report reads the precision plan from `source`
     if source != pathlib.Path(model_path):
         report.fp16_check = check

@@ -18,7 +18,7 @@ from trtptq.autotune.sensitivity import SensitivityOptions, analyze
 from trtptq.calibration.calibrate import CalibrationOptions
 from trtptq.calibration.passes import with_outputs
 from trtptq.evaluation.evaluator import Evaluator
-from trtptq.pipelines import Evaluation, Target, prepare, quantize, sensitivity
+from trtptq.pipelines import EvaluationOptions, Target, prepare, quantize, sensitivity
 from trtptq.runtime.ort import OrtRunner
 
 FRAGILE = "/2/2.0/Gemm"
@@ -57,13 +57,13 @@ def _minmax():
 
 def test_fp32_is_unchanged_by_the_spike(mnist, fragile):
     with Evaluator(mnist[0], fragile[2]) as evaluator:
-        assert evaluator.evaluate(fragile[0]).outputs["logits"]["snr_db"] > 80
+        assert evaluator.evaluate(fragile[0]).outputs["logits"].snr_db > 80
 
 
 def test_sensitivity_ranks_the_fragile_layer_first(fragile):
     path, calib, evals = fragile
     ranked, result = sensitivity(path, calib, calibration=_minmax(),
-                                 evaluation=Evaluation(data=evals, sensitivity=SensitivityOptions(show_progress=False)))
+                                 evaluation=EvaluationOptions(data=evals, sensitivity=SensitivityOptions(show_progress=False)))
     assert ranked.ranking[0] == FRAGILE and len(ranked.layers) == 4
     first, second = ranked.layers[:2]
     assert first.alone_snr_db < second.alone_snr_db - 10  # it alone wrecks the output; nothing else comes close
@@ -129,12 +129,14 @@ def test_cli_sensitivity_and_target(fragile, tmp_path):
     assert (tmp_path / "rep2" / "sensitivity.html").is_file() and (tmp_path / "rep2" / "report.html").is_file()
 
 
-def test_cli_target_out_of_reach_writes_the_best_model_and_exits_1(fragile, tmp_path):
-    """Even all-float cannot reach an SNR of 1000 dB: one warning, the best model found written, exit 1; no --eval-data:
-    a fifth of the calibration digits is held out, and the user is told."""
-    path, calib, _ = fragile
-    r = trtptq("quantize", path, "--data", calib, "--method", "minmax", "--batch-size", 64,
-               "--target", "snr_db=1000", "-o", "m.onnx", "--no-progress", cwd=tmp_path)
+def test_cli_target_out_of_reach_writes_the_best_model_and_exits_1(fragile, mnist, tmp_path):
+    """Even all-float cannot reach an accuracy of 0.5 on labels that are all wrong: one warning, the best model found
+    written, exit 1; no --eval-data: a fifth of the calibration digits is held out, and the user is told."""
+    path, _, _ = fragile
+    _, images, labels = mnist
+    np.savez(tmp_path / "wrong.npz", input=images[:256], labels=(labels[:256] + 1) % 10)
+    r = trtptq("quantize", path, "--data", "wrong.npz", "--method", "minmax", "--batch-size", 64,
+               "--target", "accuracy=0.5", "-o", "m.onnx", "--no-progress", cwd=tmp_path)
     assert r.returncode == 1, r.stderr
     assert "1 in 5 calibration samples is held out" in r.stderr
     assert "not met even with all 4 INT8 layers in float" in r.stderr

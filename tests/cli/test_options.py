@@ -126,6 +126,8 @@ CASES = {
                                             "--report", p.readonly / "rep"], NO_FOLDER),
     "demo_out_under_a_file": (lambda p: ["demo", "--out", p.file / "demo"], NO_FOLDER),
     # accuracy targets and thresholds no model can reach, or percentages where fractions are meant
+    "target_snr_above_exact": (lambda p: [*QUANTIZE, "--data", p.data, "-o", "q.onnx", "--target", "snr_db=1000"],
+                               "--target snr_db=1000 is above 100 dB"),
     "target_cosine_above_1": (lambda p: [*QUANTIZE, "--data", p.data, "-o", "q.onnx", "--target", "cosine=1.5"],
                               "--target cosine=1.5 is outside [-1, 1], the range of a cosine similarity"),
     "target_accuracy_as_percentage": (lambda p: [*QUANTIZE, "--data", p.data, "-o", "q.onnx", "--target", "accuracy=99"],

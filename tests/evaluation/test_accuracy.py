@@ -40,8 +40,8 @@ def test_mnist_int8_accuracy(mnist, mnist_eval, method, max_drop):
     result = quantize(path, data=[{"input": images[:256]}], calibration=_opts(method))
     scored = mnist_eval.evaluate(result.model)
     assert scored.num_samples == 4000
-    assert scored.accuracy["candidate"] >= scored.accuracy["reference"] - max_drop
-    assert scored.outputs["logits"]["max_abs_error"] > 0
+    assert scored.accuracy.candidate >= scored.accuracy.reference - max_drop
+    assert scored.outputs["logits"].max_abs_error > 0
 
 
 def test_mnist_auto_method_avoids_entropys_loss(mnist, mnist_eval):
@@ -60,7 +60,7 @@ def test_mnist_auto_method_avoids_entropys_loss(mnist, mnist_eval):
         alone = quantize(path, data=[{"input": images[:256]}], calibration=_opts(result.ranges.method))
         assert alone.ranges.amax == result.ranges.amax
     scored = mnist_eval.evaluate(result.model)
-    assert scored.accuracy["candidate"] >= scored.accuracy["reference"] - 0.003
+    assert scored.accuracy.candidate >= scored.accuracy.reference - 0.003
 
 
 def test_mnist_entropy_loss_is_mostly_the_input_spike(mnist, mnist_eval):
@@ -72,7 +72,7 @@ def test_mnist_entropy_loss_is_mostly_the_input_spike(mnist, mnist_eval):
                           options=QuantizeOptions(keep_first=keep_first))
         assert ("input" in result.plan.activations) != keep_first
         accuracy[keep_first] = mnist_eval.evaluate(result.model).accuracy
-    fp32, entropy, kept = accuracy[True]["reference"], accuracy[False]["candidate"], accuracy[True]["candidate"]
+    fp32, entropy, kept = accuracy[True].reference, accuracy[False].candidate, accuracy[True].candidate
     assert kept >= fp32 - 0.01
     assert kept - entropy > 0.5 * (fp32 - entropy)
 

@@ -14,8 +14,11 @@ from trtptq.calibration.calibrate import CalibrationOptions
 from trtptq.core import model as model_io
 from trtptq.core.errors import TrtptqError
 from trtptq.evaluation.compare import QDQ_INPUT_OP, CompareOptions, compare, parse_thresholds
+from trtptq.evaluation.evaluator import TaskAccuracy
+from trtptq.evaluation.metrics import EXACT_SNR_DB
 from trtptq.evaluation.report import markdown, write_report
 from trtptq.pipelines import quantize
+from trtptq.quantization.qdq import QuantizeOptions
 from trtptq.runtime.ort import session
 
 
@@ -49,15 +52,15 @@ def test_output_metrics_match_numpy(mnist, files):
     out = session(str(files / "int8.onnx"), simulate_int8=True).run(None, {"input": x})[0].astype(np.float64)
     m = cand.outputs["logits"]
     err = out - ref
-    assert m["max_abs_error"] == pytest.approx(np.abs(err).max(), rel=1e-6)
-    assert m["mean_abs_error"] == pytest.approx(np.abs(err).mean(), rel=1e-6)
-    assert m["cosine"] == pytest.approx(ref.ravel() @ out.ravel() / np.linalg.norm(ref) / np.linalg.norm(out), abs=1e-9)
-    assert m["snr_db"] == pytest.approx(10 * np.log10(np.sum(ref ** 2) / np.sum(err ** 2)), rel=1e-6)
-    assert m["top1_agreement"] == pytest.approx(np.mean(out.argmax(1) == ref.argmax(1)))
+    assert m.max_abs_error == pytest.approx(np.abs(err).max(), rel=1e-6)
+    assert m.mean_abs_error == pytest.approx(np.abs(err).mean(), rel=1e-6)
+    assert m.cosine == pytest.approx(ref.ravel() @ out.ravel() / np.linalg.norm(ref) / np.linalg.norm(out), abs=1e-9)
+    assert m.snr_db == pytest.approx(10 * np.log10(np.sum(ref ** 2) / np.sum(err ** 2)), rel=1e-6)
+    assert m.top1_agreement == pytest.approx(np.mean(out.argmax(1) == ref.argmax(1)))
     top5 = np.argsort(-out, axis=1)[:, :5]
-    assert m["top5_agreement"] == pytest.approx(np.mean((top5 == ref.argmax(1)[:, None]).any(1)))
-    assert cand.accuracy == {"reference": pytest.approx(np.mean(ref.argmax(1) == y)),
-                             "candidate": pytest.approx(np.mean(out.argmax(1) == y))}
+    assert m.top5_agreement == pytest.approx(np.mean((top5 == ref.argmax(1)[:, None]).any(1)))
+    assert cand.accuracy == TaskAccuracy(reference=pytest.approx(np.mean(ref.argmax(1) == y)),
+                                         candidate=pytest.approx(np.mean(out.argmax(1) == y)))
 
 
 def test_per_layer_snr_names_the_misscaled_layer(mnist, files):
@@ -67,7 +70,7 @@ def test_per_layer_snr_names_the_misscaled_layer(mnist, files):
     assert good.error_source.node != "/0/0.3/Conv"
     snr = {r.node: r.snr_db for r in bad.layers}
     assert snr["/0/0.3/Conv"] < snr["/0/0.2/MaxPool"] - 10
-    assert bad.outputs["logits"]["snr_db"] < good.outputs["logits"]["snr_db"] - 10
+    assert bad.outputs["logits"].snr_db < good.outputs["logits"].snr_db - 10
     html = write_report(result, files / "report")
     page = html.read_text()
     assert page.count("<img") >= 3 and "/0/0.3/Conv" in page
@@ -135,7 +138,7 @@ def test_thresholds_and_polygraphy_tolerances(mnist, files):
     result = compare(mnist[0], [files / "int8.onnx"], files / "eval.npz",
                      _opts(per_layer=False, fail_below={"cosine": 0.999, "accuracy": 0.98}, atol=100.0))
     (cand,) = result.candidates
-    assert [c["metric"] for c in cand.checks] == ["cosine", "accuracy"] and cand.passed
+    assert [c.metric for c in cand.checks] == ["cosine", "accuracy"] and cand.passed
     assert cand.polygraphy_passed is True
     result = compare(mnist[0], [files / "int8.onnx"], files / "eval.npz", _opts(per_layer=False, atol=1e-6, rtol=0))
     assert result.candidates[0].polygraphy_passed is False and not result.passed
@@ -186,7 +189,7 @@ def test_engine_candidate_without_gpu_is_a_clear_error(mnist, files, engine):
 def test_engine_candidate_on_gpu(mnist, files, engine):
     result = compare(mnist[0], [engine], files / "eval.npz", _opts())
     (cand,) = result.candidates
-    assert cand.outputs["logits"]["top1_agreement"] > 0.99 and cand.layers == []
+    assert cand.outputs["logits"].top1_agreement > 0.99 and cand.layers == []
 
 
 def test_quantize_report_shows_calibration_histograms(mnist, files, tmp_path):
@@ -197,3 +200,64 @@ def test_quantize_report_shows_calibration_histograms(mnist, files, tmp_path):
     assert r.returncode == 0, r.stderr
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "## Calibration histogram: " in md and "largest SNR drop" in r.stdout
+
+
+@pytest.fixture
+def block_files(resnet_block, tmp_path):
+    """The residual block with its nodes unnamed (as some exporters write them), INT8 with conv1 kept in float, and
+    data to compare on: conv1 and relu1 match FP32 exactly."""
+    for node in resnet_block.graph.node:
+        node.name = ""
+    onnx.save(resnet_block, tmp_path / "block.onnx")
+    x = np.random.default_rng(3).standard_normal((64, 8, 6, 6)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    result = quantize(tmp_path / "block.onnx", data=[{"x": x}], options=QuantizeOptions(exclude_nodes=("Conv_0",)),
+                      calibration=CalibrationOptions(method="minmax", show_progress=False))
+    model_io.save(result.model, tmp_path / "block.int8.onnx")
+    return tmp_path
+
+
+def test_exact_layers_lose_nothing_and_blame_no_absurd_drop(block_files):
+    result = compare(block_files / "block.onnx", [block_files / "block.int8.onnx"], block_files / "x.npz", _opts())
+    (cand,) = result.candidates
+    rows = {r.tensor: r for r in cand.layers}
+    for exact in ("c1", "r1"):  # the float conv1 and its Relu: computed as in FP32
+        assert rows[exact].exact and rows[exact].snr_db == EXACT_SNR_DB and rows[exact].db_lost == 0
+    inexact = [r for r in cand.layers if not r.exact]
+    assert inexact and all(r.snr_db < 60 for r in inexact)
+    # conv2, fed only by the exact r1, loses against the best inexact row, not against the exact cap
+    best = max(r.snr_db for r in inexact)
+    assert rows["c2"].db_lost == pytest.approx(best - rows["c2"].snr_db)
+    assert all(r.db_lost < 60 for r in cand.layers)
+    md = markdown(result)
+    assert "| 1 | Conv(c1) | Conv | exact | 0.00 |" in md and "| 2 | Relu(r1) | Relu | exact | 0.00 |" in md
+    assert f"{EXACT_SNR_DB - rows['c2'].snr_db:.1f} dB lost" not in md
+
+
+def test_unnamed_nodes_are_named_by_op_and_output(block_files, tmp_path):
+    result = compare(block_files / "block.onnx", [block_files / "block.int8.onnx"], block_files / "x.npz", _opts())
+    (cand,) = result.candidates
+    assert [r.node for r in cand.layers] == ["x", "Conv(c1)", "Relu(r1)", "Conv(c2)", "Add(sum)", "Relu(r2)",
+                                             "GlobalAveragePool(gap)", "Flatten(flat)", "Gemm(y)"]  # x: its Q/DQ
+    assert cand.error_source.node and cand.error_source.node != "Conv(c1)"
+    write_report(result, tmp_path / "r")
+    saved = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert [r["node"] for r in saved["candidates"][0]["layers"]] == [r.node for r in cand.layers]
+    r = trtptq("compare", block_files / "block.onnx", block_files / "block.int8.onnx", "--data", block_files / "x.npz",
+               "--no-progress")
+    assert r.returncode == 0, r.stderr
+    src = cand.error_source
+    assert f"largest SNR drop: {src.node} ({src.op}) loses {src.db_lost:.1f} dB, {src.snr_db:.1f} dB left" in r.stdout
+
+
+def test_report_json_keeps_its_keys(mnist, files, tmp_path):
+    result = compare(mnist[0], [files / "int8.onnx"], files / "eval.npz",
+                     _opts(per_layer=False, fail_below={"cosine": 0.9, "accuracy": 0.5}))
+    write_report(result, tmp_path)
+    (cand,) = json.loads((tmp_path / "report.json").read_text())["candidates"]
+    assert set(cand["outputs"]["logits"]) == {"max_abs_error", "cosine", "snr_db", "mean_abs_error", "max_rel_error",
+                                              "mean_rel_error", "top1_agreement", "top5_agreement"}
+    assert set(cand["accuracy"]) == {"reference", "candidate"}
+    assert cand["checks"][1] == {"metric": "accuracy", "output": "(task)", "value": result.candidates[0].accuracy.candidate,
+                                 "threshold": 0.5, "passed": True}
+    assert cand["outputs"]["logits"]["cosine"] == result.candidates[0].outputs["logits"].cosine

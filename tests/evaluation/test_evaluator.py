@@ -9,7 +9,8 @@ import pytest
 from trtptq.calibration.calibrate import CalibrationOptions
 from trtptq.core.errors import TrtptqError
 from trtptq.data import IterableSource, input_specs
-from trtptq.evaluation.evaluator import DEFAULT_BATCH_SIZE, Evaluator, evaluation_batches
+from trtptq.evaluation.evaluator import DEFAULT_BATCH_SIZE, Evaluator, TaskAccuracy, evaluation_batches
+from trtptq.evaluation.metrics import EXACT_SNR_DB
 from trtptq.pipelines import quantize
 from trtptq.runtime.ort import OrtRunner, session
 
@@ -49,7 +50,7 @@ def test_reference_runs_once_in_real_batches(mnist, int8, digits):
     assert reference.batch_sizes == [DEFAULT_BATCH_SIZE] * 4 + [300 - 4 * DEFAULT_BATCH_SIZE]
     assert all(c.batch_sizes == reference.batch_sizes for c in candidates)
     assert results[0].outputs == results[1].outputs and results[0].name == "int8-0"
-    assert results[0].num_samples == 300 and 0.99 < results[0].outputs["logits"]["cosine"] < 1
+    assert results[0].num_samples == 300 and 0.99 < results[0].outputs["logits"].cosine < 1
 
 
 def test_spilled_cache_gives_the_same_metrics_and_is_removed(mnist, int8, digits, tmp_path, monkeypatch):
@@ -75,9 +76,9 @@ def test_outputs_and_accuracy_match_a_direct_run(mnist, int8, digits):
         np.testing.assert_array_equal(evaluator.outputs(int8), out)
         np.testing.assert_array_equal(evaluator.labels, y)
         scored = evaluator.evaluate(int8)
-    assert scored.accuracy == {"reference": pytest.approx(np.mean(ref.argmax(1) == y)),
-                               "candidate": pytest.approx(np.mean(out.argmax(1) == y))}
-    assert scored.outputs["logits"]["top1_agreement"] == pytest.approx(np.mean(out.argmax(1) == ref.argmax(1)))
+    assert scored.accuracy == TaskAccuracy(reference=pytest.approx(np.mean(ref.argmax(1) == y)),
+                                           candidate=pytest.approx(np.mean(out.argmax(1) == y)))
+    assert scored.outputs["logits"].top1_agreement == pytest.approx(np.mean(out.argmax(1) == ref.argmax(1)))
 
 
 def test_no_labels_no_accuracy_and_a_fixed_batch_is_kept(resnet_block):
@@ -88,7 +89,7 @@ def test_no_labels_no_accuracy_and_a_fixed_batch_is_kept(resnet_block):
     with Evaluator(fixed, [{"x": x}]) as evaluator:
         assert evaluator.data.batch_size == 5 and evaluator.num_batches == 2
         scored = evaluator.evaluate(fixed)
-    assert scored.accuracy is None and scored.outputs["y"]["snr_db"] == 200.0
+    assert scored.accuracy is None and scored.outputs["y"].snr_db == EXACT_SNR_DB and scored.snr_db == EXACT_SNR_DB
 
 
 def test_a_candidate_missing_an_output_is_a_clear_error(mnist, digits, tmp_path):

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 
 from support import engines_run_here, float_input, trtptq
 from trtptq.core.errors import TrtptqError
-from trtptq.core.scripts import load_plugins
+from trtptq.core.userfiles import load_plugins
 from trtptq.plugins import BUILTIN
 from trtptq.plugins.efficient_nms import efficient_nms
 from trtptq.runtime.ort import session

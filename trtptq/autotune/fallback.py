@@ -19,8 +19,8 @@ import onnx
 from trtptq.autotune.gated import GatedModel
 from trtptq.autotune.sensitivity import Sensitivity
 from trtptq.core.log import progress
-from trtptq.evaluation.compare import check_thresholds
-from trtptq.evaluation.evaluator import Evaluation, Evaluator
+from trtptq.evaluation.compare import TASK, ThresholdCheck, check_thresholds
+from trtptq.evaluation.evaluator import EvaluationResult, Evaluator
 from trtptq.quantization.qdq import Plan
 
 logger = logging.getLogger(__name__)
@@ -29,17 +29,16 @@ logger = logging.getLogger(__name__)
 @dataclass
 class Trial:
     kept: tuple[str, ...]
-    evaluation: Evaluation
-    checks: list[dict]
+    evaluation: EvaluationResult
+    checks: list[ThresholdCheck]
 
     @property
     def passed(self) -> bool:
-        return all(c["passed"] for c in self.checks)
+        return all(c.passed for c in self.checks)
 
     def summary(self) -> dict:
         """The targets' metrics as a dict: metric (of output) -> value."""
-        return {f"{c['metric']}" + ("" if c["output"] == "(task)" else f" ({c['output']})"): round(c["value"], 6)
-                for c in self.checks}
+        return {c.metric + ("" if c.output == TASK else f" ({c.output})"): round(c.value, 6) for c in self.checks}
 
 
 @dataclass
@@ -75,7 +74,7 @@ def fall_back(model: onnx.ModelProto, plan: Plan, amax: dict[str, float], evalua
             order = sensitivity.ranking
             with progress(total=None, enabled=show_progress, desc="fallback search", unit="model") as search.bar:
                 best = _shortest_prefix(order, search.trial) or max(search.tried.values(),
-                                                                      key=lambda t: t.evaluation.mean_snr_db)
+                                                                      key=lambda t: t.evaluation.snr_db)
                 if best.passed:
                     best = _prune(best, order, search.trial)
             if not best.passed:

@@ -20,7 +20,7 @@ from trtptq.calibration.passes import plan_passes
 from trtptq.core.log import progress
 from trtptq.core.model import with_node_names
 from trtptq.data import Batch
-from trtptq.evaluation.metrics import snr_db
+from trtptq.evaluation.metrics import SnrStats
 from trtptq.plugins import BUILTIN, Plugins
 from trtptq.quantization.graph import export_graph, import_graph
 from trtptq.quantization.qdq import Plan, WeightSite, insert_qdq
@@ -39,8 +39,7 @@ def local_snr(model: onnx.ModelProto, plan: Plan, amax_sets: Mapping[str, Mappin
     budget = max(1, memory_budget // (1 + len(amax_sets)))
     groups = plan_passes(model, list(outputs.values()), batches[0].feed, budget) if batches else []
     producer = {t: name for name, t in outputs.items()}
-    signal = dict.fromkeys(nodes, 0.0)
-    errors = {name: dict.fromkeys(amax_sets, 0.0) for name in nodes}
+    stats = {name: {key: SnrStats() for key in amax_sets} for name in nodes}
     with progress(total=len(groups) * len(batches), enabled=show_progress, desc="local errors", unit="batch") as bar:
         for group in groups:
             members = [producer[t] for t in group]
@@ -49,13 +48,10 @@ def local_snr(model: onnx.ModelProto, plan: Plan, amax_sets: Mapping[str, Mappin
                 for batch in batches:
                     got = runner.run(batch.feed)
                     for name in members:
-                        ref = got[outputs[name]].ravel()
-                        signal[name] += float(np.dot(ref, ref))
                         for key, copy in copies[name].items():
-                            diff = got[copy].ravel() - ref
-                            errors[name][key] += float(np.dot(diff, diff))
+                            stats[name][key].update(got[outputs[name]], got[copy])
                     bar.update(1)
-    return {name: {key: snr_db(signal[name], e) for key, e in per.items()} for name, per in errors.items()}
+    return {name: {key: s.snr_db for key, s in per.items()} for name, per in stats.items()}
 
 
 def _with_copies(model: onnx.ModelProto, plan: Plan, amax_sets: Mapping[str, Mapping[str, float]],
@@ -99,8 +95,3 @@ def small_batches(batches: Iterable[Batch], samples: int, size: int = 4) -> list
             out.append(Batch({k: v[start:start + n] for k, v in batch.feed.items()}, labels, n, batch.origin))
             taken += n
     return out
-
-
-def noise(snr_db: float) -> float:
-    """Relative noise power of an SNR: errors of independent layers add in it (roughly), dB do not."""
-    return float(10 ** (-snr_db / 10)) if np.isfinite(snr_db) else 0.0

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 import onnx
 
-from trtptq.autotune.local import local_snr, noise, small_batches
+from trtptq.autotune.local import local_snr, small_batches
 from trtptq.data import Batches
 from trtptq.evaluation.evaluator import Evaluator
+from trtptq.evaluation.metrics import noise_power
 from trtptq.plugins import BUILTIN, Plugins
 from trtptq.quantization.qdq import Plan, quantized_model, with_scales
 
@@ -31,7 +32,7 @@ MARGIN_DB = 1.0  # how much less local noise another method must leave at a tens
 class MethodChoice:
     method: str  # a method name, or PER_TENSOR
     amax: dict[str, float]
-    scores: dict[str, float | None]  # candidate -> mean output SNR (dB) vs FP32; None: hopeless, not scored
+    scores: dict[str, float | None]  # candidate -> output SNR (dB, EvaluationResult.snr_db) vs FP32; None: hopeless, not scored
     per_tensor: dict[str, str]  # tensor -> the method the per-tensor candidate gave it
 
 
@@ -42,7 +43,7 @@ def per_tensor_methods(local: dict[str, dict[str, float]], plan: Plan, base: str
     methods = list(next(iter(local.values()), {}))
     chosen = {}
     for t, consumers in plan.activations.items():
-        summed = {m: sum(noise(local[c][m]) for c in consumers if c in local) for m in methods}
+        summed = {m: sum(noise_power(local[c][m]) for c in consumers if c in local) for m in methods}
         best = min(methods, key=summed.get) if methods else base
         chosen[t] = best if summed.get(best, 0.0) * 10 ** (margin_db / 10) < summed.get(base, 0.0) else base
     return chosen
@@ -65,7 +66,7 @@ def choose_method(model: onnx.ModelProto, plan: Plan, by_method: dict[str, dict[
     with Evaluator(model, batches.source, num_samples=limit, plugins=plugins) as evaluator:
         local = local_snr(model, plan, by_method, plan.int8_nodes,
                           small_batches(evaluator.batches(), LOCAL_SAMPLES), memory_budget, show_progress, plugins)
-        predicted = {m: sum(noise(per[m]) for per in local.values()) for m in methods}
+        predicted = {m: sum(noise_power(per[m]) for per in local.values()) for m in methods}
         floor = min(predicted.values())
         scores: dict[str, float | None] = {}
         candidates = dict(by_method)
@@ -73,7 +74,7 @@ def choose_method(model: onnx.ModelProto, plan: Plan, by_method: dict[str, dict[
         def score(name: str) -> None:
             same = next((other for other in scores if candidates[other] == candidates[name]), None)
             scores[name] = scores[same] if same is not None else round(
-                evaluator.evaluate(with_scales(template, candidates[name]), name).mean_snr_db, 3)
+                evaluator.evaluate(with_scales(template, candidates[name]), name).snr_db, 3)
 
         for method in methods:
             if predicted[method] <= HOPELESS * floor:

@@ -58,7 +58,7 @@ class Sensitivity:
     """Every INT8 layer, most damaging first."""
 
     model: str
-    int8_snr_db: float  # the whole INT8 model's mean output SNR on the same samples
+    int8_snr_db: float  # the whole INT8 model's output SNR (EvaluationResult.snr_db) on the same samples
     num_samples: int
     evaluations: int  # full-model evaluations it took (the FP32 reference not counted)
     layers: list[LayerSensitivity] = field(default_factory=list)
@@ -86,12 +86,12 @@ def analyze(model: onnx.ModelProto, plan: Plan, amax: dict[str, float], evaluato
     layers = []
     with (contextlib.nullcontext(gated) if gated else GatedModel(model, plan, amax, evaluator.plugins)) as gated, \
             progress(total=len(nodes), enabled=opts.show_progress, desc="layer sensitivity", unit="layer") as bar:
-        full = evaluator.evaluate(gated.variant(nodes, "int8")).mean_snr_db
+        full = evaluator.evaluate(gated.variant(nodes, "int8")).snr_db
         for node in nodes:
-            alone = evaluator.evaluate(gated.variant([node], node)).mean_snr_db
+            alone = evaluator.evaluate(gated.variant([node], node)).snr_db
             gain = None
             if opts.gain:
-                gain = evaluator.evaluate(gated.variant([n for n in nodes if n != node], node)).mean_snr_db - full
+                gain = evaluator.evaluate(gated.variant([n for n in nodes if n != node], node)).snr_db - full
             evaluations += 1 + opts.gain
             layers.append(LayerSensitivity(node, plan.precision.nodes[node].op, round(local[node]["int8"], 3),
                                            round(alone, 3), None if gain is None else round(gain, 3)))

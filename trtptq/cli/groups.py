@@ -112,7 +112,7 @@ class PluginArgs(BaseArgs):
 
     def parse(self, args: argparse.Namespace):
         """The built-in plugin ops plus those of every --plugin file, loaded before any model or data."""
-        from trtptq.core.scripts import load_plugins
+        from trtptq.core.userfiles import load_plugins
 
         return load_plugins(args.plugin)
 
@@ -270,10 +270,10 @@ class EvaluationArgs(BaseArgs):
                            help=f"evaluation samples each single-layer variant runs on (default {DEFAULT_SAMPLES})")
 
     def parse(self, args: argparse.Namespace):
-        """An Evaluation, or with --target a Target: built (and so checked) even where the command may not measure."""
+        """EvaluationOptions, or with --target a Target: built (and so checked) even where the command may not measure."""
         from trtptq.autotune.sensitivity import SensitivityOptions
         from trtptq.evaluation.compare import parse_thresholds
-        from trtptq.pipelines import Evaluation, Target
+        from trtptq.pipelines import EvaluationOptions, Target
 
         targets = self.target and args.target
         sensitivity = SensitivityOptions(samples=args.sensitivity_samples, gain=not targets,
@@ -281,7 +281,7 @@ class EvaluationArgs(BaseArgs):
         if targets:
             return Target(data=args.eval_data, image=IMAGE.parse(args), sensitivity=sensitivity,
                           metrics=parse_thresholds(args.target, "--target"))
-        return Evaluation(data=args.eval_data, image=IMAGE.parse(args), sensitivity=sensitivity)
+        return EvaluationOptions(data=args.eval_data, image=IMAGE.parse(args), sensitivity=sensitivity)
 
 
 class BuildArgs(BaseArgs):

@@ -57,20 +57,21 @@ def print_sensitivity(ranked, method: str, top: int) -> None:
 
 
 def print_comparison(result) -> None:
+    from trtptq.evaluation.metrics import snr_text
+
     for c in result.candidates:
         print(f"{c.name}: {'no checks requested' if c.passed is None else 'PASS' if c.passed else 'FAIL'}")
         for name, m in c.outputs.items():
-            extra = f", top-1 agreement {m['top1_agreement']:.2%}" if "top1_agreement" in m else ""
-            print(f"  {name}: cosine {m['cosine']:.6f}, SNR {m['snr_db']:.1f} dB, max abs error "
-                  f"{m['max_abs_error']:.4g}{extra}")
+            extra = "" if m.top1_agreement is None else f", top-1 agreement {m.top1_agreement:.2%}"
+            print(f"  {name}: cosine {m.cosine:.6f}, SNR {snr_text(m.snr_db)}, max abs error {m.max_abs_error:.4g}{extra}")
         if c.accuracy:
-            print(f"  task top-1: FP32 {c.accuracy['reference']:.2%}, candidate {c.accuracy['candidate']:.2%}")
-        if c.layers:
+            print(f"  task top-1: FP32 {c.accuracy.reference:.2%}, candidate {c.accuracy.candidate:.2%}")
+        if c.layers and c.error_source.db_lost > 0:
             src = c.error_source
-            print(f"  largest SNR drop: {src.node} ({src.op}) loses {src.db_lost:.1f} dB, {src.snr_db:.1f} dB left")
+            print(f"  largest SNR drop: {src.node} ({src.op}) loses {src.db_lost:.1f} dB, {snr_text(src.snr_db)} left")
         for k in c.checks:
-            if not k["passed"]:
-                print(f"  FAIL {k['metric']} of {k['output']}: {k['value']:.6g} < {k['threshold']}")
+            if not k.passed:
+                print(f"  FAIL {k.metric} of {k.output}: {k.value:.6g} < {k.threshold}")
         if c.polygraphy_passed is False:
             print("  FAIL Polygraphy atol/rtol comparison")
 
@@ -85,10 +86,12 @@ def print_build(report, qdq_model) -> None:
         i = report.implicit_int8
         print(f"implicit INT8: TensorRT {i['algorithm']}, {count(i['batches'], 'batch', 'batches')}"
               + (f", cache -> {i['cache']}" if i["cache"] else ""))
-    for name, m in (report.fp16_check or {}).items():
-        print(f"FP16 ONNX vs its FP32 source in ONNX Runtime: {name} cosine "
-              f"{m['cosine']:.6f}, SNR {m['snr_db']:.1f} dB")
     from trtptq.core.sidecars import report_path
+    from trtptq.evaluation.metrics import snr_text
+
+    for name, m in (report.fp16_check or {}).items():  # the build report's JSON form of OutputMetrics
+        print(f"FP16 ONNX vs its FP32 source in ONNX Runtime: {name} cosine {m['cosine']:.6f}, SNR "
+              f"{snr_text(m['snr_db'])}")
 
     print_saved("build report", report_path(report.engine))
 

@@ -13,6 +13,7 @@ from trtptq.core.errors import ModelError
 # Protobuf cannot serialize a message of 2 GiB or more; past this, weights go to a side file.
 PROTOBUF_LIMIT = 2**31 - 1
 _OPSET_FOR_PER_CHANNEL = 13
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
 def load(path: str | os.PathLike, load_external_data: bool = True) -> onnx.ModelProto:
@@ -72,6 +73,11 @@ def ensure_opset(model: onnx.ModelProto, minimum: int = _OPSET_FOR_PER_CHANNEL) 
     except Exception as e:
         raise ModelError(f"cannot upgrade the model from opset {opset(model)} to {minimum} ({e}). "
                          f"Re-export it with opset >= {minimum}.") from None
+
+
+def has_qdq(model: onnx.ModelProto) -> bool:
+    """Whether the model is already quantized (explicit INT8): it holds a QuantizeLinear or DequantizeLinear node."""
+    return any(n.op_type in QDQ_OPS for n in model.graph.node)
 
 
 def with_node_names(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from trtptq.core.errors import DataError
-from trtptq.core.scripts import import_script, one_line, where
+from trtptq.core.userfiles import import_script, one_line, where
 from trtptq.data.spec import Feed, InputSpec, Source
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif"}

@@ -53,7 +53,7 @@ def build_engine(model_path: str | os.PathLike, output: str | os.PathLike,
             fileio.check_writable(path)
     proto = model_io.load(model_path)
     plan = read_plan(proto)
-    has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node)
+    has_qdq = model_io.has_qdq(proto)
     timing_cache = opts.timing_cache
     if timing_cache and backend.is_rtx:
         logger.warning("TensorRT-RTX has no timing cache (its tactics are chosen at run time); --timing-cache is ignored")

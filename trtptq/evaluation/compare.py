@@ -15,7 +15,7 @@ import contextlib
 import math
 import os
 import pathlib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import onnx
@@ -28,8 +28,8 @@ from trtptq.core.int8 import INT8
 from trtptq.core.log import progress
 from trtptq.core.options import check_count, option_error
 from trtptq.data import ImageOptions
-from trtptq.evaluation.evaluator import Evaluator
-from trtptq.evaluation.metrics import ErrorStats
+from trtptq.evaluation.evaluator import Evaluator, TaskAccuracy
+from trtptq.evaluation.metrics import EXACT_SNR_DB, ErrorStats, OutputMetrics
 from trtptq.plugins import BUILTIN, Plugins
 from trtptq.runtime.ort import OrtRunner
 
@@ -37,6 +37,7 @@ CHECKABLE = ("cosine", "snr_db", "top1_agreement", "top5_agreement", "accuracy")
 FRACTIONS = ("top1_agreement", "top5_agreement", "accuracy")  # shares of samples, from 0 to 1
 EXAMPLES = {"cosine": 0.999, "snr_db": 20, "top1_agreement": 0.99, "top5_agreement": 0.999, "accuracy": 0.98}
 QDQ_INPUT_OP = "QuantizeLinear+DequantizeLinear"  # the op of a per-layer row for a quantized graph input
+TASK = "(task)"  # the output a task-accuracy check names
 
 
 @dataclass
@@ -68,26 +69,47 @@ class CompareOptions:
         return bool(self.fail_below) or self.has_tolerances
 
 
+@dataclass(frozen=True)
+class ThresholdCheck:
+    """One `--fail-below` / `--target` check: a metric of one output (or TASK) against its minimum."""
+
+    metric: str
+    output: str
+    value: float
+    threshold: float
+
+    @property
+    def passed(self) -> bool:
+        return self.value >= self.threshold
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed}
+
+
 @dataclass
 class LayerRow:
     tensor: str
-    node: str
+    node: str  # the node's name; an unnamed node is called OP(first output), e.g. Conv(conv_out)
     op: str
-    snr_db: float
+    snr_db: float  # EXACT_SNR_DB: the tensor matches the reference exactly
     cosine: float
     max_abs_error: float
-    db_lost: float  # SNR this node loses relative to its worst compared input (positive: a loss)
+    db_lost: float  # SNR this node loses relative to its worst compared input (positive: a loss; see _rows)
     inputs: list[str] = field(default_factory=list)  # the node's inputs in the reference graph
+
+    @property
+    def exact(self) -> bool:
+        return self.snr_db >= EXACT_SNR_DB
 
 
 @dataclass
 class CandidateResult:
     name: str
     path: str
-    outputs: dict[str, dict]
+    outputs: dict[str, OutputMetrics]
     layers: list[LayerRow]
-    accuracy: dict[str, float] | None  # task top-1 vs labels: reference and candidate
-    checks: list[dict]
+    accuracy: TaskAccuracy | None
+    checks: list[ThresholdCheck]
     polygraphy_passed: bool | None
     passed: bool | None  # None: no checks were requested
     error_samples: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
@@ -95,6 +117,16 @@ class CandidateResult:
     @property
     def error_source(self) -> LayerRow | None:
         return max(self.layers, key=lambda r: r.db_lost) if self.layers else None
+
+    def to_dict(self) -> dict:
+        """As report.json holds it (no error samples)."""
+        src = self.error_source
+        return {"name": self.name, "path": self.path, "passed": self.passed,
+                "outputs": {o: m.to_dict() for o, m in self.outputs.items()},
+                "accuracy": self.accuracy and self.accuracy.to_dict(), "checks": [k.to_dict() for k in self.checks],
+                "polygraphy_passed": self.polygraphy_passed, "error_source": src and asdict(src),
+                "worst_layers": [asdict(r) for r in sorted(self.layers, key=lambda r: r.snr_db)[:5]],
+                "layers": [asdict(r) for r in self.layers]}
 
 
 @dataclass
@@ -108,6 +140,11 @@ class CompareResult:
         """True when checks were requested and all passed, False when one failed, None when none were requested."""
         verdicts = [c.passed for c in self.candidates if c.passed is not None]
         return all(verdicts) if verdicts else None
+
+    def to_dict(self) -> dict:
+        """report.json's content."""
+        return {"reference": self.reference, "num_samples": self.num_samples, "passed": self.passed,
+                "candidates": [c.to_dict() for c in self.candidates]}
 
 
 def parse_thresholds(items: list[str], flag: str = "--fail-below") -> dict[str, float]:
@@ -142,6 +179,9 @@ def check_metrics(flag: str, minimums: dict[str, float]) -> None:
             fix = (f"{name} is a fraction from 0 to 1, not a percentage: {value:g}% is {flag} {name}={value / 100:g}"
                    if 1 < value <= 100 else f"{name} is a fraction from 0 to 1, {example}")
             raise option_error(flag, item, "is outside [0, 1]", fix)
+        if name == "snr_db" and value > EXACT_SNR_DB:
+            raise option_error(flag, item, f"is above {EXACT_SNR_DB:g} dB, where outputs equal to FP32 up to float32 "
+                                           "rounding count as exact", f"give at most {flag} snr_db={EXACT_SNR_DB:g}")
 
 
 def compare(reference: str | os.PathLike, candidates: list[str | os.PathLike], data,
@@ -159,7 +199,7 @@ def compare(reference: str | os.PathLike, candidates: list[str | os.PathLike], d
             ev = evaluator.evaluate(path if model is None else model, path.stem, keep_errors=True, observe=check)
             checks = check_thresholds(ev.outputs, ev.accuracy, opts.fail_below)
             poly = None if check is None else check.passed
-            passed = all(c["passed"] for c in checks) and poly is not False if opts.has_checks else None
+            passed = all(c.passed for c in checks) and poly is not False if opts.has_checks else None
             results.append(CandidateResult(path.stem, str(path), ev.outputs, [], ev.accuracy, checks, poly, passed,
                                            ev.errors))
         onnx_candidates = [(r, model) for r, (_, model) in zip(results, loaded) if model is not None]
@@ -252,7 +292,7 @@ def _compare_layers(ref_model: onnx.ModelProto, cand_models: list[onnx.ModelProt
                     for x, st in unclipped.items() if first else ():
                         st.update(batch.feed[x], _int8(batch.feed[x], amax[x]))
                     bar.update(1)
-    yardstick = {x: st.result()["snr_db"] for x, st in unclipped.items()}
+    yardstick = {x: st.snr_db for x, st in unclipped.items()}
     return [_rows({t: st.result() for t, st in s.items()}, order, producers, q, yardstick) for s, q in zip(stats, inputs)]
 
 
@@ -264,44 +304,49 @@ def _int8(x: np.ndarray, amax: float) -> np.ndarray:
     return (INT8.quantize(x, scale) * scale).astype(x.dtype)
 
 
-def _rows(results: dict[str, dict], order: list[str], producers: dict, quantized: dict[str, str],
+def _rows(results: dict[str, OutputMetrics], order: list[str], producers: dict, quantized: dict[str, str],
           unclipped_snr: dict[str, float]) -> list[LayerRow]:
     """Rows in graph order, quantized inputs first, with the dB each loses.
 
-    A node loses against its worst compared input; one fed only by exact
-    tensors against the best row's SNR, so "the input was perfect" does not
-    make the first layer the culprit by default. A quantized graph input loses
-    against INT8 at the data's own max: what its range clips away.
+    A node loses against its worst inexact input. One fed only by exact
+    tensors (graph inputs, float layers before any INT8) loses against the best
+    inexact row's SNR: an exact input's SNR is a cap, not a level the node fell
+    from, and "the input was perfect" must not make the first INT8 layer the
+    culprit by default. An exact row loses nothing. A quantized graph input
+    loses against INT8 at the data's own max: what its range clips away.
     """
-    exact = [i for i in quantized if results[i]["max_abs_error"] == 0]  # inputs Q/DQ leaves unchanged: no row
-    results = {t: r for t, r in results.items() if t not in exact}
-    best = max((r["snr_db"] for r in results.values()), default=200.0)
-    rows = [LayerRow(dequantized, graph_input, QDQ_INPUT_OP, results[graph_input]["snr_db"],
-                     results[graph_input]["cosine"], results[graph_input]["max_abs_error"],
-                     unclipped_snr[graph_input] - results[graph_input]["snr_db"], [graph_input])
-            for graph_input, dequantized in quantized.items() if graph_input in results]
+    exact = {t for t, m in results.items() if m.exact}
+    best = max((m.snr_db for t, m in results.items() if t not in exact), default=EXACT_SNR_DB)
+    rows = [LayerRow(dequantized, graph_input, QDQ_INPUT_OP, m.snr_db, m.cosine, m.max_abs_error,
+                     unclipped_snr[graph_input] - m.snr_db, [graph_input])
+            for graph_input, dequantized in quantized.items()
+            if not (m := results[graph_input]).exact]  # an input Q/DQ leaves unchanged: no row
     for t in (t for t in order if t in results):
-        node = producers[t]
-        worst_input = min((results[i]["snr_db"] for i in node.input if i in results), default=best)
-        rows.append(LayerRow(t, node.name, node.op_type, results[t]["snr_db"], results[t]["cosine"],
-                             results[t]["max_abs_error"], worst_input - results[t]["snr_db"], list(node.input)))
+        node, m = producers[t], results[t]
+        worst_input = min((results[i].snr_db for i in node.input if i in results and i not in exact), default=best)
+        rows.append(LayerRow(t, node_label(node), node.op_type, m.snr_db, m.cosine, m.max_abs_error,
+                             0.0 if m.exact else worst_input - m.snr_db, list(node.input)))
     return rows
 
 
-def check_thresholds(outputs: dict[str, dict], accuracy, thresholds: dict[str, float],
-                     flag: str = "--fail-below") -> list[dict]:
-    """One check per (metric, output): its value, its threshold, passed."""
+def node_label(node: onnx.NodeProto) -> str:
+    """A node's name, or for an unnamed one its op and first output: `Conv(conv_out)`."""
+    return node.name or f"{node.op_type}({node.output[0]})"
+
+
+def check_thresholds(outputs: dict[str, OutputMetrics], accuracy: TaskAccuracy | None, thresholds: dict[str, float],
+                     flag: str = "--fail-below") -> list[ThresholdCheck]:
+    """One check per (metric, output)."""
     checks = []
     for metric, threshold in thresholds.items():
         if metric == "accuracy":
             if accuracy is None:
                 raise TrtptqError(f"{flag} accuracy=... needs labels in the data (a 'labels' array) and a "
                                   "(batch, classes) first output.")
-            checks.append({"metric": metric, "output": "(task)", "value": accuracy["candidate"],
-                           "threshold": threshold, "passed": accuracy["candidate"] >= threshold})
+            checks.append(ThresholdCheck(metric, TASK, accuracy.candidate, threshold))
             continue
-        found = [{"metric": metric, "output": name, "value": m[metric], "threshold": threshold,
-                  "passed": m[metric] >= threshold} for name, m in outputs.items() if metric in m]
+        found = [ThresholdCheck(metric, name, m.value(metric), threshold) for name, m in outputs.items()
+                 if m.value(metric) is not None]
         if not found:
             raise TrtptqError(f"{flag} {metric}=...: no output has {metric} (top-k needs (batch, classes) outputs).")
         checks += found

@@ -16,7 +16,7 @@ import os
 import pathlib
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import onnx
@@ -25,7 +25,7 @@ from trtptq.core import model as model_io
 from trtptq.core.errors import TrtptqError
 from trtptq.core.log import progress
 from trtptq.data import Batch, Batches, ImageOptions, InputSpec, Source, input_specs, open_source
-from trtptq.evaluation.metrics import ErrorStats
+from trtptq.evaluation.metrics import ErrorStats, OutputMetrics, combined_snr_db
 from trtptq.plugins import BUILTIN, Plugins
 from trtptq.runtime.ort import OrtRunner
 from trtptq.runtime.runner import Runner
@@ -40,19 +40,31 @@ Candidate = onnx.ModelProto | str | os.PathLike | Runner
 Observer = Callable[[Batch, Mapping[str, np.ndarray], Mapping[str, np.ndarray]], None]
 
 
+@dataclass(frozen=True)
+class TaskAccuracy:
+    """Top-1 of the first (batch, classes) output against the data's labels, for the reference and the candidate."""
+
+    reference: float
+    candidate: float
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
 @dataclass
-class Evaluation:
+class EvaluationResult:
     """One candidate against the reference: per-output metrics, task accuracy with labels, sampled errors."""
 
     name: str
     num_samples: int
-    outputs: dict[str, dict[str, float]]  # output -> ErrorStats.result()
-    accuracy: dict[str, float] | None  # top-1 of the first (batch, classes) output vs labels: reference and candidate
+    outputs: dict[str, OutputMetrics]
+    accuracy: TaskAccuracy | None  # None: the data has no labels, or the first output is not (batch, classes)
     errors: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # signed errors, when asked for
 
     @property
-    def mean_snr_db(self) -> float:
-        return float(np.mean([m["snr_db"] for m in self.outputs.values()]))
+    def snr_db(self) -> float:
+        """All outputs' SNR in one (`combined_snr_db`): what method choice, sensitivity and fallback rank by."""
+        return combined_snr_db(m.snr_db for m in self.outputs.values())
 
 
 def evaluation_batches(specs: Sequence[InputSpec], source: Source, batch_size: int | None = None,
@@ -208,7 +220,7 @@ class Evaluator:
                     bar.update(1)
 
     def evaluate(self, candidate: Candidate, name: str | None = None, *, keep_errors: bool = False,
-                 observe: Observer | None = None) -> Evaluation:
+                 observe: Observer | None = None) -> EvaluationResult:
         """Stream the candidate's outputs into per-output metrics (and task top-1 where the data has labels)."""
         stats = {n: ErrorStats() for n in self.output_names}
         first, labelled = self._outputs[0], self.labels is not None
@@ -227,9 +239,10 @@ class Evaluator:
             if observe is not None:
                 observe(batch, reference, outputs)
         n = self.num_samples
-        accuracy = {"reference": float(top1[0] / n), "candidate": float(top1[1] / n)} if labelled else None
+        accuracy = TaskAccuracy(float(top1[0] / n), float(top1[1] / n)) if labelled else None
         errors = {o: np.concatenate(s.errors) for o, s in stats.items() if s.errors}
-        return Evaluation(name or _name(candidate), n, {o: s.result() for o, s in stats.items()}, accuracy, errors)
+        return EvaluationResult(name or _name(candidate), n, {o: s.result() for o, s in stats.items()}, accuracy,
+                                errors)
 
     def outputs(self, candidate: Candidate | None = None, output: str | None = None) -> np.ndarray:
         """One output (default: the first) over the whole set, concatenated; the reference's (cached) when

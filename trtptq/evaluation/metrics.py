@@ -1,15 +1,54 @@
-"""Error metrics between a reference tensor and a candidate, streamed over batches (vectorized numpy)."""
+"""Error metrics between a reference tensor and a candidate, streamed over batches (vectorized numpy).
+
+The one SNR: summed signal energy over summed noise energy (`snr_db`), over
+every element and batch of a tensor. Separate tensors (a model's outputs, the
+layers of a prediction) combine by their relative noise powers (`noise_power`,
+`combined_snr_db`), not by averaging dB: noise of independent sources adds in
+power, and each tensor counts by its own signal so that an output in pixels
+does not drown one in probabilities.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 _EPS = 1e-12
 HIST_SAMPLE = 1_000_000  # error values kept per tensor for histograms
 _CHUNK = 8192  # elements folded at a time: 4 float64 scratch rows of 64 KiB stay in L2
+#: The SNR of an exact match, and its cap: past 100 dB a difference is float32 rounding (one rounding leaves about
+#: 150 dB, a long sum of them 110-140; FP16 and TF32 leave under 80, INT8 under 60), so reports print it as "exact".
+#: Finite, so that report JSON stays standard JSON.
+EXACT_SNR_DB = 100.0
+
+
+@dataclass(frozen=True)
+class OutputMetrics:
+    """One output of a candidate against the reference (None: not measured for this output or these stats)."""
+
+    max_abs_error: float
+    cosine: float
+    snr_db: float  # capped at EXACT_SNR_DB
+    mean_abs_error: float | None = None  # these three: detailed stats only
+    max_rel_error: float | None = None
+    mean_rel_error: float | None = None
+    top1_agreement: float | None = None  # these two: (batch, classes) outputs only
+    top5_agreement: float | None = None
+
+    @property
+    def exact(self) -> bool:
+        return self.snr_db >= EXACT_SNR_DB
+
+    def value(self, metric: str) -> float | None:
+        """A metric by its name (as `--fail-below` and `--target` give it)."""
+        return getattr(self, metric)
+
+    def to_dict(self) -> dict[str, float]:
+        """The measured metrics by name (the unmeasured left out), as report JSON holds them."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass
@@ -72,26 +111,63 @@ class ErrorStats:
         self.rel_err_sum += float(rel.sum())
         self.max_rel_err = max(self.max_rel_err, float(rel.max(initial=0)))
 
-    def result(self) -> dict:
-        out = {
-            "max_abs_error": self.max_abs_err,
-            "cosine": self.dot / math.sqrt(self.ref_sq * self.cand_sq) if self.ref_sq and self.cand_sq else
-            (1.0 if self.ref_sq == self.cand_sq else 0.0),
-            "snr_db": snr_db(self.ref_sq, self.err_sq),
-        }
+    @property
+    def snr_db(self) -> float:
+        return snr_db(self.ref_sq, self.err_sq)
+
+    def result(self) -> OutputMetrics:
+        cosine = (self.dot / math.sqrt(self.ref_sq * self.cand_sq) if self.ref_sq and self.cand_sq else
+                  1.0 if self.ref_sq == self.cand_sq else 0.0)
+        detailed = {}
         if self.detailed:
-            out.update(mean_abs_error=self.abs_err_sum / max(self.count, 1), max_rel_error=self.max_rel_err,
-                       mean_rel_error=self.rel_err_sum / max(self.count, 1))
-        if self.rows:
-            out["top1_agreement"] = self.top1_same / self.rows
-            out["top5_agreement"] = self.top5_hit / self.rows
-        return out
+            n = max(self.count, 1)
+            detailed = {"mean_abs_error": self.abs_err_sum / n, "max_rel_error": self.max_rel_err,
+                        "mean_rel_error": self.rel_err_sum / n}
+        topk = {"top1_agreement": self.top1_same / self.rows, "top5_agreement": self.top5_hit / self.rows} if self.rows else {}
+        return OutputMetrics(self.max_abs_err, cosine, self.snr_db, **detailed, **topk)
+
+
+@dataclass
+class SnrStats:
+    """Signal and noise energy of one tensor summed over batches, for its SNR alone: where every layer is measured
+    against several range sets (`autotune.local`), a quarter of what ErrorStats's float64 folding costs."""
+
+    signal_sq: float = 0.0
+    noise_sq: float = 0.0
+
+    def update(self, ref: np.ndarray, cand: np.ndarray) -> None:
+        r = np.asarray(ref).reshape(-1)
+        err = np.asarray(cand).reshape(-1) - r
+        self.signal_sq += float(r @ r)
+        self.noise_sq += float(err @ err)
+
+    @property
+    def snr_db(self) -> float:
+        return snr_db(self.signal_sq, self.noise_sq)
 
 
 def snr_db(signal_sq: float, noise_sq: float) -> float:
-    """10 log10(sum ref^2 / sum err^2); capped at 200 dB for identical tensors."""
+    """10 log10(sum ref^2 / sum err^2), capped at EXACT_SNR_DB (an exact match is that); -EXACT_SNR_DB at most
+    below, for noise on a zero signal."""
     if noise_sq <= 0:
-        return 200.0
+        return EXACT_SNR_DB
     if signal_sq <= 0:
-        return -200.0
-    return min(200.0, 10 * math.log10(signal_sq / noise_sq))
+        return -EXACT_SNR_DB
+    return max(-EXACT_SNR_DB, min(EXACT_SNR_DB, 10 * math.log10(signal_sq / noise_sq)))
+
+
+def noise_power(snr: float) -> float:
+    """The noise power relative to the signal that an SNR (dB) means: what adds across independent sources."""
+    return 10 ** (-snr / 10)
+
+
+def combined_snr_db(snrs: Iterable[float]) -> float:
+    """One SNR for separate tensors: their relative noise powers averaged, i.e. summed signal over summed noise
+    with every tensor scaled to the same signal energy (so no tensor counts more for being in bigger units)."""
+    powers = [noise_power(s) for s in snrs]
+    return snr_db(len(powers), sum(powers))
+
+
+def snr_text(snr: float) -> str:
+    """An SNR for people: "exact" at the cap, else in dB with one decimal."""
+    return "exact" if snr >= EXACT_SNR_DB else f"{snr:.1f} dB"

@@ -6,16 +6,17 @@ import base64
 import io
 import json
 import pathlib
-from dataclasses import asdict
 
 import numpy as np
 
 from trtptq.core import fileio
 from trtptq.evaluation.compare import QDQ_INPUT_OP, CompareResult
+from trtptq.evaluation.metrics import EXACT_SNR_DB, snr_text
 
 METRIC_HELP = {
     "cosine": "cosine similarity of the flattened tensors; 1 = same direction",
-    "snr_db": "10 log10(sum ref^2 / sum (cand - ref)^2): signal over quantization noise, higher is better",
+    "snr_db": "10 log10(sum ref^2 / sum (cand - ref)^2): signal over quantization noise, higher is better; "
+              f"{EXACT_SNR_DB:g} dB and above (float32 rounding at most) reads 'exact'",
     "max_abs_error": "largest |cand - ref| over all elements",
     "mean_abs_error": "mean |cand - ref|",
     "max_rel_error": "largest |cand - ref| / |ref|",
@@ -23,23 +24,9 @@ METRIC_HELP = {
     "top1_agreement": "share of samples where the candidate's top class is FP32's",
     "top5_agreement": "share of samples where FP32's top class is in the candidate's top 5",
     "dB lost": "per layer: the SNR of its worst compared input minus its own (positive: SNR lost at this layer); "
-               "for a quantized graph input: the SNR of INT8 at the data's own max minus its own (what its range clips)",
+               "for a quantized graph input: the SNR of INT8 at the data's own max minus its own (what its range clips); "
+               "exact inputs do not count: a layer fed only by them loses against the best inexact layer's SNR",
 }
-
-
-def to_dict(result: CompareResult) -> dict:
-    cands = []
-    for c in result.candidates:
-        src = c.error_source
-        cands.append({
-            "name": c.name, "path": c.path, "passed": c.passed, "outputs": c.outputs, "accuracy": c.accuracy,
-            "checks": c.checks, "polygraphy_passed": c.polygraphy_passed,
-            "error_source": asdict(src) if src else None,
-            "worst_layers": [asdict(r) for r in sorted(c.layers, key=lambda r: r.snr_db)[:5]],
-            "layers": [asdict(r) for r in c.layers],
-        })
-    return {"reference": result.reference, "num_samples": result.num_samples, "passed": result.passed,
-            "candidates": cands}
 
 
 def markdown(result: CompareResult, figures: list[tuple[str, str]] = ()) -> str:
@@ -50,17 +37,17 @@ def markdown(result: CompareResult, figures: list[tuple[str, str]] = ()) -> str:
               "|---|---|---|---|---|---|---|---|"]
     for c in result.candidates:
         for name, m in c.outputs.items():
-            lines.append(f"| {c.name} | {name} | {m['cosine']:.6f} | {m['snr_db']:.2f} | {m['max_abs_error']:.4g} | "
-                         f"{m['mean_abs_error']:.4g} | {_pct(m.get('top1_agreement'))} | {_pct(m.get('top5_agreement'))} |")
+            lines.append(f"| {c.name} | {name} | {m.cosine:.6f} | {_db(m.snr_db)} | {m.max_abs_error:.4g} | "
+                         f"{m.mean_abs_error:.4g} | {_pct(m.top1_agreement)} | {_pct(m.top5_agreement)} |")
     if any(c.accuracy for c in result.candidates):
         lines += ["", "## Task accuracy (top-1 vs labels)", "", "| candidate | FP32 | candidate |", "|---|---|---|"]
-        lines += [f"| {c.name} | {_pct(c.accuracy['reference'])} | {_pct(c.accuracy['candidate'])} |"
+        lines += [f"| {c.name} | {_pct(c.accuracy.reference)} | {_pct(c.accuracy.candidate)} |"
                   for c in result.candidates if c.accuracy]
     for c in result.candidates:
         if c.checks or c.polygraphy_passed is not None:
             lines += ["", f"## Checks: {c.name}", ""]
-            lines += [f"- {'pass' if k['passed'] else 'FAIL'}: {k['metric']} of {k['output']} = {k['value']:.6g} "
-                      f"(needs >= {k['threshold']})" for k in c.checks]
+            lines += [f"- {'pass' if k.passed else 'FAIL'}: {k.metric} of {k.output} = {k.value:.6g} "
+                      f"(needs >= {k.threshold})" for k in c.checks]
             if c.polygraphy_passed is not None:
                 lines.append(f"- {'pass' if c.polygraphy_passed else 'FAIL'}: Polygraphy atol/rtol comparison")
     for title, link in figures:
@@ -69,10 +56,9 @@ def markdown(result: CompareResult, figures: list[tuple[str, str]] = ()) -> str:
         if c.layers:
             src = c.error_source
             lines += ["", f"## Layers: {c.name}", "",
-                      f"Largest SNR drop: **{src.node}** ({src.op}, output `{src.tensor}`): "
-                      f"{src.db_lost:.1f} dB lost, {src.snr_db:.1f} dB left.", "",
+                      _largest_drop(src), "",
                       "| # | node | op | SNR dB | dB lost | cosine |", "|---|---|---|---|---|---|"]
-            lines += [f"| {i} | {r.node} | {r.op} | {r.snr_db:.2f} | {r.db_lost:.2f} | {r.cosine:.6f} |"
+            lines += [f"| {i} | {r.node} | {r.op} | {_db(r.snr_db)} | {r.db_lost:.2f} | {r.cosine:.6f} |"
                       for i, r in enumerate(c.layers)]
     lines += ["", "## Metrics", ""] + [f"- **{k}**: {v}" for k, v in METRIC_HELP.items()]
     return "\n".join(lines) + "\n"
@@ -83,8 +69,20 @@ def verdict(passed: bool | None) -> str:
     return "no checks requested" if passed is None else f"**{'PASS' if passed else 'FAIL'}**"
 
 
+def _largest_drop(src) -> str:
+    if src.db_lost <= 0:
+        return "No layer loses SNR: every compared tensor is exact or as good as its inputs."
+    return (f"Largest SNR drop: **{src.node}** ({src.op}, output `{src.tensor}`): {src.db_lost:.1f} dB lost, "
+            f"{snr_text(src.snr_db)} left.")
+
+
 def _pct(v) -> str:
     return "" if v is None else f"{v:.2%}"
+
+
+def _db(v: float) -> str:
+    """A table cell: "exact", or dB with two decimals."""
+    return "exact" if v >= EXACT_SNR_DB else f"{v:.2f}"
 
 
 def _figure(width: float, height: float):
@@ -119,7 +117,7 @@ def plots(result: CompareResult, histograms: dict | None = None) -> list[tuple[s
             ax.plot([position[r.tensor][0] for r in c.layers], [r.snr_db for r in c.layers], marker="o", ms=3,
                     label=c.name)
             src = c.error_source
-            if src.node not in marked:  # one label per node, however many candidates share it
+            if src.db_lost > 0 and src.node not in marked:  # one label per node, however many candidates share it
                 marked.add(src.node)
                 ax.annotate(f"largest drop: {src.node}\n({src.db_lost:.1f} dB lost)", (position[src.tensor][0], src.snr_db),
                             textcoords="offset points", xytext=(15, -30), arrowprops={"arrowstyle": "->"}, fontsize=8)
@@ -191,7 +189,7 @@ def write_report(result: CompareResult, out_dir: str | pathlib.Path, histograms:
     names = [f"figure{k}.png" for k in range(len(figures))]
     md = markdown(result, [(t, n) for (t, _), n in zip(figures, names)])
     return _write_page(pathlib.Path(out_dir), "report", "trtptq report", md, dict(zip(names, (p for _, p in figures))),
-                       to_dict(result))
+                       result.to_dict())
 
 
 def _write_page(out_dir: pathlib.Path, stem: str, title: str, md: str, pngs: dict[str, bytes], data: dict) -> pathlib.Path:
@@ -229,7 +227,7 @@ def write_sensitivity_report(sensitivity: dict | None, out_dir: str | pathlib.Pa
         layers = sensitivity["layers"]
         pngs["sensitivity.png"] = _sensitivity_chart(layers, sensitivity["int8_snr_db"])
         lines += ["## Layers, most damaging first", "",
-                  f"Model {sensitivity['model']}: whole INT8 model {sensitivity['int8_snr_db']:.1f} dB mean output SNR "
+                  f"Model {sensitivity['model']}: whole INT8 model {sensitivity['int8_snr_db']:.1f} dB output SNR "
                   f"vs FP32 on {sensitivity['num_samples']} samples; {sensitivity['evaluations']} evaluations. "
                   "*alone*: output SNR with only this layer in INT8 (lower = more damage); *gain*: output SNR won by "
                   "keeping only this layer in float; *local*: the layer's own output SNR with FP32 inputs.", "",

@@ -150,9 +150,8 @@ def _onnx_config(proto, path: pathlib.Path, options: TritonOptions):
                           "profiles to take it from).")
     max_batch = _max_batch(options, batchable, 0, path, "") if options.max_batch_size else 0
     config = _config(pb, options, "onnxruntime_onnx", "model.onnx", max_batch, inputs, outputs, [])
-    ops = {n.op_type for n in proto.graph.node}
     types = {i.data_type for i in proto.graph.initializer}
-    precision = "INT8" if "QuantizeLinear" in ops else "FP16" if 10 in types else "FP32"  # 10: TensorProto.FLOAT16
+    precision = "INT8" if model_io.has_qdq(proto) else "FP16" if 10 in types else "FP32"  # 10: TensorProto.FLOAT16
     accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
     accelerator.parameters.update({"precision_mode": precision, "max_workspace_size_bytes": str(options.workspace),
                                    "trt_engine_cache_enable": "true"})

@@ -22,7 +22,7 @@ from onnx import numpy_helper
 
 from trtptq.core import precision
 from trtptq.core.errors import ModelError
-from trtptq.core.model import ensure_opset, float_tensors, with_node_names
+from trtptq.core.model import QDQ_OPS, ensure_opset, float_tensors, has_qdq, with_node_names
 from trtptq.core.precision import NodePrecision, PrecisionPlan, read_plan, write_plan
 from trtptq.plugins import BUILTIN, FP32, Plugins, is_plugin_op
 from trtptq.runtime.plugins import registered
@@ -79,7 +79,7 @@ def to_fp16(model: onnx.ModelProto, keep_fp32: tuple[str, ...] = (), keep_sensit
     from onnxconverter_common import float16
 
     before = read_plan(model) or PrecisionPlan()
-    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
+    if has_qdq(model):
         model = ensure_opset(model, QDQ_FP16_OPSET)
     model = with_node_names(model)
     big = {i.name for i in model.graph.initializer
@@ -144,7 +144,7 @@ def _fp16_plan(model: onnx.ModelProto, before: PrecisionPlan, kept: dict[str, st
     floats = float_tensors(model, {o for n in model.graph.node for o in n.output if o})
     nodes: dict[str, NodePrecision] = {}
     for n in model.graph.node:
-        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+        if n.op_type in QDQ_OPS:
             continue
         old = before.nodes.get(n.name)
         if old is not None and old.precision == precision.INT8:

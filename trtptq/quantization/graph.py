@@ -6,12 +6,12 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from trtptq.core.errors import ModelError
-from trtptq.core.model import with_node_names
+from trtptq.core.model import has_qdq, with_node_names
 
 
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
     """gs graph with every node named, Constant-node weights turned into constants, dtypes inferred where possible."""
-    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
+    if has_qdq(model):
         raise ModelError("the model already has QuantizeLinear/DequantizeLinear nodes; "
                          "quantize the FP32 model instead.")
     model = with_node_names(model)

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 
 from trtptq.core.errors import ModelError, TrtptqError
-from trtptq.core.model import PROTOBUF_LIMIT, save
+from trtptq.core.model import PROTOBUF_LIMIT, has_qdq, save
 from trtptq.core.model import load as load_onnx
 from trtptq.data.spec import InputSpec
 from trtptq.plugins import BUILTIN, Plugins
@@ -154,8 +154,7 @@ class OnnxModel(Model):
                  plugins: Plugins = BUILTIN):
         self.path = pathlib.Path(path)
         self.name = name or self.path.stem
-        graph = load_onnx(self.path, load_external_data=False).graph  # not ONNX: one line, before ONNX Runtime
-        self.simulate_int8 = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node)
+        self.simulate_int8 = has_qdq(load_onnx(self.path, load_external_data=False))  # not ONNX: one line, before ONNX Runtime
         self._session = session(self.path, providers=providers, simulate_int8=self.simulate_int8, plugins=plugins)
         self.providers = self._session.get_providers()
         self.inputs = [_info(t) for t in self._session.get_inputs()]
