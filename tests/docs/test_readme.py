@@ -103,14 +103,12 @@ def _python(code: str, cwd: pathlib.Path) -> subprocess.CompletedProcess:
 
 
 def test_docs_have_examples():
-    """README shows one run example per command, and every doc file has something the tests run."""
+    """README shows one run example per command, --target, and a build with a dynamic-batch profile."""
     commands = [c for b in _blocks(DOCS[0]) if b.run and b.language == "bash" for c in _commands(b.code)]
     for name in ("demo", "calibrate", "quantize", "sensitivity", "build", "compare", "run", "bench", "export triton"):
         assert any(c.startswith(f"trtptq {name} ") or c == f"trtptq {name}" for c in commands), name
     assert any(" --target " in c for c in commands) and any(c.startswith("trtptq build ") and " --shapes " in c
                                                            for c in commands)
-    for doc in DOCS:
-        assert any(b.run and b.language in ("python", "bash") for b in _blocks(doc)), doc.name
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda d: d.name)
