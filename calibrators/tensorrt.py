@@ -3,7 +3,7 @@
 TensorRT 11 and TensorRT-RTX removed these interfaces (INT8 comes only from
 Q/DQ there). The TensorRT module and the function that puts a batch on the
 GPU are passed in, so this module imports neither TensorRT nor CUDA:
-trtptq.trt decides which TensorRT, trtptq.cuda moves the data.
+trtptq.core.trt decides which TensorRT, trtptq.runtime.cuda moves the data.
 
 Two ways to use one:
 - TensorRT calibrates: it calls `get_batch` until it gets None, runs its own

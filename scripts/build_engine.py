@@ -3,8 +3,8 @@
     python scripts/build_engine.py model.onnx calib.npz out/ --method entropy --fp16 \\
         --shapes input:1x3x224x224/8x3x224x224/32x3x224x224
 
-Each step is the library call the CLI makes (trtptq.quantize, trtptq.compare.compare,
-trtptq.engine.build.build_engine), so this is also the template for scripting your own pipeline.
+Each step is the library call the CLI makes (trtptq.quantize, trtptq.evaluation.compare.compare,
+trtptq.pipelines.build), so this is also the template for scripting your own pipeline.
 `--runner tensorrt` calibrates with an FP32 engine on the GPU instead of ONNX Runtime.
 """
 

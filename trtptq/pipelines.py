@@ -154,7 +154,7 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
     """The explicit-INT8 (Q/DQ) model; ranges come from `ranges` or are calibrated on `data`.
 
     With `target`, the layers that hurt most stay in float until every target
-    metric holds on the evaluation data (see `quantization.fallback`).
+    metric holds on the evaluation data (see `autotune.fallback`).
     """
     qopts = options or QuantizeOptions()
     proto, name, _, placement = prepare(model, qopts, plugins)

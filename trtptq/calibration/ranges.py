@@ -78,7 +78,7 @@ class Ranges:
     def trt_cache(self, trt_version: int | None = None) -> str:
         """TensorRT's calibration cache: header, then `tensor: <big-endian float32 scale in hex>`.
 
-        `trt_version` is the header's number (trtptq.trt.cache_version("10.13.0") = 101300);
+        `trt_version` is the header's number (trtptq.core.trt.cache_version("10.13.0") = 101300);
         default: the installed TensorRT <= 10's, else 10.0.0's.
         """
         from trtptq.core.trt import default_cache_version
