@@ -95,7 +95,7 @@ def _no_kernel_error(model: onnx.ModelProto | str | os.PathLike, message: str) -
     return ModelError(f"ONNX Runtime has no kernel for op {op} (domain {domain or 'ai.onnx'}) at node {node or '?'}{where}, "
                       "and trtptq runs the model in ONNX Runtime to calibrate and compare. Register the op in a plugin "
                       f"file passed with --plugin FILE.py: PLUGINS = [PluginOp({op!r}, domain={domain or ''!r}, "
-                      "compute=<numpy reference>, output_types=(...)) or ort_library=<custom-op .so>] (README: Plugins).")
+                      "compute=<numpy reference>, output_types=(...)) or ort_library=<custom-op .so>] (docs/plugins.md).")
 
 
 class OrtRunner:
