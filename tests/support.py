@@ -1,5 +1,6 @@
 """Helpers the tests share (fixtures live in conftest.py): the installed command, small ONNX models, GPU guards."""
 
+import importlib
 import importlib.util
 import os
 import pathlib
@@ -7,9 +8,23 @@ import subprocess
 import sys
 
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from trtptq.core.manifest import gpu_compute_capability
+
+
+def _importable(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
+
+
+# Engines build on the CPU with TensorRT-RTX (CI installs it); without it, what builds one skips and says why.
+needs_rtx = pytest.mark.skipif(not _importable("tensorrt_rtx"),
+                               reason="needs TensorRT-RTX, which builds engines on a CPU: pip install 'trtptq[rtx]'")
 
 # The installed console script, as a user runs it.
 TRTPTQ = str(pathlib.Path(sys.executable).with_name("trtptq"))

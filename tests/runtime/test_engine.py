@@ -3,7 +3,6 @@
 thread and racing calls (on a GPU the engines run on, with pycuda)."""
 
 import concurrent.futures
-import importlib.util
 import subprocess
 import sys
 import textwrap
@@ -15,12 +14,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from support import NO_ENGINE_GPU, engines_run_here, has_pycuda, make_model, trtptq
+from support import NO_ENGINE_GPU, engines_run_here, has_pycuda, make_model, needs_rtx, trtptq
 from trtptq.core.errors import TrtptqError
 from trtptq.runtime.engine import device_nbytes, from_device_bytes, to_device_bytes
 
-NO_RTX = "TensorRT-RTX not installed (pip install 'trtptq[rtx]')"
-needs_rtx = pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx") is None, reason=NO_RTX)
 needs_engine_gpu = pytest.mark.skipif(not (engines_run_here() and has_pycuda()), reason=NO_ENGINE_GPU + " (and pycuda)")
 
 
