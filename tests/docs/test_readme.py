@@ -22,7 +22,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from support import trtptq
+from support import needs_rtx, trtptq
+
+pytestmark = pytest.mark.slow
 
 ROOT = pathlib.Path(__file__).parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -135,6 +137,7 @@ def test_import_from_checkout_and_elsewhere(demo_dir, tmp_path, where):
 
 @pytest.mark.parametrize("where", ["checkout", "elsewhere"])
 @pytest.mark.parametrize("doc", DOCS, ids=lambda d: d.name)
+@needs_rtx  # the examples build engines, and later ones use them
 def test_examples_run_as_written(demo_dir, tmp_path, doc, where):
     root, demo = demo_dir
     folder = _folder(tmp_path, root / "trtptq-demo", where)

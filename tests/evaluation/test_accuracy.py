@@ -20,6 +20,8 @@ from trtptq.evaluation.evaluator import Evaluator
 from trtptq.pipelines import Target, quantize
 from trtptq.quantization.qdq import QuantizeOptions
 
+pytestmark = pytest.mark.slow
+
 
 def _opts(method, batch_size=32):
     return CalibrationOptions(method=method, batch_size=batch_size, show_progress=False)

@@ -8,7 +8,7 @@ import shutil
 import onnx
 import pytest
 
-from support import trtptq
+from support import needs_rtx, trtptq
 from trtptq.core.build_report import BuildReport
 from trtptq.core.errors import TrtptqError
 from trtptq.core.shapes import parse_shapes
@@ -97,6 +97,7 @@ def test_export_refuses_what_triton_cannot_serve(engines, tmp_path, model, args,
     assert not (tmp_path / "repo").exists()
 
 
+@needs_rtx
 def test_export_refuses_a_profile_that_does_not_start_at_batch_one(mnist, tmp_path):
     build_engine(mnist[0], tmp_path / "big.engine", BuildOptions(profiles=[parse_shapes("input:8x1x28x28/16x1x28x28/32x1x28x28")],
                                                                  show_progress=False, optimization_level=0))

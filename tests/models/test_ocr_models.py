@@ -7,8 +7,8 @@ import pytest
 from evidence import ocr_models
 from trtptq.runtime.ort import OrtRunner
 
-pytestmark = pytest.mark.skipif(ocr_models.ocr_model_dir() is None,
-                                reason="PaddleOCR models missing: pip install --no-deps rapidocr_onnxruntime")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(ocr_models.ocr_model_dir() is None,
+                                reason="PaddleOCR models missing: pip install --no-deps rapidocr_onnxruntime")]
 
 
 def _run(kind, x):

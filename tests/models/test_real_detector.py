@@ -13,7 +13,7 @@ from evidence import real_detector as rd
 from support import trtptq
 from trtptq.runtime.ort import session
 
-pytestmark = pytest.mark.skipif(rd.layout_model() is None, reason=rd.SKIP_REASON)
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(rd.layout_model() is None, reason=rd.SKIP_REASON)]
 
 CALIB, EVAL = 16, 8  # pages; seeds 1 (calibration) and 2 (evaluation) never share a page
 

@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from support import engines_run_here, float_input, trtptq
+from support import engines_run_here, float_input, needs_rtx, trtptq
 from trtptq.core.errors import TrtptqError
 from trtptq.core.userfiles import load_plugins
 from trtptq.plugins import BUILTIN
@@ -265,7 +265,7 @@ def test_later_plugins_override_the_builtin(tmp_path):
     assert BUILTIN.find("TRT", "EfficientNMS_TRT").int8_inputs == ()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx") is None, reason="TensorRT-RTX not installed (pip install 'trtptq[rtx]')")
+@needs_rtx
 def test_build_names_the_missing_tensorrt_plugin_before_parsing(tmp_path):
     onnx.save(_nms_model(), tmp_path / "nms.onnx")
     r = trtptq("build", "nms.onnx", "-o", "nms.engine", "--backend", "tensorrt_rtx", "--no-progress", cwd=tmp_path)
