@@ -171,7 +171,7 @@ def _save_ranges(ranges, path: str | None, cache: str | None, cache_for: str | N
     scores = ranges.options.get("auto_snr_db")
     if scores:
         print(f"--method auto kept {ranges.method}; output SNR vs FP32: "
-              + ", ".join(f"{m} {'not scored (10 dB worse locally)' if db is None else f'{db:.1f} dB'}"
+              + ", ".join(f"{m} {'not scored (could not win)' if db is None else f'{db:.1f} dB'}"
                           for m, db in scores.items()))
     if path:
         ranges.save(path)
@@ -185,7 +185,7 @@ def _evaluation(a: argparse.Namespace, cls, gain: bool = True, **extra):
     from trtptq.autotune.sensitivity import SensitivityOptions
 
     return cls(data=a.eval_data, image=_image_options(a), sensitivity=SensitivityOptions(
-        samples=a.sensitivity_samples, gain=gain, memory_budget=a.memory_budget, show_progress=not a.no_progress),
+        samples=a.sensitivity_samples, gain=gain, show_progress=not a.no_progress),
         **extra)
 
 
