@@ -98,16 +98,6 @@ def describe(result) -> str:
             f"{found.before} -> {found.after}")
 
 
-def measure(*args: str) -> dict:
-    """Run this script's `--job` in a fresh process: its wall and CPU seconds, peak RSS (MiB) and summary."""
-    import subprocess
-
-    proc = subprocess.run([sys.executable, __file__, "--job", *args], capture_output=True, text=True)
-    if proc.returncode:
-        sys.exit(f"job {args[0]} failed:\n{proc.stderr}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["det", "mobilenetv2"], choices=["det", "rec", "mobilenetv2"])
@@ -129,6 +119,8 @@ def main() -> None:
                           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
         return
 
+    from bench_memory import measure
+
     settings = json.dumps({"batch_size": a.batch_size, "memory_budget": a.memory_budget_mib * 2**20,
                            "baseline": a.baseline, "target": a.target, "sensitivity_samples": a.sensitivity_samples})
     names = {"baseline": f"quantize --method {a.baseline}", "auto": "quantize --method auto",
@@ -141,7 +133,7 @@ def main() -> None:
             print(f"{'job':32s}{'wall s':>8s}{'CPU s':>8s}{'peak MiB':>9s}  {'x baseline (wall, CPU, peak)':28s}  result")
             base = None
             for name in ["baseline", *(j for j in a.jobs if j != "baseline")]:
-                r = measure(name, model, f"{tmp}/calib.npz", f"{tmp}/eval.npz", settings)
+                r = measure(__file__, name, model, f"{tmp}/calib.npz", f"{tmp}/eval.npz", settings)
                 base = base or r
                 ratios = (f"{r['wall_s'] / base['wall_s']:.2f}x, {r['cpu_s'] / base['cpu_s']:.2f}x, "
                           f"{r['peak_rss_mib'] / base['peak_rss_mib']:.2f}x")

@@ -59,8 +59,9 @@ def job(model: str, data: str, batch: int, budget: int, method: str) -> dict:
     return {"wall_s": seconds, "passes": len(split_passes(sizes, budget)), "pass_mib": largest_pass(sizes, budget) / 2**20}
 
 
-def measure(*args: str) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--job", *args], capture_output=True, text=True)
+def measure(script: str, *args: str) -> dict:
+    """Run `script --job ARGS` in a fresh process (its peak RSS its own); the JSON it printed last."""
+    proc = subprocess.run([sys.executable, script, "--job", *args], capture_output=True, text=True)
     if proc.returncode:
         sys.exit(f"job {args} failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -95,8 +96,8 @@ def main() -> None:
         np.savez(data, input_ids=rng.integers(1000, 30000, (a.samples, a.seq)),
                  attention_mask=np.ones((a.samples, a.seq), np.int64))
         print(f"all-MiniLM-L6-v2, {a.samples} samples x {a.seq} tokens, batch {a.batch_size}\n")
-        floor = measure(model, data, str(a.batch_size), "0", a.methods[0])
-        rows = [(b, m, measure(model, data, str(a.batch_size), str(b * 2**20 if b else UNLIMITED), m))
+        floor = measure(__file__, model, data, str(a.batch_size), "0", a.methods[0])
+        rows = [(b, m, measure(__file__, model, data, str(a.batch_size), str(b * 2**20 if b else UNLIMITED), m))
                 for b in a.budgets_mib for m in a.methods]
         last = a.budgets_mib[-1]
         ref = {m: r for b, m, r in rows if b == last}

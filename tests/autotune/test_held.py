@@ -4,9 +4,7 @@ candidates raced. Peak RSS and time against a plain calibration are measured by 
 import numpy as np
 import onnx
 import pytest
-from onnx import helper
 
-from support import float_input, make_model
 from trtptq.autotune.budget import HELD_FLOOR, held
 from trtptq.autotune.local import _probe, local_snr
 from trtptq.autotune.method import choose_method
@@ -20,21 +18,15 @@ from trtptq.quantization.qdq import quantized_model
 from trtptq.runtime.ort import OrtRunner
 
 
-def _conv_net(side: int, batch: int | str = "N") -> onnx.ModelProto:
-    """Conv -> Relu -> Conv -> Add(residual) -> Relu -> GlobalAveragePool -> Flatten -> Gemm at side x side."""
-    rng = np.random.default_rng(0)
-    inits = {"w1": rng.standard_normal((8, 8, 3, 3)).astype(np.float32) * 0.2,
-             "w2": rng.standard_normal((8, 8, 3, 3)).astype(np.float32) * 0.2,
-             "fc_w": rng.standard_normal((4, 8)).astype(np.float32)}
-    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-             helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
-             helper.make_node("Add", ["c2", "x"], ["sum"], name="residual"),
-             helper.make_node("Relu", ["sum"], ["r2"], name="relu2"),
-             helper.make_node("GlobalAveragePool", ["r2"], ["gap"], name="gap"),
-             helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
-             helper.make_node("Gemm", ["flat", "fc_w"], ["y"], name="fc", transB=1)]
-    return make_model(nodes, [float_input("x", [batch, 8, side, side])], [float_input("y", [batch, 4])], inits.items())
+def _sized(block: onnx.ModelProto, side: int, batch: int | None = None) -> onnx.ModelProto:
+    """The residual block at side x side (its GlobalAveragePool takes any size), with a dynamic or fixed batch."""
+    model = onnx.ModelProto()
+    model.CopyFrom(block)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_value = dims[3].dim_value = side
+    if batch is not None:
+        dims[0].dim_value = batch
+    return model
 
 
 def _batches(model, samples: int, batch_size: int | None, side: int) -> Batches:
@@ -76,16 +68,16 @@ def test_sets_with_the_same_ranges_share_one_copy_and_the_probe_outputs_only_sum
     assert all(per["a"] == per["b"] for per in local.values())
 
 
-def test_the_search_runs_take_what_the_calibration_pass_held():
+def test_the_search_runs_take_what_the_calibration_pass_held(resnet_block):
     side = 128  # 512 KiB per activation and sample
-    model = _conv_net(side)
+    model = _sized(resnet_block, side)
     proto, _, _, plan = prepare(model)
     per_pass = {(b, budget): held(proto, plan, _batches(proto, 64, b, side), budget)
                 for b in (1, 64) for budget in (2**40, 1)}
     assert all(h.bytes >= HELD_FLOOR and h.batch_size >= 1 for h in per_pass.values())
     assert per_pass[64, 2**40].bytes > per_pass[64, 1].bytes >= per_pass[1, 2**40].bytes == HELD_FLOOR
     assert per_pass[64, 2**40].batch_size > per_pass[64, 1].batch_size > per_pass[1, 2**40].batch_size
-    fixed = _conv_net(side, batch=4)
+    fixed = _sized(resnet_block, side, batch=4)
     assert held(fixed, prepare(fixed)[3], _batches(fixed, 8, None, side), 2**40).batch_size is None
 
 
