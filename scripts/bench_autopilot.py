@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import pathlib
-import resource
 import sys
 import tempfile
 import time
@@ -111,15 +110,15 @@ def main() -> None:
     p.add_argument("--sensitivity-samples", type=int, default=32, help="samples each per-layer variant runs on")
     p.add_argument("--job", nargs=5, help=argparse.SUPPRESS)
     a = p.parse_args()
+    from bench_memory import measure, peak_rss_mib
+
     if a.job:
         name, model, calib, evals, settings = a.job
         wall, cpu = time.perf_counter(), time.process_time()
         summary = job(name, model, calib, evals, json.loads(settings))
         print(json.dumps({"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu, "summary": summary,
-                          "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                          "peak_rss_mib": peak_rss_mib()}))
         return
-
-    from bench_memory import measure
 
     settings = json.dumps({"batch_size": a.batch_size, "memory_budget": a.memory_budget_mib * 2**20,
                            "baseline": a.baseline, "target": a.target, "sensitivity_samples": a.sensitivity_samples})
