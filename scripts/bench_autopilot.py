@@ -1,18 +1,22 @@
-"""What the accuracy autopilot costs, side by side with a plain calibration: --method auto, sensitivity, --target.
+"""What the accuracy autopilot costs beside a plain calibration: --method auto, sensitivity and --target.
 
-One model, one data set, each job in-process and timed (wall and CPU), in this order: a single-method
-calibration + quantization (the baseline, default entropy), --method auto, `trtptq sensitivity` (auto ranges)
-and `quantize --target`. Ratios are to the baseline. The model is PaddleOCR's PP-OCRv4 text recognizer
-(MobileNet-sized: PP-LCNet depthwise backbone + SVTR neck) on rendered text lines when rapidocr is installed
-(`pip install --no-deps rapidocr_onnxruntime`), else a MobileNetV2-shaped model with random weights.
+Per model, each job runs in a fresh process (so its peak RSS is its own), one after another: a single-method
+quantize (the baseline, default entropy), `quantize --method auto`, `trtptq sensitivity` (auto ranges) and
+`quantize --target`. Printed per job: wall and CPU seconds, peak RSS, and both as ratios to the baseline. The
+options are the CLI's defaults (batch size 1, --memory-budget 2G) unless given.
 
-    python scripts/bench_autopilot.py                          # 128 calibration, 128 evaluation samples
-    python scripts/bench_autopilot.py --calib 300 --target cosine=0.99 --baseline percentile
+Models: PaddleOCR's PP-OCRv4 text detector on rendered pages at 480x640 (large activations: "det"), its
+text recognizer on 48x320 lines ("rec"), both from rapidocr (`pip install --no-deps rapidocr_onnxruntime==1.4.4`),
+and a MobileNetV2-shaped model with random weights at 224x224 ("mobilenetv2", no download).
+
+    python scripts/bench_autopilot.py                                  # det and mobilenetv2, 64 + 64 samples
+    python scripts/bench_autopilot.py --models det --calib 16 --eval 16 --jobs auto --sensitivity-samples 4
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pathlib
 import sys
@@ -23,89 +27,117 @@ import numpy as np
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # scripts/ and the checkout (evidence/)
+JOBS = ("baseline", "auto", "sensitivity", "target")
 
 
-def data(n_calib: int, n_eval: int, tmp: pathlib.Path) -> tuple[str, pathlib.Path, pathlib.Path, str]:
-    """(model path, calib.npz, eval.npz, description)."""
-    try:
+def data(kind: str, n_calib: int, n_eval: int, tmp: pathlib.Path) -> tuple[str, str]:
+    """Write the model's calib.npz and eval.npz into `tmp`; (model path, description)."""
+    if kind == "mobilenetv2":
+        import bench_calibration
+
+        model = str(tmp / "mobilenetv2.onnx")
+        bench_calibration.mobilenet_v2(model)
+        images = bench_calibration.images(n_calib + n_eval)
+        calib, evals, what = images[:n_calib], images[n_calib:], "MobileNetV2-shaped, random weights, 224x224"
+    else:
         from evidence import ocr_models
 
         if ocr_models.ocr_model_dir() is None:
-            raise ImportError
-    except ImportError:
-        import bench_calibration
-
-        model = tmp / "mobilenetv2.onnx"
-        bench_calibration.mobilenet_v2(str(model))
-        images = bench_calibration.images(n_calib + n_eval)
-        np.savez(tmp / "calib.npz", input=images[:n_calib])
-        np.savez(tmp / "eval.npz", input=images[n_calib:])
-        return str(model), tmp / "calib.npz", tmp / "eval.npz", "MobileNetV2-shaped, random weights, 224x224"
-    calib, _ = ocr_models.rec_data(n_calib, seed=0, split="calib")
-    evals, _ = ocr_models.rec_data(n_eval, seed=1, split="eval")
-    np.savez(tmp / "calib.npz", x=calib)
-    np.savez(tmp / "eval.npz", x=evals)
-    return str(ocr_models.model_path("rec")), tmp / "calib.npz", tmp / "eval.npz", "PP-OCRv4 recognizer, 48x320 lines"
-
-
-def timed(fn) -> tuple[object, float, float]:
-    wall, cpu = time.perf_counter(), time.process_time()
-    result = fn()
-    return result, time.perf_counter() - wall, time.process_time() - cpu
+            sys.exit(f"{kind}: the PP-OCRv4 models are missing: pip install --no-deps rapidocr_onnxruntime==1.4.4")
+        model = str(ocr_models.model_path(kind))
+        if kind == "det":
+            shape = (3, 480, 640)
+            calib, _ = ocr_models.det_data(n_calib, seed=0, split="calib", shape=shape)
+            evals, _ = ocr_models.det_data(n_eval, seed=1, split="eval", shape=shape)
+            what = "PP-OCRv4 text detector, 480x640 pages"
+        else:
+            calib, _ = ocr_models.rec_data(n_calib, seed=0, split="calib")
+            evals, _ = ocr_models.rec_data(n_eval, seed=1, split="eval")
+            what = "PP-OCRv4 text recognizer, 48x320 lines"
+    name = "input" if kind == "mobilenetv2" else "x"
+    np.savez(tmp / "calib.npz", **{name: calib})
+    np.savez(tmp / "eval.npz", **{name: evals})
+    return model, what
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--calib", type=int, default=128)
-    p.add_argument("--eval", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--baseline", default="entropy", help="the single method auto is compared with (default entropy)")
-    p.add_argument("--target", default="cosine=0.99")
-    args = p.parse_args()
-
+def job(name: str, model: str, calib: str, evals: str, settings: dict) -> str:
+    """Run one job in this process; a one-line summary of its result."""
     from trtptq.autotune.sensitivity import SensitivityOptions
     from trtptq.calibration.calibrate import CalibrationOptions
     from trtptq.evaluation.compare import parse_thresholds
     from trtptq.pipelines import EvaluationOptions, Target, quantize, sensitivity
 
-    with tempfile.TemporaryDirectory() as tmp:
-        model, calib, evals, what = data(args.calib, args.eval, pathlib.Path(tmp))
-        print(f"{what}: {args.calib} calibration / {args.eval} evaluation samples, batch {args.batch_size}, "
-              f"{os.cpu_count()} CPUs")
+    def opts(method: str) -> CalibrationOptions:
+        return CalibrationOptions(method=method, batch_size=settings["batch_size"],
+                                  memory_budget=settings["memory_budget"], show_progress=False)
 
-        def opts(method: str) -> CalibrationOptions:
-            return CalibrationOptions(method=method, batch_size=args.batch_size, show_progress=False)
-
-        quiet = SensitivityOptions(show_progress=False)
-        ranking = SensitivityOptions(gain=False, show_progress=False)  # what quantize --target ranks with
-        jobs = {
-            f"quantize --method {args.baseline}": lambda: quantize(model, calib, calibration=opts(args.baseline)),
-            "quantize --method auto": lambda: quantize(model, calib, calibration=opts("auto")),
-            "sensitivity (auto ranges)": lambda: sensitivity(model, calib, calibration=opts("auto"),
-                                                             evaluation=EvaluationOptions(data=evals, sensitivity=quiet)),
-            f"quantize --target {args.target}": lambda: quantize(
-                model, calib, calibration=opts("auto"),
-                target=Target(data=evals, metrics=parse_thresholds([args.target], "--target"), sensitivity=ranking)),
-        }
-        base = None
-        print(f"{'job':36s}{'wall s':>8s}{'CPU s':>8s}{'x baseline':>11s}  result")
-        for name, job in jobs.items():
-            result, wall, cpu = timed(job)
-            base = base or wall
-            print(f"{name:36s}{wall:8.1f}{cpu:8.1f}{wall / base:10.2f}x  {describe(result)}")
+    if name == "baseline":
+        return describe(quantize(model, calib, calibration=opts(settings["baseline"])))
+    if name == "auto":
+        return describe(quantize(model, calib, calibration=opts("auto")))
+    if name == "sensitivity":
+        return describe(sensitivity(model, calib, calibration=opts("auto"), evaluation=EvaluationOptions(
+            data=evals, sensitivity=SensitivityOptions(samples=settings["sensitivity_samples"], show_progress=False))))
+    target = Target(data=evals, metrics=parse_thresholds([settings["target"]], "--target"),
+                    sensitivity=SensitivityOptions(samples=settings["sensitivity_samples"], gain=False,
+                                                   show_progress=False))  # what quantize --target ranks with
+    return describe(quantize(model, calib, calibration=opts("auto"), target=target))
 
 
 def describe(result) -> str:
     if isinstance(result, tuple):  # sensitivity
         ranked, _ = result
-        top = ", ".join(f"{layer.node} {layer.alone_snr_db:.1f} dB" for layer in ranked.layers[:3])
+        top = ", ".join(f"{layer.node} {layer.alone_snr_db:.1f} dB" for layer in ranked.layers[:2])
         return f"{len(ranked.layers)} layers, {ranked.evaluations} evaluations; worst: {top}"
     found = result.fallback
     if found is None:
         scores = result.ranges.options.get("auto_snr_db")
-        return f"{result.ranges.method}" + (f" (scores {scores})" if scores else "")
+        return result.ranges.method + (f" {scores}" if scores else "")
     return (f"{'met' if found.met else 'NOT met'}, {len(found.kept)} kept in float, {found.evaluations} evaluations; "
             f"{found.before} -> {found.after}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["det", "mobilenetv2"], choices=["det", "rec", "mobilenetv2"])
+    p.add_argument("--jobs", nargs="+", default=list(JOBS), choices=JOBS, help="the baseline always runs first")
+    p.add_argument("--calib", type=int, default=64)
+    p.add_argument("--eval", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=None, help="calibration batch (default: the CLI's, 1)")
+    p.add_argument("--memory-budget-mib", type=int, default=2048)
+    p.add_argument("--baseline", default="entropy", help="the single method the others are compared with")
+    p.add_argument("--target", default="cosine=0.99")
+    p.add_argument("--sensitivity-samples", type=int, default=32, help="samples each per-layer variant runs on")
+    p.add_argument("--job", nargs=5, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    from bench_memory import measure, peak_rss_mib
+
+    if a.job:
+        name, model, calib, evals, settings = a.job
+        wall, cpu = time.perf_counter(), time.process_time()
+        summary = job(name, model, calib, evals, json.loads(settings))
+        print(json.dumps({"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu, "summary": summary,
+                          "peak_rss_mib": peak_rss_mib()}))
+        return
+
+    settings = json.dumps({"batch_size": a.batch_size, "memory_budget": a.memory_budget_mib * 2**20,
+                           "baseline": a.baseline, "target": a.target, "sensitivity_samples": a.sensitivity_samples})
+    names = {"baseline": f"quantize --method {a.baseline}", "auto": "quantize --method auto",
+             "sensitivity": "sensitivity (auto ranges)", "target": f"quantize --target {a.target}"}
+    for kind in a.models:
+        with tempfile.TemporaryDirectory(prefix="bench-autopilot-") as tmp:
+            model, what = data(kind, a.calib, a.eval, pathlib.Path(tmp))
+            print(f"\n{what}: {a.calib} calibration / {a.eval} evaluation samples, batch {a.batch_size or 1}, "
+                  f"--memory-budget {a.memory_budget_mib}M, {os.cpu_count()} CPUs")
+            print(f"{'job':32s}{'wall s':>8s}{'CPU s':>8s}{'peak MiB':>9s}  {'x baseline (wall, CPU, peak)':28s}  result")
+            base = None
+            for name in ["baseline", *(j for j in a.jobs if j != "baseline")]:
+                r = measure(__file__, name, model, f"{tmp}/calib.npz", f"{tmp}/eval.npz", settings)
+                base = base or r
+                ratios = (f"{r['wall_s'] / base['wall_s']:.2f}x, {r['cpu_s'] / base['cpu_s']:.2f}x, "
+                          f"{r['peak_rss_mib'] / base['peak_rss_mib']:.2f}x")
+                print(f"{names[name]:32s}{r['wall_s']:8.1f}{r['cpu_s']:8.1f}{r['peak_rss_mib']:9.0f}  {ratios:28s}  "
+                      f"{r['summary']}", flush=True)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import onnx
 
+from trtptq.autotune.budget import Held, held
 from trtptq.autotune.fallback import Fallback, fall_back
 from trtptq.autotune.gated import GatedModel
 from trtptq.autotune.method import choose_method
@@ -28,7 +29,7 @@ from trtptq.core import model as model_io
 from trtptq.core.build_report import BuildReport
 from trtptq.core.errors import TrtptqError
 from trtptq.core.sidecars import fp16_model_path, int8_model_path
-from trtptq.data import Holdout, ImageOptions, input_specs, open_source
+from trtptq.data import Batches, Holdout, ImageOptions, input_specs, open_source
 from trtptq.engine.build import build_engine
 from trtptq.engine.calibration import passes_for
 from trtptq.engine.options import BuildOptions
@@ -65,7 +66,7 @@ class EvaluationOptions:
     """Where sensitivity and `--target` measure: evaluation data (None: held out from the calibration data)."""
 
     data: object = None
-    batch_size: int | None = None  # None: the model's fixed batch, else 64
+    batch_size: int | None = None  # None: the model's fixed batch, else what the calibration's pass held (autotune.budget)
     num_samples: int | None = None
     image: ImageOptions = field(default_factory=ImageOptions)
     sensitivity: SensitivityOptions = field(default_factory=SensitivityOptions)
@@ -172,12 +173,16 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
         raise TrtptqError("quantize needs calibration data or a ranges file")
     if target is None:
         return QuantizeResult(_qdq_model(proto, placement, ranges), ranges, placement, stats, calibs)
-    show = (calibration or CalibrationOptions()).show_progress
-    with Evaluator(proto, eval_data, batch_size=target.batch_size, num_samples=target.num_samples,
-                   image=target.image, show_progress=show, plugins=plugins) as evaluator:
+    calibration = calibration or CalibrationOptions()
+    limits = _held(proto, placement, eval_data, target, calibration)
+    limits = replace(limits, bytes=limits.bytes // 2)  # the search's evaluator and the ranking's, both open
+    with Evaluator(proto, eval_data, batch_size=target.batch_size or limits.batch_size, num_samples=target.num_samples,
+                   image=target.image, memory_budget=limits.bytes, show_progress=calibration.show_progress,
+                   plugins=plugins) as evaluator:
         found, sensitivity = fall_back(
             proto, placement, ranges.amax, evaluator, target.metrics,
-            lambda gated: _sensitivity(proto, placement, ranges, eval_data, target, name, plugins, gated), show)
+            lambda gated: _sensitivity(proto, placement, ranges, eval_data, target, name, limits, plugins, gated),
+            calibration.show_progress)
     ranges = replace(ranges, options={**ranges.options, "fallback": found.to_dict()})
     return QuantizeResult(_qdq_model(proto, found.plan, ranges), ranges, found.plan, stats, calibs, found, sensitivity)
 
@@ -193,12 +198,20 @@ def _evaluation_split(proto: onnx.ModelProto, data, evaluation: EvaluationOption
     return Holdout(source, specs, HOLDOUT_EVERY, held=False), Holdout(source, specs, HOLDOUT_EVERY, held=True)
 
 
+def _held(proto: onnx.ModelProto, placement: Plan, eval_data, evaluation: EvaluationOptions,
+          calibration: CalibrationOptions) -> Held:
+    """What the search's runs on `eval_data` may hold: what a calibration pass of it holds (`autotune.budget`)."""
+    specs = input_specs(proto)
+    batches = Batches(open_source(eval_data, specs, evaluation.image), specs, calibration.batch_size)
+    return held(proto, placement, batches, calibration.memory_budget)
+
+
 def _sensitivity(proto: onnx.ModelProto, placement: Plan, ranges: Ranges, eval_data, evaluation: EvaluationOptions,
-                 name: str, plugins: Plugins, gated: GatedModel | None = None) -> Sensitivity:
-    """Rank the INT8 layers on the first `evaluation.sensitivity.samples` evaluation samples."""
+                 name: str, limits: Held, plugins: Plugins, gated: GatedModel | None = None) -> Sensitivity:
+    """Rank the INT8 layers on the first `evaluation.sensitivity.samples` evaluation samples, within `limits`."""
     opts = evaluation.sensitivity
-    with Evaluator(proto, eval_data, batch_size=evaluation.batch_size, num_samples=opts.samples,
-                   image=evaluation.image, plugins=plugins) as evaluator:
+    with Evaluator(proto, eval_data, batch_size=evaluation.batch_size or limits.batch_size, num_samples=opts.samples,
+                   image=evaluation.image, memory_budget=limits.bytes, plugins=plugins) as evaluator:
         return analyze(proto, placement, ranges.amax, evaluator, opts, pathlib.Path(name).name, gated)
 
 
@@ -212,8 +225,10 @@ def sensitivity(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: R
     data, eval_data = _evaluation_split(proto, data, evaluation)
     if eval_data is None:
         raise TrtptqError("sensitivity needs data to measure on: --eval-data or --data")
+    calibration = calibration or CalibrationOptions()
     result = quantize(proto, data, ranges, options, calibration, plugins=plugins)
-    return _sensitivity(proto, result.plan, result.ranges, eval_data, evaluation, name, plugins), result
+    limits = _held(proto, result.plan, eval_data, evaluation, calibration)
+    return _sensitivity(proto, result.plan, result.ranges, eval_data, evaluation, name, limits, plugins), result
 
 
 def _qdq_model(proto: onnx.ModelProto, placement: Plan, ranges: Ranges) -> onnx.ModelProto:

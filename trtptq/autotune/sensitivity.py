@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 import onnx
 
 from trtptq.autotune.gated import GatedModel
-from trtptq.autotune.local import local_snr, small_batches
+from trtptq.autotune.local import first_samples, local_snr
 from trtptq.core.fileio import write_text
 from trtptq.core.log import progress
 from trtptq.core.options import check_count
@@ -37,7 +37,6 @@ DEFAULT_SAMPLES = 32  # evaluation samples each single-layer variant runs on
 class SensitivityOptions:
     samples: int = DEFAULT_SAMPLES  # evaluation samples the per-layer variants run on
     gain: bool = True  # also measure each layer's gain in float (one more evaluation per layer)
-    memory_budget: int = 2 * 2**30  # activation bytes per local-error pass
     show_progress: bool = True
 
     def __post_init__(self) -> None:
@@ -77,11 +76,13 @@ class Sensitivity:
 def analyze(model: onnx.ModelProto, plan: Plan, amax: dict[str, float], evaluator: Evaluator,
             options: SensitivityOptions | None = None, name: str = "", gated: GatedModel | None = None) -> Sensitivity:
     """Rank `plan`'s INT8 layers by the damage INT8 does there, measured on `evaluator`'s data; `gated`: an open
-    session of the same plan and ranges to reuse (the fallback search's), else one is made."""
+    session of the same plan and ranges to reuse (the fallback search's), else one is made. Every run takes one of
+    the evaluator's batches: their size sets what it holds (`budget.held`)."""
     opts = options or SensitivityOptions()
     nodes = plan.int8_nodes
-    local = local_snr(model, plan, {"int8": amax}, nodes, small_batches(evaluator.batches(), opts.samples),
-                      opts.memory_budget, opts.show_progress, evaluator.plugins)
+    local = local_snr(model, plan, {"int8": amax}, nodes,
+                      first_samples(evaluator.batches(), opts.samples, evaluator.data.fixed_batch), opts.show_progress,
+                      evaluator.plugins)
     evaluations = 1
     layers = []
     with (contextlib.nullcontext(gated) if gated else GatedModel(model, plan, amax, evaluator.plugins)) as gated, \

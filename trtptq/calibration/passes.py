@@ -59,6 +59,11 @@ def split_passes(sizes: Mapping[str, int], budget: int) -> list[list[str]]:
     return [g for g in groups if g]
 
 
+def largest_pass(sizes: Mapping[str, int], budget: int) -> int:
+    """Bytes the largest of `split_passes`'s passes holds: what a collection under `budget` holds at once."""
+    return max((sum(sizes[name] for name in group) for group in split_passes(sizes, budget)), default=0)
+
+
 def plan_passes(model: onnx.ModelProto, names: Sequence[str], feed: Mapping[str, np.ndarray],
                 budget: int) -> list[list[str]]:
     """The passes that expose `names` with at most `budget` bytes of them alive per batch shaped like `feed`."""

@@ -277,7 +277,7 @@ class EvaluationArgs(BaseArgs):
 
         targets = self.target and args.target
         sensitivity = SensitivityOptions(samples=args.sensitivity_samples, gain=not targets,
-                                         memory_budget=args.memory_budget, show_progress=PROGRESS.parse(args))
+                                         show_progress=PROGRESS.parse(args))
         if targets:
             return Target(data=args.eval_data, image=IMAGE.parse(args), sensitivity=sensitivity,
                           metrics=parse_thresholds(args.target, "--target"))

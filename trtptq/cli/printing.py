@@ -17,7 +17,7 @@ def print_auto_choice(ranges) -> None:
     scores = ranges.options.get("auto_snr_db")
     if scores:
         print(f"--method auto kept {ranges.method}; output SNR vs FP32: "
-              + ", ".join(f"{m} {'not scored (10 dB worse locally)' if db is None else f'{db:.1f} dB'}"
+              + ", ".join(f"{m} {'not scored (could not win)' if db is None else f'{db:.1f} dB'}"
                           for m, db in scores.items()))
 
 

@@ -41,7 +41,7 @@ class Batches:
                                 f"({', '.join(s.describe() for s in self.specs)}); use --batch-size {static} "
                                 "or re-export the model with a dynamic batch.")
             batch_size = static
-        self._fixed_batch = bool(fixed)
+        self.fixed_batch = bool(fixed)  # the model fixes it: no other size, no short last batch
         self.batch_size = 1 if batch_size is None else batch_size
         self.num_samples = num_samples
 
@@ -64,7 +64,7 @@ class Batches:
                 yield batch
             if self.num_samples is not None and seen >= self.num_samples:
                 break
-        if pending and not self._fixed_batch:  # a fixed batch dimension cannot take a short last batch
+        if pending and not self.fixed_batch:  # a fixed batch dimension cannot take a short last batch
             yield _take(pending, have)[0]
         if seen == 0:
             raise DataError(f"the calibration data holds no samples ({_describe(self.source)}). "

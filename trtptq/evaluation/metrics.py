@@ -127,25 +127,6 @@ class ErrorStats:
         return OutputMetrics(self.max_abs_err, cosine, self.snr_db, **detailed, **topk)
 
 
-@dataclass
-class SnrStats:
-    """Signal and noise energy of one tensor summed over batches, for its SNR alone: where every layer is measured
-    against several range sets (`autotune.local`), a quarter of what ErrorStats's float64 folding costs."""
-
-    signal_sq: float = 0.0
-    noise_sq: float = 0.0
-
-    def update(self, ref: np.ndarray, cand: np.ndarray) -> None:
-        r = np.asarray(ref).reshape(-1)
-        err = np.asarray(cand).reshape(-1) - r
-        self.signal_sq += float(r @ r)
-        self.noise_sq += float(err @ err)
-
-    @property
-    def snr_db(self) -> float:
-        return snr_db(self.signal_sq, self.noise_sq)
-
-
 def snr_db(signal_sq: float, noise_sq: float) -> float:
     """10 log10(sum ref^2 / sum err^2), capped at EXACT_SNR_DB (an exact match is that); -EXACT_SNR_DB at most
     below, for noise on a zero signal."""
