@@ -57,7 +57,7 @@ def test_picodet_with_efficient_nms_quantizes_and_compares_from_the_cli(tmp_path
     r = trtptq("quantize", "layout.onnx", "-o", "layout.int8.onnx", "--data", "calib.npz", "--method", "percentile",
                "--no-progress", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "1 nodes kept in float" in r.stdout  # the NMS: no Q/DQ on its inputs or outputs
+    assert "1 node kept in float" in r.stdout  # the NMS: no Q/DQ on its inputs or outputs
     int8 = onnx.load(tmp_path / "layout.int8.onnx")
     nms = next(n for n in int8.graph.node if n.op_type == "EfficientNMS_TRT")
     assert list(nms.input) == ["boxes", "scores"]  # float boxes and scores, as the plugin reads them
