@@ -10,6 +10,7 @@ the INT8 value, 0 the float one, exactly. A variant is a feed, not a model.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Collection, Mapping
 
 import numpy as np
@@ -32,6 +33,7 @@ class GatedModel:
         self.nodes = plan.int8_nodes
         self._gates = {node: f"{GATE_PREFIX}{node}" for node in self.nodes}
         self._runner = OrtRunner(_gated(model, plan, amax, self._gates), simulate_int8=True, plugins=plugins)
+        gc.collect()  # the graph it was built from is a cycle of nodes and tensors: free its weight copies now
 
     def __enter__(self) -> GatedModel:
         self._runner.__enter__()

@@ -16,6 +16,8 @@ samples, as they were held before, took 3.6 GB).
 
 from __future__ import annotations
 
+import gc
+import itertools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -35,11 +37,14 @@ def local_snr(model: onnx.ModelProto, plan: Plan, amax_sets: Mapping[str, Mappin
               batches: Iterable[Batch], show_progress: bool = False,
               plugins: Plugins = BUILTIN) -> dict[str, dict[str, float]]:
     """node -> range set -> SNR (dB) of the node's first output, INT8 inputs at that set's ranges vs FP32."""
+    batches = iter(batches)
+    first = next(batches, None)  # what makes them (an evaluator's FP32 reference run) runs before the probe opens
     signal, noise_of, probe = _probe(model, plan, amax_sets, nodes)
+    gc.collect()  # the probe's graph is a cycle of nodes and tensors: free its weight copies before the session opens
     sums = dict.fromkeys([*signal.values(), *(n for per in noise_of.values() for n in per.values())], 0.0)
     with OrtRunner(probe, simulate_int8=True, in_order=True, plugins=plugins) as runner, \
             progress(enabled=show_progress, desc="local errors", unit="batch") as bar:
-        for batch in batches:
+        for batch in itertools.chain([first] if first is not None else [], batches):
             for name, value in runner.run(batch.feed).items():
                 sums[name] += float(value)
             bar.update(1)
