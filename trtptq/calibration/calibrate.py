@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from trtptq.calibration.collect import DEFAULT_MEMORY_BUDGET, CollectStats, OpenPass, collect
+from trtptq.calibration.collect import CollectStats, OpenPass, collect
 from trtptq.calibration.ranges import Ranges, TensorRange
 from trtptq.calibrators import CALIBRATORS, METHODS, Calibrator, amax_by_method, make_calibrator
-from trtptq.core.options import check_choice, check_count, option_error
+from trtptq.core.options import DEFAULT_MEMORY_BUDGET, check_choice, check_count, option_error
 from trtptq.core.trt import RUNNERS
 from trtptq.data import Batches, ImageOptions, input_specs, open_source
 from trtptq.plugins import BUILTIN, Plugins

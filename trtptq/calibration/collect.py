@@ -27,13 +27,13 @@ from trtptq.calibration.passes import plan_passes, with_outputs
 from trtptq.calibrators import Calibrator, NonFiniteError
 from trtptq.core.errors import DataError
 from trtptq.core.log import progress
+from trtptq.core.options import DEFAULT_MEMORY_BUDGET
 from trtptq.data import Batches
 from trtptq.plugins import BUILTIN, Plugins
 from trtptq.runtime.ort import session
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MEMORY_BUDGET = 2 * 2**30
 PassRun = Callable[[dict], list]  # feed -> the group's tensors, in order
 OpenPass = Callable[[list[str]], contextlib.AbstractContextManager[PassRun]]  # the tensors of one pass -> a runner for them
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 
 from trtptq.calibrators import METHODS
 from trtptq.core.errors import TrtptqError
+from trtptq.core.options import DEFAULT_MEMORY_BUDGET
 from trtptq.core.trt import BACKENDS, RUNNERS
 
 Command = Callable[[argparse.Namespace], int]
@@ -178,8 +179,9 @@ class CalibrationArgs(BaseArgs):
                                 "entropy, TensorRT's)")
         group.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default 99.99)")
         group.add_argument("--num-bins", type=int, default=2048, help="histogram bins, a power of two (default 2048)")
-        group.add_argument("--memory-budget", type=size, default="2G",
-                           help="activation memory per pass; more tensors take more passes (default 2G)")
+        group.add_argument("--memory-budget", type=size, default=DEFAULT_MEMORY_BUDGET,
+                           help="activation memory per pass; more tensors take more passes "
+                                f"(default {DEFAULT_MEMORY_BUDGET / 2**30:g}G)")
         group.add_argument("--nonfinite", choices=("error", "ignore"), default="error",
                            help="NaN/Inf in an activation: stop (default) or calibrate on the finite values")
         group.add_argument("--runner", choices=RUNNERS, default="onnxruntime",

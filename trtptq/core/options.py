@@ -11,6 +11,8 @@ from collections.abc import Collection
 
 from trtptq.core.errors import TrtptqError
 
+DEFAULT_MEMORY_BUDGET = 2 * 2**30  # bytes of activations one calibration pass may hold (--memory-budget)
+
 
 def option_error(flag: str, value: object, problem: str, fix: str) -> TrtptqError:
     """`--flag value problem; fix.`"""

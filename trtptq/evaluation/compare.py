@@ -20,13 +20,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 
-from trtptq.calibration.collect import DEFAULT_MEMORY_BUDGET
 from trtptq.calibration.passes import plan_passes, with_outputs
 from trtptq.core import model as model_io
 from trtptq.core.errors import TrtptqError
 from trtptq.core.int8 import INT8
 from trtptq.core.log import progress
-from trtptq.core.options import check_count, option_error
+from trtptq.core.options import DEFAULT_MEMORY_BUDGET, check_count, option_error
 from trtptq.data import ImageOptions
 from trtptq.evaluation.evaluator import Evaluator, TaskAccuracy
 from trtptq.evaluation.metrics import EXACT_SNR_DB, ErrorStats, OutputMetrics
