@@ -87,7 +87,7 @@ def _tiny_encoder():
     """A one-layer attention encoder over token ids: [batch, seq] int64 -> [batch, seq, 16]."""
     rng = np.random.default_rng(0)
     inits = {"emb": rng.standard_normal((100, 16)).astype(np.float32), "wq": rng.standard_normal((16, 16)).astype(np.float32),
-             "wk": rng.standard_normal((16, 16)).astype(np.float32), "perm": np.array([0, 2, 1], np.int64)}
+             "wk": rng.standard_normal((16, 16)).astype(np.float32)}
     nodes = [
         helper.make_node("Gather", ["emb", "input_ids"], ["x"], name="embed"),
         helper.make_node("MatMul", ["x", "wq"], ["q"], name="q"),
@@ -97,7 +97,6 @@ def _tiny_encoder():
         helper.make_node("Softmax", ["scores"], ["probs"], name="softmax", axis=-1),
         helper.make_node("MatMul", ["probs", "x"], ["hidden"], name="bmm2"),
     ]
-    inits.pop("perm")
     return make_model(nodes, [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])],
                       [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", "seq", 16])], inits.items())
 

@@ -77,6 +77,9 @@ def print_comparison(result) -> None:
 
 
 def print_build(report, qdq_model) -> None:
+    from trtptq.core.sidecars import report_path
+    from trtptq.evaluation.metrics import snr_text
+
     if qdq_model:
         print_saved("Q/DQ model", qdq_model)
     print(f"engine ({report.backend} {report.backend_version}, {report.build_seconds:.1f} s, "
@@ -86,13 +89,9 @@ def print_build(report, qdq_model) -> None:
         i = report.implicit_int8
         print(f"implicit INT8: TensorRT {i['algorithm']}, {count(i['batches'], 'batch', 'batches')}"
               + (f", cache -> {i['cache']}" if i["cache"] else ""))
-    from trtptq.core.sidecars import report_path
-    from trtptq.evaluation.metrics import snr_text
-
     for name, m in (report.fp16_check or {}).items():  # the build report's JSON form of OutputMetrics
         print(f"FP16 ONNX vs its FP32 source in ONNX Runtime: {name} cosine {m['cosine']:.6f}, SNR "
               f"{snr_text(m['snr_db'])}")
-
     print_saved("build report", report_path(report.engine))
 
 

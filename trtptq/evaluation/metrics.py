@@ -149,6 +149,6 @@ def combined_snr_db(snrs: Iterable[float]) -> float:
     return snr_db(len(powers), sum(powers))
 
 
-def snr_text(snr: float) -> str:
-    """An SNR for people: "exact" at the cap, else in dB with one decimal."""
-    return "exact" if snr >= EXACT_SNR_DB else f"{snr:.1f} dB"
+def snr_text(snr: float, digits: int = 1, unit: str = " dB") -> str:
+    """An SNR for people: "exact" at the cap, else in dB (`digits` decimals, then `unit`)."""
+    return "exact" if snr >= EXACT_SNR_DB else f"{snr:.{digits}f}{unit}"

@@ -81,8 +81,8 @@ def _pct(v) -> str:
 
 
 def _db(v: float) -> str:
-    """A table cell: "exact", or dB with two decimals."""
-    return "exact" if v >= EXACT_SNR_DB else f"{v:.2f}"
+    """A table cell: "exact", or dB with two decimals (the column says dB)."""
+    return snr_text(v, 2, "")
 
 
 def _figure(width: float, height: float):

@@ -33,9 +33,6 @@ from trtptq.runtime.cuda import DeviceBuffers, DeviceContext
 
 logger = logging.getLogger(__name__)
 
-_TIMING_EVENTS = ("start", "uploaded", "computed", "done")
-
-
 class EngineModel(Model):
     """An engine on the GPU: `instances` execution contexts per optimization profile, taken from a pool per call.
 
@@ -173,7 +170,7 @@ class _Slot:
             self.buffers.stream.synchronize()
         except BaseException:
             self.close()
-            raise  # made on the first data-dependent output
+            raise
         self.host: dict[str, np.ndarray] = {}  # shape tensors, which TensorRT reads and writes on the host
 
     def run(self, feed: dict[str, np.ndarray], wanted: list[str], timings: dict | None) -> dict[str, np.ndarray]:
