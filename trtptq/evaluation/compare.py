@@ -96,6 +96,10 @@ class LayerRow:
     db_lost: float  # SNR this node loses relative to its worst compared input (positive: a loss; see _rows)
     inputs: list[str] = field(default_factory=list)  # the node's inputs in the reference graph
 
+    @property
+    def exact(self) -> bool:
+        return self.snr_db >= EXACT_SNR_DB
+
 
 @dataclass
 class CandidateResult:
