@@ -196,7 +196,7 @@ def accuracy(methods: list[str], tmp: str) -> list[tuple]:
         for tool in ("trtptq", "ort"):
             out = f"{tmp}/mnist_{tool}_{m}.onnx"
             r = measure(tool, str(MNIST_MODEL), f"{tmp}/mnist_calib.npz", "32", m, out)
-            accs.append(float(np.mean(session(out, simulate_int8=True).run(None, {"input": ev})[0].argmax(1) == ey))
+            accs.append(float(np.mean(session(out, simulate_qdq=True).run(None, {"input": ev})[0].argmax(1) == ey))
                         if "error" not in r else float("nan"))
         rows.append((m, fp32, *accs))
     return rows

@@ -65,7 +65,7 @@ def main() -> None:
     x = images[: a.batch_size]
     with load(a.model) as model:
         name = model.inputs[0].name
-        sess = session(a.model, simulate_int8=getattr(model, "simulate_int8", False))
+        sess = session(a.model, simulate_qdq=getattr(model, "simulate_qdq", False))
         ours, theirs = per_call_us(lambda: model.infer({name: x}), lambda: sess.run(None, {name: x}), a.calls)
         print(f"ONNX path, batch {a.batch_size}: trtptq.runtime {ours:.1f} us/call, onnxruntime session {theirs:.1f} "
               f"us/call, ratio {ours / theirs:.2f} (overhead {ours - theirs:+.1f} us)")

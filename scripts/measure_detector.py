@@ -81,7 +81,7 @@ def main() -> None:
                 print(f"| {method} | failed: {r.stderr.strip().splitlines()[-1]} |")
                 continue
             kept = r.stdout.split("(")[1].split(")")[0] if method == "auto" else method
-            got = detect(out, x, simulate_int8=True)
+            got = detect(out, x, simulate_qdq=True)
             a, c = rd.agreement(ref, got), rd.agreement(ref, got, min_score=0.8)
             print(f"| {method}{f' ({kept})' if method == 'auto' else ''} | {seconds:.1f} | {a['recall']:.1%} | "
                   f"{a['mean_iou']:.3f} | {c['recall']:.1%} | {c['mean_iou']:.3f} | {a['candidate']} / {a['reference']} |",

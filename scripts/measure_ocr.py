@@ -73,10 +73,10 @@ def make_data(kind: str, n: int, seed: int, split: str) -> tuple[dict[str, np.nd
     return {"x": x}, boxes
 
 
-def run_model(model, x: np.ndarray, simulate_int8: bool, batch: int) -> np.ndarray:
+def run_model(model, x: np.ndarray, simulate_qdq: bool, batch: int) -> np.ndarray:
     from trtptq.runtime.ort import OrtRunner
 
-    with OrtRunner(str(model), simulate_int8=simulate_int8) as runner:
+    with OrtRunner(str(model), simulate_qdq=simulate_qdq) as runner:
         name = runner.output_names[0]
         return np.concatenate([runner.run({"x": x[i:i + batch]})[name] for i in range(0, len(x), batch)])
 

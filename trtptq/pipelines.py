@@ -107,11 +107,13 @@ def _load(model: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.ModelProto, 
 
 def prepare(model: onnx.ModelProto | str | os.PathLike, options: QuantizeOptions | None = None,
             plugins: Plugins = BUILTIN):
-    """Load (opset >= 13), import once and place Q/DQ (plugin ops by their rules): (model, name, graph, plan)."""
+    """Load (at the opset the formats need: 13 for INT8, 19 FP8, 21 INT4 blocks), import once and place Q/DQ (plugin
+    ops by their rules): (model, name, graph, plan)."""
+    options = options or QuantizeOptions()
     proto, name = _load(model)
-    proto = model_io.ensure_opset(proto)
+    proto = model_io.ensure_opset(proto, options.opset)
     graph = import_graph(proto)
-    return proto, name, graph, plan(graph, options or QuantizeOptions(), with_rules(plugin_rules(graph, plugins)))
+    return proto, name, graph, plan(graph, options, with_rules(plugin_rules(graph, plugins)))
 
 
 def _qopts_dict(q: QuantizeOptions) -> dict:

@@ -42,13 +42,13 @@ def test_local_errors_summed_in_the_graph_match_each_layers_outputs(mnist):
     amax = calibrate_tensors(proto, list(plan.activations), [{"input": images[:16]}],
                              CalibrationOptions(method="minmax", show_progress=False)).ranges().amax
     batches = [Batch({"input": images[k:k + 4]}, None, 4, "test") for k in range(0, 16, 4)]
-    local = local_snr(proto, plan, {"minmax": amax}, plan.int8_nodes, batches)
+    local = local_snr(proto, plan, {"minmax": amax}, plan.quantized_nodes, batches)
     outputs = {n.name: n.output[0] for n in proto.graph.node}
-    for node in plan.int8_nodes:
-        alone = quantized_model(proto, plan.without({n: "test" for n in plan.int8_nodes if n != node}), amax)
+    for node in plan.quantized_nodes:
+        alone = quantized_model(proto, plan.without({n: "test" for n in plan.quantized_nodes if n != node}), amax)
         stats = ErrorStats()
         with OrtRunner(with_outputs(proto, [outputs[node]])) as fp32, \
-                OrtRunner(with_outputs(alone, [outputs[node]]), simulate_int8=True) as int8:
+                OrtRunner(with_outputs(alone, [outputs[node]]), simulate_qdq=True) as int8:
             for batch in batches:
                 stats.update(fp32.run(batch.feed)[outputs[node]], int8.run(batch.feed)[outputs[node]])
         assert local[node]["minmax"] == pytest.approx(stats.snr_db, abs=0.01), node
@@ -60,11 +60,11 @@ def test_sets_with_the_same_ranges_share_one_copy_and_the_probe_outputs_only_sum
     amax = calibrate_tensors(proto, list(plan.activations), [{"input": images[:16]}],
                              CalibrationOptions(method="minmax", show_progress=False)).ranges().amax
     sets = {"a": amax, "b": dict(amax), "c": {t: 2 * a for t, a in amax.items()}}
-    signal, noise_of, probe = _probe(proto, plan, sets, plan.int8_nodes)
+    signal, noise_of, probe = _probe(proto, plan, sets, plan.quantized_nodes)
     assert all(per["a"] == per["b"] != per["c"] for per in noise_of.values())
-    assert len(probe.graph.output) == 3 * len(plan.int8_nodes)  # signal, and one copy for a and b, one for c
+    assert len(probe.graph.output) == 3 * len(plan.quantized_nodes)  # signal, and one copy for a and b, one for c
     assert all(not o.type.tensor_type.shape.dim for o in probe.graph.output)  # scalars: no layer output leaves the run
-    local = local_snr(proto, plan, sets, plan.int8_nodes, [Batch({"input": images[:8]}, None, 8, "test")])
+    local = local_snr(proto, plan, sets, plan.quantized_nodes, [Batch({"input": images[:8]}, None, 8, "test")])
     assert all(per["a"] == per["b"] for per in local.values())
 
 

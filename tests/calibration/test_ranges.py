@@ -9,7 +9,7 @@ import pytest
 from trtptq.calibration.ranges import Ranges, TensorRange
 from trtptq.calibrators import mse_amax
 from trtptq.core.errors import TrtptqError
-from trtptq.core.int8 import INT8
+from trtptq.core.formats import INT8
 
 
 def _ranges():

@@ -35,7 +35,7 @@ def test_calibrate_then_quantize_with_ranges_equals_one_step(tmp_path, mnist, ca
     a, b = onnx.load(tmp_path / "a.onnx"), onnx.load(tmp_path / "b.onnx")
     assert a.graph.SerializeToString() == b.graph.SerializeToString()
     x = mnist[1][1000:1064]
-    out = session(str(tmp_path / "a.onnx"), simulate_int8=True).run(None, {"input": x})[0]
+    out = session(str(tmp_path / "a.onnx"), simulate_qdq=True).run(None, {"input": x})[0]
     assert np.mean(out.argmax(1) == mnist[2][1000:1064]) > 0.95
 
 

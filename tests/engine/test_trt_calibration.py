@@ -15,7 +15,7 @@ from support import NO_ENGINE_GPU, engines_run_here, gpu_compute_capability, has
 from trtptq.calibration.calibrate import CalibrationOptions
 from trtptq.core import model as model_io
 from trtptq.core.errors import ModelError
-from trtptq.core.int8 import INT8
+from trtptq.core.formats import INT8
 from trtptq.core.shapes import parse_shapes
 from trtptq.core.trt import cache_version, get_backend
 from trtptq.data import input_specs

@@ -48,8 +48,8 @@ def test_output_metrics_match_numpy(mnist, files):
     (cand,) = result.candidates
     x, y = mnist[1][1000:1600], mnist[2][1000:1600]
     # The reference runs unfused, like the candidate (ORT's fused Conv+Relu differs in the last bit).
-    ref = session(str(mnist[0]), simulate_int8=True).run(None, {"input": x})[0].astype(np.float64)
-    out = session(str(files / "int8.onnx"), simulate_int8=True).run(None, {"input": x})[0].astype(np.float64)
+    ref = session(str(mnist[0]), simulate_qdq=True).run(None, {"input": x})[0].astype(np.float64)
+    out = session(str(files / "int8.onnx"), simulate_qdq=True).run(None, {"input": x})[0].astype(np.float64)
     m = cand.outputs["logits"]
     err = out - ref
     assert m.max_abs_error == pytest.approx(np.abs(err).max(), rel=1e-6)

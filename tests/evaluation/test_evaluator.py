@@ -44,7 +44,7 @@ def test_reference_runs_once_in_real_batches(mnist, int8, digits):
     path = mnist[0]
     reference = CountingRunner(path, name="fp32")
     evaluator = Evaluator(reference, evaluation_batches(input_specs(onnx.load(path)), IterableSource(digits)))
-    candidates = [CountingRunner(int8, simulate_int8=True, name=f"int8-{k}") for k in range(2)]
+    candidates = [CountingRunner(int8, simulate_qdq=True, name=f"int8-{k}") for k in range(2)]
     with evaluator:
         results = [evaluator.evaluate(c) for c in candidates]
     assert reference.batch_sizes == [DEFAULT_BATCH_SIZE] * 4 + [300 - 4 * DEFAULT_BATCH_SIZE]
@@ -69,8 +69,8 @@ def test_spilled_cache_gives_the_same_metrics_and_is_removed(mnist, int8, digits
 
 def test_outputs_and_accuracy_match_a_direct_run(mnist, int8, digits):
     x, y = digits[0]["input"], digits[0]["labels"]
-    ref = session(str(mnist[0]), simulate_int8=True).run(None, {"input": x})[0]
-    out = session(int8, simulate_int8=True).run(None, {"input": x})[0]
+    ref = session(str(mnist[0]), simulate_qdq=True).run(None, {"input": x})[0]
+    out = session(int8, simulate_qdq=True).run(None, {"input": x})[0]
     with Evaluator(mnist[0], digits, batch_size=300) as evaluator:  # one batch, as the direct run (Q/DQ rounding
         np.testing.assert_array_equal(evaluator.outputs(), ref)  # can flip where another batch size sums differently)
         np.testing.assert_array_equal(evaluator.outputs(int8), out)

@@ -71,7 +71,7 @@ def test_picodet_with_efficient_nms_quantizes_and_compares_from_the_cli(tmp_path
 
     x = np.load(tmp_path / "eval.npz")[rd.INPUT]
     ref = _detect(tmp_path / "layout.onnx", x)
-    got = _detect(tmp_path / "layout.int8.onnx", x, simulate_int8=True)
+    got = _detect(tmp_path / "layout.int8.onnx", x, simulate_qdq=True)
     assert ref[0].min() >= 5  # FP32 finds the page's blocks
     confident = rd.agreement(ref, got, min_score=0.8)
     every = rd.agreement(ref, got)

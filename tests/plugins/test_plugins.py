@@ -150,7 +150,7 @@ def test_detector_with_efficient_nms_quantizes_with_no_user_code(domain):
     assert "plugin EfficientNMS_TRT has no INT8 inputs or outputs" in kept["nms"]
     assert set(result.plan.activations) == {"x"}  # the Convs' input; nothing on the NMS inputs
     fp32 = session(model).run(None, data[0])
-    int8 = session(result.model, simulate_int8=True).run(None, data[0])
+    int8 = session(result.model, simulate_qdq=True).run(None, data[0])
     assert fp32[0][0, 0] > 0 and int8[0].dtype == np.int32
     np.testing.assert_allclose(int8[2], fp32[2], atol=0.05)
 
@@ -207,7 +207,7 @@ def test_user_plugin_calibrated_through_its_numpy_reference_and_quantized_by_its
     tanh = next(n for n in result.model.graph.node if n.op_type == "ScaledTanh")
     assert tanh.input[0] == "c1_dequantized"
     fp32 = session(model, plugins=plugins).run(None, data[0])[0]
-    int8 = session(result.model, simulate_int8=True, plugins=plugins).run(None, data[0])[0]
+    int8 = session(result.model, simulate_qdq=True, plugins=plugins).run(None, data[0])[0]
     assert np.corrcoef(fp32.ravel(), int8.ravel())[0, 1] > 0.99
     with pytest.raises(TrtptqError, match="no kernel for op ScaledTanh .*--plugin FILE.py"):
         session(model)

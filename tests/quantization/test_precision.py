@@ -31,7 +31,7 @@ def test_plan_round_trips_through_the_models_metadata(tmp_path, resnet_block):
     back = model_io.load(tmp_path / "m.onnx")
     assert read_plan(back) == PLAN and list(read_plan(back).nodes) == ["conv", "ln", "relu"]
     assert [p.key for p in back.metadata_props] == ["author", METADATA_KEY]
-    assert PLAN.counts() == {"INT8": 1, "FP16": 1, "FP32": 1}
+    assert PLAN.counts() == {"INT8": 1, "FP8": 0, "INT4": 0, "FP16": 1, "FP32": 1}
     assert {k: str(v) for k, v in PLAN.kept_float().items()} == {"ln": "FP32: LayerNormalization is sensitive"}
 
 
@@ -39,7 +39,7 @@ def test_foreign_or_corrupt_plans(resnet_block):
     assert read_plan(resnet_block) is None
     m = onnx.ModelProto()
     m.CopyFrom(resnet_block)
-    m.metadata_props.add(key=METADATA_KEY, value='{"nodes": {"conv": {"op": "Conv", "precision": "INT4"}}}')
+    m.metadata_props.add(key=METADATA_KEY, value='{"nodes": {"conv": {"op": "Conv", "precision": "INT3"}}}')
     with pytest.raises(ModelError, match="not a trtptq precision plan"):
         read_plan(m)
     m.metadata_props[0].value = "{not json"
@@ -55,11 +55,11 @@ def test_fp16_conversion_updates_the_quantized_plan(resnet_block):
     plan = read_plan(converted.model)
     assert plan == converted.plan
     assert plan.nodes["conv1"] == NodePrecision("Conv", "INT8", "Conv inputs quantized")
-    assert plan.nodes["fc"] == NodePrecision("Gemm", "FP16", "not INT8: excluded by name")
+    assert plan.nodes["fc"] == NodePrecision("Gemm", "FP16", "not quantized: excluded by name")
     assert plan.nodes["relu1"] == NodePrecision("Relu", "FP16")
-    assert plan.counts() == {"INT8": 4, "FP16": 4, "FP32": 0}  # the model's 8 nodes; its Q/DQ nodes are not layers
+    assert plan.counts() == {"INT8": 4, "FP8": 0, "INT4": 0, "FP16": 4, "FP32": 0}  # the model's 8 nodes; its Q/DQ nodes are not layers
     x = np.ones((2, 8, 6, 6), np.float32)
-    assert session(converted.model, simulate_int8=True).run(None, {"x": x})[0].dtype == np.float32
+    assert session(converted.model, simulate_qdq=True).run(None, {"x": x})[0].dtype == np.float32
     # An INT8 node the user keeps FP32 still computes in INT8 (Q/DQ decide that); only its float side stays FP32.
     kept = to_fp16(q, keep_fp32=("conv2",)).plan.nodes["conv2"]
     assert str(kept) == "INT8: Conv inputs quantized; its float inputs/outputs stay FP32 (kept by the user)"

@@ -12,7 +12,7 @@ from support import float_input, make_model
 from trtptq.calibration.calibrate import CalibrationOptions
 from trtptq.core import model as model_io
 from trtptq.core.errors import ModelError
-from trtptq.core.int8 import INT8
+from trtptq.core.formats import INT8
 from trtptq.core.precision import NodePrecision, read_plan
 from trtptq.pipelines import quantize
 from trtptq.quantization.graph import export_graph, import_graph
@@ -85,7 +85,7 @@ def test_quantized_model_runs_close_to_fp32(resnet_block):
     x = RNG.standard_normal((16, 8, 6, 6)).astype(np.float32)
     q = quantize(resnet_block, data=[{"x": x}], calibration=None).model
     ref = session(resnet_block).run(None, {"x": x})[0]
-    out = session(q, simulate_int8=True).run(None, {"x": x})[0]
+    out = session(q, simulate_qdq=True).run(None, {"x": x})[0]
     assert not np.array_equal(ref, out)  # it really is quantized
     assert np.abs(out - ref).max() < 0.05 * np.abs(ref).max()
 
@@ -159,7 +159,7 @@ def test_old_opset_is_upgraded():
                    [float_input("x", [1, 3, 2, 2])], [float_input("y", [1, 4, 2, 2])], [("w", w)], opset=11)
     q = quantize(m, data=_calib((3, 2, 2), n=1)).model
     assert model_io.opset(q) >= 13
-    session(q, simulate_int8=True).run(None, {"x": np.ones((1, 3, 2, 2), np.float32)})
+    session(q, simulate_qdq=True).run(None, {"x": np.ones((1, 3, 2, 2), np.float32)})
 
 
 def test_already_quantized_model_is_refused(resnet_block):
@@ -182,7 +182,7 @@ def test_external_data_models_load_and_save(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data", "out.onnx", "out.onnx.data"]
     reloaded = model_io.load(out)
     assert any(i.data_type == TensorProto.INT8 for i in reloaded.graph.initializer)
-    session(str(out), simulate_int8=True).run(None, {"x": np.ones((1, 64), np.float32)})
+    session(str(out), simulate_qdq=True).run(None, {"x": np.ones((1, 64), np.float32)})
 
 
 def test_corrupt_and_missing_models(tmp_path):
@@ -206,7 +206,7 @@ def test_precision_plan_travels_in_the_quantized_model(resnet_block, tmp_path):
         "fc": NodePrecision("Gemm", "FP32", "excluded by name"),
     }
     assert list(p.nodes) == [n.name for n in resnet_block.graph.node if n.name in p.nodes]
-    assert p.counts() == {"INT8": 4, "FP16": 0, "FP32": 1} and str(p.kept_float()["fc"]) == "FP32: excluded by name"
+    assert p.counts() == {"INT8": 4, "FP8": 0, "INT4": 0, "FP16": 0, "FP32": 1} and str(p.kept_float()["fc"]) == "FP32: excluded by name"
     assert read_plan(resnet_block) is None
 
 
@@ -249,7 +249,7 @@ def test_constant_nodes_become_weights_without_duplicate_tensor_warnings(capfd):
     assert _attr(_dq_of_input(q, "conv", 1), "axis") == 0 and _attr(_dq_of_input(q, "matmul", 1), "axis") == 1
     assert _init(q, next(n for n in q.graph.node if n.name == "reshape").input[1]).tolist() == [-1, 64]
     ref = session(m).run(None, {"x": x})[0]
-    out = session(q, simulate_int8=True).run(None, {"x": x})[0]
+    out = session(q, simulate_qdq=True).run(None, {"x": x})[0]
     assert np.abs(out - ref).max() < 0.05 * np.abs(ref).max()
 
 

@@ -33,7 +33,7 @@ def test_polygraphy_comparator_drives_our_runners(mnist):
     int8 = quantize(path, data=[{"input": images[:64]}],
                     calibration=CalibrationOptions(method="minmax", batch_size=64, show_progress=False)).model
     feeds = [{"input": images[k:k + 50]} for k in (1000, 1050)]
-    runners = [PolygraphyRunner(OrtRunner(path)), PolygraphyRunner(OrtRunner(int8, simulate_int8=True), "int8")]
+    runners = [PolygraphyRunner(OrtRunner(path)), PolygraphyRunner(OrtRunner(int8, simulate_qdq=True), "int8")]
     with quiet():
         results = Comparator.run(runners, data_loader=feeds)
         loose = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=100.0))
@@ -41,7 +41,7 @@ def test_polygraphy_comparator_drives_our_runners(mnist):
     assert bool(loose) and not bool(tight)
     (_, ref_iters), (name, int8_iters) = results.items()
     assert name == "int8" and len(int8_iters) == 2
-    direct = session(int8, simulate_int8=True).run(None, feeds[1])[0]
+    direct = session(int8, simulate_qdq=True).run(None, feeds[1])[0]
     np.testing.assert_array_equal(int8_iters[1]["logits"], direct)
     assert not any(r.is_active for r in runners)
 

@@ -49,9 +49,9 @@ def test_qdq_model_runs_unfused_as_tensorrt_defines_it(mnist, int8_onnx):
 
     images = mnist[1]
     with load(int8_onnx) as model:
-        assert model.simulate_int8
+        assert model.simulate_qdq
         out = model.infer({"input": images[1000:1032]})["logits"]
-    direct = session(int8_onnx, simulate_int8=True).run(None, {"input": images[1000:1032]})[0]
+    direct = session(int8_onnx, simulate_qdq=True).run(None, {"input": images[1000:1032]})[0]
     np.testing.assert_array_equal(out, direct)
 
 

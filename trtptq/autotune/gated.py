@@ -30,9 +30,9 @@ class GatedModel:
     """The plan's Q/DQ model with one gate input per INT8 layer; `variant(int8)` is a runner for one mix."""
 
     def __init__(self, model: onnx.ModelProto, plan: Plan, amax: Mapping[str, float], plugins: Plugins = BUILTIN):
-        self.nodes = plan.int8_nodes
+        self.nodes = plan.quantized_nodes
         self._gates = {node: f"{GATE_PREFIX}{node}" for node in self.nodes}
-        self._runner = OrtRunner(_gated(model, plan, amax, self._gates), simulate_int8=True, plugins=plugins)
+        self._runner = OrtRunner(_gated(model, plan, amax, self._gates), simulate_qdq=True, plugins=plugins)
         gc.collect()  # the graph it was built from is a cycle of nodes and tensors: free its weight copies now
 
     def __enter__(self) -> GatedModel:

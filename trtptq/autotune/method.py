@@ -73,7 +73,7 @@ def choose_method(model: onnx.ModelProto, plan: Plan, by_method: dict[str, dict[
     template = quantized_model(model, plan, by_method[methods[0]])
     with Evaluator(model, batches.source, batch_size=limits.batch_size, num_samples=limit, memory_budget=limits.bytes,
                    plugins=plugins) as evaluator:
-        local = local_snr(model, plan, by_method, plan.int8_nodes,
+        local = local_snr(model, plan, by_method, plan.quantized_nodes,
                           first_samples(evaluator.batches(), LOCAL_SAMPLES, batches.fixed_batch), show_progress, plugins)
         predicted = {m: sum(noise_power(per[m]) for per in local.values()) for m in methods}
         floor = min(predicted.values())

@@ -79,7 +79,7 @@ def analyze(model: onnx.ModelProto, plan: Plan, amax: dict[str, float], evaluato
     session of the same plan and ranges to reuse (the fallback search's), else one is made. Every run takes one of
     the evaluator's batches: their size sets what it holds (`budget.held`)."""
     opts = options or SensitivityOptions()
-    nodes = plan.int8_nodes
+    nodes = plan.quantized_nodes
     local = local_snr(model, plan, {"int8": amax}, nodes,
                       first_samples(evaluator.batches(), opts.samples, evaluator.data.fixed_batch), opts.show_progress,
                       evaluator.plugins)

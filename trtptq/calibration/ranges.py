@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from trtptq.core import fileio
 from trtptq.core.errors import TrtptqError
-from trtptq.core.int8 import INT8
+from trtptq.core.formats import INT8
 
 FORMAT = "trtptq-ranges"
 VERSION = 1

@@ -7,7 +7,7 @@ import argparse
 from trtptq.cli import groups, printing
 from trtptq.core.errors import TrtptqError
 
-BUILD, CALIBRATION, QUANTIZE = groups.BuildArgs(), groups.CalibrationArgs(), groups.QuantizeArgs()
+BUILD, CALIBRATION, QUANTIZE = groups.BuildArgs(), groups.CalibrationArgs(), groups.QuantizeArgs(targets=False)
 RANGES = groups.RangesArgs("with --int8: ranges from `trtptq calibrate` instead of --data")
 
 

@@ -198,9 +198,25 @@ class CalibrationArgs(BaseArgs):
 
 
 class QuantizeArgs(BaseArgs):
+    """Q/DQ placement and format; `targets`: also --compute-capability (build has its own, which this group reads)."""
+
     title = "Q/DQ placement"
 
+    def __init__(self, targets: bool = True) -> None:
+        self.targets = targets
+
     def add_arguments(self, group) -> None:
+        from trtptq.quantization.qdq import BLOCK_SIZES, PRECISIONS
+
+        group.add_argument("--precision", choices=list(PRECISIONS), default="int8",
+                           help="int8; fp8 (E4M3, compute capability 8.9+); w4a16 (INT4 weights in blocks, float "
+                                "activations: MatMul/Gemm); auto (per layer, from the formats every target runs)")
+        group.add_argument("--block-size", type=int, choices=BLOCK_SIZES, default=128,
+                           help="INT4 weights: values per scale along the reduction axis")
+        if self.targets:
+            group.add_argument("--compute-capability", nargs="+", default=[], metavar="CC",
+                               help="the GPUs the engine will run on, e.g. 8.6 8.9: a format one of them cannot run "
+                                    "is refused, and auto never picks it")
         group.add_argument("--exclude-nodes", nargs="+", default=[], metavar="NAME", help="node names or globs kept in float")
         group.add_argument("--exclude-op-types", nargs="+", default=[], metavar="OP", help="op types kept in float")
         group.add_argument("--keep-first", action="store_true", help="keep the first Conv/Gemm/MatMul in float")
@@ -217,7 +233,9 @@ class QuantizeArgs(BaseArgs):
         return QuantizeOptions(exclude_nodes=tuple(args.exclude_nodes), exclude_op_types=tuple(args.exclude_op_types),
                                keep_first=args.keep_first, keep_last=args.keep_last,
                                per_channel=not args.per_tensor_weights, residual_add=not args.no_residual_add,
-                               pooling=not args.no_pooling, activation_matmul=not args.no_activation_matmul)
+                               pooling=not args.no_pooling, activation_matmul=not args.no_activation_matmul,
+                               precision=args.precision, block_size=args.block_size,
+                               compute_capabilities=tuple(args.compute_capability))
 
 
 class RangesArgs(BaseArgs):

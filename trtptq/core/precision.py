@@ -1,4 +1,7 @@
-"""The precision plan: each decided node's precision (INT8 / FP16 / FP32) and why, carried inside the ONNX file.
+"""The precision plan: each decided node's precision (INT8 / FP8 / INT4 / FP16 / FP32) and why, inside the ONNX file.
+
+INT8 and FP8 nodes take quantized inputs and weights; an INT4 node has INT4
+weights and float activations (weight-only, W4A16).
 
 The quantize stage writes it (INT8 nodes, nodes kept in float), the FP16
 conversion updates it (FP16, kept FP32), and whoever reads the model later
@@ -20,14 +23,15 @@ from trtptq.core.errors import ModelError
 
 METADATA_KEY = "trtptq.precision_plan"
 FORMAT_VERSION = 1
-INT8, FP16, FP32 = "INT8", "FP16", "FP32"
-PRECISIONS = (INT8, FP16, FP32)
+INT8, FP8, INT4, FP16, FP32 = "INT8", "FP8", "INT4", "FP16", "FP32"
+QUANTIZED = (INT8, FP8, INT4)  # the names of trtptq.core.formats.FORMATS
+PRECISIONS = (*QUANTIZED, FP16, FP32)
 
 
 @dataclass(frozen=True)
 class NodePrecision:
     op: str
-    precision: str  # INT8 | FP16 | FP32
+    precision: str  # one of PRECISIONS
     reason: str = ""  # why; empty for a plain FP16 conversion
 
     def __post_init__(self) -> None:
@@ -50,8 +54,8 @@ class PrecisionPlan:
         return {p: found[p] for p in PRECISIONS}
 
     def kept_float(self) -> dict[str, NodePrecision]:
-        """The nodes deliberately left above INT8 (excluded, sensitive, plugin ops, ...): every non-INT8 node with a reason."""
-        return {name: p for name, p in self.nodes.items() if p.precision != INT8 and p.reason}
+        """The nodes deliberately left in float (excluded, sensitive, plugin ops, ...): every float node with a reason."""
+        return {name: p for name, p in self.nodes.items() if p.precision not in QUANTIZED and p.reason}
 
     def to_json(self) -> str:
         return json.dumps({"version": FORMAT_VERSION, "nodes": {k: asdict(v) for k, v in self.nodes.items()}},

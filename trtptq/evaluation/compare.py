@@ -23,7 +23,7 @@ import onnx
 from trtptq.calibration.passes import plan_passes, with_outputs
 from trtptq.core import model as model_io
 from trtptq.core.errors import TrtptqError
-from trtptq.core.int8 import INT8
+from trtptq.core.formats import INT8
 from trtptq.core.log import progress
 from trtptq.core.options import DEFAULT_MEMORY_BUDGET, check_count, option_error
 from trtptq.data import ImageOptions
@@ -277,7 +277,7 @@ def _compare_layers(ref_model: onnx.ModelProto, cand_models: list[onnx.ModelProt
                 plugins = evaluator.plugins
                 ref = (stack.enter_context(OrtRunner(with_outputs(ref_model, group), many_outputs=True, plugins=plugins))
                        if group else None)
-                cands = [stack.enter_context(OrtRunner(with_outputs(m, names), simulate_int8=True, plugins=plugins))
+                cands = [stack.enter_context(OrtRunner(with_outputs(m, names), simulate_qdq=True, plugins=plugins))
                          if names else None
                          for m, names in zip(cand_models, wanted)]
                 for batch in evaluator.batches():

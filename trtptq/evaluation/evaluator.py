@@ -78,14 +78,14 @@ def open_runner(candidate: Candidate, name: str | None = None,
                 plugins: Plugins = BUILTIN) -> contextlib.AbstractContextManager[Runner]:
     """The runner for a candidate, as a context manager that holds it open (ONNX plugin nodes run by `plugins`)."""
     if isinstance(candidate, onnx.ModelProto):
-        return OrtRunner(candidate, simulate_int8=True, name=name, plugins=plugins)
+        return OrtRunner(candidate, simulate_qdq=True, name=name, plugins=plugins)
     if not isinstance(candidate, (str, os.PathLike)):
         return candidate
     path = pathlib.Path(candidate)
     if not path.is_file():
         raise TrtptqError(f"candidate {path} does not exist.")
     if path.suffix == ".onnx":
-        return OrtRunner(path, simulate_int8=True, name=name, plugins=plugins)
+        return OrtRunner(path, simulate_qdq=True, name=name, plugins=plugins)
     return _engine(path, name)
 
 

@@ -136,9 +136,9 @@ def _restore_kept_outputs(converted: onnx.ModelProto, model: onnx.ModelProto, ke
 
 def _fp16_plan(model: onnx.ModelProto, before: PrecisionPlan, kept: dict[str, str],
                blocked_ops: Collection[str]) -> PrecisionPlan:
-    """The model's plan after conversion: INT8 nodes stay INT8, kept and blocked nodes FP32, float nodes FP16.
+    """The model's plan after conversion: quantized nodes keep their format, kept and blocked nodes FP32, float nodes FP16.
 
-    A node the quantizer left in float and the conversion makes FP16 keeps the quantizer's reason ("not INT8: ...").
+    A node the quantizer left in float and the conversion makes FP16 keeps the quantizer's reason ("not quantized: ...").
     Nodes with no float output (shape arithmetic) have no float precision and are not listed.
     """
     floats = float_tensors(model, {o for n in model.graph.node for o in n.output if o})
@@ -147,15 +147,15 @@ def _fp16_plan(model: onnx.ModelProto, before: PrecisionPlan, kept: dict[str, st
         if n.op_type in QDQ_OPS:
             continue
         old = before.nodes.get(n.name)
-        if old is not None and old.precision == precision.INT8:
+        if old is not None and old.precision in precision.QUANTIZED:
             extra = f"; its float inputs/outputs stay FP32 ({kept[n.name]})" if n.name in kept else ""
-            nodes[n.name] = NodePrecision(n.op_type, precision.INT8, old.reason + extra)
+            nodes[n.name] = NodePrecision(n.op_type, old.precision, old.reason + extra)
         elif n.name in kept:
             nodes[n.name] = NodePrecision(n.op_type, precision.FP32, kept[n.name])
         elif n.op_type in blocked_ops:
             nodes[n.name] = NodePrecision(n.op_type, precision.FP32, f"onnxconverter-common keeps {n.op_type} in FP32")
         elif floats & set(n.output):
-            nodes[n.name] = NodePrecision(n.op_type, precision.FP16, f"not INT8: {old.reason}" if old else "")
+            nodes[n.name] = NodePrecision(n.op_type, precision.FP16, f"not quantized: {old.reason}" if old else "")
         elif old is not None:
             nodes[n.name] = old
     return PrecisionPlan(nodes)

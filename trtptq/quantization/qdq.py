@@ -2,10 +2,14 @@
 
 `plan` walks the graph once, in topological order, and applies each node's
 rule from a rule table (`rules.RULES` by default): which inputs take Q/DQ,
-weights per channel. A tensor feeding several quantized consumers gets one
-shared Q/DQ pair, so fusions do not break. Every decision lands in the
-precision plan (INT8 with the rule's reason, or FP32 with why the node stays
-in float), which the quantized model carries in its metadata.
+weights per channel (or in blocks, for INT4), and which formats the op takes.
+Every decision lands in the precision plan (the node's format, INT8, FP8 or
+INT4, with the rule's reason, or FP32 with why the node stays in float),
+which the quantized model carries in its metadata. The sites are recorded
+whatever the format, so a node can change format later (`Plan.with_precisions`)
+without placing again; insertion reads each node's format from the plan. A
+tensor feeding several quantized consumers gets one shared Q/DQ pair per
+format, so fusions do not break; INT4 (weight-only) consumers read it as is.
 """
 
 from __future__ import annotations
@@ -22,19 +26,24 @@ import onnx_graphsurgeon as gs
 
 from trtptq.core import precision
 from trtptq.core.errors import ModelError
-from trtptq.core.int8 import INT8
-from trtptq.core.options import check_names
+from trtptq.core.formats import FORMATS, INT4, INT8, QuantFormat, parse_compute_capability
+from trtptq.core.options import check_choice, check_names, option_error
 from trtptq.core.precision import NodePrecision, PrecisionPlan
 from trtptq.plugins import is_plugin_op
+from trtptq.quantization import weights as weight_formats
 from trtptq.quantization.graph import export_graph, import_graph, replace_input
 from trtptq.quantization.rules import RULES, OpRule, rule_key
 
 logger = logging.getLogger(__name__)
+AUTO = "auto"
+#: --precision -> the format its nodes take (auto starts from INT8; autotune chooses per layer)
+PRECISIONS = {"int8": INT8.name, "fp8": FORMATS["FP8"].name, "w4a16": INT4.name, AUTO: INT8.name}
+BLOCK_SIZES = (32, 64, 128)  # INT4 weight blocks TensorRT takes
 
 
 @dataclass
 class QuantizeOptions:
-    """Where Q/DQ goes. Defaults follow TensorRT's placement guidance."""
+    """Where Q/DQ goes, and in which format. Defaults follow TensorRT's placement guidance."""
 
     exclude_nodes: tuple[str, ...] = ()  # node names or glob patterns kept in float
     exclude_op_types: tuple[str, ...] = ()  # op types kept in float
@@ -44,17 +53,48 @@ class QuantizeOptions:
     residual_add: bool = True  # quantize the residual input of Add after Conv
     pooling: bool = True  # quantize AveragePool/GlobalAveragePool inputs
     activation_matmul: bool = True  # quantize both inputs of activation x activation MatMul (attention BMMs)
+    precision: str = "int8"  # int8 | fp8 | w4a16 (INT4 weights, float activations) | auto (chosen per layer)
+    block_size: int = 128  # INT4 weights: values per scale along the reduction axis
+    compute_capabilities: tuple[str, ...] = ()  # the GPUs the engine must run on, e.g. ("8.6",); () = any format
 
     def __post_init__(self) -> None:
         check_names("--exclude-nodes", self.exclude_nodes)
         check_names("--exclude-op-types", self.exclude_op_types)
+        check_names("--compute-capability", self.compute_capabilities)
+        check_choice("--precision", self.precision, PRECISIONS)
+        if self.block_size not in BLOCK_SIZES:
+            raise option_error("--block-size", self.block_size, "is not a block size TensorRT takes",
+                               f"use one of {', '.join(map(str, BLOCK_SIZES))}")
+        targets = [parse_compute_capability(cc) for cc in self.compute_capabilities]
+        fmt = FORMATS[PRECISIONS[self.precision]]
+        if self.precision != AUTO and targets and not fmt.runs_on(min(targets)):
+            oldest = ".".join(map(str, min(targets)))
+            runnable = [p for p, f in PRECISIONS.items() if p != AUTO and FORMATS[f].runs_on(min(targets))]
+            raise option_error("--precision", self.precision, f"({fmt.name}) needs compute capability "
+                               f"{'.'.join(map(str, fmt.compute_capability))} or newer, and --compute-capability "
+                               f"{oldest} cannot run it", f"use --precision {' or '.join(runnable) or 'int8'}, "
+                               f"or drop {oldest}")
+
+    @property
+    def formats(self) -> tuple[QuantFormat, ...]:
+        """The formats this run may write: --precision's, or with auto every format all the targets run."""
+        if self.precision != AUTO:
+            return (FORMATS[PRECISIONS[self.precision]],)
+        oldest = min((parse_compute_capability(cc) for cc in self.compute_capabilities), default=None)
+        return tuple(f for f in FORMATS.values() if oldest is None or f.runs_on(oldest))
+
+    @property
+    def opset(self) -> int:
+        """The ONNX opset the quantized model needs: the newest of its formats' Q/DQ."""
+        return max(f.opset for f in self.formats)
 
 
 @dataclass
 class WeightSite:
     node: str
     tensor: str
-    axis: int | None  # None: per-tensor
+    axis: int | None  # per-channel axis (INT8, FP8); None: per-tensor
+    block_axis: int | None = None  # INT4: the reduction axis its blocks run along; None: the node takes no INT4
 
 
 @dataclass
@@ -63,7 +103,8 @@ class Plan:
 
     activations: dict[str, list[str]] = field(default_factory=dict)  # tensor -> consumer node names
     weights: list[WeightSite] = field(default_factory=list)
-    precision: PrecisionPlan = field(default_factory=PrecisionPlan)  # INT8 nodes and nodes kept in float
+    precision: PrecisionPlan = field(default_factory=PrecisionPlan)  # each node's format, and nodes kept in float
+    block_size: int = 128  # INT4 weight blocks
 
     @property
     def kept(self) -> dict[str, str]:
@@ -71,9 +112,15 @@ class Plan:
         return {name: p.reason for name, p in self.precision.nodes.items() if p.precision == precision.FP32}
 
     @property
-    def int8_nodes(self) -> list[str]:
-        """The nodes that run in INT8, in graph order: the units sensitivity ranks and fallback keeps in float."""
-        return [name for name, p in self.precision.nodes.items() if p.precision == precision.INT8]
+    def quantized_nodes(self) -> list[str]:
+        """The nodes that run quantized (INT8, FP8, INT4), in graph order: the units sensitivity ranks and fallback
+        keeps in float."""
+        return [name for name, p in self.precision.nodes.items() if p.precision in precision.QUANTIZED]
+
+    def format_of(self, node: str) -> QuantFormat:
+        """The format `node` is quantized to; a node the plan does not name (a copy of one) takes INT8."""
+        entry = self.precision.nodes.get(node)
+        return FORMATS.get(entry.precision, INT8) if entry is not None else INT8
 
     def add_activation(self, tensor: str, node: str) -> None:
         consumers = self.activations.setdefault(tensor, [])
@@ -93,6 +140,15 @@ class Plan:
         return replace(self, activations=activations, weights=[w for w in self.weights if w.node not in kept],
                        precision=replace(self.precision, nodes=nodes))
 
+    def with_precisions(self, chosen: Mapping[str, NodePrecision]) -> Plan:
+        """This plan with the quantized nodes of `chosen` (name -> format and why) in another format; float entries
+        drop the node's sites as `without` does."""
+        floats = {name: p.reason for name, p in chosen.items() if p.precision not in precision.QUANTIZED}
+        out = self.without(floats) if floats else self
+        nodes = {name: chosen[name] if name in chosen and name not in floats else p
+                 for name, p in out.precision.nodes.items()}
+        return replace(out, precision=replace(out.precision, nodes=nodes))
+
 
 def _is_float(t: gs.Tensor) -> bool:
     return t.dtype is None or np.dtype(t.dtype).kind == "f"
@@ -108,20 +164,27 @@ def plan(graph: gs.Graph, options: QuantizeOptions, rules: Mapping[str, OpRule] 
         ends[weighted[0].name] = "first layer kept in float"
     if options.keep_last and weighted:
         ends.setdefault(weighted[-1].name, "last layer kept in float")
-    result = Plan()
+    result = Plan(block_size=options.block_size)
+    fmt = options.formats[0] if options.precision != AUTO else INT8
     for n in nodes:
         rule = rules.get(rule_key(n))
         why = _exclusion(n, rule, options) or ends.get(n.name)
         if why:
             result.precision.nodes[n.name] = NodePrecision(n.op, precision.FP32, why)
         elif rule is not None and (rule.switch is None or getattr(options, rule.switch)):
-            _place(n, rule, options, rules, result)
+            _place(n, rule, fmt, options, rules, result)
     return result
 
 
-def _place(n: gs.Node, rule: OpRule, options: QuantizeOptions, rules: Mapping[str, OpRule], result: Plan) -> None:
-    """Apply `rule` to `n`: its Q/DQ sites into `result`, and the node's precision (INT8, or FP32 and why)."""
+def _place(n: gs.Node, rule: OpRule, fmt: QuantFormat, options: QuantizeOptions, rules: Mapping[str, OpRule],
+           result: Plan) -> None:
+    """Apply `rule` to `n`: its Q/DQ sites into `result`, and the node's precision (`fmt`, or FP32 and why).
+
+    A node whose op does not take `fmt` is left undecided (it runs in float): for INT4, every node but the weighted
+    GEMMs."""
     decided = result.precision.nodes
+    if fmt.name not in rule.formats:
+        return
     sites = [(i, n.inputs[i]) for i in rule.inputs if i < len(n.inputs) and n.inputs[i].name]
     if rule.weight_axis is None:
         sites = [(i, t) for i, t in sites if not isinstance(t, gs.Constant)]
@@ -143,13 +206,24 @@ def _place(n: gs.Node, rule: OpRule, options: QuantizeOptions, rules: Mapping[st
     for t in outputs:  # a plugin writing INT8: every consumer reads the output through one Q/DQ pair
         for consumer in t.outputs:
             result.add_activation(t.name, consumer.name)
+    blocks = {i: _block_axis(rule, n, i, t, result.block_size) for i, t in sites if isinstance(t, gs.Constant)}
+    if not fmt.activations and not any(axis is not None for axis in blocks.values()):
+        return  # weight-only, and no weight its blocks divide
     for i, t in sites:
         if isinstance(t, gs.Constant):
             axis = rule.weight_axis(n, i, len(t.shape)) if options.per_channel else None
-            result.weights.append(WeightSite(n.name, t.name, axis))
+            result.weights.append(WeightSite(n.name, t.name, axis, blocks[i]))
         else:
             result.add_activation(t.name, n.name)
-    decided[n.name] = NodePrecision(n.op, precision.INT8, rule.reason.format(op=n.op))
+    decided[n.name] = NodePrecision(n.op, fmt.name, rule.reason.format(op=n.op))
+
+
+def _block_axis(rule: OpRule, n: gs.Node, index: int, t: gs.Constant, block_size: int) -> int | None:
+    """The axis INT4 blocks of weight `t` run along, if the op takes INT4 and `block_size` divides it."""
+    if INT4.name not in rule.formats or rule.block_axis is None:
+        return None
+    axis = rule.block_axis(n, index, len(t.shape))
+    return axis if axis is not None and t.shape[axis] % block_size == 0 else None
 
 
 def _exclusion(n: gs.Node, rule: OpRule | None, options: QuantizeOptions) -> str | None:
@@ -192,68 +266,106 @@ def _similar(word: str, choices: list[str]) -> str:
 
 
 def quantized_model(model: onnx.ModelProto, plan_: Plan, amax: Mapping[str, float]) -> onnx.ModelProto:
-    """The Q/DQ model of `plan_` with `amax`, carrying its precision plan (a fresh graph each call: insertion edits it)."""
+    """The Q/DQ model of `plan_` with `amax`, carrying its precision plan (a fresh graph each call: insertion edits it).
+
+    `model` must already have the opset its formats need (`QuantizeOptions.opset`; FP8 19, INT4 blocks 21)."""
     return precision.write_plan(export_graph(insert_qdq(import_graph(model), plan_, amax), model), plan_.precision)
+
+
+def _tag(fmt: QuantFormat) -> str:
+    """What tells a Q/DQ pair's names apart per format: INT8's keep the plain names of earlier trtptq models."""
+    return "" if fmt is INT8 else f"_{fmt.name.lower()}"
 
 
 def with_scales(qdq_model: onnx.ModelProto, amax: Mapping[str, float]) -> onnx.ModelProto:
     """A copy of a Q/DQ model from `insert_qdq` with its activation scales set from `amax`: candidates that differ
     only in their ranges, without placing and exporting the graph again."""
+    scales = {f"{tensor}{_tag(fmt)}_scale": (tensor, fmt) for tensor in amax for fmt in FORMATS.values() if fmt.activations}
     out = onnx.ModelProto()
     out.CopyFrom(qdq_model)
     for init in out.graph.initializer:
-        tensor = init.name.removesuffix("_scale")
-        if tensor != init.name and tensor in amax:
-            init.CopyFrom(onnx.numpy_helper.from_array(np.asarray(INT8.scale(amax[tensor]), np.float32), init.name))
+        if init.name in scales:
+            tensor, fmt = scales[init.name]
+            init.CopyFrom(onnx.numpy_helper.from_array(np.asarray(fmt.scale(amax[tensor]), np.float32), init.name))
     return out
 
 
 def insert_qdq(graph: gs.Graph, plan_: Plan, amax: Mapping[str, float], suffix: str = "") -> gs.Graph:
-    """Write Q/DQ pairs for activations (from `amax`) and int8 weights + DQ, in place.
+    """Write Q/DQ pairs for activations (from `amax`) and quantized weights + DQ, each in its node's format, in place.
 
     `suffix` makes the new names unique when one graph takes several insertions (sensitivity's layer copies).
     """
-    missing = [t for t in plan_.activations if t not in amax]
+    by_format = {name: _consumers_by_format(plan_, consumers) for name, consumers in plan_.activations.items()}
+    missing = [t for t, groups in by_format.items() if groups and t not in amax]
     if missing:
         raise ModelError(f"no range for {len(missing)} tensor(s) to quantize (e.g. {', '.join(missing[:3])}); "
                          "the ranges come from another model or other options. Re-run calibration.")
     tensors = graph.tensors()
     by_name = {n.name: n for n in graph.nodes}
 
-    for name, consumers in plan_.activations.items():
+    for name, groups in by_format.items():
         t = tensors[name]
-        scale = INT8.scale(amax[name])
-        base = f"{name}{suffix}"
-        q_out = gs.Variable(f"{base}_quantized", dtype=INT8.dtype, shape=t.shape)
-        dq_out = gs.Variable(f"{base}_dequantized", dtype=t.dtype or np.float32, shape=t.shape)
-        s_const = gs.Constant(f"{base}_scale", scale)
-        z_const = gs.Constant(f"{base}_zero_point", INT8.zero_point())
-        graph.nodes.append(gs.Node("QuantizeLinear", f"{base}_QuantizeLinear", inputs=[t, s_const, z_const], outputs=[q_out]))
-        graph.nodes.append(gs.Node("DequantizeLinear", f"{base}_DequantizeLinear", inputs=[q_out, s_const, z_const], outputs=[dq_out]))
-        for c in consumers:
-            replace_input(by_name[c], t, dq_out)
+        for fmt, consumers in groups.items():
+            scale = fmt.scale(amax[name])
+            base = f"{name}{_tag(fmt)}{suffix}"
+            q_out = gs.Variable(f"{base}_quantized", dtype=fmt.dtype, shape=t.shape)
+            dq_out = gs.Variable(f"{base}_dequantized", dtype=t.dtype or np.float32, shape=t.shape)
+            s_const = gs.Constant(f"{base}_scale", scale)
+            z_const = _constant(f"{base}_zero_point", fmt.zero_point())
+            graph.nodes.append(gs.Node("QuantizeLinear", f"{base}_QuantizeLinear", inputs=[t, s_const, z_const],
+                                       outputs=[q_out]))
+            graph.nodes.append(gs.Node("DequantizeLinear", f"{base}_DequantizeLinear", inputs=[q_out, s_const, z_const],
+                                       outputs=[dq_out]))
+            for c in consumers:
+                replace_input(by_name[c], t, dq_out)
 
-    done: dict[tuple[str, int | None], gs.Variable] = {}
+    done: dict[tuple, gs.Variable] = {}
     for site in plan_.weights:
-        key = (site.tensor, site.axis)
+        fmt = plan_.format_of(site.node)
+        axis = site.block_axis if fmt is INT4 else site.axis
+        key = (site.tensor, fmt.name, axis)
         if key not in done:
-            done[key] = _quantize_weight(graph, tensors[site.tensor], site.axis, suffix)
+            done[key] = _quantize_weight(graph, tensors[site.tensor], fmt, axis, plan_.block_size, suffix)
         replace_input(by_name[site.node], tensors[site.tensor], done[key])
     return graph.cleanup().toposort()
 
 
-def _quantize_weight(graph: gs.Graph, w: gs.Constant, axis: int | None, suffix: str = "") -> gs.Variable:
-    """The weight stored as INT8 (per-tensor, or per channel on `axis`) behind a DequantizeLinear."""
+def _consumers_by_format(plan_: Plan, consumers: list[str]) -> dict[QuantFormat, list[str]]:
+    """The consumers of one tensor grouped by the format they read it in; weight-only (INT4) consumers read it as is."""
+    groups: dict[QuantFormat, list[str]] = {}
+    for c in consumers:
+        fmt = plan_.format_of(c)
+        if fmt.activations:
+            groups.setdefault(fmt, []).append(c)
+    return groups
+
+
+def _quantize_weight(graph: gs.Graph, w: gs.Constant, fmt: QuantFormat, axis: int | None, block_size: int,
+                     suffix: str = "") -> gs.Variable:
+    """The weight stored in `fmt` behind a DequantizeLinear: per-tensor, per channel on `axis`, or for a
+    weight-only format (INT4) in blocks of `block_size` along `axis`."""
     values = np.asarray(w.values, dtype=np.float32)
-    others = tuple(d for d in range(values.ndim) if d != axis) if axis is not None else None
-    scale = INT8.scale(np.abs(values).max(axis=others, initial=0.0))
-    q = INT8.quantize(values, scale if axis is None else np.expand_dims(scale, others))
-    base = f"{w.name}{suffix}"
+    if fmt.activations:
+        q, scale = weight_formats.per_channel(values, fmt, axis)
+    else:
+        q, scale = weight_formats.blocked(values, fmt, axis, block_size)
+    base = f"{w.name}{_tag(fmt)}{suffix}"
     out = gs.Variable(f"{base}_dequantized", dtype=np.float32, shape=list(values.shape))
     attrs = {} if axis is None else {"axis": axis}
+    if not fmt.activations:
+        attrs["block_size"] = block_size
     graph.nodes.append(gs.Node(
         "DequantizeLinear", f"{base}_DequantizeLinear", attrs=attrs,
-        inputs=[gs.Constant(f"{base}_quantized", q), gs.Constant(f"{base}_scale", scale),
-                gs.Constant(f"{base}_zero_point", INT8.zero_point(scale.shape))],
+        inputs=[_constant(f"{base}_quantized", q), gs.Constant(f"{base}_scale", scale),
+                _constant(f"{base}_zero_point", fmt.zero_point(scale.shape))],
         outputs=[out]))
     return out
+
+
+def _constant(name: str, values: np.ndarray) -> gs.Constant:
+    """A constant of any format's dtype: INT4 goes through onnx's own packing (gs would write one value per byte)."""
+    if values.dtype.itemsize == 1 and values.dtype.name in ("int4", "uint4"):
+        from onnx_graphsurgeon.ir.tensor import LazyValues
+
+        return gs.Constant(name, LazyValues(onnx.numpy_helper.from_array(values, name)))
+    return gs.Constant(name, values)

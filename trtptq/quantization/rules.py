@@ -4,7 +4,9 @@ The default table follows TensorRT's explicit-quantization guide: quantize the
 inputs of weighted ops (activations per-tensor, weights per-channel on the
 op's output-channel axis), the residual input of an Add whose other input
 fuses into a Conv's epilogue, and average pooling; never outputs. Ops without
-a rule take no Q/DQ (TensorRT moves Q/DQ through commuting ops itself).
+a rule take no Q/DQ (TensorRT moves Q/DQ through commuting ops itself). Each
+rule names the formats the op takes: INT8 and FP8 everywhere, INT4
+(weight-only, in blocks along the reduction axis) for the GEMMs.
 
 `RULES` is read-only; `with_rules` returns a new table with more rules, e.g.
 the plugins' of a graph (`plugin_rules`), keyed "domain::Op" (see `rule_key`),
@@ -19,6 +21,7 @@ from types import MappingProxyType
 
 import onnx_graphsurgeon as gs
 
+from trtptq.core.formats import FP8, INT4, INT8
 from trtptq.plugins import Plugins, is_plugin_op
 from trtptq.runtime.plugins import registered
 
@@ -44,6 +47,8 @@ class OpRule:
     residual: bool = False  # quantize only the inputs that do not fuse into a `fuses_add` producer, if one does
     reason: str = "{op} inputs quantized"  # the precision plan's reason for the node's INT8 ({op}: its op type)
     outputs: tuple[int, ...] = ()  # outputs whose consumers read them through Q/DQ (a plugin writing INT8)
+    formats: frozenset[str] = frozenset({INT8.name, FP8.name})  # the formats TensorRT runs this op in
+    block_axis: WeightAxis | None = None  # INT4: the weight's reduction axis, which its blocks run along
 
 
 def _conv_axis(node: gs.Node, index: int, rank: int) -> int | None:
@@ -62,11 +67,23 @@ def _matmul_axis(node: gs.Node, index: int, rank: int) -> int | None:
     return rank - 1 if index == 1 and rank >= 2 else None  # a constant left operand: one scale
 
 
+def _gemm_k(node: gs.Node, index: int, rank: int) -> int | None:
+    return (1 if node.attrs.get("transB", 0) else 0) if index == 1 else None  # K of B: (N, K) with transB, else (K, N)
+
+
+def _matmul_k(node: gs.Node, index: int, rank: int) -> int | None:
+    return 0 if index == 1 and rank == 2 else None  # a 2-D right operand (K, N)
+
+
+_GEMM_FORMATS = frozenset({INT8.name, FP8.name, INT4.name})
+
+
 RULES: Mapping[str, OpRule] = MappingProxyType({
     "Conv": OpRule((0, 1), _conv_axis, fuses_add=True, weighted=True),
     "ConvTranspose": OpRule((0, 1), _conv_transpose_axis, fuses_add=True, weighted=True),
-    "Gemm": OpRule((0, 1), _gemm_axis, weighted=True),
-    "MatMul": OpRule((0, 1), _matmul_axis, activations_switch="activation_matmul", weighted=True),
+    "Gemm": OpRule((0, 1), _gemm_axis, weighted=True, formats=_GEMM_FORMATS, block_axis=_gemm_k),
+    "MatMul": OpRule((0, 1), _matmul_axis, activations_switch="activation_matmul", weighted=True,
+                     formats=_GEMM_FORMATS, block_axis=_matmul_k),
     "AveragePool": OpRule((0,), switch="pooling"),
     "GlobalAveragePool": OpRule((0,), switch="pooling"),
     "Add": OpRule((0, 1), switch="residual_add", residual=True,
@@ -90,7 +107,8 @@ def plugin_rules(graph: gs.Graph, plugins: Plugins) -> dict[str, OpRule]:
             reason = f"plugin {{op}} takes INT8 inputs {list(plugin.int8_inputs)}, outputs {list(plugin.int8_outputs)}"
         else:
             reason = "plugin {op} has no INT8 inputs or outputs (its rule)"
-        rules[rule_key(node)] = OpRule(plugin.int8_inputs, outputs=plugin.int8_outputs, reason=reason)
+        rules[rule_key(node)] = OpRule(plugin.int8_inputs, outputs=plugin.int8_outputs, reason=reason,
+                                       formats=frozenset({INT8.name}))
     return rules
 
 

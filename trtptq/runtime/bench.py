@@ -104,7 +104,7 @@ def bench(models: Sequence[str], options: BenchOptions | None = None) -> list[Be
     for path in progress(models, desc="bench", unit="model", leave=False, enabled=options.show_progress):
         with load(path, instances=options.instances or options.threads, registry=options.plugins) as model:
             results.append(measure(model, make_feed(model, options), options))
-            simulated.append(model.kind == "onnx" and model.simulate_int8)
+            simulated.append(model.kind == "onnx" and model.simulate_qdq)
     for r, qdq in zip(results[1:], simulated[1:]):
         r.speedup = r.throughput / results[0].throughput
         if qdq and r.speedup < 1:

@@ -35,13 +35,15 @@ def default_providers() -> list[str]:
 
 
 def session(model: onnx.ModelProto | str | os.PathLike, providers: Sequence[str] | None = None,
-            simulate_int8: bool = False, many_outputs: bool = False, in_order: bool = False, plugins: Plugins = BUILTIN):
+            simulate_qdq: bool = False, many_outputs: bool = False, in_order: bool = False, plugins: Plugins = BUILTIN):
     """An InferenceSession; a node ONNX Runtime has no kernel for is a one-line ModelError naming it.
 
     Plugin nodes run through `plugins` (their numpy reference or custom-op library; see runtime.plugins).
 
-    `simulate_int8` disables graph optimizations so Q/DQ run as float ops, as
-    TensorRT defines them; ORT's fused INT8 kernels saturate on CPUs without VNNI.
+    `simulate_qdq` disables graph optimizations so Q/DQ run as float ops, as
+    TensorRT defines them: ORT's fused INT8 kernels saturate on CPUs without VNNI, and its MatMulNBits fusion of
+    INT4 weights quantizes the activations to INT8 (accuracy level 4: 1.7e-2 error vs 2.4e-6 unfused), which
+    TensorRT's W4A16 does not.
     `many_outputs` (intermediate tensors exposed for calibration) keeps to basic
     optimizations: the NCHWc layout of the full level would reorder every exposed
     tensor back, which costs more than it saves (MobileNetV2: 0.59 s vs 1.55 s).
@@ -56,8 +58,9 @@ def session(model: onnx.ModelProto | str | os.PathLike, providers: Sequence[str]
     # Our callers do numpy work between runs (metrics, calibrators): idle ORT workers spinning for the next run
     # would take that core (MNIST compare on 2 cores: 3.5 s -> 2.1 s without spinning).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if simulate_int8:
+    if simulate_qdq:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")  # should a fusion run anyway
     elif many_outputs:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     if in_order:
@@ -107,15 +110,15 @@ class OrtRunner:
     """An ONNX model in ONNX Runtime behind the runtime interface (`trtptq.runtime.runner.Runner`).
 
     The session is created on enter, so runners are cheap to make and hold
-    memory only while in use. `simulate_int8` / `many_outputs` / `in_order` / `plugins` as in `session`.
+    memory only while in use. `simulate_qdq` / `many_outputs` / `in_order` / `plugins` as in `session`.
     """
 
-    def __init__(self, model: onnx.ModelProto | str | os.PathLike, *, simulate_int8: bool = False,
+    def __init__(self, model: onnx.ModelProto | str | os.PathLike, *, simulate_qdq: bool = False,
                  many_outputs: bool = False, in_order: bool = False, providers: Sequence[str] | None = None,
                  name: str | None = None, plugins: Plugins = BUILTIN):
         self.model = model
         self.name = name or (model.graph.name if isinstance(model, onnx.ModelProto) else pathlib.Path(model).stem)
-        self._options = {"simulate_int8": simulate_int8, "many_outputs": many_outputs, "in_order": in_order,
+        self._options = {"simulate_qdq": simulate_qdq, "many_outputs": many_outputs, "in_order": in_order,
                          "providers": providers, "plugins": plugins}
         self._session = None
         self._outputs: list[str] = []
@@ -159,8 +162,8 @@ class OnnxModel(Model):
                  plugins: Plugins = BUILTIN):
         self.path = pathlib.Path(path)
         self.name = name or self.path.stem
-        self.simulate_int8 = has_qdq(load_onnx(self.path, load_external_data=False))  # not ONNX: one line, before ONNX Runtime
-        self._session = session(self.path, providers=providers, simulate_int8=self.simulate_int8, plugins=plugins)
+        self.simulate_qdq = has_qdq(load_onnx(self.path, load_external_data=False))  # not ONNX: one line, before ONNX Runtime
+        self._session = session(self.path, providers=providers, simulate_qdq=self.simulate_qdq, plugins=plugins)
         self.providers = self._session.get_providers()
         self.inputs = [_info(t) for t in self._session.get_inputs()]
         self.outputs = [_info(t) for t in self._session.get_outputs()]
