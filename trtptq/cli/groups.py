@@ -197,6 +197,51 @@ class CalibrationArgs(BaseArgs):
                                   runner=args.runner, backend=args.backend, show_progress=PROGRESS.parse(args))
 
 
+class StateArgs(BaseArgs):
+    """`--save-state` and `--shard`: calibrate part of the data and keep what the calibrators hold, for `trtptq merge`."""
+
+    title = "sharded calibration"
+
+    def add_arguments(self, group) -> None:
+        group.add_argument("--save-state", metavar="FILE",
+                           help="also write the calibration state (histograms, extremes, counts; npz + JSON), which "
+                                "`trtptq merge` combines with other shards' into ranges")
+        group.add_argument("--shard", metavar="K/N",
+                           help="calibrate on shard K of N only (samples i with i %% N == K, K from 0); writes only "
+                                "--save-state, no ranges")
+
+    def parse(self, args: argparse.Namespace):
+        """(the Shard, the state file); a shard without a state file is refused (its ranges alone are partial)."""
+        from trtptq.data import Shard
+
+        shard = Shard.parse(args.shard) if args.shard else Shard()
+        if shard.count > 1 and not args.save_state:
+            raise TrtptqError(f"--shard {shard} needs --save-state FILE: one shard's ranges are partial; merge the "
+                              "shards' states with `trtptq merge part-*.state -o ranges.json`.")
+        return shard, args.save_state
+
+
+class MergeArgs(BaseArgs):
+    """Which ranges `trtptq merge` reads from merged states; method auto scores them on --model and --data."""
+
+    title = "ranges"
+
+    def add_arguments(self, group) -> None:
+        group.add_argument("--method", choices=(*METHODS, "auto"),
+                           help="range method (default: the states'); histogram states (auto, entropy, percentile, "
+                                "mse) give every method, minmax states minmax; auto needs --model and --data")
+        group.add_argument("--percentile", type=float, help="for --method percentile (default: the states')")
+        group.add_argument("--model", help="with --method auto: the FP32 model the states were calibrated on")
+        group.add_argument("--data", help="with --method auto: all the calibration data (its first samples score "
+                                          "the candidates, as one `trtptq calibrate` would)")
+
+    def parse(self, args: argparse.Namespace) -> tuple[str | None, float | None]:
+        if args.percentile is not None and not 0 < args.percentile <= 100:
+            raise TrtptqError(f"--percentile {args.percentile} is outside (0, 100]; give the share of |x| to keep "
+                              "unclipped, e.g. --percentile 99.99.")
+        return args.method, args.percentile
+
+
 class QuantizeArgs(BaseArgs):
     title = "Q/DQ placement"
 
