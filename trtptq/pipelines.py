@@ -126,16 +126,17 @@ def _qopts_dict(q: QuantizeOptions) -> dict:
 
 
 def _calibrate(proto: onnx.ModelProto, name: str, placement: Plan, data, options: CalibrationOptions,
-               qopts: QuantizeOptions, plugins: Plugins) -> tuple[Ranges, Calibration]:
+               qopts: QuantizeOptions, plugins: Plugins, identify: bool = False) -> tuple[Ranges, Calibration]:
     """Calibrate the plan's activations and choose their ranges (`_choose`)."""
-    calibration = _collect(proto, name, placement, data, options, qopts, plugins)
+    calibration = _collect(proto, name, placement, data, options, qopts, plugins, identify)
     return _choose(proto, placement, calibration.state, calibration.batches, options, plugins), calibration
 
 
 def _collect(proto: onnx.ModelProto, name: str, placement: Plan, data, options: CalibrationOptions,
-             qopts: QuantizeOptions, plugins: Plugins) -> Calibration:
+             qopts: QuantizeOptions, plugins: Plugins, identify: bool = False) -> Calibration:
+    """`identify`: the state names the model by its hash (for a state that will be saved and merged)."""
     return calibrate_tensors(proto, list(placement.activations), data, options, passes_for(options, build_engine), name,
-                             plugins, {"quantize": _qopts_dict(qopts)})
+                             plugins, {"quantize": _qopts_dict(qopts)}, model_identity(proto) if identify else "")
 
 
 def _choose(proto: onnx.ModelProto, placement: Plan, state: CalibrationState, batches: Batches,
@@ -164,7 +165,8 @@ def calibrate(model: onnx.ModelProto | str | os.PathLike, data, options: Calibra
     write the calibration state there (`merge` reads it)."""
     qopts = quantize_options or QuantizeOptions()
     proto, name, _, placement = prepare(model, qopts, plugins)
-    ranges, calibration = _calibrate(proto, name, placement, data, options or CalibrationOptions(), qopts, plugins)
+    ranges, calibration = _calibrate(proto, name, placement, data, options or CalibrationOptions(), qopts, plugins,
+                                     identify=bool(save_state))
     if save_state:
         calibration.state.save(save_state)
     return ranges
@@ -175,7 +177,7 @@ def calibration_state(model: onnx.ModelProto | str | os.PathLike, data, options:
     """The calibrators' state after `options.shard`'s part of the data, no ranges chosen: save it, merge it."""
     qopts = quantize_options or QuantizeOptions()
     proto, name, _, placement = prepare(model, qopts, plugins)
-    return _collect(proto, name, placement, data, options or CalibrationOptions(), qopts, plugins).state
+    return _collect(proto, name, placement, data, options or CalibrationOptions(), qopts, plugins, identify=True).state
 
 
 def merge(states: Sequence[CalibrationState | str | os.PathLike], method: str | None = None,

@@ -15,7 +15,7 @@ import onnx
 
 from trtptq.calibration.collect import CollectStats, OpenPass, collect
 from trtptq.calibration.ranges import Ranges
-from trtptq.calibration.state import CalibrationState, model_identity
+from trtptq.calibration.state import CalibrationState
 from trtptq.calibrators import METHODS, Calibrator, HistogramCalibrator, make_calibrator
 from trtptq.core.options import DEFAULT_MEMORY_BUDGET, check_choice, check_count, option_error
 from trtptq.core.trt import RUNNERS
@@ -109,13 +109,14 @@ class Calibration:
 
 def calibrate_tensors(model: onnx.ModelProto, tensors, data, options: CalibrationOptions | None = None,
                       passes: Passes | None = None, model_name: str = "", plugins: Plugins = BUILTIN,
-                      ranges_options: dict | None = None) -> Calibration:
+                      ranges_options: dict | None = None, model_id: str = "") -> Calibration:
     """Run the FP32 `model` over `data` (the options' shard of it) and fold each named tensor into its calibrator.
 
     Method "auto" collects one histogram per tensor, from which every method's
     threshold is read; choosing among them is the quantize stage's job. Plugin
     nodes run in ONNX Runtime through `plugins` (a TensorRT runner has them in its engine).
-    `ranges_options`: what the ranges file records beside the calibration options (the quantize options).
+    `ranges_options`: what the ranges file records beside the calibration options (the quantize options);
+    `model_id`: the model's identity in the state (`state.model_identity`), where the state will be saved.
     """
     options = options or CalibrationOptions()
     specs = input_specs(model)
@@ -129,7 +130,7 @@ def calibrate_tensors(model: onnx.ModelProto, tensors, data, options: Calibratio
             stats = collect(model, batches, calibs, options.memory_budget, options.nonfinite, options.providers,
                             options.show_progress, open_pass, plugins)
     state = CalibrationState(
-        model=model_name or model.graph.name, model_id=model_identity(model), method=options.method,
+        model=model_name or model.graph.name, model_id=model_id, method=options.method,
         options={**options.calibrator_options(), "batch_size": batches.batch_size, **(ranges_options or {})},
         data=options.data_options(), calibrators=calibs, samples=stats.samples,
         shards=(options.shard.index,), num_shards=options.shard.count)
