@@ -100,7 +100,7 @@ def ort_passes(model: onnx.ModelProto, providers: Sequence[str] | None, plugins:
 
     @contextlib.contextmanager
     def open_pass(group: list[str]) -> Iterator[PassRun]:
-        sess = session(with_outputs(model, group), providers=providers, plugins=plugins)
+        sess = session(with_outputs(model, group), providers=providers, many_outputs=True, plugins=plugins)
         yield lambda feed: run(sess, group, feed)
 
     return open_pass
