@@ -8,11 +8,13 @@ the `open_pass` of a TensorRT engine from the engine stage).
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
 import onnx
 
+from trtptq.calibration.cluster import Cluster, map_merge
 from trtptq.calibration.collect import CollectStats, OpenPass, collect
 from trtptq.calibration.ranges import Ranges
 from trtptq.calibration.state import CalibrationState
@@ -20,6 +22,7 @@ from trtptq.calibrators import METHODS, Calibrator, HistogramCalibrator, make_ca
 from trtptq.core.options import DEFAULT_MEMORY_BUDGET, check_choice, check_count, option_error
 from trtptq.core.trt import RUNNERS
 from trtptq.data import Batches, ImageOptions, Shard, input_specs, open_source
+from trtptq.data.sources import source_path
 from trtptq.plugins import BUILTIN, Plugins
 
 #: (FP32 model, batches) -> a context giving the OpenPass that runs it; default: ONNX Runtime.
@@ -48,6 +51,7 @@ class CalibrationOptions:
     backend: str | None = None  # the TensorRT for runner="tensorrt" (None: auto)
     auto_samples: int = 16  # method="auto": calibration samples the candidates are scored on
     shard: Shard = field(default_factory=Shard)  # the part of the data this run calibrates on (--shard K/N)
+    cluster: Cluster | None = None  # calibrate on a Ray cluster, one task per shard (--workers, --ray-address)
     show_progress: bool = True
 
     def __post_init__(self) -> None:
@@ -69,6 +73,9 @@ class CalibrationOptions:
         check_choice("--nonfinite", self.nonfinite, ("error", "ignore"))
         check_choice("--runner", self.runner, RUNNERS)
         check_count("auto_samples", self.auto_samples, "sample to score --method auto on")
+        if self.cluster is not None and self.shard.count > 1:
+            raise option_error("--shard", self.shard, "cannot be combined with a cluster (--workers, --ray-address)",
+                               "give one of them: the cluster shards the data itself")
 
     def calibrator_options(self) -> dict:
         if self.method == AUTO:
@@ -119,6 +126,8 @@ def calibrate_tensors(model: onnx.ModelProto, tensors, data, options: Calibratio
     `model_id`: the model's identity in the state (`state.model_identity`), where the state will be saved.
     """
     options = options or CalibrationOptions()
+    if options.cluster is not None:
+        return _on_cluster(model, tensors, data, options, passes, model_name, plugins, ranges_options, model_id)
     specs = input_specs(model)
     batches = Batches(open_source(data, specs, options.image), specs, options.batch_size, options.num_samples,
                       options.shard)
@@ -135,6 +144,35 @@ def calibrate_tensors(model: onnx.ModelProto, tensors, data, options: Calibratio
         data=options.data_options(), calibrators=calibs, samples=stats.samples,
         shards=(options.shard.index,), num_shards=options.shard.count)
     return Calibration(state, stats, batches, options)
+
+
+def _on_cluster(model: onnx.ModelProto, tensors, data, options: CalibrationOptions, passes: Passes | None,
+                model_name: str, plugins: Plugins, ranges_options: dict | None, model_id: str) -> Calibration:
+    """`calibrate_tensors` with one Ray task per shard; the merged state is that of one process over all the data."""
+    if isinstance(data, (str, os.PathLike)):  # workers do not share the driver's working directory
+        path, function = source_path(data)
+        data = f"{path.resolve()}:{function}" if path.suffix == ".py" else str(path.resolve())
+    shared = (model, list(tensors), data, passes, model_name or model.graph.name, plugins, ranges_options, model_id)
+    state, stats = map_merge(options.cluster, _calibrate_shard, shared,
+                             lambda k, n: (replace(options, cluster=None, shard=Shard(k, n), show_progress=False),),
+                             _merge_shards)
+    specs = input_specs(model)
+    batches = Batches(open_source(data, specs, options.image), specs, options.batch_size, options.num_samples)
+    return Calibration(state, stats, batches, options)
+
+
+def _calibrate_shard(model: onnx.ModelProto, tensors: list[str], data, passes: Passes | None, model_name: str,
+                     plugins: Plugins, ranges_options: dict | None, model_id: str,
+                     options: CalibrationOptions) -> tuple[CalibrationState, CollectStats]:
+    """One task: calibrate one shard (`options.shard`), reading it where the task runs."""
+    done = calibrate_tensors(model, tensors, data, options, passes, model_name, plugins, ranges_options, model_id)
+    return done.state, done.stats
+
+
+def _merge_shards(a: tuple[CalibrationState, CollectStats],
+                  b: tuple[CalibrationState, CollectStats]) -> tuple[CalibrationState, CollectStats]:
+    return a[0].merge(b[0]), CollectStats(max(a[1].passes, b[1].passes), a[1].batches + b[1].batches,
+                                          a[1].samples + b[1].samples)
 
 
 def state_ranges(state: CalibrationState, method: str | None = None, percentile: float | None = None) -> Ranges:

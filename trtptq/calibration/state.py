@@ -166,7 +166,7 @@ def complete_state(states: Sequence[CalibrationState], names: Sequence[str] | No
     if not merged.complete:
         missing = sorted(set(range(merged.num_shards)) - set(merged.shards))
         raise TrtptqError(f"the states miss shard {', '.join(f'{k}/{merged.num_shards}' for k in missing)} of the data; "
-                          "calibrate it with --shard and --save-state, and merge all of them.")
+                          "calibrate each missing shard with --shard K/N --save-state, and merge all of them.")
     return merged
 
 

@@ -187,14 +187,23 @@ class CalibrationArgs(BaseArgs):
         group.add_argument("--runner", choices=RUNNERS, default="onnxruntime",
                            help="what runs the FP32 model: ONNX Runtime (default), or a TensorRT engine on the GPU "
                                 "(needs pycuda and a GPU that --backend's engines run on)")
+        group.add_argument("--workers", type=int, metavar="N",
+                           help="calibrate on N shards of the data at once, as Ray tasks (a local Ray cluster for the "
+                                "run, or --ray-address's); ranges identical to one process. Needs trtptq[cluster]")
+        group.add_argument("--ray-address", metavar="ADDR",
+                           help="an existing Ray cluster (auto after `ray start`, ray://head:10001, KubeRay's head "
+                                "service); --data must be readable at the same path on its nodes")
 
     def parse(self, args: argparse.Namespace, default_method: str = "auto"):
         from trtptq.calibration.calibrate import CalibrationOptions
+        from trtptq.calibration.cluster import Cluster
 
+        cluster = Cluster(args.workers, args.ray_address) if args.workers is not None or args.ray_address else None
         return CalibrationOptions(method=args.method or default_method, percentile=args.percentile,
                                   num_bins=args.num_bins, batch_size=args.batch_size, num_samples=args.num_samples,
                                   memory_budget=args.memory_budget, nonfinite=args.nonfinite, image=IMAGE.parse(args),
-                                  runner=args.runner, backend=args.backend, show_progress=PROGRESS.parse(args))
+                                  runner=args.runner, backend=args.backend, cluster=cluster,
+                                  show_progress=PROGRESS.parse(args))
 
 
 class StateArgs(BaseArgs):
