@@ -155,7 +155,7 @@ def _on_cluster(model: onnx.ModelProto, tensors, data, options: CalibrationOptio
     shared = (model, list(tensors), data, passes, model_name or model.graph.name, plugins, ranges_options, model_id)
     state, stats = map_merge(options.cluster, _calibrate_shard, shared,
                              lambda k, n: (replace(options, cluster=None, shard=Shard(k, n), show_progress=False),),
-                             _merge_shards)
+                             _merge_shards, gpus=1 if options.runner == "tensorrt" else 0)  # an engine per worker's GPU
     specs = input_specs(model)
     batches = Batches(open_source(data, specs, options.image), specs, options.batch_size, options.num_samples)
     return Calibration(state, stats, batches, options)

@@ -54,14 +54,14 @@ def connected(cluster: Cluster) -> Iterator:
 
 
 def map_merge(cluster: Cluster, task: Callable, shared: Sequence, shards: Callable[[int, int], Sequence],
-              merge: Callable) -> object:
-    """`merge` over `task(*shared, *shards(k, count))` for k < count, the cluster's shard count, each on a worker, merged
-    pairwise in a tree of tasks: the driver receives one result. `shared` goes into the object store once.
-    A user error raised in a task is raised here, as itself."""
+              merge: Callable, gpus: float = 0) -> object:
+    """`merge` over `task(*shared, *shards(k, count))` for k < count, the cluster's shard count, each on a worker
+    (with `gpus` GPUs of its own), merged pairwise in a tree of tasks: the driver receives one result. `shared`
+    goes into the object store once. A user error raised in a task is raised here, as itself."""
     with connected(cluster) as ray:
         count = cluster.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         refs = [ray.put(value) for value in shared]
-        remote_task, remote_merge = ray.remote(num_cpus=1)(task), ray.remote(num_cpus=1)(merge)
+        remote_task, remote_merge = ray.remote(num_cpus=1, num_gpus=gpus)(task), ray.remote(num_cpus=1)(merge)
         level = [remote_task.remote(*refs, *shards(k, count)) for k in range(count)]
         while len(level) > 1:
             pairs = [remote_merge.remote(a, b) for a, b in zip(level[::2], level[1::2])]
