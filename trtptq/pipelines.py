@@ -30,6 +30,7 @@ from trtptq.core import fileio
 from trtptq.core import model as model_io
 from trtptq.core.build_report import BuildReport
 from trtptq.core.errors import TrtptqError
+from trtptq.core.options import option_error
 from trtptq.core.sidecars import fp16_model_path, int8_model_path
 from trtptq.data import Batches, Holdout, ImageOptions, input_specs, open_source
 from trtptq.engine.build import build_engine
@@ -196,13 +197,17 @@ def merge(states: Sequence[CalibrationState | str | os.PathLike], method: str | 
     method = method or state.method
     if method != AUTO or model is None or data is None:
         return state_ranges(state, method, percentile)
+    if state.method != AUTO:
+        raise option_error("--method", AUTO, f"needs states calibrated with --method auto, not {state.method}",
+                           "give --method entropy, percentile, mse or minmax, or calibrate the shards with --method auto")
+    if percentile is not None:
+        state = replace(state, options={**state.options, "percentile": percentile})
     proto, _, _, placement = prepare(model, _from_json(QuantizeOptions, state.options.get("quantize", {})), plugins)
     if model_identity(proto) != state.model_id:
         raise TrtptqError(f"--model {model if not isinstance(model, onnx.ModelProto) else proto.graph.name} is not the "
                           f"model the states were calibrated on ({state.model}); give that model.")
     options = replace(options or CalibrationOptions(), method=AUTO, num_bins=state.options["num_bins"],
-                      percentile=state.options["percentile"] if percentile is None else percentile,
-                      image=_from_json(ImageOptions, state.data["image"]))
+                      percentile=state.options["percentile"], image=_from_json(ImageOptions, state.data["image"]))
     specs = input_specs(proto)
     batches = Batches(open_source(data, specs, options.image), specs, state.options["batch_size"],
                       state.data["num_samples"])

@@ -48,6 +48,9 @@ def test_histogram_states_give_every_method_as_its_own_run_would(calib, tmp_path
     # auto scores the candidates on the model and the first samples of all the data, as one run does
     assert merge(states, "auto", model=path, data=data, options=_options()).to_json() == \
         calibrate(path, data, _options("auto")).to_json()
+    whole = calibration_state(path, data, _options("entropy"))
+    with pytest.raises(TrtptqError, match="--method auto needs states calibrated with --method auto, not entropy"):
+        merge([whole], "auto", model=path, data=data)
 
 
 def test_state_file_round_trips_without_pickle(calib, tmp_path):
