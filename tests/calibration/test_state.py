@@ -64,6 +64,13 @@ def test_state_file_round_trips_without_pickle(calib, tmp_path):
         assert back.calibrators[name].state()["counts"].tobytes() == c.state()["counts"].tobytes()
     with np.load(tmp_path / "s.state", allow_pickle=False) as z:  # plain arrays and a JSON header only
         assert all(z[k].dtype != object for k in z.files)
+    # extremes only (minmax): they round-trip and merge too, and give minmax alone
+    for k in range(2):
+        calibration_state(path, data, _options("minmax", Shard(k, 2))).save(tmp_path / f"m{k}.state")
+    parts = [tmp_path / "m0.state", tmp_path / "m1.state"]
+    assert merge(parts).to_json() == calibrate(path, data, _options("minmax")).to_json()
+    with pytest.raises(TrtptqError, match="--method entropy cannot be read from states of method minmax"):
+        merge(parts, "entropy")
 
 
 def test_partial_or_doubled_shards_are_refused(calib, tmp_path):
