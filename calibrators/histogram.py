@@ -21,20 +21,16 @@ class NonFiniteError(ValueError):
     """The batch holds NaN or Inf; the state was left unchanged."""
 
 
-_CHUNK = 1 << 20  # elements per task: temporaries stay in cache, and numpy releases the GIL per chunk
+_PART = 1 << 20  # elements per pool task: numpy releases the GIL while a task bins its part
+_CHUNK = 1 << 16  # elements per step within a part: its temporaries stay in the core's cache
 
 
-def _bin_counts(chunk: np.ndarray, inv_width: np.float32, num_bins: int) -> np.ndarray:
-    a = np.abs(chunk, dtype=np.float32)
-    np.multiply(a, inv_width, out=a)
-    idx = a.astype(np.int32)
-    np.minimum(idx, num_bins - 1, out=idx)
-    return np.bincount(idx, minlength=num_bins)
+_MIN_EXPONENT = -100  # bins no narrower than 2**-100: 2**100 (their inverse) is still a float32
 
 
 def _exponent_for(amax: float, num_bins: int) -> int:
-    """Smallest e with num_bins * 2**e > amax, so amax lands in the upper half of the bins."""
-    return math.floor(math.log2(amax / num_bins)) + 1
+    """Smallest e with num_bins * 2**e > amax, so amax lands in the upper half of the bins (floored at 2**-100)."""
+    return max(math.floor(math.log2(amax / num_bins)) + 1, _MIN_EXPONENT)
 
 
 @dataclass
@@ -71,49 +67,68 @@ class AbsHistogram:
     def observe(self, x: np.ndarray, pool: Executor | None = None) -> None:
         """Fold one tensor (any shape) into the histogram; NaN/Inf raise NonFiniteError, leaving it unchanged.
 
-        `pool` (owned by the caller, e.g. one per calibration run) bins the
-        chunks of a large tensor in parallel; without one they are binned here,
-        one after the other. Integer counts add up the same in any order.
+        One pass per cache-sized chunk does everything: extremes, then the bins at the chunk's own width,
+        coarsened (exactly) when a later chunk needs wider ones. The tensor's parts go to fresh histograms
+        that merge into this one when all are done, so a bad value changes nothing. `pool` (owned by the
+        caller, e.g. one per calibration run) bins the parts of a large tensor in parallel.
         """
-        flat = np.asarray(x).ravel()
+        flat = np.asarray(x).reshape(-1)  # a view where x is contiguous (ONNX Runtime's outputs are): no copy
         if flat.size == 0:
             return
-        lo, hi = float(flat.min()), float(flat.max())  # NaN propagates through both
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            raise NonFiniteError(f"{np.isnan(flat).sum()} NaN and {np.isinf(flat).sum()} Inf values")
-        amax = max(-lo, hi)
-        self.minimum, self.maximum = min(self.minimum, lo), max(self.maximum, hi)
-        self.count += flat.size
-        self.amax = max(self.amax, amax)
-        if amax == 0:
-            self.counts[0] += flat.size
-            return
-        needed = _exponent_for(amax, self.num_bins)
-        if self.exponent is None or needed > self.exponent:
-            self._coarsen_to(needed)
-        # Multiplying by a power of two is exact, so the bin of a value never depends on history.
-        inv_width = np.float32(2.0 ** -self.exponent)
-        chunks = [flat[i:i + _CHUNK] for i in range(0, flat.size, _CHUNK)]
-        count = lambda c: _bin_counts(c, inv_width, self.num_bins)
-        for partial in pool.map(count, chunks) if pool is not None and len(chunks) > 1 else map(count, chunks):
-            self.counts += partial
+        parts = [flat[i:i + _PART] for i in range(0, flat.size, _PART)]
+        fold = lambda part: AbsHistogram(self.num_bins)._fold(part)
+        try:
+            done = list(pool.map(fold, parts) if pool is not None and len(parts) > 1 else map(fold, parts))
+        except NonFiniteError:
+            raise NonFiniteError(f"{np.isnan(flat).sum()} NaN and {np.isinf(flat).sum()} Inf values") from None
+        for part in done:
+            self._absorb(part)
+
+    def _fold(self, flat: np.ndarray) -> AbsHistogram:
+        """Bin a 1-D array into this (fresh) histogram, one cache-sized chunk at a time; returns self."""
+        bins = np.empty(min(_CHUNK, flat.size), dtype=np.int32)  # float32 -> int32 converts in SIMD; -> int64 does not
+        for start in range(0, flat.size, _CHUNK):
+            chunk = flat[start:start + _CHUNK]
+            lo, hi = float(chunk.min()), float(chunk.max())  # NaN propagates through both
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                raise NonFiniteError
+            amax = max(-lo, hi)
+            self.minimum, self.maximum = min(self.minimum, lo), max(self.maximum, hi)
+            self.count += chunk.size
+            self.amax = max(self.amax, amax)
+            if amax == 0:
+                self.counts[0] += chunk.size
+                continue
+            needed = _exponent_for(amax, self.num_bins)
+            if self.exponent is None or needed > self.exponent:
+                self._coarsen_to(needed)
+            # x * 2**-e is exact, and its truncation toward zero is -bin for x < 0: the bin never depends on history.
+            out = bins[: chunk.size]
+            np.multiply(chunk.astype(np.float32, copy=False), np.float32(2.0 ** -self.exponent), out=out,
+                        casting="unsafe")
+            np.abs(out, out=out)
+            self.counts += np.bincount(out, minlength=self.num_bins)
+        return self
 
     def merge(self, other: AbsHistogram) -> AbsHistogram:
         """Return the histogram of both data sets (neither input is changed)."""
+        out = AbsHistogram.from_state(self.state())
+        out._absorb(AbsHistogram.from_state(other.state()))
+        return out
+
+    def _absorb(self, other: AbsHistogram) -> None:
+        """Add `other`'s data to this histogram (`other` may be coarsened: pass one of your own)."""
         if other.num_bins != self.num_bins:
             raise ValueError(f"cannot merge histograms of {self.num_bins} and {other.num_bins} bins")
-        out = AbsHistogram.from_state(self.state())
-        theirs = AbsHistogram.from_state(other.state())
-        if theirs.exponent is not None:
-            target = theirs.exponent if out.exponent is None else max(out.exponent, theirs.exponent)
-            out._coarsen_to(target)
-            theirs._coarsen_to(target)
-        out.counts = out.counts + theirs.counts
-        out.amax = max(out.amax, theirs.amax)
-        out.minimum = min(out.minimum, theirs.minimum)
-        out.maximum = max(out.maximum, theirs.maximum)
-        out.count += theirs.count
-        return out
+        if other.exponent is not None:
+            target = other.exponent if self.exponent is None else max(self.exponent, other.exponent)
+            self._coarsen_to(target)
+            other._coarsen_to(target)
+        self.counts += other.counts
+        self.amax = max(self.amax, other.amax)
+        self.minimum = min(self.minimum, other.minimum)
+        self.maximum = max(self.maximum, other.maximum)
+        self.count += other.count
 
     def used(self) -> np.ndarray:
         """Counts up to the last non-empty bin (where every threshold search ends)."""

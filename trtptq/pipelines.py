@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import onnx
@@ -20,14 +21,16 @@ from trtptq.autotune.fallback import Fallback, fall_back
 from trtptq.autotune.gated import GatedModel
 from trtptq.autotune.method import choose_method
 from trtptq.autotune.sensitivity import Sensitivity, SensitivityOptions, analyze
-from trtptq.calibration.calibrate import AUTO, Calibration, CalibrationOptions, calibrate_tensors
+from trtptq.calibration.calibrate import AUTO, Calibration, CalibrationOptions, calibrate_tensors, state_ranges
 from trtptq.calibration.collect import CollectStats
 from trtptq.calibration.ranges import Ranges
+from trtptq.calibration.state import CalibrationState, complete_state, model_identity
 from trtptq.calibrators import METHODS, Calibrator
 from trtptq.core import fileio
 from trtptq.core import model as model_io
 from trtptq.core.build_report import BuildReport
 from trtptq.core.errors import TrtptqError
+from trtptq.core.options import option_error
 from trtptq.core.sidecars import fp16_model_path, int8_model_path
 from trtptq.data import Batches, Holdout, ImageOptions, input_specs, open_source
 from trtptq.engine.build import build_engine
@@ -116,39 +119,101 @@ def prepare(model: onnx.ModelProto | str | os.PathLike, options: QuantizeOptions
     return proto, name, graph, plan(graph, options, with_rules(plugin_rules(graph, plugins)))
 
 
+def _from_json(cls, fields: dict):
+    """An options dataclass from its dict as a JSON file holds it (lists back to tuples)."""
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+
 def _qopts_dict(q: QuantizeOptions) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(q).items()}
 
 
 def _calibrate(proto: onnx.ModelProto, name: str, placement: Plan, data, options: CalibrationOptions,
-               extra: dict, plugins: Plugins) -> tuple[Ranges, Calibration]:
-    """Calibrate the plan's activations; for method "auto", every method's ranges and their per-tensor mix are
-    scored against FP32 and the best kept."""
-    calibration = calibrate_tensors(proto, list(placement.activations), data, options, passes_for(options, build_engine), name,
-                                    plugins)
-    if options.method != AUTO:
-        return calibration.ranges(extra=extra), calibration
-    by_method = calibration.amax_by_method()
-    if not calibration.calibrators:
-        return calibration.ranges("minmax", by_method["minmax"], extra), calibration
-    choice = choose_method(proto, placement, by_method, calibration.batches, options.auto_samples,
-                           options.memory_budget, options.show_progress, plugins)
-    extra = {**extra, "auto_snr_db": choice.scores, "auto_methods": choice.per_tensor}
+               qopts: QuantizeOptions, plugins: Plugins, identify: bool = False) -> tuple[Ranges, Calibration]:
+    """Calibrate the plan's activations and choose their ranges (`_choose`)."""
+    calibration = _collect(proto, name, placement, data, options, qopts, plugins, identify)
+    return _choose(proto, placement, calibration.state, calibration.batches, options, plugins), calibration
+
+
+def _collect(proto: onnx.ModelProto, name: str, placement: Plan, data, options: CalibrationOptions,
+             qopts: QuantizeOptions, plugins: Plugins, identify: bool = False) -> Calibration:
+    """`identify`: the state names the model by its hash (for a state that will be saved and merged)."""
+    return calibrate_tensors(proto, list(placement.activations), data, options, passes_for(options, build_engine), name,
+                             plugins, {"quantize": _qopts_dict(qopts)}, model_identity(proto) if identify else "")
+
+
+def _choose(proto: onnx.ModelProto, placement: Plan, state: CalibrationState, batches: Batches,
+            options: CalibrationOptions, plugins: Plugins) -> Ranges:
+    """The state's ranges; for method "auto", every method's ranges and their per-tensor mix are scored against
+    FP32 on the first of `batches` and the best kept."""
+    if state.method != AUTO:
+        return state.ranges()
+    by_method = state.amax_by_method(options.percentile)
+    if not state.calibrators:
+        return state.ranges("minmax", by_method["minmax"])
+    choice = choose_method(proto, placement, by_method, batches, options.auto_samples, options.memory_budget,
+                           options.show_progress, plugins)
     if choice.scores[choice.method] < LOW_SNR_DB:
         logger.warning("the best INT8 ranges (%s) leave the outputs %.1f dB from FP32 on %d calibration samples: check "
                        "task accuracy with --report --eval-data, and if it dropped, keep the most sensitive layers in "
                        "float with --target (e.g. --target cosine=0.995)", choice.method, choice.scores[choice.method],
-                       min(options.auto_samples, calibration.stats.samples))
-    return calibration.ranges(choice.method, choice.amax, extra), calibration
+                       min(options.auto_samples, state.samples))
+    return state.ranges(choice.method, choice.amax, {"auto_snr_db": choice.scores, "auto_methods": choice.per_tensor})
 
 
 def calibrate(model: onnx.ModelProto | str | os.PathLike, data, options: CalibrationOptions | None = None,
-              quantize_options: QuantizeOptions | None = None, plugins: Plugins = BUILTIN) -> Ranges:
-    """Ranges for every tensor the quantizer will put Q/DQ on (chosen by `quantize_options`)."""
+              quantize_options: QuantizeOptions | None = None, plugins: Plugins = BUILTIN,
+              save_state: str | os.PathLike | None = None) -> Ranges:
+    """Ranges for every tensor the quantizer will put Q/DQ on (chosen by `quantize_options`); `save_state`: also
+    write the calibration state there (`merge` reads it)."""
     qopts = quantize_options or QuantizeOptions()
     proto, name, _, placement = prepare(model, qopts, plugins)
-    return _calibrate(proto, name, placement, data, options or CalibrationOptions(), {"quantize": _qopts_dict(qopts)},
-                      plugins)[0]
+    ranges, calibration = _calibrate(proto, name, placement, data, options or CalibrationOptions(), qopts, plugins,
+                                     identify=bool(save_state))
+    if save_state:
+        calibration.state.save(save_state)
+    return ranges
+
+
+def calibration_state(model: onnx.ModelProto | str | os.PathLike, data, options: CalibrationOptions | None = None,
+                      quantize_options: QuantizeOptions | None = None, plugins: Plugins = BUILTIN) -> CalibrationState:
+    """The calibrators' state after `options.shard`'s part of the data, no ranges chosen: save it, merge it."""
+    qopts = quantize_options or QuantizeOptions()
+    proto, name, _, placement = prepare(model, qopts, plugins)
+    return _collect(proto, name, placement, data, options or CalibrationOptions(), qopts, plugins, identify=True).state
+
+
+def merge(states: Sequence[CalibrationState | str | os.PathLike], method: str | None = None,
+          percentile: float | None = None, model: onnx.ModelProto | str | os.PathLike | None = None, data=None,
+          options: CalibrationOptions | None = None, plugins: Plugins = BUILTIN,
+          save_state: str | os.PathLike | None = None) -> Ranges:
+    """The ranges of merged calibration states (files or objects), bit-identical to one `calibrate` over all
+    their data. `method` (default: the states'): any method from histograms; "auto" scores the candidates
+    on `model` and the first samples of `data` (all of it, as one calibration would), with `options`.
+    `save_state`: also write the merged state there."""
+    loaded = [s if isinstance(s, CalibrationState) else CalibrationState.load(s) for s in states]
+    state = complete_state(loaded, [str(s) if not isinstance(s, CalibrationState) else f"state {k}"
+                                    for k, s in enumerate(states)])
+    if save_state:
+        state.save(save_state)
+    method = method or state.method
+    if method != AUTO or model is None or data is None:
+        return state_ranges(state, method, percentile)
+    if state.method != AUTO:
+        raise option_error("--method", AUTO, f"needs states calibrated with --method auto, not {state.method}",
+                           "give --method entropy, percentile, mse or minmax, or calibrate the shards with --method auto")
+    if percentile is not None:
+        state = replace(state, options={**state.options, "percentile": percentile})
+    proto, _, _, placement = prepare(model, _from_json(QuantizeOptions, state.options.get("quantize", {})), plugins)
+    if model_identity(proto) != state.model_id:
+        raise TrtptqError(f"--model {model if not isinstance(model, onnx.ModelProto) else proto.graph.name} is not the "
+                          f"model the states were calibrated on ({state.model}); give that model.")
+    options = replace(options or CalibrationOptions(), method=AUTO, num_bins=state.options["num_bins"],
+                      percentile=state.options["percentile"], image=_from_json(ImageOptions, state.data["image"]))
+    specs = input_specs(proto)
+    batches = Batches(open_source(data, specs, options.image), specs, state.options["batch_size"],
+                      state.data["num_samples"])
+    return _choose(proto, placement, state, batches, options, plugins)
 
 
 def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Ranges | str | os.PathLike | None = None,
@@ -168,8 +233,7 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
     if ranges is not None:
         ranges = ranges if isinstance(ranges, Ranges) else Ranges.load(ranges)
     elif data is not None:
-        ranges, done = _calibrate(proto, name, placement, data, calibration or CalibrationOptions(),
-                                  {"quantize": _qopts_dict(qopts)}, plugins)
+        ranges, done = _calibrate(proto, name, placement, data, calibration or CalibrationOptions(), qopts, plugins)
         stats, calibs = done.stats, done.calibrators
     else:
         raise TrtptqError("quantize needs calibration data or a ranges file")
@@ -251,11 +315,11 @@ def quantize_each_method(model: onnx.ModelProto | str | os.PathLike, data, metho
     qopts = options or QuantizeOptions()
     proto, name, _, placement = prepare(model, qopts, plugins)
     options = replace(calibration or CalibrationOptions(), method=AUTO)
-    done = calibrate_tensors(proto, list(placement.activations), data, options, passes_for(options, build_engine), name, plugins)
+    done = _collect(proto, name, placement, data, options, qopts, plugins)
     by_method = done.amax_by_method()
     results = {}
     for method in methods:
-        ranges = done.ranges(method, by_method[method], {"quantize": _qopts_dict(qopts)})
+        ranges = done.ranges(method, by_method[method])
         qdq = _qdq_model(proto, placement, ranges)
         results[method] = QuantizeResult(qdq, ranges, placement, done.stats, done.calibrators)
     return results

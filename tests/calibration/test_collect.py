@@ -8,7 +8,7 @@ import pytest
 
 from trtptq.calibration.calibrate import CalibrationOptions
 from trtptq.calibration.collect import collect, ort_passes
-from trtptq.calibrators import make_calibrator
+from trtptq.calibrators import NonFiniteError, make_calibrator
 from trtptq.core import model as model_io
 from trtptq.core.errors import DataError
 from trtptq.data import Batches, IterableSource, input_specs
@@ -83,3 +83,22 @@ def test_nan_in_activations_is_named(mnist, caplog):
                                                                       show_progress=False))
     assert "tensor input: 1 NaN" in caplog.text
     assert ranges.tensors["input"].amax == pytest.approx(float(np.nanmax(np.abs(bad))))
+
+
+def test_one_pass_binning_matches_the_histogram_of_the_whole_tensor():
+    """Chunks of ever larger values coarsen the bins while one tensor is binned: the counts are those of binning
+    every |x| at the final width at once, and a NaN anywhere leaves the histogram as it was."""
+    from trtptq.calibrators import AbsHistogram
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.standard_normal(70_000).astype(np.float32) * 10.0 ** k for k in range(-3, 4)])
+    hist = AbsHistogram()
+    hist.observe(x)
+    expected = np.bincount((np.abs(x) * np.float32(2.0 ** -hist.exponent)).astype(np.int64), minlength=hist.num_bins)
+    assert np.array_equal(hist.counts, expected)
+    assert (hist.minimum, hist.maximum, hist.count) == (float(x.min()), float(x.max()), x.size)
+    before = hist.state()
+    x[400_000] = np.nan
+    with pytest.raises(NonFiniteError):
+        hist.observe(x)
+    assert np.array_equal(hist.state()["counts"], before["counts"]) and hist.count == before["count"]

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from trtptq.core.errors import DataError
-from trtptq.data import Batches, ImageOptions, InputSpec, open_source
+from trtptq.data import Batches, ImageOptions, InputSpec, Shard, open_source
 
 IMG = [InputSpec("input", np.dtype(np.float32), ("batch", 1, 28, 28))]
 TEXT = [InputSpec("input_ids", np.dtype(np.int64), ("batch", "seq")),
@@ -116,3 +116,72 @@ def test_fixed_batch_dimension(tmp_path):
     assert [b.size for b in batches(data, spec)] == [1, 1, 1]
     with pytest.raises(DataError, match="fixed at 1.*--batch-size 1"):
         batches(data, spec, batch_size=8)
+
+
+def _samples(data, specs=IMG, shard=None, **kw):
+    got = list(Batches(open_source(data, specs), specs, batch_size=3, shard=shard, **kw))
+    return np.concatenate([b.feed["input"] for b in got]) if got else np.zeros((0, *specs[0].shape[1:]))
+
+
+@pytest.mark.parametrize("kind", ["npz", "compressed", "folder", "images", "script", "sharding script"])
+def test_shard_k_of_n_holds_samples_k_k_plus_n_for_every_source(tmp_path, mnist, kind):
+    _, images, _ = mnist
+    images = images[:11]
+    if kind == "npz":
+        np.savez(tmp_path / "d.npz", input=images)
+    elif kind == "compressed":
+        np.savez_compressed(tmp_path / "d.npz", input=images)
+    elif kind == "folder":  # files of 1, 3 and 7 samples, one without its batch axis
+        np.save(tmp_path / "a.npy", images[0])
+        np.savez(tmp_path / "b.npz", input=images[1:4])
+        np.savez(tmp_path / "c.npz", input=images[4:])
+    elif kind == "images":
+        images = np.clip(np.rint(images * 64 + 128), 0, 255).astype(np.uint8)
+        for k, img in enumerate(images):
+            Image.fromarray(img[0]).save(tmp_path / f"{k:02d}.png")
+        images = _samples(tmp_path)  # decoded as a whole
+    else:
+        np.save(tmp_path / "all.npy", images)
+        signature = "shard=0, num_shards=1" if kind == "sharding script" else ""
+        body = "x[shard::num_shards]" if kind == "sharding script" else "x"
+        (tmp_path / "loader.py").write_text(
+            "import numpy as np\n\n\n"
+            f"def load_data({signature}):\n"
+            f"    x = np.load({str(tmp_path / 'all.npy')!r})\n"
+            f"    for s in {body}:\n"
+            "        yield {'input': s}\n")
+    data = {"npz": tmp_path / "d.npz", "compressed": tmp_path / "d.npz", "script": tmp_path / "loader.py",
+            "sharding script": tmp_path / "loader.py"}.get(kind, tmp_path)
+    for n in (1, 2, 4):
+        for k in range(n):
+            assert np.array_equal(_samples(data, shard=Shard(k, n)), images[k::n]), (k, n)
+            # --num-samples caps the whole data: shard k takes its part of the first 7 samples
+            assert np.array_equal(_samples(data, shard=Shard(k, n), num_samples=7), images[:7][k::n]), (k, n)
+
+
+def test_npz_is_read_a_chunk_at_a_time(tmp_path, mnist, monkeypatch):
+    """Stored members are memory-mapped per chunk, compressed ones streamed: same samples, never the whole file."""
+    from trtptq.data import arrays
+
+    _, images, labels = mnist
+    monkeypatch.setattr(arrays, "CHUNK_BYTES", images[0].nbytes * 5)  # 4 samples (+ labels) per chunk
+    for save, kind in ((np.savez, np.memmap), (np.savez_compressed, np.ndarray)):
+        save(tmp_path / "d.npz", input=images[:10], labels=labels[:10])
+        chunks = list(open_source(tmp_path / "d.npz", IMG)())
+        assert [len(c.arrays["input"]) for c in chunks] == [4, 4, 2]
+        assert all(type(c.arrays["input"]) is kind for c in chunks)
+        assert np.array_equal(np.concatenate([c.arrays["labels"] for c in chunks]), labels[:10])
+        got = batches(tmp_path / "d.npz", batch_size=3)
+        assert np.array_equal(np.concatenate([b.feed["input"] for b in got]), images[:10])
+
+
+def test_pickled_arrays_are_refused(tmp_path):
+    np.savez(tmp_path / "p.npz", input=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(DataError, match=r"p.npz holds Python objects \(a pickled array\)"):
+        batches(tmp_path / "p.npz")
+
+
+def test_a_shard_without_samples_says_so(tmp_path, mnist):
+    np.savez(tmp_path / "d.npz", input=mnist[1][:2])
+    with pytest.raises(DataError, match=r"shard 3/4 of the calibration data holds no samples"):
+        _samples(tmp_path / "d.npz", shard=Shard(3, 4))

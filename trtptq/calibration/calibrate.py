@@ -8,18 +8,21 @@ the `open_pass` of a TensorRT engine from the engine stage).
 from __future__ import annotations
 
 import contextlib
-import pathlib
+import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import onnx
 
+from trtptq.calibration.cluster import Cluster, map_merge
 from trtptq.calibration.collect import CollectStats, OpenPass, collect
-from trtptq.calibration.ranges import Ranges, TensorRange
-from trtptq.calibrators import CALIBRATORS, METHODS, Calibrator, amax_by_method, make_calibrator
+from trtptq.calibration.ranges import Ranges
+from trtptq.calibration.state import CalibrationState
+from trtptq.calibrators import METHODS, Calibrator, HistogramCalibrator, make_calibrator
 from trtptq.core.options import DEFAULT_MEMORY_BUDGET, check_choice, check_count, option_error
 from trtptq.core.trt import RUNNERS
-from trtptq.data import Batches, ImageOptions, input_specs, open_source
+from trtptq.data import Batches, ImageOptions, Shard, input_specs, open_source
+from trtptq.data.sources import source_path
 from trtptq.plugins import BUILTIN, Plugins
 
 #: (FP32 model, batches) -> a context giving the OpenPass that runs it; default: ONNX Runtime.
@@ -47,6 +50,8 @@ class CalibrationOptions:
     runner: str = "onnxruntime"  # or "tensorrt": an FP32 engine on the GPU, through pycuda buffers
     backend: str | None = None  # the TensorRT for runner="tensorrt" (None: auto)
     auto_samples: int = 16  # method="auto": calibration samples the candidates are scored on
+    shard: Shard = field(default_factory=Shard)  # the part of the data this run calibrates on (--shard K/N)
+    cluster: Cluster | None = None  # calibrate on a Ray cluster, one task per shard (--workers, --ray-address)
     show_progress: bool = True
 
     def __post_init__(self) -> None:
@@ -68,6 +73,9 @@ class CalibrationOptions:
         check_choice("--nonfinite", self.nonfinite, ("error", "ignore"))
         check_choice("--runner", self.runner, RUNNERS)
         check_count("auto_samples", self.auto_samples, "sample to score --method auto on")
+        if self.cluster is not None and self.shard.count > 1:
+            raise option_error("--shard", self.shard, "cannot be combined with a cluster (--workers, --ray-address)",
+                               "give one of them: the cluster shards the data itself")
 
     def calibrator_options(self) -> dict:
         if self.method == AUTO:
@@ -79,54 +87,112 @@ class CalibrationOptions:
             opts["percentile"] = self.percentile
         return opts
 
+    def data_options(self) -> dict:
+        """What, beside the ranges file's options, decides which samples the calibrators see (shards aside)."""
+        return {"num_samples": self.num_samples, "nonfinite": self.nonfinite, "image": asdict(self.image)}
+
 
 @dataclass
 class Calibration:
-    """What one collection produced: the calibrators, and for method "auto" every method's ranges."""
+    """What one collection produced: its state (the calibrators), and the batches it read."""
 
-    calibrators: dict[str, Calibrator]
+    state: CalibrationState
     stats: CollectStats
     batches: Batches
     options: CalibrationOptions
-    model_name: str
+
+    @property
+    def calibrators(self) -> dict[str, Calibrator]:
+        return self.state.calibrators
 
     def amax_by_method(self) -> dict[str, dict[str, float]]:
         """method -> tensor -> amax, all read from the histograms of one collection (method "auto")."""
-        per_tensor = {t: amax_by_method(c.hist, self.options.percentile) for t, c in self.calibrators.items()}
-        return {m: {t: a[m] for t, a in per_tensor.items()} for m in CALIBRATORS}
+        return self.state.amax_by_method(self.options.percentile)
 
     def ranges(self, method: str | None = None, amax: dict[str, float] | None = None, extra: dict | None = None) -> Ranges:
         """The ranges file for `method` (default: the calibrated one), from `amax` or the calibrators."""
-        method = method or self.options.method
-        if amax is None:
-            amax = {t: c.compute_amax() for t, c in self.calibrators.items()}
-        opts = {**self.options.calibrator_options(), "batch_size": self.batches.batch_size, **(extra or {})}
-        return Ranges(
-            method=method,
-            options=opts,
-            tensors={t: TensorRange(amax[t], c.minimum, c.maximum, c.count) for t, c in self.calibrators.items()},
-            model=pathlib.Path(self.model_name).name,
-            num_samples=self.stats.samples,
-            trt_algorithm=CALIBRATORS[method].trt_algorithm if method in CALIBRATORS else CALIBRATORS["entropy"].trt_algorithm,
-        )
+        return self.state.ranges(method, amax, extra)
 
 
 def calibrate_tensors(model: onnx.ModelProto, tensors, data, options: CalibrationOptions | None = None,
-                      passes: Passes | None = None, model_name: str = "", plugins: Plugins = BUILTIN) -> Calibration:
-    """Run the FP32 `model` over `data` and fold each named tensor into its calibrator.
+                      passes: Passes | None = None, model_name: str = "", plugins: Plugins = BUILTIN,
+                      ranges_options: dict | None = None, model_id: str = "") -> Calibration:
+    """Run the FP32 `model` over `data` (the options' shard of it) and fold each named tensor into its calibrator.
 
     Method "auto" collects one histogram per tensor, from which every method's
     threshold is read; choosing among them is the quantize stage's job. Plugin
     nodes run in ONNX Runtime through `plugins` (a TensorRT runner has them in its engine).
+    `ranges_options`: what the ranges file records beside the calibration options (the quantize options);
+    `model_id`: the model's identity in the state (`state.model_identity`), where the state will be saved.
     """
     options = options or CalibrationOptions()
+    if options.cluster is not None:
+        return _on_cluster(model, tensors, data, options, passes, model_name, plugins, ranges_options, model_id)
     specs = input_specs(model)
-    batches = Batches(open_source(data, specs, options.image), specs, options.batch_size, options.num_samples)
+    batches = Batches(open_source(data, specs, options.image), specs, options.batch_size, options.num_samples,
+                      options.shard)
     calibs = {t: make_calibrator("entropy", num_bins=options.num_bins) if options.method == AUTO else  # a histogram
               make_calibrator(options.method, **options.calibrator_options()) for t in tensors}
-    if not calibs:
-        return Calibration(calibs, CollectStats(0, 0, 0), batches, options, model_name or model.graph.name)
-    with (passes(model, batches) if passes else contextlib.nullcontext(None)) as open_pass:
-        stats = collect(model, batches, calibs, options.memory_budget, options.nonfinite, options.providers,
-                        options.show_progress, open_pass, plugins)
-    return Calibration(calibs, stats, batches, options, model_name or model.graph.name)
+    stats = CollectStats(0, 0, 0)
+    if calibs:
+        with (passes(model, batches) if passes else contextlib.nullcontext(None)) as open_pass:
+            stats = collect(model, batches, calibs, options.memory_budget, options.nonfinite, options.providers,
+                            options.show_progress, open_pass, plugins)
+    state = CalibrationState(
+        model=model_name or model.graph.name, model_id=model_id, method=options.method,
+        options={**options.calibrator_options(), "batch_size": batches.batch_size, **(ranges_options or {})},
+        data=options.data_options(), calibrators=calibs, samples=stats.samples,
+        shards=(options.shard.index,), num_shards=options.shard.count)
+    return Calibration(state, stats, batches, options)
+
+
+def _on_cluster(model: onnx.ModelProto, tensors, data, options: CalibrationOptions, passes: Passes | None,
+                model_name: str, plugins: Plugins, ranges_options: dict | None, model_id: str) -> Calibration:
+    """`calibrate_tensors` with one Ray task per shard; the merged state is that of one process over all the data."""
+    if isinstance(data, (str, os.PathLike)):  # workers do not share the driver's working directory
+        path, function = source_path(data)
+        data = f"{path.resolve()}:{function}" if path.suffix == ".py" else str(path.resolve())
+    shared = (model, list(tensors), data, passes, model_name or model.graph.name, plugins, ranges_options, model_id)
+    state, stats = map_merge(options.cluster, _calibrate_shard, shared,
+                             lambda k, n: (replace(options, cluster=None, shard=Shard(k, n), show_progress=False),),
+                             _merge_shards, gpus=1 if options.runner == "tensorrt" else 0)  # an engine per worker's GPU
+    specs = input_specs(model)
+    batches = Batches(open_source(data, specs, options.image), specs, options.batch_size, options.num_samples)
+    return Calibration(state, stats, batches, options)
+
+
+def _calibrate_shard(model: onnx.ModelProto, tensors: list[str], data, passes: Passes | None, model_name: str,
+                     plugins: Plugins, ranges_options: dict | None, model_id: str,
+                     options: CalibrationOptions) -> tuple[CalibrationState, CollectStats]:
+    """One task: calibrate one shard (`options.shard`), reading it where the task runs."""
+    done = calibrate_tensors(model, tensors, data, options, passes, model_name, plugins, ranges_options, model_id)
+    return done.state, done.stats
+
+
+def _merge_shards(a: tuple[CalibrationState, CollectStats],
+                  b: tuple[CalibrationState, CollectStats]) -> tuple[CalibrationState, CollectStats]:
+    return a[0].merge(b[0]), CollectStats(max(a[1].passes, b[1].passes), a[1].batches + b[1].batches,
+                                          a[1].samples + b[1].samples)
+
+
+def state_ranges(state: CalibrationState, method: str | None = None, percentile: float | None = None) -> Ranges:
+    """The ranges `calibrate --method method [--percentile p]` writes for the state's data, file bytes alike.
+
+    Histograms (a state of method auto, entropy, percentile or mse) give every method; extremes (minmax) only
+    minmax. Method "auto" scores candidates on the model, so it is the pipelines' (`pipelines.merge`).
+    """
+    method = method or state.method
+    percentile = state.options.get("percentile", 99.99) if percentile is None else percentile
+    options = CalibrationOptions(method=method, num_bins=state.options.get("num_bins", 2048), percentile=percentile)
+    histograms = all(isinstance(c, HistogramCalibrator) for c in state.calibrators.values())
+    if method == AUTO or not (histograms or method == "minmax"):
+        raise option_error("--method", method, f"cannot be read from states of method {state.method}",
+                           "give --method " + ("entropy, percentile, mse or minmax, or --model and --data to score "
+                                               "them (auto)" if histograms else "minmax, or calibrate with --method "
+                                                                                "auto (histograms: every method)"))
+    own = {k: v for k, v in options.calibrator_options().items() if k != "num_bins"}
+    calibrators = {t: Calibrator.from_state({**c.state(), "method": method, "options": own})
+                   for t, c in state.calibrators.items()}
+    rest = {k: v for k, v in state.options.items() if k not in ("num_bins", "percentile")}
+    return replace(state, method=method, options={**options.calibrator_options(), **rest},
+                   calibrators=calibrators).ranges()

@@ -63,7 +63,8 @@ def collect(model: onnx.ModelProto, batches: Batches, calibrators: dict[str, Cal
     warned: set[str] = set()
     total_batches = samples = 0
     open_pass = open_pass or ort_passes(model, providers, plugins)
-    # One pool for the run, shut down at its end: histogram binning of large tensors spreads over the cores.
+    # One pool for the run, shut down at its end: each batch's tensors are binned on it side by side (calibrators are
+    # independent), or a lone tensor's parts are.
     with (ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="trtptq-calib") as pool,
           progress(desc="calibrating", unit="batch", enabled=show_progress) as bar):
         for k, group in enumerate(groups):
@@ -72,12 +73,17 @@ def collect(model: onnx.ModelProto, batches: Batches, calibrators: dict[str, Cal
                 n_batches = n_samples = 0
                 for batch in batches:
                     values = run(batch.feed)
-                    for name, value in zip(group, values):
-                        _observe(calibrators[name], name, value, batch, nonfinite, warned, pool)
+                    if len(group) == 1:
+                        _observe(calibrators[group[0]], group[0], values[0], batch, nonfinite, warned, pool)
+                    else:
+                        tasks = [pool.submit(_observe, calibrators[name], name, value, batch, nonfinite, warned, None)
+                                 for name, value in zip(group, values)]
+                        for task in tasks:  # the first error in tensor order, as one thread would raise it
+                            task.result()
                     # Drop every output now: one array left alive keeps its whole ONNX Runtime arena alive, and
                     # after the last batch that is the previous pass's arena beside the next one (MiniLM at
                     # length 384, 64 MiB budget: +317 MiB over the floor instead of +68).
-                    del values, value
+                    del values
                     n_batches += 1
                     n_samples += batch.size
                     bar.update(1)
@@ -89,18 +95,25 @@ def collect(model: onnx.ModelProto, batches: Batches, calibrators: dict[str, Cal
 
 
 def ort_passes(model: onnx.ModelProto, providers: Sequence[str] | None, plugins: Plugins = BUILTIN):
-    """ONNX Runtime runs each pass: the model with the pass's tensors as its outputs."""
+    """ONNX Runtime runs each pass: the model with the pass's tensors as its outputs, handed over in place (numpy
+    views of ONNX Runtime's own buffers, which they keep alive: `run` would copy every tensor once more)."""
+
+    import onnxruntime as ort
+
+    def run(sess, group: list[str], feed: dict) -> list[np.ndarray]:
+        inputs = {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a)) for name, a in feed.items()}
+        return [value.numpy() for value in sess.run_with_ort_values(group, inputs)]
 
     @contextlib.contextmanager
     def open_pass(group: list[str]) -> Iterator[PassRun]:
         sess = session(with_outputs(model, group), providers=providers, many_outputs=True, plugins=plugins)
-        yield lambda feed: sess.run(group, feed)
+        yield lambda feed: run(sess, group, feed)
 
     return open_pass
 
 
 def _observe(calib: Calibrator, name: str, value: np.ndarray, batch, nonfinite: str, warned: set[str],
-             pool: Executor) -> None:
+             pool: Executor | None) -> None:
     try:
         calib.observe(value, pool)
     except NonFiniteError as e:

@@ -7,10 +7,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from trtptq.cli import bench, build, calibrate, compare, demo, export, groups, quantize, run, sensitivity
+from trtptq.cli import bench, build, calibrate, compare, demo, export, groups, merge, quantize, run, sensitivity
 from trtptq.core.errors import TrtptqError
 
-COMMANDS = (calibrate, quantize, sensitivity, build, compare, run, bench, export, demo)
+COMMANDS = (calibrate, merge, quantize, sensitivity, build, compare, run, bench, export, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

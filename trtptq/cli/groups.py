@@ -187,14 +187,68 @@ class CalibrationArgs(BaseArgs):
         group.add_argument("--runner", choices=RUNNERS, default="onnxruntime",
                            help="what runs the FP32 model: ONNX Runtime (default), or a TensorRT engine on the GPU "
                                 "(needs pycuda and a GPU that --backend's engines run on)")
+        group.add_argument("--workers", type=int, metavar="N",
+                           help="calibrate on N shards of the data at once, as Ray tasks (a local Ray cluster for the "
+                                "run, or --ray-address's); ranges identical to one process. Needs trtptq[cluster]")
+        group.add_argument("--ray-address", metavar="ADDR",
+                           help="an existing Ray cluster (auto after `ray start`, ray://head:10001, KubeRay's head "
+                                "service); --data must be readable at the same path on its nodes")
 
     def parse(self, args: argparse.Namespace, default_method: str = "auto"):
         from trtptq.calibration.calibrate import CalibrationOptions
+        from trtptq.calibration.cluster import Cluster
 
+        cluster = Cluster(args.workers, args.ray_address) if args.workers is not None or args.ray_address else None
         return CalibrationOptions(method=args.method or default_method, percentile=args.percentile,
                                   num_bins=args.num_bins, batch_size=args.batch_size, num_samples=args.num_samples,
                                   memory_budget=args.memory_budget, nonfinite=args.nonfinite, image=IMAGE.parse(args),
-                                  runner=args.runner, backend=args.backend, show_progress=PROGRESS.parse(args))
+                                  runner=args.runner, backend=args.backend, cluster=cluster,
+                                  show_progress=PROGRESS.parse(args))
+
+
+class StateArgs(BaseArgs):
+    """`--save-state` and `--shard`: calibrate part of the data and keep what the calibrators hold, for `trtptq merge`."""
+
+    title = "sharded calibration"
+
+    def add_arguments(self, group) -> None:
+        group.add_argument("--save-state", metavar="FILE",
+                           help="also write the calibration state (histograms, extremes, counts; npz + JSON), which "
+                                "`trtptq merge` combines with other shards' into ranges")
+        group.add_argument("--shard", metavar="K/N",
+                           help="calibrate on shard K of N only (samples i with i %% N == K, K from 0); writes only "
+                                "--save-state, no ranges")
+
+    def parse(self, args: argparse.Namespace):
+        """(the Shard, the state file); a shard without a state file is refused (its ranges alone are partial)."""
+        from trtptq.data import Shard
+
+        shard = Shard.parse(args.shard) if args.shard else Shard()
+        if shard.count > 1 and not args.save_state:
+            raise TrtptqError(f"--shard {shard} needs --save-state FILE: one shard's ranges are partial; merge the "
+                              "shards' states with `trtptq merge part-*.state -o ranges.json`.")
+        return shard, args.save_state
+
+
+class MergeArgs(BaseArgs):
+    """Which ranges `trtptq merge` reads from merged states; method auto scores them on --model and --data."""
+
+    title = "ranges"
+
+    def add_arguments(self, group) -> None:
+        group.add_argument("--method", choices=(*METHODS, "auto"),
+                           help="range method (default: the states'); histogram states (auto, entropy, percentile, "
+                                "mse) give every method, minmax states minmax; auto needs --model and --data")
+        group.add_argument("--percentile", type=float, help="for --method percentile (default: the states')")
+        group.add_argument("--model", help="with --method auto: the FP32 model the states were calibrated on")
+        group.add_argument("--data", help="with --method auto: all the calibration data (its first samples score "
+                                          "the candidates, as one `trtptq calibrate` would)")
+
+    def parse(self, args: argparse.Namespace) -> tuple[str | None, float | None]:
+        if args.percentile is not None and not 0 < args.percentile <= 100:
+            raise TrtptqError(f"--percentile {args.percentile} is outside (0, 100]; give the share of |x| to keep "
+                              "unclipped, e.g. --percentile 99.99.")
+        return args.method, args.percentile
 
 
 class QuantizeArgs(BaseArgs):

@@ -26,6 +26,11 @@ def print_ranges_saved(ranges, path) -> None:
           f"-> {path}")
 
 
+def print_state_saved(tensors: int, samples: int, shard, path) -> None:
+    part = f"shard {shard}, " if shard.count > 1 else ""
+    print(f"calibration state of {count(tensors, 'tensor')} ({part}{count(samples, 'sample')}) -> {path}")
+
+
 def print_cache_saved(header: str, path) -> None:
     print(f"TensorRT calibration cache ({header}) -> {path}")
 

@@ -1,6 +1,8 @@
 """Batching: validate each feed against the model's inputs and cut the stream into fixed-size batches.
 
-Labels ride along for evaluation.
+Labels ride along for evaluation. With a shard, only its samples are batched: a source that can skip the
+others itself (`sharded(shard)`: image folders, loader scripts taking `shard` and `num_shards`) yields only
+them; from any other source they are picked by index here.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import numpy as np
 
 from trtptq.core.errors import DataError
 from trtptq.core.options import check_count
+from trtptq.data.shard import Shard
 from trtptq.data.spec import LABEL_KEYS, Feed, InputSpec, Source
 
 
@@ -24,10 +27,13 @@ class Batch:
 
 
 class Batches:
-    """Validated, fixed-size batches from a source; iterate as often as needed (one per pass)."""
+    """Validated, fixed-size batches from a source (its `shard` only); iterate as often as needed (one per pass).
+
+    `num_samples` caps the whole data's samples: a shard takes its part of the first `num_samples`.
+    """
 
     def __init__(self, source: Source, specs: Sequence[InputSpec], batch_size: int | None = None,
-                 num_samples: int | None = None) -> None:
+                 num_samples: int | None = None, shard: Shard | None = None) -> None:
         check_count("--batch-size", batch_size, "sample per batch")
         check_count("--num-samples", num_samples, "sample")
         self.source, self.specs = source, list(specs)
@@ -44,14 +50,30 @@ class Batches:
         self.fixed_batch = bool(fixed)  # the model fixes it: no other size, no short last batch
         self.batch_size = 1 if batch_size is None else batch_size
         self.num_samples = num_samples
+        self.shard = shard or Shard()
 
     def __iter__(self) -> Iterator[Batch]:
         pending: list[tuple[dict[str, np.ndarray], np.ndarray | None, str]] = []
-        have, seen = 0, 0
-        for feed in self.source():
+        have, seen, position = 0, 0, 0
+        limit = None if self.num_samples is None else self.shard.size_of(self.num_samples)
+        source, pick = self.source, None  # pick: the shard whose samples are picked here
+        if self.shard.count > 1:
+            own = getattr(self.source, "sharded", None)
+            skipping = own(self.shard) if own else None  # a source that yields only the shard's samples
+            source, pick = (skipping, None) if skipping is not None else (self.source, self.shard)
+        for feed in source():
             arrays, labels, n = self._check(feed)
-            if self.num_samples is not None:
-                n = min(n, self.num_samples - seen)
+            if pick is not None:
+                rows = pick.rows(position, n)
+                position += n
+                if rows.size < n:
+                    arrays = {k: v[rows] for k, v in arrays.items()}
+                    labels = None if labels is None else labels[rows]
+                    n = rows.size
+                if n == 0:
+                    continue
+            if limit is not None:
+                n = min(n, limit - seen)
                 arrays = {k: v[:n] for k, v in arrays.items()}
                 labels = None if labels is None else labels[:n]
             if n <= 0:
@@ -62,10 +84,13 @@ class Batches:
                 batch, pending = _take(pending, self.batch_size)
                 have -= self.batch_size
                 yield batch
-            if self.num_samples is not None and seen >= self.num_samples:
+            if limit is not None and seen >= limit:
                 break
         if pending and not self.fixed_batch:  # a fixed batch dimension cannot take a short last batch
             yield _take(pending, have)[0]
+        if seen == 0 and self.shard.count > 1:
+            raise DataError(f"shard {self.shard} of the calibration data holds no samples ({_describe(self.source)} has "
+                            f"fewer than {self.shard.index + 1}); use fewer shards than samples.")
         if seen == 0:
             raise DataError(f"the calibration data holds no samples ({_describe(self.source)}). "
                             "Check the path and that the files are not empty.")

@@ -7,16 +7,19 @@ the file.
 
 from __future__ import annotations
 
+import inspect
 import os
 import pathlib
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from trtptq.core.errors import DataError
 from trtptq.core.userfiles import import_script, one_line, where
+from trtptq.data.arrays import read_chunks
+from trtptq.data.shard import Shard
 from trtptq.data.spec import Feed, InputSpec, Source
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif"}
@@ -25,13 +28,14 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tif
 
 @dataclass
 class NpzSource:
-    """One .npz (keys = input names, axis 0 = samples) or .npy (single-input models)."""
+    """One .npz (keys = input names, axis 0 = samples) or .npy (single-input models), read a chunk at a time."""
 
     path: pathlib.Path
-    default_name: str | None = None
+    specs: Sequence[InputSpec]
 
     def __call__(self) -> Iterator[Feed]:
-        yield Feed(_read_array_file(self.path, self.default_name), str(self.path))
+        for arrays in read_chunks(self.path, *_layout(self.specs)):
+            yield Feed(arrays, str(self.path))
 
 
 @dataclass
@@ -39,11 +43,13 @@ class FolderSource:
     """Every .npz/.npy file of a folder, in name order; each holds one sample or one batch."""
 
     path: pathlib.Path
-    default_name: str | None = None
+    specs: Sequence[InputSpec]
 
     def __call__(self) -> Iterator[Feed]:
+        layout = _layout(self.specs)
         for f in sorted(p for p in self.path.iterdir() if p.suffix in (".npz", ".npy")):
-            yield Feed(_read_array_file(f, self.default_name), str(f))
+            for arrays in read_chunks(f, *layout):
+                yield Feed(arrays, str(f))
 
 
 @dataclass
@@ -63,9 +69,12 @@ class ImageOptions:
 
 @dataclass
 class ImageFolderSource:
+    """Every image under a folder, in path order; one image is one sample."""
+
     path: pathlib.Path
     spec: InputSpec
     options: ImageOptions = field(default_factory=ImageOptions)
+    shard: Shard = field(default_factory=Shard)  # only this shard's images are decoded
 
     def __post_init__(self) -> None:
         o, shape = self.options, self.spec.shape
@@ -83,7 +92,11 @@ class ImageFolderSource:
             raise DataError(f"channel order must be RGB or BGR, got {o.channel_order!r}")
         self._layout, self._channels, self._crop = layout, (c if isinstance(c, int) else 3), tuple(crop)
         self._dtype = np.dtype(o.dtype) if o.dtype else self.spec.dtype
-        self._files = sorted(p for p in self.path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in self.path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        self._files = files[self.shard.index::self.shard.count]
+
+    def sharded(self, shard: Shard) -> ImageFolderSource:
+        return replace(self, shard=shard)
 
     def __call__(self) -> Iterator[Feed]:
         for f in self._files:
@@ -117,27 +130,42 @@ class ImageFolderSource:
 
 @dataclass
 class ScriptSource:
-    """A Python file defining `load_data()` (or `file.py:func`) that yields feed dicts, as in Polygraphy."""
+    """A Python file defining `load_data()` (or `file.py:func`) that yields feed dicts, as in Polygraphy.
+
+    A function that takes `shard` and `num_shards` keywords is given them and yields only samples
+    shard, shard + num_shards, ... of the data; other functions' samples are picked by Batches.
+    """
 
     path: pathlib.Path
     func: str = "load_data"
+    shard: Shard | None = None
+
+    def sharded(self, shard: Shard) -> ScriptSource | None:
+        params = inspect.signature(self._function()).parameters
+        takes = {"shard", "num_shards"} <= set(params) or any(p.kind is p.VAR_KEYWORD for p in params.values())
+        return replace(self, shard=shard) if takes else None
 
     def __call__(self) -> Iterator[Feed]:
-        module = import_script(self.path, DataError, "data script")
-        fn = getattr(module, self.func, None)
-        if not callable(fn):
-            raise DataError(f"data script {self.path} defines no function {self.func}(); "
-                            "it must yield dicts of input name -> array.")
+        fn = self._function()
         for k, item in enumerate(self._items(fn)):
             if not isinstance(item, Mapping):
                 raise DataError(f"{self.path}:{self.func}() item {k} is a {type(item).__name__}, "
                                 "not a dict of input name -> array.")
             yield Feed({name: np.asarray(v) for name, v in item.items()}, f"{self.path}:{self.func}() item {k}")
 
-    def _items(self, fn: Callable[[], Iterable]) -> Iterator:
+    def _function(self) -> Callable[..., Iterable]:
+        module = import_script(self.path, DataError, "data script")
+        fn = getattr(module, self.func, None)
+        if not callable(fn):
+            raise DataError(f"data script {self.path} defines no function {self.func}(); "
+                            "it must yield dicts of input name -> array.")
+        return fn
+
+    def _items(self, fn: Callable[..., Iterable]) -> Iterator:
         """What `fn()` yields; an exception raised inside the script becomes one line, not a traceback."""
+        kwargs = {} if self.shard is None else {"shard": self.shard.index, "num_shards": self.shard.count}
         try:
-            yield from fn()
+            yield from fn(**kwargs)
         except Exception as e:
             raise DataError(f"data script {where(self.path, e)}: {self.func}() raised {one_line(e)}. Fix the script; "
                             f"{self.func}() must yield dicts of input name -> array.") from e
@@ -155,19 +183,9 @@ class IterableSource:
             yield Feed({n: np.asarray(v) for n, v in item.items()}, f"data item {k}")
 
 
-def _read_array_file(path: pathlib.Path, default_name: str | None) -> dict[str, np.ndarray]:
-    try:
-        if path.suffix == ".npy":
-            if default_name is None:
-                raise DataError(f"{path} is a bare .npy but the model has several inputs; "
-                                "save an .npz keyed by input name instead.")
-            return {default_name: np.load(path, allow_pickle=False)}
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except DataError:
-        raise
-    except Exception as e:
-        raise DataError(f"cannot read {path} ({type(e).__name__}: {e}). Is it a valid .npz/.npy file?") from None
+def _layout(specs: Sequence[InputSpec]) -> tuple[dict[str, int], str | None]:
+    """Each input's rank (with its batch axis), and the name a bare .npy feeds (the model's only input)."""
+    return {s.name: len(s.shape) for s in specs}, specs[0].name if len(specs) == 1 else None
 
 
 def source_path(data: str | os.PathLike) -> tuple[pathlib.Path, str]:
@@ -191,11 +209,11 @@ def open_source(data, specs: Sequence[InputSpec], image_options: ImageOptions | 
         return ScriptSource(path, function)
     if path.is_file():
         if path.suffix in (".npz", ".npy"):
-            return NpzSource(path, single)
+            return NpzSource(path, specs)
         raise DataError(f"unsupported data file {path}: use .npz, .npy, a folder, or a .py data script.")
     entries = [p for p in path.rglob("*") if p.is_file()]
     if any(p.suffix in (".npz", ".npy") for p in entries):
-        return FolderSource(path, single)
+        return FolderSource(path, specs)
     if any(p.suffix.lower() in IMAGE_SUFFIXES for p in entries):
         options = image_options or ImageOptions()
         name = options.input_name or single

@@ -1,0 +1,79 @@
+"""Calibration on Ray: a local cluster started for the run, and a two-node cluster, equal to one process."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from support import assert_one_line_error, trtptq
+from trtptq.calibration.calibrate import CalibrationOptions
+from trtptq.calibration.cluster import Cluster
+from trtptq.core.errors import DataError, TrtptqError
+from trtptq.pipelines import calibrate
+
+
+@pytest.fixture(scope="module")
+def digits(mnist, tmp_path_factory):
+    path, images, labels = mnist
+    data = tmp_path_factory.mktemp("cluster") / "calib.npz"
+    np.savez(data, input=images[:120], labels=labels[:120])
+    return path, data
+
+
+def test_without_ray_workers_says_so_in_one_line(digits, tmp_path):
+    path, data = digits
+    code = ("import sys; sys.modules['ray'] = None\n"  # as if Ray were not installed
+            "from trtptq.cli import main\n"
+            f"sys.exit(main(['calibrate', {str(path)!r}, '--data', {str(data)!r}, '--workers', '2', '-o', "
+            f"{str(tmp_path / 'r.json')!r}]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert_one_line_error(r, "--workers 2 needs Ray, which is not installed", 'pip install "trtptq[cluster]"')
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_shard_and_workers_are_one_or_the_other(digits, tmp_path):
+    pytest.importorskip("ray")
+    path, data = digits
+    r = trtptq("calibrate", path, "--data", data, "--workers", "2", "--shard", "0/2", "--save-state", tmp_path / "s")
+    assert_one_line_error(r, "--shard 0/2 cannot be combined with a cluster")
+    with pytest.raises(TrtptqError, match="--workers 0 is not a positive number"):
+        Cluster(workers=0)
+
+
+@pytest.mark.slow
+def test_cli_workers_give_the_bytes_of_one_process(digits, tmp_path):
+    """`--workers 2` starts a local Ray cluster for the run, one task per shard, and stops it."""
+    pytest.importorskip("ray")
+    path, data = digits
+    common = [path, "--data", data, "--method", "entropy", "--batch-size", "8", "--no-progress"]
+    assert trtptq("calibrate", *common, "-o", tmp_path / "one.json").returncode == 0
+    r = trtptq("calibrate", *common, "--workers", "2", "-o", tmp_path / "ray.json")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "ray.json").read_bytes() == (tmp_path / "one.json").read_bytes()
+
+
+@pytest.mark.slow
+def test_two_node_cluster_calibrates_as_one_process(digits):
+    """A two-node cluster on this machine (ray.cluster_utils): method auto (histograms merged in a tree, then scored
+    on the driver) equals one process; a shard without data is the worker's DataError, raised here as itself."""
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster as RayCluster
+
+    path, data = digits
+    nodes = RayCluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    nodes.add_node(num_cpus=1)
+    try:
+        nodes.wait_for_nodes()
+        options = CalibrationOptions(method="auto", batch_size=8, show_progress=False)
+        one = calibrate(path, data, options).to_json()
+        on_nodes = CalibrationOptions(method="auto", batch_size=8, show_progress=False,
+                                      cluster=Cluster(address=nodes.address))
+        assert calibrate(path, data, on_nodes).to_json() == one
+        few = CalibrationOptions(method="entropy", num_samples=1, show_progress=False,
+                                 cluster=Cluster(workers=2, address=nodes.address))
+        with pytest.raises(DataError, match="shard 1/2 of the calibration data holds no samples"):
+            calibrate(path, data, few)
+    finally:
+        ray.shutdown()
+        nodes.shutdown()

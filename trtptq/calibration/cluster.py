@@ -1,0 +1,74 @@
+"""Calibration on a Ray cluster: one task per shard of the data, each reading its own shard, merged in a tree.
+
+Only the model (once, through Ray's object store), the options and the calibration states travel; the data is
+read where each task runs, so a path must be readable there (one machine, a shared file system, or the same
+path on every node). Ray is an optional extra (`pip install "trtptq[cluster]"`), imported only here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from trtptq.core.errors import TrtptqError
+from trtptq.core.options import check_count
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where sharded work runs: `workers` shards (a local Ray cluster of that many CPUs for the run), or an
+    existing cluster at `address` ("auto" after `ray start`, "ray://head:10001", KubeRay's head service)."""
+
+    workers: int | None = None  # None with an address: one shard per CPU of the cluster
+    address: str | None = None
+
+    def __post_init__(self) -> None:
+        check_count("--workers", self.workers, "worker")
+        if self.workers is None and self.address is None:
+            raise TrtptqError("a cluster needs --workers N (a local Ray cluster) or --ray-address ADDR.")
+        if importlib.util.find_spec("ray") is None:
+            flag = f"--workers {self.workers}" if self.workers else f"--ray-address {self.address}"
+            raise TrtptqError(f"{flag} needs Ray, which is not installed; pip install \"trtptq[cluster]\" "
+                              "(or leave the option out to calibrate in this process).")
+
+
+@contextlib.contextmanager
+def connected(cluster: Cluster) -> Iterator:
+    """The `ray` module, connected: to `cluster.address`, to an already initialized Ray, or to a local cluster
+    started for this run (and stopped after it)."""
+    import ray
+
+    if ray.is_initialized():
+        yield ray
+        return
+    if cluster.address:
+        ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
+    else:
+        ray.init(num_cpus=cluster.workers, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def map_merge(cluster: Cluster, task: Callable, shared: Sequence, shards: Callable[[int, int], Sequence],
+              merge: Callable, gpus: float = 0) -> object:
+    """`merge` over `task(*shared, *shards(k, count))` for k < count, the cluster's shard count, each on a worker
+    (with `gpus` GPUs of its own), merged pairwise in a tree of tasks: the driver receives one result. `shared`
+    goes into the object store once. A user error raised in a task is raised here, as itself."""
+    with connected(cluster) as ray:
+        count = cluster.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        refs = [ray.put(value) for value in shared]
+        remote_task, remote_merge = ray.remote(num_cpus=1, num_gpus=gpus)(task), ray.remote(num_cpus=1)(merge)
+        level = [remote_task.remote(*refs, *shards(k, count)) for k in range(count)]
+        while len(level) > 1:
+            pairs = [remote_merge.remote(a, b) for a, b in zip(level[::2], level[1::2])]
+            level = pairs + level[len(pairs) * 2:]
+        try:
+            return ray.get(level[0])
+        except ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, TrtptqError):
+                raise e.cause from None
+            raise
