@@ -1,0 +1,48 @@
+"""A model over protobuf's 2 GB limit, end to end through the CLI: calibrate, quantize, sensitivity, compare, build.
+
+The model is generated with its weights straight in external data (evidence/large_transformer.py: hidden 8192,
+2 layers = 2 GiB of weights, eight 256 MiB matrices) and removed with the test's temp folder. Peak memory is
+measured by scripts/bench_large.py, not here.
+"""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from evidence.large_transformer import make_large_transformer, weight_bytes
+from tests.support import trtptq
+from trtptq.core.model import PROTOBUF_LIMIT
+
+HIDDEN, LAYERS = 8192, 2
+
+
+@pytest.mark.slow
+def test_a_model_over_2gb_end_to_end(tmp_path):
+    assert weight_bytes(HIDDEN, LAYERS) > PROTOBUF_LIMIT
+    model = make_large_transformer(tmp_path / "model.onnx", HIDDEN, LAYERS)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((2, 16, HIDDEN), dtype=np.float32))
+    np.savez(tmp_path / "eval.npz", x=rng.standard_normal((1, 16, HIDDEN), dtype=np.float32))
+    ranges, qdq, ranked = tmp_path / "ranges.json", tmp_path / "q.onnx", tmp_path / "sensitivity.json"
+
+    r = trtptq("calibrate", model, "--data", tmp_path / "calib.npz", "--method", "minmax", "-o", ranges)
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(ranges.read_text())["tensors"]) == 6 * LAYERS  # the inputs of the 6 MatMuls per layer
+    r = trtptq("quantize", model, "--ranges", ranges, "-o", qdq)
+    assert r.returncode == 0, r.stderr
+    q = onnx.load(str(qdq), load_external_data=False)
+    assert sum(t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2 for t in q.graph.initializer) == 4 * LAYERS
+    r = trtptq("sensitivity", model, "--ranges", ranges, "--eval-data", tmp_path / "eval.npz",
+               "-o", ranked)
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(ranked.read_text())["layers"]) == 6 * LAYERS
+    r = trtptq("compare", model, qdq, "--data", tmp_path / "eval.npz")
+    assert r.returncode == 0, r.stderr
+    assert "y: cosine 0.99" in r.stdout
+
+    pytest.importorskip("tensorrt_rtx", reason="building needs TensorRT-RTX (pip install tensorrt-rtx-cu13)")
+    r = trtptq("build", qdq, "-o", tmp_path / "q.engine")
+    assert r.returncode == 0, r.stderr
+    assert "INT8" in r.stdout and (tmp_path / "q.engine").stat().st_size > weight_bytes(HIDDEN, LAYERS) / 4
