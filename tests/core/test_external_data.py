@@ -10,10 +10,13 @@ import pytest
 from onnx.external_data_helper import uses_external_data
 
 from evidence.large_transformer import make_large_transformer
+from trtptq.autotune.gated import _gated
+from trtptq.autotune.sensitivity import SensitivityOptions
 from trtptq.calibration.calibrate import CalibrationOptions
 from trtptq.core import model as model_io
 from trtptq.core.errors import ModelError
-from trtptq.pipelines import quantize
+from trtptq.pipelines import EvaluationOptions, quantize, sensitivity
+from trtptq.quantization.fp16 import to_fp16
 from trtptq.quantization.graph import import_graph, weight_values
 from trtptq.runtime.ort import session
 
@@ -124,3 +127,24 @@ def test_quantizing_reads_each_weight_once_and_keeps_the_others_as_references(ex
     np.testing.assert_allclose(session(out, simulate_qdq=True).run(None, feed)[0],
                                session(from_memory, simulate_qdq=True).run(None, feed)[0], rtol=0, atol=0)
 
+
+
+def test_fp16_conversion_reads_the_weights_it_rewrites(external, tmp_path, monkeypatch):
+    path, feed = external
+    monkeypatch.chdir(tmp_path)
+    converted = to_fp16(model_io.load(path)).model
+    assert model_io.weights_dir(converted) is None
+    w = next(t for t in converted.graph.initializer if t.name == "l0.wq")
+    assert w.data_type == onnx.TensorProto.FLOAT16 and not uses_external_data(w)
+    np.testing.assert_allclose(session(converted).run(None, feed)[0], session(path).run(None, feed)[0], atol=0.05)
+
+
+def test_sensitivity_ranks_a_model_with_external_weights(external, tmp_path, monkeypatch):
+    path, feed = external
+    monkeypatch.chdir(tmp_path)
+    evaluation = EvaluationOptions(data=[feed], sensitivity=SensitivityOptions(samples=1, show_progress=False))
+    ranked, result = sensitivity(path, data=[feed], calibration=MINMAX, evaluation=evaluation)
+    assert {layer.node for layer in ranked.layers} == set(result.plan.quantized_nodes)
+    gated = _gated(model_io.load(path), result.plan, result.ranges.amax, {n: f"g:{n}" for n in result.plan.quantized_nodes})
+    floats = {t.name: t for t in gated.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2}
+    assert floats and all(uses_external_data(t) for t in floats.values())  # the FP32 weights by reference, not copied

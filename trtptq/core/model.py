@@ -70,6 +70,17 @@ def values(model: onnx.ModelProto, tensor: onnx.TensorProto) -> np.ndarray:
     return onnx.numpy_helper.to_array(tensor, str(weights_dir(model) or ""))
 
 
+def with_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with its external weights read into it, in place: for code that rewrites every weight (FP16)."""
+    folder = weights_dir(model)
+    if folder is not None:
+        onnx.external_data_helper.load_external_data_for_model(model, str(folder))
+        props = [p for p in model.metadata_props if p.key != EXTERNAL_DIR]
+        del model.metadata_props[:]
+        model.metadata_props.extend(props)
+    return model
+
+
 def external_tensor(name: str, data_type: int, dims, location: str, offset: int, length: int) -> onnx.TensorProto:
     """A tensor whose `length` bytes are at `offset` in the data file `location`."""
     t = onnx.TensorProto(name=name, data_type=data_type, dims=dims, data_location=onnx.TensorProto.EXTERNAL)
