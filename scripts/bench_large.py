@@ -8,7 +8,11 @@ with the 1.5x the issue allows. Peak RSS counts the weights ONNX Runtime and Ten
 (they are resident while a session runs), so 1.0x is the floor of any command that runs the FP32 model.
 
     python scripts/bench_large.py                       # 3.0 GiB: calibrate, quantize, sensitivity, compare, build
+    python scripts/bench_large.py --commands calibrate quantize compare build build-fp32   # 10 minutes on 2 cores
     python scripts/bench_large.py --hidden 4096 --layers 2 --commands calibrate quantize   # a quick 0.5 GiB look
+
+On 2 cores the 3 GiB model's `sensitivity` takes over 20 minutes (each of its 36 variants streams 3 GiB of
+weights per sample), the other commands 1-3 minutes each. Meant to be folded into scripts/bench_scale.py.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ data files, the model records the folder they are in (metadata
 `EXTERNAL_DIR`), and each stage reads a weight only when it needs its values
 (`values`). A 3 GB model is then a few kilobytes of graph in memory, far under
 protobuf's 2 GB limit, and ONNX Runtime or TensorRT read the weights from the
-files themselves (`as_file`), so no step holds them twice.
+files themselves (`as_file`): calibrating, quantizing, comparing and building never hold them twice
+(docs/calibration.md, "Models over 2 GB", has the measurements and the exceptions).
 """
 
 from __future__ import annotations
@@ -102,18 +103,21 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     """`model` without its weights' values (each weight says it is in an absent file): what shape inference and the
     checker need, far under 2 GB, copied in milliseconds whatever the model's size."""
     out = _without_initializers(model)
-    out.graph.initializer.extend(_slim(t) for t in model.graph.initializer)
+    out.graph.initializer.extend(_slim(model, t) for t in model.graph.initializer)
     for node in out.graph.node:
         value = next((a.t for a in node.attribute if a.name == "value"), None) if node.op_type == "Constant" else None
-        if value is not None:
-            value.CopyFrom(_slim(value))
+        slim = _slim(model, value) if value is not None else None
+        if slim is not value:
+            value.CopyFrom(slim)
     return out
 
 
-def _slim(t: onnx.TensorProto) -> onnx.TensorProto:
-    if not uses_external_data(t) and np.prod(t.dims) <= _VALUES_KEPT:
-        return t
-    return external_tensor(t.name, t.data_type, t.dims, _SKELETON_DATA, 0, 0)
+def _slim(model: onnx.ModelProto, t: onnx.TensorProto) -> onnx.TensorProto:
+    """A large tensor as a placeholder with its type and shape; a small one with its values (read if external):
+    shape constants, which data propagation reads."""
+    if np.prod(t.dims) > _VALUES_KEPT:
+        return external_tensor(t.name, t.data_type, t.dims, _SKELETON_DATA, 0, 0)
+    return onnx.numpy_helper.from_array(values(model, t), t.name) if uses_external_data(t) else t
 
 
 def _without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
