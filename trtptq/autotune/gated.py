@@ -76,7 +76,7 @@ class _Variant:
 def _gated(model: onnx.ModelProto, plan: Plan, amax: Mapping[str, float], gates: dict[str, str]) -> onnx.ModelProto:
     graph = import_graph(model)
     tensors = graph.tensors()
-    floats = {w.tensor: np.asarray(tensors[w.tensor].values) for w in plan.weights}  # before insertion replaces them
+    floats = {w.tensor: tensors[w.tensor] for w in plan.weights}  # the FP32 weights, unread: insertion replaces them
     graph = insert_qdq(graph, plan, amax)
     by_name = {n.name: n for n in graph.nodes}
     for node, gate_name in gates.items():
@@ -90,9 +90,8 @@ def _gated(model: onnx.ModelProto, plan: Plan, amax: Mapping[str, float], gates:
             source = dq.inputs[0]
             if source.inputs and source.inputs[0].op == "QuantizeLinear":  # an activation: Q's own input
                 x = source.inputs[0].inputs[0]
-            else:  # a weight: its float values, from the FP32 model
-                name = t.name.removesuffix("_dequantized")
-                x = gs.Constant(f"{name}_float_{i}_{node}", floats[name])
+            else:  # a weight: the FP32 model's own (a reference to its data, never a copy)
+                x = floats[t.name.removesuffix("_dequantized")]
             n.inputs[i] = _mix(graph, x, t, gate, f"{node}/gate{i}")
     return export_graph(graph.cleanup().toposort(), model)
 

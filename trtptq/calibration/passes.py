@@ -17,9 +17,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx
 
-logger = logging.getLogger(__name__)
+from trtptq.core.model import skeleton
 
-_VALUES_KEPT = 1024  # elements: shape constants keep their values for data propagation; weights keep only their dims
+logger = logging.getLogger(__name__)
 
 
 def tensor_bytes(model: onnx.ModelProto, names: Sequence[str], feed: Mapping[str, np.ndarray]) -> dict[str, int]:
@@ -82,45 +82,26 @@ def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProt
 def _inferred(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, onnx.ValueInfoProto]:
     """Every tensor's inferred type with the inputs fixed to `shapes`.
 
-    Inference runs on a skeleton of the model whose large initializers and
-    Constant values keep only their dims and type (all inference needs), so it
-    is fast and stays far under protobuf's 2 GB limit for models of any size:
-    no copy of the weights, no temp file.
+    Inference runs on the model's skeleton (`core.model.skeleton`: weights
+    without their values, shape constants with them), so it is fast and stays
+    far under protobuf's 2 GB limit for models of any size: no copy of the
+    weights, no temp file.
     """
-    skeleton = onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import, functions=model.functions)
-    graph = skeleton.graph
-    graph.name = model.graph.name
-    graph.node.extend(_slim_constant(n) for n in model.graph.node)
-    graph.initializer.extend(_slim(t) for t in model.graph.initializer)
-    graph.output.extend(model.graph.output)
-    for vi in model.graph.input:
-        fixed = graph.input.add()
-        fixed.CopyFrom(vi)
+    bones = skeleton(model)
+    del bones.graph.value_info[:]  # shapes recorded for other inputs would pin the inference
+    for vi in bones.graph.input:
         if vi.name in shapes:
-            dims = fixed.type.tensor_type.shape.dim
+            dims = vi.type.tensor_type.shape.dim
             del dims[:]
             for d in shapes[vi.name]:
                 dims.add().dim_value = d
     try:
-        inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(bones, data_prop=True)
     except Exception as e:  # noqa: BLE001 - estimates only; the budget still holds with conservative sizes
         logger.warning("shape inference failed (%s: %s); --memory-budget plans passes from "
                                             "estimated tensor sizes.", type(e).__name__, str(e).split("\n")[0])
-        inferred = skeleton
+        inferred = bones
     return {vi.name: vi for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]}
-
-
-def _slim(t: onnx.TensorProto) -> onnx.TensorProto:
-    if math.prod(t.dims) <= _VALUES_KEPT:
-        return t
-    return onnx.TensorProto(name=t.name, data_type=t.data_type, dims=t.dims)
-
-
-def _slim_constant(node: onnx.NodeProto) -> onnx.NodeProto:
-    value = next((a.t for a in node.attribute if a.name == "value"), None) if node.op_type == "Constant" else None
-    if value is None or math.prod(value.dims) <= _VALUES_KEPT:
-        return node
-    return onnx.helper.make_node("Constant", [], list(node.output), name=node.name, value=_slim(value))
 
 
 def _itemsize(elem_type: int) -> int:

@@ -1,61 +1,166 @@
-"""Model I/O: load with clear errors, save atomically (external data past 2 GB)."""
+"""Model I/O: load with clear errors, save atomically (external data past 2 GB), weights left in their files.
+
+A model with external data is loaded without it: its weights stay in their
+data files, the model records the folder they are in (metadata
+`EXTERNAL_DIR`), and each stage reads a weight only when it needs its values
+(`values`). A 3 GB model is then a few kilobytes of graph in memory, far under
+protobuf's 2 GB limit, and ONNX Runtime or TensorRT read the weights from the
+files themselves (`as_file`): calibrating, quantizing, comparing and building never hold them twice
+(docs/calibration.md, "Models over 2 GB", has the measurements and the exceptions).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
+import tempfile
+from collections.abc import Iterator
 
+import numpy as np
 import onnx
+from google.protobuf.message import EncodeError
+from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
 from trtptq.core import fileio
 from trtptq.core.errors import ModelError
 
 # Protobuf cannot serialize a message of 2 GiB or more; past this, weights go to a side file.
 PROTOBUF_LIMIT = 2**31 - 1
+EXTERNAL_DIR = "trtptq.external_data_dir"  # metadata of a loaded model: the folder its external weights are read from
+_EXTERNAL_MIN = 1024  # bytes: smaller tensors stay inline when a model is saved with external data
+_ALIGN = 4096  # offsets of saved external tensors: page-aligned, so ONNX Runtime can map them
+_SKELETON_DATA = "skeleton.weights"  # where a skeleton's weights claim to be (an empty file when one is checked)
+_VALUES_KEPT = 1024  # elements: a skeleton keeps the values of tensors this small (shape constants, for inference)
+_CHUNK = 64 << 20  # bytes copied at a time between data files
 _OPSET_FOR_PER_CHANNEL = 13
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
-def load(path: str | os.PathLike, load_external_data: bool = True) -> onnx.ModelProto:
-    """Read an ONNX model, with its external data, or explain why not."""
+def load(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read an ONNX model, or explain why not; external weights stay in their files (see the module's note)."""
     path = pathlib.Path(path)
     if not path.is_file():
         raise ModelError(f"model {path} does not exist. Check the path.")
     try:
-        model = onnx.load(str(path), load_external_data=load_external_data)
-    except FileNotFoundError as e:
-        raise ModelError(f"model {path} refers to external data that is missing ({e.filename}). "
-                         "Keep the .onnx file beside its data file(s).") from None
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf's DecodeError and friends
         raise ModelError(f"{path} is not a readable ONNX model ({type(e).__name__}: {e}). "
                          "Re-export it or check the file was copied whole.") from None
     if not model.graph.node:
         raise ModelError(f"{path} has an empty graph: nothing to calibrate. Is it really an ONNX model?")
+    files = {ExternalDataInfo(t).location for t in model.graph.initializer if uses_external_data(t)}
+    missing = sorted(f for f in files if not (path.parent / f).is_file())
+    if missing:
+        raise ModelError(f"model {path} refers to external data that is missing ({path.parent / missing[0]}). "
+                         "Keep the .onnx file beside its data file(s).")
+    if files:
+        onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
+                                            EXTERNAL_DIR: str(path.parent.resolve())})
     return model
+
+
+def weights_dir(model: onnx.ModelProto) -> pathlib.Path | None:
+    """The folder a loaded model's external weights are read from; None if it has none."""
+    folder = next((p.value for p in model.metadata_props if p.key == EXTERNAL_DIR), None)
+    return pathlib.Path(folder) if folder is not None else None
+
+
+def values(model: onnx.ModelProto, tensor: onnx.TensorProto) -> np.ndarray:
+    """The values of one of `model`'s tensors, read from its data file if it is kept there."""
+    return onnx.numpy_helper.to_array(tensor, str(weights_dir(model) or ""))
+
+
+def with_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with its external weights read into it, in place: for code that rewrites every weight (FP16)."""
+    folder = weights_dir(model)
+    if folder is not None:
+        onnx.external_data_helper.load_external_data_for_model(model, str(folder))
+        props = [p for p in model.metadata_props if p.key != EXTERNAL_DIR]
+        del model.metadata_props[:]
+        model.metadata_props.extend(props)
+    return model
+
+
+def external_tensor(name: str, data_type: int, dims, location: str, offset: int, length: int) -> onnx.TensorProto:
+    """A tensor whose `length` bytes are at `offset` in the data file `location`."""
+    t = onnx.TensorProto(name=name, data_type=data_type, dims=dims, data_location=onnx.TensorProto.EXTERNAL)
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = t.external_data.add()
+        entry.key, entry.value = key, value
+    return t
+
+
+def serializable(model: onnx.ModelProto) -> bool:
+    """Whether protobuf can write `model` in one piece (under 2 GB once external weights are left out)."""
+    try:
+        return model.ByteSize() < PROTOBUF_LIMIT
+    except EncodeError:  # upb refuses even to measure past 2 GB
+        return False
+
+
+def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` without its weights' values (each weight says it is in an absent file): what shape inference and the
+    checker need, far under 2 GB, copied in milliseconds whatever the model's size."""
+    out = _without_initializers(model)
+    out.graph.initializer.extend(_slim(model, t) for t in model.graph.initializer)
+    for node in out.graph.node:
+        value = next((a.t for a in node.attribute if a.name == "value"), None) if node.op_type == "Constant" else None
+        slim = _slim(model, value) if value is not None else None
+        if slim is not value:
+            value.CopyFrom(slim)
+    return out
+
+
+def _slim(model: onnx.ModelProto, t: onnx.TensorProto) -> onnx.TensorProto:
+    """A large tensor as a placeholder with its type and shape; a small one with its values (read if external):
+    shape constants, which data propagation reads."""
+    if np.prod(t.dims) > _VALUES_KEPT:
+        return external_tensor(t.name, t.data_type, t.dims, _SKELETON_DATA, 0, 0)
+    return onnx.numpy_helper.from_array(values(model, t), t.name) if uses_external_data(t) else t
+
+
+def _without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` but for its graph's initializers (and trtptq's own metadata), which are never copied."""
+    out = onnx.ModelProto()
+    for message, copy, skip in ((model, out, "graph"), (model.graph, out.graph, "initializer")):
+        for field, value in message.ListFields():
+            if field.name == skip:
+                continue
+            if field.name == "metadata_props" and message is model:
+                out.metadata_props.extend(p for p in value if p.key != EXTERNAL_DIR)
+            elif field.is_repeated:
+                getattr(copy, field.name).extend(value)
+            elif field.type == field.TYPE_MESSAGE:
+                getattr(copy, field.name).CopyFrom(value)
+            else:
+                setattr(copy, field.name, value)
+    return out
 
 
 PLUGIN_CHECK_DOMAIN = "trtptq.plugin"
 
 
 def check(model: onnx.ModelProto, what: str) -> None:
-    """onnx.checker on a model of any size (big ones are checked through a temp file).
+    """onnx.checker on a model of any size: its skeleton is checked, from a temp folder that holds an empty file
+    where the weights claim to be (the checker wants the file, not its bytes).
 
     Ops ONNX does not define in its default domain are TensorRT plugins (exporters write EfficientNMS_TRT
     there; TensorRT finds plugins by op type): the checker sees them in a custom domain, as it would any plugin.
     """
-    plugins = [k for k, n in enumerate(model.graph.node) if not n.domain and not onnx.defs.has(n.op_type)]
+    bones = skeleton(model)
+    plugins = [n for n in bones.graph.node if not n.domain and not onnx.defs.has(n.op_type)]
+    for node in plugins:
+        node.domain = PLUGIN_CHECK_DOMAIN
     if plugins:
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
-        for k in plugins:
-            copy.graph.node[k].domain = PLUGIN_CHECK_DOMAIN
-        copy.opset_import.append(onnx.helper.make_opsetid(PLUGIN_CHECK_DOMAIN, 1))
-        model = copy
-    try:
-        if model.ByteSize() < PROTOBUF_LIMIT:
-            onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as e:
-        raise ModelError(f"{what} fails onnx.checker: {str(e).splitlines()[0]}") from None
+        bones.opset_import.append(onnx.helper.make_opsetid(PLUGIN_CHECK_DOMAIN, 1))
+    with tempfile.TemporaryDirectory(prefix="trtptq-check-") as tmp:
+        (pathlib.Path(tmp) / _SKELETON_DATA).touch()
+        onnx.save(bones, os.path.join(tmp, "model.onnx"))
+        try:
+            onnx.checker.check_model(os.path.join(tmp, "model.onnx"))
+        except onnx.checker.ValidationError as e:
+            raise ModelError(f"{what} fails onnx.checker: {str(e).splitlines()[0]}") from None
 
 
 def opset(model: onnx.ModelProto) -> int:
@@ -94,42 +199,81 @@ def with_node_names(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 def save(model: onnx.ModelProto, path: str | os.PathLike) -> pathlib.Path:
-    """Write atomically; models over 2 GB keep their weights in `<name>.data` beside the file."""
+    """Write atomically; a model over 2 GB, or one whose weights are in data files, keeps its weights in
+    `<name>.data` beside the file, copied there a tensor at a time (never the whole model in memory)."""
     path = pathlib.Path(path)
-    external = model.ByteSize() >= PROTOBUF_LIMIT or any(
-        t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
-    if not external:
+    if weights_dir(model) is None and serializable(model):
         with fileio.atomic_path(path) as tmp:
             onnx.save(model, str(tmp))
         return path
     data_name = path.name + ".data"
     # Both files are written under temp names, then renamed: the data first, so the model never points at a stale one.
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)  # onnx.save moves the weights of the model it is given out to the file
     with fileio.atomic_path(path) as tmp_model, fileio.atomic_path(path.with_name(data_name)) as tmp_data:
-        onnx.save(copy, str(tmp_model), save_as_external_data=True, all_tensors_to_one_file=True,
-                  location=tmp_data.name, size_threshold=1024)
-        _point_external_data(tmp_model, tmp_data.name, data_name)
+        out = _without_initializers(model)
+        with open(tmp_data, "wb") as data:
+            out.graph.initializer.extend(_write_tensor(model, t, data, data_name) for t in model.graph.initializer)
+        onnx.save(out, str(tmp_model))
     return path
 
 
-def _point_external_data(model_path: pathlib.Path, old: str, new: str) -> None:
-    """Rewrite the external-data location from the temp name to the final one."""
-    m = onnx.load(str(model_path), load_external_data=False)
-    for t in m.graph.initializer:
-        for entry in t.external_data:
-            if entry.key == "location" and entry.value == old:
-                entry.value = new
-    onnx.save(m, str(model_path))
+def _write_tensor(model: onnx.ModelProto, t: onnx.TensorProto, data, location: str) -> onnx.TensorProto:
+    """`t` appended to the open data file `data` (its bytes copied from its own data file if it has one), as a
+    reference to it; small inline tensors stay inline."""
+    if not uses_external_data(t) and len(t.raw_data) < _EXTERNAL_MIN:
+        return t
+    data.write(bytes(-data.tell() % _ALIGN))
+    offset = data.tell()
+    if uses_external_data(t):
+        info = ExternalDataInfo(t)
+        with open(weights_dir(model) / info.location, "rb") as source:
+            source.seek(info.offset or 0)
+            left = info.length if info.length is not None else os.fstat(source.fileno()).st_size - source.tell()
+            while left > 0:
+                chunk = source.read(min(left, _CHUNK))
+                if not chunk:
+                    raise ModelError(f"external data {info.location} of tensor {t.name} ends early. "
+                                     "Check the data file was copied whole.")
+                data.write(chunk)
+                left -= len(chunk)
+    else:
+        data.write(t.raw_data)
+    return external_tensor(t.name, t.data_type, t.dims, location, offset, data.tell() - offset)
+
+
+@contextlib.contextmanager
+def as_file(model: onnx.ModelProto) -> Iterator[pathlib.Path]:
+    """`model` as a file that ONNX Runtime or TensorRT can read, for the duration of the block.
+
+    A model whose weights are in data files is written (graph only: kilobytes) to a hidden temp file in their
+    folder, so that its references resolve there (ONNX Runtime refuses a data file outside the model's folder,
+    links included); where that folder is read-only, or the model is over 2 GB itself, the model is saved
+    whole to a temp folder instead (weights copied, on disk, a tensor at a time).
+    """
+    folder = weights_dir(model)
+    if folder is not None and serializable(model):
+        try:
+            fd, name = tempfile.mkstemp(prefix=".trtptq-", suffix=".onnx", dir=folder)
+        except OSError:
+            fd = None
+        if fd is not None:
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(model.SerializeToString())
+                yield pathlib.Path(name)
+            finally:
+                os.unlink(name)
+            return
+    with tempfile.TemporaryDirectory(prefix="trtptq-") as tmp:
+        yield save(model, pathlib.Path(tmp) / "model.onnx")
 
 
 def float_tensors(model: onnx.ModelProto, names: set[str]) -> set[str]:
     """The names whose inferred type is float (unknown types count as float)."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+        inferred = onnx.shape_inference.infer_shapes(skeleton(model))
         types = {vi.name: vi.type.tensor_type.elem_type for vi in
                  [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
-    except Exception:  # noqa: BLE001 - inference may refuse custom ops or models over 2 GB
+    except Exception:  # noqa: BLE001 - inference may refuse custom ops
         types = {}
     floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
     return {n for n in names if types.get(n, onnx.TensorProto.FLOAT) in floats}

@@ -20,7 +20,7 @@ from trtptq.core.build_report import BuildReport
 from trtptq.core.errors import TrtptqError
 from trtptq.core.precision import read_plan
 from trtptq.core.sidecars import report_path
-from trtptq.core.trt import get_backend
+from trtptq.core.trt import Backend, get_backend
 from trtptq.engine.calibration import passes_for
 from trtptq.engine.config import compute_capabilities, configure, load_timing_cache
 from trtptq.engine.implicit import implicit_int8
@@ -32,6 +32,28 @@ from trtptq.engine.profiles import profiles_used
 from trtptq.plugins import BUILTIN, Plugins
 
 logger = logging.getLogger(__name__)
+
+
+def _serialize(backend: Backend, builder, network, config, path: pathlib.Path) -> bool:
+    """Build the engine into the file at `path`; False if TensorRT could not. Streamed where the backend can
+    (TensorRT 10.8+, TensorRT-RTX): no engine-sized buffer in memory, and a 3 GB model's engine is 3 GB."""
+    if not hasattr(builder, "build_serialized_network_to_stream"):
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is not None:
+            path.write_bytes(serialized)
+        return serialized is not None
+    trt = backend.trt
+
+    class Writer(trt.IStreamWriter):
+        def __init__(self, file):
+            trt.IStreamWriter.__init__(self)
+            self.file = file
+
+        def write(self, data: bytes) -> int:
+            return self.file.write(data)
+
+    with open(path, "wb") as file:
+        return builder.build_serialized_network_to_stream(network, config, Writer(file))
 
 
 def build_engine(model_path: str | os.PathLike, output: str | os.PathLike,
@@ -76,15 +98,14 @@ def build_engine(model_path: str | os.PathLike, output: str | os.PathLike,
         precision = precision_summary(network, allowed)
         inputs, outputs = network_tensors(network)
         start = time.perf_counter()
-        serialized = builder.build_serialized_network(network, config)
-        seconds = time.perf_counter() - start
-        if calibrator is not None and calibrator.error is not None:
-            raise calibrator.error
-        if serialized is None:
-            said = "its errors above say why" if any(not m.startswith("WARNING") for m in log) else "it gave no error"
-            raise TrtptqError(f"TensorRT could not build {model_path}; {said} (--verbose adds its info messages).")
-        data = bytes(serialized)
-    fileio.write_bytes(output, data)
+        with fileio.atomic_path(output) as tmp:
+            built = _serialize(backend, builder, network, config, tmp)
+            seconds = time.perf_counter() - start
+            if calibrator is not None and calibrator.error is not None:
+                raise calibrator.error
+            if not built:
+                said = "its errors above say why" if any(not m.startswith("WARNING") for m in log) else "it gave no error"
+                raise TrtptqError(f"TensorRT could not build {model_path}; {said} (--verbose adds its info messages).")
     if cache is not None:
         fileio.write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
     report = BuildReport(
@@ -92,7 +113,7 @@ def build_engine(model_path: str | os.PathLike, output: str | os.PathLike,
         strongly_typed=backend.strongly_typed_only, precision=precision, inputs=inputs, outputs=outputs,
         profiles=profiles, plan_counts=plan.counts() if plan else None, kept_float=plan.kept_float() if plan else {},
         fp16_check=None, compute_capabilities=compute_capabilities(backend, opts), build_seconds=round(seconds, 3),
-        engine_bytes=len(data), onnx_bytes=model_path.stat().st_size,
+        engine_bytes=output.stat().st_size, onnx_bytes=model_path.stat().st_size,
         timing_cache=str(timing_cache) if timing_cache else None,
         implicit_int8=calibrator and {"algorithm": calibrator.algorithm, "cache": implicit.cache,
                                       "batches": calibrator.fed, "skipped_batches": calibrator.skipped},

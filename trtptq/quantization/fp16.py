@@ -22,7 +22,7 @@ from onnx import numpy_helper
 
 from trtptq.core import precision
 from trtptq.core.errors import ModelError
-from trtptq.core.model import QDQ_OPS, ensure_opset, float_tensors, has_qdq, with_node_names
+from trtptq.core.model import QDQ_OPS, ensure_opset, float_tensors, has_qdq, with_node_names, with_weights
 from trtptq.core.precision import NodePrecision, PrecisionPlan, read_plan, write_plan
 from trtptq.plugins import BUILTIN, FP32, Plugins, is_plugin_op
 from trtptq.runtime.plugins import registered
@@ -81,7 +81,7 @@ def to_fp16(model: onnx.ModelProto, keep_fp32: tuple[str, ...] = (), keep_sensit
     before = read_plan(model) or PrecisionPlan()
     if has_qdq(model):
         model = ensure_opset(model, QDQ_FP16_OPSET)
-    model = with_node_names(model)
+    model = with_node_names(with_weights(model))  # the converter rewrites every weight: it needs their values
     big = {i.name for i in model.graph.initializer
            if i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
            and np.abs(numpy_helper.to_array(i)).max(initial=0) > FP16_MAX}

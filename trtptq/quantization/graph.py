@@ -2,24 +2,55 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx.external_data_helper import uses_external_data
+from onnx_graphsurgeon.importers.onnx_importer import OnnxImporter
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from trtptq.core.errors import ModelError
-from trtptq.core.model import has_qdq, with_node_names
+from trtptq.core.model import has_qdq, skeleton, values, weights_dir, with_node_names
+
+
+class _FileValues(LazyValues):
+    """A weight kept in its model's data file: read from the model's folder when its values are first needed, and
+    exported as the same reference (gs exports a LazyValues' tensor as it is)."""
+
+    def __init__(self, model: onnx.ModelProto, tensor: onnx.TensorProto):
+        super().__init__(tensor)
+        self._model = model
+
+    def load(self):
+        return values(self._model, self.tensor)
 
 
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
-    """gs graph with every node named, Constant-node weights turned into constants, dtypes inferred where possible."""
+    """gs graph with every node named, Constant-node weights turned into constants, dtypes inferred where possible.
+
+    Weights kept in data files stay there until a step reads their values (quantizing a weight reads that one).
+    """
     if has_qdq(model):
         raise ModelError("the model already has QuantizeLinear/DequantizeLinear nodes; "
                          "quantize the FP32 model instead.")
     model = with_node_names(model)
-    try:
-        model = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - inference is only for dtypes; a model over 2 GB or a custom op may refuse
-        pass
     graph = gs.import_onnx(model)
+    try:  # inference is only for dtypes and shapes, on the skeleton: no weights copied, whatever the model's size
+        inferred = onnx.shape_inference.infer_shapes(skeleton(model)).graph.value_info
+    except Exception:  # noqa: BLE001 - a custom op may refuse
+        inferred = []
+    tensors = graph.tensors()
+    for vi in inferred:
+        t = tensors.get(vi.name)
+        if isinstance(t, gs.Variable) and t.dtype is None:
+            found = OnnxImporter.import_tensor(vi)
+            t.dtype, t.shape = found.dtype, found.shape
+    if weights_dir(model) is not None:
+        kept = {i.name: i for i in model.graph.initializer if uses_external_data(i)}
+        for t in tensors.values():
+            if isinstance(t, gs.Constant) and t.name in kept:
+                t.values = _FileValues(model, kept[t.name])
+                t.data_location = None  # once read, a weight is exported with its values (unread: as its reference)
     outputs = {t.name for t in graph.outputs}
     for node in graph.nodes:
         value = node.attrs.get("value") if node.op == "Constant" else None
@@ -30,6 +61,13 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
             node.outputs.clear()
             out.to_constant(value.values)
     return graph.cleanup().toposort()
+
+
+def weight_values(weight: gs.Constant) -> np.ndarray:
+    """A constant's values, read without caching them in the constant: a weight that is quantized stays a
+    reference to its data (file or tensor), so a graph that keeps it (a gated or probe model) never holds it twice."""
+    lazy = weight._values  # gs's own exporter reads it so; `values` would replace it with the array
+    return lazy.load() if isinstance(lazy, LazyValues) else weight.values
 
 
 def replace_input(node: gs.Node, old: gs.Tensor, new: gs.Tensor) -> None:

@@ -31,7 +31,7 @@ from trtptq.core.options import check_choice, check_names, option_error
 from trtptq.core.precision import NodePrecision, PrecisionPlan
 from trtptq.plugins import is_plugin_op
 from trtptq.quantization import weights as weight_formats
-from trtptq.quantization.graph import export_graph, import_graph, replace_input
+from trtptq.quantization.graph import export_graph, import_graph, replace_input, weight_values
 from trtptq.quantization.rules import RULES, OpRule, rule_key
 
 logger = logging.getLogger(__name__)
@@ -344,7 +344,7 @@ def _quantize_weight(graph: gs.Graph, w: gs.Constant, fmt: QuantFormat, axis: in
                      suffix: str = "") -> gs.Variable:
     """The weight stored in `fmt` behind a DequantizeLinear: per-tensor, per channel on `axis`, or for a
     weight-only format (INT4) in blocks of `block_size` along `axis`."""
-    values = np.asarray(w.values, dtype=np.float32)
+    values = np.asarray(weight_values(w), dtype=np.float32)
     if fmt.activations:
         q, scale = weight_formats.per_channel(values, fmt, axis)
     else:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
 
 from trtptq.core.errors import ModelError, TrtptqError
-from trtptq.core.model import PROTOBUF_LIMIT, has_qdq, save
+from trtptq.core.model import as_file, has_qdq, serializable, weights_dir
 from trtptq.core.model import load as load_onnx
 from trtptq.data.spec import InputSpec
 from trtptq.plugins import BUILTIN, Plugins
@@ -67,8 +66,8 @@ def session(model: onnx.ModelProto | str | os.PathLike, providers: Sequence[str]
         opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     providers = list(providers or default_providers())
     source = model
-    if not isinstance(model, onnx.ModelProto) and plugin_nodes(onnx.load(str(model), load_external_data=False), plugins):
-        model = onnx.load(str(model))
+    if not isinstance(model, onnx.ModelProto) and plugin_nodes(load_onnx(model), plugins):
+        model = load_onnx(model)
     if isinstance(model, onnx.ModelProto):
         model, libraries = for_onnxruntime(model, plugins)
         for library in libraries:
@@ -76,10 +75,9 @@ def session(model: onnx.ModelProto | str | os.PathLike, providers: Sequence[str]
     try:
         if not isinstance(model, onnx.ModelProto):
             return ort.InferenceSession(str(model), opts, providers=providers)
-        if model.ByteSize() < PROTOBUF_LIMIT:
+        if weights_dir(model) is None and serializable(model):
             return ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
-        with tempfile.TemporaryDirectory(prefix="trtptq-") as tmp:  # over 2 GB: only a path with external data works
-            path = save(model, pathlib.Path(tmp) / "model.onnx")
+        with as_file(model) as path:  # weights in data files, or over 2 GB: ONNX Runtime reads them from a path
             return ort.InferenceSession(str(path), opts, providers=providers)
     except Exception as e:  # onnxruntime's pybind errors share no public base class
         error = _no_kernel_error(source, str(e))
@@ -95,7 +93,7 @@ def _no_kernel_error(model: onnx.ModelProto | str | os.PathLike, message: str) -
         return None
     found = match.groupdict()
     op, domain, node = found["op"], found.get("domain"), found.get("node")
-    graph = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
+    graph = model if isinstance(model, onnx.ModelProto) else load_onnx(model)
     first = next((n for n in graph.graph.node if n.op_type == op and (domain is None or n.domain == domain)), None)
     if first is not None:
         domain, node = first.domain, node or first.name
@@ -162,7 +160,7 @@ class OnnxModel(Model):
                  plugins: Plugins = BUILTIN):
         self.path = pathlib.Path(path)
         self.name = name or self.path.stem
-        self.simulate_qdq = has_qdq(load_onnx(self.path, load_external_data=False))  # not ONNX: one line, before ONNX Runtime
+        self.simulate_qdq = has_qdq(load_onnx(self.path))  # not ONNX: one line, before ONNX Runtime
         self._session = session(self.path, providers=providers, simulate_qdq=self.simulate_qdq, plugins=plugins)
         self.providers = self._session.get_providers()
         self.inputs = [_info(t) for t in self._session.get_inputs()]

@@ -1,0 +1,152 @@
+"""Models whose weights are in external data files: kept there, read from the model's folder, never copied whole.
+
+Small generated transformers (evidence/large_transformer.py) take the same path a 3 GB one does: any model with
+external data keeps its weights in the file; a model over 2 GB itself is simulated by a lower PROTOBUF_LIMIT.
+"""
+
+import numpy as np
+import onnx
+import pytest
+from onnx.external_data_helper import uses_external_data
+
+from evidence.large_transformer import make_large_transformer
+from trtptq.autotune.gated import _gated
+from trtptq.autotune.sensitivity import SensitivityOptions
+from trtptq.calibration.calibrate import CalibrationOptions
+from trtptq.core import model as model_io
+from trtptq.core.errors import ModelError
+from trtptq.pipelines import EvaluationOptions, quantize, sensitivity
+from trtptq.quantization.fp16 import to_fp16
+from trtptq.quantization.graph import import_graph, weight_values
+from trtptq.runtime.ort import session
+
+HIDDEN = 64
+MINMAX = CalibrationOptions(method="minmax", show_progress=False)
+
+
+@pytest.fixture
+def external(tmp_path):
+    """(model path, a feed of one sample) of a 2-layer transformer whose weights are in model.onnx.data."""
+    (tmp_path / "src").mkdir()
+    path = make_large_transformer(tmp_path / "src" / "model.onnx", hidden=HIDDEN, layers=2)
+    return path, {"x": np.random.default_rng(0).standard_normal((1, 16, HIDDEN)).astype(np.float32)}
+
+
+def _inline(path):
+    return onnx.load(str(path))  # onnx's own full load: the reference the external path must agree with
+
+
+def test_load_keeps_weights_in_their_file_and_records_the_folder(external):
+    path, _ = external
+    model = model_io.load(path)
+    assert all(uses_external_data(t) for t in model.graph.initializer)
+    assert model_io.weights_dir(model) == path.parent.resolve()
+    assert model.ByteSize() < 100_000
+
+
+def test_missing_data_file_is_one_line(external):
+    path, _ = external
+    (path.parent / "model.onnx.data").unlink()
+    with pytest.raises(ModelError, match=r"external data that is missing .*model.onnx.data"):
+        model_io.load(path)
+
+
+def test_values_are_read_from_the_model_folder_whatever_the_cwd(external, tmp_path, monkeypatch):
+    path, _ = external
+    model = model_io.load(path)
+    monkeypatch.chdir(tmp_path)
+    reference = {t.name: onnx.numpy_helper.to_array(t) for t in _inline(path).graph.initializer}
+    for t in model.graph.initializer:
+        np.testing.assert_array_equal(model_io.values(model, t), reference[t.name])
+
+
+def test_save_copies_the_weights_tensor_by_tensor_to_page_aligned_offsets(external, tmp_path):
+    path, _ = external
+    out = model_io.save(model_io.load(path), tmp_path / "out" / "copy.onnx")
+    assert sorted(p.name for p in out.parent.iterdir()) == ["copy.onnx", "copy.onnx.data"]
+    saved = onnx.load(str(out), load_external_data=False)
+    assert not any(p.key == model_io.EXTERNAL_DIR for p in saved.metadata_props)  # in-memory bookkeeping only
+    offsets = [int(e.value) for t in saved.graph.initializer for e in t.external_data if e.key == "offset"]
+    assert offsets and all(o % 4096 == 0 for o in offsets)
+    for a, b in zip(_inline(path).graph.initializer, _inline(out).graph.initializer):
+        np.testing.assert_array_equal(onnx.numpy_helper.to_array(a), onnx.numpy_helper.to_array(b))
+
+
+def test_save_over_the_protobuf_limit_moves_inline_weights_out(external, tmp_path, monkeypatch):
+    path, _ = external
+    monkeypatch.setattr(model_io, "PROTOBUF_LIMIT", 1000)  # the inline model counts as over 2 GB
+    inline = _inline(path)
+    assert not model_io.serializable(inline)
+    out = model_io.save(inline, tmp_path / "big.onnx")
+    assert (tmp_path / "big.onnx.data").stat().st_size > 4 * HIDDEN * HIDDEN * 4
+    assert all(uses_external_data(t) for t in onnx.load(str(out), load_external_data=False).graph.initializer
+               if t.dims and np.prod(t.dims) * 4 >= 1024)
+
+
+def test_sessions_from_a_model_with_external_weights(external, tmp_path, monkeypatch):
+    path, feed = external
+    model = model_io.load(path)
+    monkeypatch.chdir(tmp_path)
+    expected = session(path).run(None, feed)[0]
+    np.testing.assert_array_equal(session(model).run(None, feed)[0], expected)
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".trtptq-")]  # the hidden file is gone
+    monkeypatch.setattr(model_io, "PROTOBUF_LIMIT", 1000)  # over 2 GB itself: saved whole to a temp folder
+    np.testing.assert_array_equal(session(model).run(None, feed)[0], expected)
+
+
+def test_checker_and_shape_inference_on_the_skeleton(external, tmp_path, monkeypatch):
+    path, _ = external
+    model = model_io.load(path)
+    monkeypatch.chdir(tmp_path)
+    model_io.check(model, "the model")
+    bones = model_io.skeleton(model)
+    for t in bones.graph.initializer:  # large weights: placeholders; small ones (a shape's worth) with their values
+        assert uses_external_data(t) == (np.prod(t.dims) > 1024)
+        assert not uses_external_data(t) or t.external_data[0].value == "skeleton.weights"
+    inferred = onnx.shape_inference.infer_shapes(bones)
+    assert {vi.name for vi in inferred.graph.value_info} >= {"l0.q", "l1.ff2"}
+    model.graph.node[0].input[0] = "nowhere"
+    with pytest.raises(ModelError, match="the model fails onnx.checker"):
+        model_io.check(model, "the model")
+
+
+def test_quantizing_reads_each_weight_once_and_keeps_the_others_as_references(external, tmp_path, monkeypatch):
+    path, feed = external
+    monkeypatch.chdir(tmp_path)
+    model = model_io.load(path)
+    graph = import_graph(model)
+    w = graph.tensors()["l0.wq"]
+    np.testing.assert_array_equal(weight_values(w), model_io.values(model, model.graph.initializer[2]))
+    assert not isinstance(w._values, np.ndarray)  # read, not cached: the weight stays a reference to the file
+    from_file = quantize(path, data=[feed], calibration=MINMAX).model
+    from_memory = quantize(_inline(path), data=[feed], calibration=MINMAX).model
+    weights = {t.name: t for t in from_file.graph.initializer}
+    # The LayerNorm vectors nobody reads stay references to the source file; the quantized weights are the same.
+    assert uses_external_data(weights["l0.ln1.g"])
+    for t in from_memory.graph.initializer:
+        np.testing.assert_array_equal(model_io.values(from_file, weights[t.name]), onnx.numpy_helper.to_array(t))
+    out = model_io.save(from_file, tmp_path / "q.onnx")
+    np.testing.assert_allclose(session(out, simulate_qdq=True).run(None, feed)[0],
+                               session(from_memory, simulate_qdq=True).run(None, feed)[0], rtol=0, atol=0)
+
+
+
+def test_fp16_conversion_reads_the_weights_it_rewrites(external, tmp_path, monkeypatch):
+    path, feed = external
+    monkeypatch.chdir(tmp_path)
+    converted = to_fp16(model_io.load(path)).model
+    assert model_io.weights_dir(converted) is None
+    w = next(t for t in converted.graph.initializer if t.name == "l0.wq")
+    assert w.data_type == onnx.TensorProto.FLOAT16 and not uses_external_data(w)
+    np.testing.assert_allclose(session(converted).run(None, feed)[0], session(path).run(None, feed)[0], atol=0.05)
+
+
+def test_sensitivity_ranks_a_model_with_external_weights(external, tmp_path, monkeypatch):
+    path, feed = external
+    monkeypatch.chdir(tmp_path)
+    evaluation = EvaluationOptions(data=[feed], sensitivity=SensitivityOptions(samples=1, show_progress=False))
+    ranked, result = sensitivity(path, data=[feed], calibration=MINMAX, evaluation=evaluation)
+    assert {layer.node for layer in ranked.layers} == set(result.plan.quantized_nodes)
+    gated = _gated(model_io.load(path), result.plan, result.ranges.amax, {n: f"g:{n}" for n in result.plan.quantized_nodes})
+    floats = {t.name: t for t in gated.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2}
+    assert floats and all(uses_external_data(t) for t in floats.values())  # the FP32 weights by reference, not copied
