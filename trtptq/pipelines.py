@@ -184,7 +184,7 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
         found, sensitivity = fall_back(
             proto, placement, ranges.amax, evaluator, target.metrics,
             lambda gated: _sensitivity(proto, placement, ranges, eval_data, target, name, limits, plugins, gated),
-            calibration.show_progress)
+            [f.name for f in qopts.formats], calibration.show_progress)
     ranges = replace(ranges, options={**ranges.options, "fallback": found.to_dict()})
     return QuantizeResult(_qdq_model(proto, found.plan, ranges), ranges, found.plan, stats, calibs, found, sensitivity)
 

@@ -71,19 +71,20 @@ def test_sensitivity_ranks_the_fragile_layer_first(fragile):
     assert ranked.evaluations == 1 + 2 * 4 and ranked.num_samples == 32
 
 
-def test_target_keeps_exactly_the_fragile_layer_and_is_deterministic(fragile):
+def test_target_moves_exactly_the_fragile_layer_up_the_ladder_and_is_deterministic(fragile):
     path, calib, evals = fragile
     runs = [quantize(path, calib, calibration=_minmax(),
                      target=Target(data=evals, metrics={"accuracy": 0.99},
                                    sensitivity=SensitivityOptions(show_progress=False)))
             for _ in range(2)]
     found = runs[0].fallback
-    assert found.met and list(found.kept) == [FRAGILE]
+    assert found.met and list(found.moved) == [FRAGILE]
     assert found.before["accuracy"] < 0.5 <= 0.99 <= found.after["accuracy"]
-    assert runs[0].plan.precision.nodes[FRAGILE].precision == "FP32"
-    assert "--target accuracy=0.99" in runs[0].plan.precision.nodes[FRAGILE].reason
-    assert runs[0].ranges.options["fallback"]["kept"] == found.kept
-    assert [r.fallback.kept for r in runs] == [found.kept] * 2
+    entry = runs[0].plan.precision.nodes[FRAGILE]
+    assert entry.precision == "FP16" and entry.pinned  # INT8 -> FP16, the first rung that meets it (--precision int8)
+    assert entry.reason.startswith("INT8 -> FP16 for --target accuracy=0.99")
+    assert runs[0].ranges.options["fallback"]["moved"][FRAGILE]["precision"] == "FP16"
+    assert [r.fallback.moved for r in runs] == [found.moved] * 2
     assert runs[0].ranges.amax == runs[1].ranges.amax
     assert [r.sensitivity.to_dict() for r in runs][0] == runs[1].sensitivity.to_dict()
 
@@ -93,7 +94,7 @@ def test_a_target_the_int8_model_meets_keeps_nothing_and_ranks_nothing(mnist, tm
     np.savez(tmp_path / "e.npz", input=images[1000:1256], labels=labels[1000:1256])
     result = quantize(path, [{"input": images[:256]}], calibration=_minmax(),
                       target=Target(data=tmp_path / "e.npz", metrics={"cosine": 0.99}))
-    assert result.fallback.met and result.fallback.kept == {} and result.fallback.evaluations == 1
+    assert result.fallback.met and result.fallback.moved == {} and result.fallback.evaluations == 1
     assert result.sensitivity is None
 
 
@@ -123,9 +124,9 @@ def test_cli_sensitivity_and_target(fragile, tmp_path):
                "--target", "accuracy=0.99", "-o", "m.onnx", "--save-ranges", "r.json", "--report", "rep2",
                "--no-progress", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "--target accuracy=0.99: met; 1 layer kept in float" in r.stdout
-    assert f"kept in float: {FRAGILE}" in r.stdout
-    assert json.loads((tmp_path / "r.json").read_text())["options"]["fallback"]["kept"].keys() == {FRAGILE}
+    assert "--target accuracy=0.99: met; 1 layer moved up the precision ladder" in r.stdout
+    assert f"  FP16: {FRAGILE}" in r.stdout
+    assert json.loads((tmp_path / "r.json").read_text())["options"]["fallback"]["moved"].keys() == {FRAGILE}
     assert (tmp_path / "rep2" / "sensitivity.html").is_file() and (tmp_path / "rep2" / "report.html").is_file()
 
 
@@ -139,7 +140,7 @@ def test_cli_target_out_of_reach_writes_the_best_model_and_exits_1(fragile, mnis
                "--target", "accuracy=0.5", "-o", "m.onnx", "--no-progress", cwd=tmp_path)
     assert r.returncode == 1, r.stderr
     assert "1 in 5 calibration samples is held out" in r.stderr
-    assert "not met even with all 4 INT8 layers in float" in r.stderr
+    assert "not met even with all 4 quantized layers in float" in r.stderr
     assert "NOT met" in r.stdout and (tmp_path / "m.onnx").is_file()
 
 
@@ -155,7 +156,7 @@ def test_bad_autopilot_options_are_one_line(fragile, tmp_path, args, message):
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_a_fallback_model_builds_with_its_kept_layer_in_fp16(fragile, tmp_path):
+def test_a_fallback_model_builds_with_its_moved_layer_in_fp16(fragile, tmp_path):
     pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX builds engines on the CPU (pip install tensorrt-rtx-cu13)")
     path, calib, evals = fragile
     r = trtptq("quantize", path, "--data", calib, "--eval-data", evals, "--method", "minmax", "--batch-size", 64,

@@ -48,6 +48,14 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r} (e.g. 0.485,0.456,0.406)") from None
 
 
+def _pair(flag: str, item: str) -> tuple[str, str]:
+    """'Conv=int8' -> ('Conv', 'int8'): a value without '=' is one line naming the option."""
+    key, sep, value = item.rpartition("=")
+    if not sep:
+        raise TrtptqError(f"{flag} {item!r} is not PATTERN=PRECISION; give e.g. {flag} Conv=int8 '*attn*=fp16'.")
+    return key, value
+
+
 def check_inputs(*items: tuple[str, str | os.PathLike | Iterable[str | os.PathLike] | None]) -> None:
     """Every file the command reads exists, each named with its option, before any model or data is loaded
     (after the --plugin files, whose own errors name them). `--data` may be `script.py:function`."""
@@ -217,6 +225,10 @@ class QuantizeArgs(BaseArgs):
             group.add_argument("--compute-capability", nargs="+", default=[], metavar="CC",
                                help="the GPUs the engine will run on, e.g. 8.6 8.9: a format one of them cannot run "
                                     "is refused, and auto never picks it")
+        group.add_argument("--layer-precision", nargs="+", action="extend", default=[], metavar="PATTERN=PRECISION",
+                           help="nodes of an op type or name glob in int8, fp8, w4a16, fp16 (float; FP16 in a --fp16 "
+                                "build) or fp32 (FP32 even there), e.g. Conv=int8 Gather=w4a16 '*attn*=fp16'; the "
+                                "last match wins, and auto and --target leave these nodes as given; repeatable")
         group.add_argument("--exclude-nodes", nargs="+", default=[], metavar="NAME", help="node names or globs kept in float")
         group.add_argument("--exclude-op-types", nargs="+", default=[], metavar="OP", help="op types kept in float")
         group.add_argument("--keep-first", action="store_true", help="keep the first Conv/Gemm/MatMul in float")
@@ -235,7 +247,8 @@ class QuantizeArgs(BaseArgs):
                                per_channel=not args.per_tensor_weights, residual_add=not args.no_residual_add,
                                pooling=not args.no_pooling, activation_matmul=not args.no_activation_matmul,
                                precision=args.precision, block_size=args.block_size,
-                               compute_capabilities=tuple(args.compute_capability))
+                               compute_capabilities=tuple(args.compute_capability),
+                               layer_precisions=tuple(_pair("--layer-precision", item) for item in args.layer_precision))
 
 
 class RangesArgs(BaseArgs):

@@ -38,22 +38,24 @@ def print_quantized(result, output) -> None:
 
 def print_fallback(found) -> None:
     goal = " ".join(f"{m}={v:g}" for m, v in found.targets.items())
-    status = "met" if found.met else "NOT met even with every INT8 layer in float; wrote the best model found"
-    print(f"--target {goal}: {status}; {count(len(found.kept), 'layer')} kept in float, "
+    status = "met" if found.met else "NOT met even with every quantized layer in float; wrote the best model found"
+    print(f"--target {goal}: {status}; {count(len(found.moved), 'layer')} moved up the precision ladder, "
           f"{count(found.evaluations, 'evaluation')}")
     for metric, before in found.before.items():
-        print(f"  {metric}: INT8 {before:.6g} -> {found.after.get(metric, float('nan')):.6g}")
-    for node in found.kept:
-        print(f"  kept in float: {node}")
+        print(f"  {metric}: quantized {before:.6g} -> {found.after.get(metric, float('nan')):.6g}")
+    for node, p in found.moved.items():
+        print(f"  {p.precision}: {node}")
 
 
 def print_sensitivity(ranked, method: str, top: int) -> None:
-    print(f"{count(len(ranked.layers), 'INT8 layer')} ({method} ranges), {count(ranked.num_samples, 'sample')}, "
-          f"{count(ranked.evaluations, 'evaluation')}; whole INT8 model: {ranked.int8_snr_db:.1f} dB output SNR vs FP32")
-    print(f"  {'rank':>4s}  {'alone dB':>8s}  {'gain dB':>7s}  {'local dB':>8s}  node (op)")
+    print(f"{count(len(ranked.layers), 'quantized layer')} ({method} ranges), {count(ranked.num_samples, 'sample')}, "
+          f"{count(ranked.evaluations, 'evaluation')}; whole quantized model: {ranked.int8_snr_db:.1f} dB output SNR "
+          "vs FP32")
+    print(f"  {'rank':>4s}  {'format':6s}  {'alone dB':>8s}  {'gain dB':>7s}  {'local dB':>8s}  node (op)")
     for k, layer in enumerate(ranked.layers[:top], 1):
         gain = "" if layer.gain_db is None else f"{layer.gain_db:+.2f}"
-        print(f"  {k:4d}  {layer.alone_snr_db:8.1f}  {gain:>7s}  {layer.local_snr_db:8.1f}  {layer.node} ({layer.op})")
+        print(f"  {k:4d}  {layer.precision:6s}  {layer.alone_snr_db:8.1f}  {gain:>7s}  {layer.local_snr_db:8.1f}  "
+              f"{layer.node} ({layer.op})")
 
 
 def print_comparison(result) -> None:
