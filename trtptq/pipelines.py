@@ -28,6 +28,7 @@ from trtptq.core import fileio
 from trtptq.core import model as model_io
 from trtptq.core.build_report import BuildReport
 from trtptq.core.errors import TrtptqError
+from trtptq.core.precision import NodePrecision
 from trtptq.core.sidecars import fp16_model_path, int8_model_path
 from trtptq.data import Batches, Holdout, ImageOptions, input_specs, open_source
 from trtptq.engine.build import build_engine
@@ -121,25 +122,38 @@ def _qopts_dict(q: QuantizeOptions) -> dict:
 
 
 def _calibrate(proto: onnx.ModelProto, name: str, placement: Plan, data, options: CalibrationOptions,
-               extra: dict, plugins: Plugins) -> tuple[Ranges, Calibration]:
+               qopts: QuantizeOptions, plugins: Plugins) -> tuple[Ranges, Calibration]:
     """Calibrate the plan's activations; for method "auto", every method's ranges and their per-tensor mix are
-    scored against FP32 and the best kept."""
+    scored against FP32 and the best kept; for --precision auto, each layer's format is chosen as well (the
+    ranges carry the choice, `with_auto_precisions` applies it)."""
+    extra = {"quantize": _qopts_dict(qopts)}
     calibration = calibrate_tensors(proto, list(placement.activations), data, options, passes_for(options, build_engine), name,
                                     plugins)
-    if options.method != AUTO:
+    auto_precision = qopts.precision == AUTO and len(qopts.formats) > 1
+    if options.method != AUTO and not auto_precision:
         return calibration.ranges(extra=extra), calibration
-    by_method = calibration.amax_by_method()
+    by_method = calibration.amax_by_method() if options.method == AUTO else {options.method: calibration.ranges().amax}
     if not calibration.calibrators:
         return calibration.ranges("minmax", by_method["minmax"], extra), calibration
     choice = choose_method(proto, placement, by_method, calibration.batches, options.auto_samples,
-                           options.memory_budget, options.show_progress, plugins)
+                           options.memory_budget, options.show_progress, plugins,
+                           qopts.formats if auto_precision else ())
     extra = {**extra, "auto_snr_db": choice.scores, "auto_methods": choice.per_tensor}
-    if choice.scores[choice.method] < LOW_SNR_DB:
-        logger.warning("the best INT8 ranges (%s) leave the outputs %.1f dB from FP32 on %d calibration samples: check "
+    if auto_precision:
+        extra |= {"auto_formats_snr_db": choice.format_scores,
+                  "auto_precisions": {node: asdict(p) for node, p in choice.precisions.items()}}
+    if max(db for db in (choice.scores[choice.method], *choice.format_scores.values()) if db is not None) < LOW_SNR_DB:
+        logger.warning("the best ranges (%s) leave the outputs %.1f dB from FP32 on %d calibration samples: check "
                        "task accuracy with --report --eval-data, and if it dropped, keep the most sensitive layers in "
                        "float with --target (e.g. --target cosine=0.995)", choice.method, choice.scores[choice.method],
                        min(options.auto_samples, calibration.stats.samples))
     return calibration.ranges(choice.method, choice.amax, extra), calibration
+
+
+def with_auto_precisions(placement: Plan, ranges: Ranges) -> Plan:
+    """`placement` with the formats --precision auto chose (carried by `ranges`), if it chose any."""
+    chosen = ranges.options.get("auto_precisions")
+    return placement.with_precisions({n: NodePrecision(**p) for n, p in chosen.items()}) if chosen else placement
 
 
 def calibrate(model: onnx.ModelProto | str | os.PathLike, data, options: CalibrationOptions | None = None,
@@ -147,8 +161,7 @@ def calibrate(model: onnx.ModelProto | str | os.PathLike, data, options: Calibra
     """Ranges for every tensor the quantizer will put Q/DQ on (chosen by `quantize_options`)."""
     qopts = quantize_options or QuantizeOptions()
     proto, name, _, placement = prepare(model, qopts, plugins)
-    return _calibrate(proto, name, placement, data, options or CalibrationOptions(), {"quantize": _qopts_dict(qopts)},
-                      plugins)[0]
+    return _calibrate(proto, name, placement, data, options or CalibrationOptions(), qopts, plugins)[0]
 
 
 def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Ranges | str | os.PathLike | None = None,
@@ -168,11 +181,12 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
     if ranges is not None:
         ranges = ranges if isinstance(ranges, Ranges) else Ranges.load(ranges)
     elif data is not None:
-        ranges, done = _calibrate(proto, name, placement, data, calibration or CalibrationOptions(),
-                                  {"quantize": _qopts_dict(qopts)}, plugins)
+        ranges, done = _calibrate(proto, name, placement, data, calibration or CalibrationOptions(), qopts, plugins)
         stats, calibs = done.stats, done.calibrators
     else:
         raise TrtptqError("quantize needs calibration data or a ranges file")
+    if qopts.precision == AUTO:
+        placement = with_auto_precisions(placement, ranges)
     if target is None:
         return QuantizeResult(_qdq_model(proto, placement, ranges), ranges, placement, stats, calibs)
     calibration = calibration or CalibrationOptions()

@@ -7,6 +7,7 @@ feature sets the Gemm's input scale and every other feature rounds to zero.
 """
 
 import json
+import re
 
 import numpy as np
 import onnx
@@ -14,11 +15,14 @@ import pytest
 from onnx import numpy_helper
 
 from support import trtptq
+from trtptq.autotune.formats import groups
 from trtptq.autotune.sensitivity import SensitivityOptions, analyze
 from trtptq.calibration.calibrate import CalibrationOptions
 from trtptq.calibration.passes import with_outputs
+from trtptq.core.precision import read_plan
 from trtptq.evaluation.evaluator import Evaluator
 from trtptq.pipelines import EvaluationOptions, Target, prepare, quantize, sensitivity
+from trtptq.quantization.qdq import QuantizeOptions
 from trtptq.runtime.ort import OrtRunner
 
 FRAGILE = "/2/2.0/Gemm"
@@ -169,3 +173,37 @@ def test_a_fallback_model_builds_with_its_moved_layer_in_fp16(fragile, tmp_path)
     kept = report["kept_float"][FRAGILE]
     assert kept["precision"] == "FP16" and "--target accuracy=0.99" in kept["reason"]
     assert report["plan_counts"]["INT8"] == 3
+
+
+def test_precision_auto_puts_the_spiked_layer_in_fp8_and_beats_all_int8_and_all_fp8(fragile):
+    """The spike wrecks INT8's range at the Gemm's input; E4M3 keeps both the spike and the rest: auto chooses FP8 there
+    only, and its mix scores at least the better of all-INT8 and all-FP8."""
+    path, calib, evals = fragile
+    result = quantize(path, calib, options=QuantizeOptions(precision="auto"), calibration=_minmax())
+    nodes = result.plan.precision.nodes
+    assert [n for n in result.plan.quantized_nodes if nodes[n].precision == "FP8"] == [FRAGILE]
+    assert re.search(r"FP8: [\d.]+ dB less local error than INT8", nodes[FRAGILE].reason)
+    scores = result.ranges.options["auto_formats_snr_db"]
+    assert scores["per layer"] >= max(s for s in (scores["all-INT8"], scores["all-FP8"]) if s is not None)
+    with Evaluator(path, evals) as evaluator:
+        assert evaluator.evaluate(result.model).accuracy.candidate > 0.98
+
+
+def test_precision_auto_never_picks_what_the_target_gpu_cannot_run(fragile, tmp_path):
+    path, calib, _ = fragile
+    r = trtptq("quantize", path, "--data", calib, "--method", "minmax", "--batch-size", 64, "--precision", "auto",
+               "-o", "any.onnx", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "--precision auto kept 3 layers in INT8, 1 layer in FP8; output SNR vs FP32: all-INT8 " in r.stdout
+    assert "the engine needs compute capability 8.9 or newer (FP8)" in r.stdout
+    r = trtptq("quantize", path, "--data", calib, "--method", "minmax", "--batch-size", 64, "--precision", "auto",
+               "--compute-capability", "8.6", "-o", "ampere.onnx", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    counts = read_plan(onnx.load(tmp_path / "ampere.onnx")).counts()
+    assert counts["FP8"] == 0 and "needs compute capability" not in r.stdout
+
+
+def test_layers_sharing_an_input_form_one_group(resnet_block):
+    proto, _, _, placement = prepare(resnet_block)
+    found = sorted(map(sorted, groups(placement, placement.quantized_nodes)))
+    assert found == [["conv1", "residual"], ["conv2"], ["fc"], ["gap"]]

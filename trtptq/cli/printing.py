@@ -19,6 +19,30 @@ def print_auto_choice(ranges) -> None:
         print(f"--method auto kept {ranges.method}; output SNR vs FP32: "
               + ", ".join(f"{m} {'not scored (could not win)' if db is None else f'{db:.1f} dB'}"
                           for m, db in scores.items()))
+    print_auto_precision(ranges)
+
+
+def print_auto_precision(ranges) -> None:
+    """What --precision auto kept, how each format candidate scored, and (without --compute-capability) which GPUs
+    the chosen formats need."""
+    from collections import Counter
+
+    from trtptq.core.formats import FORMATS
+
+    scores = ranges.options.get("auto_formats_snr_db")
+    if not scores:
+        return
+    chosen = Counter(p["precision"] for p in ranges.options.get("auto_precisions", {}).values())
+    kept = ", ".join(f"{count(n, 'layer')} in {f}" for f, n in chosen.items())
+    print(f"--precision auto kept {kept}; output SNR "
+          "vs FP32: " + ", ".join(f"{k} {'not scored (could not win)' if db is None else f'{db:.1f} dB'}"
+                                  for k, db in scores.items()))
+    if not ranges.options.get("quantize", {}).get("compute_capabilities"):
+        need = max((FORMATS[f] for f in chosen if f in FORMATS), key=lambda f: f.compute_capability, default=None)
+        if need is not None:
+                print(f"the engine needs compute capability {'.'.join(map(str, need.compute_capability))} or newer "
+                  f"({need.name}); give --compute-capability for the GPUs it must run on, and auto picks only what "
+                  "they run")
 
 
 def print_ranges_saved(ranges, path) -> None:
