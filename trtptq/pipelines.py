@@ -9,6 +9,7 @@ every stage that runs, quantizes, converts or builds the model.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pathlib
 from dataclasses import asdict, dataclass, field, replace
@@ -16,9 +17,10 @@ from dataclasses import asdict, dataclass, field, replace
 import onnx
 
 from trtptq.autotune.budget import Held, held
-from trtptq.autotune.fallback import Fallback, fall_back
+from trtptq.autotune.fallback import METRIC_TARGET, Fallback, fall_back
 from trtptq.autotune.gated import GatedModel
 from trtptq.autotune.method import choose_method
+from trtptq.autotune.metric import task_metric
 from trtptq.autotune.sensitivity import Sensitivity, SensitivityOptions, analyze
 from trtptq.calibration.calibrate import AUTO, Calibration, CalibrationOptions, calibrate_tensors
 from trtptq.calibration.collect import CollectStats
@@ -30,6 +32,7 @@ from trtptq.core.build_report import BuildReport
 from trtptq.core.errors import TrtptqError
 from trtptq.core.precision import NodePrecision
 from trtptq.core.sidecars import fp16_model_path, int8_model_path
+from trtptq.core.userfiles import SNR
 from trtptq.data import Batches, Holdout, ImageOptions, input_specs, open_source
 from trtptq.engine.build import build_engine
 from trtptq.engine.calibration import passes_for
@@ -75,18 +78,23 @@ class EvaluationOptions:
 
 @dataclass
 class Target(EvaluationOptions):
-    """`quantize --target`: keep the most sensitive layers in float until every metric reaches its minimum.
+    """`quantize --target`: walk the most sensitive layers up the precision ladder until every metric reaches its
+    minimum.
 
     Its ranking skips the gain measure by default (half the evaluations): the search orders by damage alone.
     """
 
-    metrics: dict[str, float] = field(default_factory=dict)  # e.g. {"cosine": 0.99}, as compare --fail-below
+    #: e.g. {"cosine": 0.99}, as compare --fail-below; "metric": the minimum of QuantizeOptions.metric (--metric)
+    metrics: dict[str, float] = field(default_factory=dict)
     sensitivity: SensitivityOptions = field(default_factory=lambda: SensitivityOptions(gain=False))
 
     def __post_init__(self) -> None:
         if not self.metrics:
             raise TrtptqError("--target needs at least one METRIC=MIN, e.g. --target cosine=0.99")
-        check_metrics("--target", self.metrics)
+        check_metrics("--target", {m: v for m, v in self.metrics.items() if m != METRIC_TARGET})
+        if not math.isfinite(self.metrics.get(METRIC_TARGET, 0.0)):
+            raise TrtptqError(f"--target metric={self.metrics[METRIC_TARGET]} is not a finite number; give the "
+                              "minimum of --metric's score, e.g. --target metric=0.99.")
 
 
 @dataclass
@@ -135,17 +143,19 @@ def _calibrate(proto: onnx.ModelProto, name: str, placement: Plan, data, options
     by_method = calibration.amax_by_method() if options.method == AUTO else {options.method: calibration.ranges().amax}
     if not calibration.calibrators:
         return calibration.ranges("minmax", by_method["minmax"], extra), calibration
+    metric = task_metric(qopts.metric)
     choice = choose_method(proto, placement, by_method, calibration.batches, options.auto_samples,
                            options.memory_budget, options.show_progress, plugins,
-                           qopts.formats if auto_precision else ())
+                           qopts.formats if auto_precision else (), metric)
     extra = {**extra, "auto_snr_db": choice.scores, "auto_methods": choice.per_tensor}
     if auto_precision:
-        extra |= {"auto_formats_snr_db": choice.format_scores,
+        extra |= {"auto_format_scores": choice.format_scores,
                   "auto_precisions": {node: asdict(p) for node, p in choice.precisions.items()}}
-    if max(db for db in (choice.scores[choice.method], *choice.format_scores.values()) if db is not None) < LOW_SNR_DB:
+    best = max(db for db in (choice.scores[choice.method], *choice.format_scores.values()) if db is not None)
+    if metric is None and best < LOW_SNR_DB:
         logger.warning("the best ranges (%s) leave the outputs %.1f dB from FP32 on %d calibration samples: check "
                        "task accuracy with --report --eval-data, and if it dropped, keep the most sensitive layers in "
-                       "float with --target (e.g. --target cosine=0.995)", choice.method, choice.scores[choice.method],
+                       "float with --target (e.g. --target cosine=0.995)", choice.method, best,
                        min(options.auto_samples, calibration.stats.samples))
     return calibration.ranges(choice.method, choice.amax, extra), calibration
 
@@ -173,6 +183,9 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
     metric holds on the evaluation data (see `autotune.fallback`).
     """
     qopts = options or QuantizeOptions()
+    if target is not None and METRIC_TARGET in target.metrics and qopts.metric == SNR:
+        raise TrtptqError(f"--target metric={target.metrics[METRIC_TARGET]:g} needs --metric (argmax[:AXIS] or "
+                          "FILE.py:FUNCTION): the score whose minimum it sets.")
     proto, name, _, placement = prepare(model, qopts, plugins)
     stats, calibs = None, {}
     eval_data = None
@@ -198,7 +211,7 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
         found, sensitivity = fall_back(
             proto, placement, ranges.amax, evaluator, target.metrics,
             lambda gated: _sensitivity(proto, placement, ranges, eval_data, target, name, limits, plugins, gated),
-            [f.name for f in qopts.formats], calibration.show_progress)
+            [f.name for f in qopts.formats], calibration.show_progress, task_metric(qopts.metric))
     ranges = replace(ranges, options={**ranges.options, "fallback": found.to_dict()})
     return QuantizeResult(_qdq_model(proto, found.plan, ranges), ranges, found.plan, stats, calibs, found, sensitivity)
 

@@ -183,7 +183,7 @@ def test_precision_auto_puts_the_spiked_layer_in_fp8_and_beats_all_int8_and_all_
     nodes = result.plan.precision.nodes
     assert [n for n in result.plan.quantized_nodes if nodes[n].precision == "FP8"] == [FRAGILE]
     assert re.search(r"FP8: [\d.]+ dB less local error than INT8", nodes[FRAGILE].reason)
-    scores = result.ranges.options["auto_formats_snr_db"]
+    scores = result.ranges.options["auto_format_scores"]
     assert scores["per layer"] >= max(s for s in (scores["all-INT8"], scores["all-FP8"]) if s is not None)
     with Evaluator(path, evals) as evaluator:
         assert evaluator.evaluate(result.model).accuracy.candidate > 0.98
@@ -207,3 +207,15 @@ def test_layers_sharing_an_input_form_one_group(resnet_block):
     proto, _, _, placement = prepare(resnet_block)
     found = sorted(map(sorted, groups(placement, placement.quantized_nodes)))
     assert found == [["conv1", "residual"], ["conv2"], ["fc"], ["gap"]]
+
+
+def test_target_holds_a_user_metric(fragile, tmp_path):
+    """--target metric=MIN with --metric FILE.py:FN: the search checks the user's score (task top-1 here)."""
+    path, calib, evals = fragile
+    (tmp_path / "score.py").write_text("import numpy as np\n\ndef top1(fp32, outputs, labels):\n"
+                                       "    return float(np.mean(outputs['logits'].argmax(1) == labels))\n")
+    result = quantize(path, calib, options=QuantizeOptions(metric=f"{tmp_path / 'score.py'}:top1"),
+                      calibration=_minmax(), target=Target(data=evals, metrics={"metric": 0.99}))
+    found = result.fallback
+    assert found.met and list(found.moved) == [FRAGILE]
+    assert found.before["metric"] < 0.5 and found.after["metric"] >= 0.99

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from trtptq.autotune.gated import GatedModel
+from trtptq.autotune.metric import TaskMetric
 from trtptq.autotune.sensitivity import Sensitivity
 from trtptq.core import precision
 from trtptq.core.log import progress
@@ -33,6 +34,7 @@ from trtptq.evaluation.evaluator import EvaluationResult, Evaluator
 from trtptq.quantization.qdq import Plan
 
 logger = logging.getLogger(__name__)
+METRIC_TARGET = "metric"  # --target metric=MIN: the minimum of --metric
 LADDER = (precision.INT4, precision.INT8, precision.FP8, precision.FP16, precision.FP32)
 
 
@@ -41,7 +43,7 @@ class Trial:
     moved: tuple[tuple[str, str], ...]  # (node, precision) of the layers off their own format
     evaluation: EvaluationResult
     checks: list[ThresholdCheck]
-
+    score: float  # what ranks trials that all miss: --metric's value, else output SNR
     @property
     def passed(self) -> bool:
         return all(c.passed for c in self.checks)
@@ -79,20 +81,22 @@ def rungs(plan: Plan, node: str, formats: Sequence[str]) -> list[str]:
 
 def fall_back(model: onnx.ModelProto, plan: Plan, amax: dict[str, float], evaluator: Evaluator,
               targets: dict[str, float], rank: Callable[[GatedModel], Sensitivity], formats: Sequence[str] = (),
-              show_progress: bool = True) -> tuple[Fallback, Sensitivity | None]:
+              show_progress: bool = True, metric: TaskMetric | None = None) -> tuple[Fallback, Sensitivity | None]:
     """Search the fewest layers to move up the ladder (within `formats`, names of the formats the run may write)
     so that every target holds, in the order `rank(gated)` gives (called with the search's session, only when the
-    quantized model misses a target); the sensitivity it used, if any, comes back beside the result."""
+    quantized model misses a target); the sensitivity it used, if any, comes back beside the result.
+
+    `targets` may hold METRIC_TARGET, the minimum of `metric` (--metric); with a metric, a search that misses
+    keeps the trial it scores best."""
     sensitivity = None
     with GatedModel(model, plan, amax, evaluator.plugins) as gated:
-        search = _Search(gated, evaluator, targets)
+        search = _Search(gated, evaluator, targets, metric)
         start = best = search.trial({})
         if not start.passed:
             sensitivity = rank(gated)
             order = sensitivity.ranking
             with progress(total=None, enabled=show_progress, desc="fallback search", unit="model") as search.bar:
-                best = _shortest_prefix(order, search.trial) or max(search.tried.values(),
-                                                                      key=lambda t: t.evaluation.snr_db)
+                best = _shortest_prefix(order, search.trial) or max(search.tried.values(), key=lambda t: t.score)
     if best.passed and best.moved:
         ladders = {node: [gated.own[node], *rungs(plan, node, formats)[:-1]] for node, _ in best.moved}
         with GatedModel(model, plan, amax, evaluator.plugins,
@@ -114,8 +118,10 @@ def fall_back(model: onnx.ModelProto, plan: Plan, amax: dict[str, float], evalua
 class _Search:
     """The trials of one search: each assignment of layers to rungs evaluated once, as a gate setting of a session."""
 
-    def __init__(self, gated: GatedModel, evaluator: Evaluator, targets: dict[str, float]):
-        self.gated, self.evaluator, self.targets = gated, evaluator, targets
+    def __init__(self, gated: GatedModel, evaluator: Evaluator, targets: dict[str, float], metric: TaskMetric | None):
+        self.gated, self.evaluator, self.metric = gated, evaluator, metric
+        self.targets = {m: v for m, v in targets.items() if m != METRIC_TARGET}
+        self.minimum = targets.get(METRIC_TARGET)
         self.tried: dict[frozenset, Trial] = {}
         self.bar = None  # the search's progress bar, once there is a search
 
@@ -123,9 +129,14 @@ class _Search:
         key = frozenset(moved.items())
         if key not in self.tried:
             mix = {**self.gated.own, **moved}
-            ev = self.evaluator.evaluate(self.gated.variant(mix, f"{len(moved)} moved"))
-            self.tried[key] = Trial(tuple(moved.items()), ev,
-                                    check_thresholds(ev.outputs, ev.accuracy, self.targets, "--target"))
+            score = self.metric.start() if self.metric else None
+            ev = self.evaluator.evaluate(self.gated.variant(mix, f"{len(moved)} moved"),
+                                         observe=score.update if score else None)
+            checks = check_thresholds(ev.outputs, ev.accuracy, self.targets, "--target") if self.targets else []
+            value = score.value() if score else ev.snr_db
+            if self.minimum is not None:
+                checks.append(ThresholdCheck(METRIC_TARGET, TASK, value, self.minimum))
+            self.tried[key] = Trial(tuple(moved.items()), ev, checks, value)
             if self.bar is not None:
                 self.bar.update(1)
         return self.tried[key]

@@ -24,6 +24,7 @@ import onnx
 from trtptq.autotune.budget import held
 from trtptq.autotune.formats import choose_formats
 from trtptq.autotune.local import first_samples, local_snr
+from trtptq.autotune.metric import TaskMetric
 from trtptq.core.formats import FORMATS, FP8, INT8, QuantFormat
 from trtptq.core.precision import NodePrecision
 from trtptq.data import Batches
@@ -66,7 +67,8 @@ def per_tensor_methods(local: dict[str, dict[str, float]], plan: Plan, base: str
 
 def choose_method(model: onnx.ModelProto, plan: Plan, by_method: dict[str, dict[str, float]], batches: Batches,
                   samples: int, memory_budget: int, show_progress: bool = False,
-                  plugins: Plugins = BUILTIN, formats: Sequence[QuantFormat] = ()) -> MethodChoice:
+                  plugins: Plugins = BUILTIN, formats: Sequence[QuantFormat] = (),
+                  metric: TaskMetric | None = None) -> MethodChoice:
     """Score each method's ranges on the first `samples` samples, then the best one with the tensors whose local
     error another method clearly lowers switched to it; keep the best of all.
 
@@ -78,7 +80,8 @@ def choose_method(model: onnx.ModelProto, plan: Plan, by_method: dict[str, dict[
 
     With `formats` beyond INT8 (--precision auto), the same local run measures each layer in each of them
     (FP8 at min-max ranges), `autotune.formats` chooses per layer, and the mix races all-INT8 (the best ranges
-    found) and all-FP8: the best of the three is kept.
+    found) and all-FP8: the best of the three is kept. `metric` (--metric) scores the candidates in place of
+    output SNR.
     """
     methods = list(by_method)
     others = [f for f in formats if f is not INT8]
@@ -96,7 +99,7 @@ def choose_method(model: onnx.ModelProto, plan: Plan, by_method: dict[str, dict[
         floor = min(predicted.values())
         scores: dict[str, float | None] = dict.fromkeys(methods)  # None: hopeless, or stopped once it could not win
         candidates = dict(by_method)
-        race = _Race(evaluator)
+        race = _Race(evaluator, metric)
 
         def score(name: str) -> None:
             same = next((other for other in race.ran if candidates[other] == candidates[name]), None)
@@ -157,16 +160,23 @@ class _Race:
     """Candidates scored in turn (output SNR vs FP32 in dB, outputs combined as `evaluation.metrics` does, to 3
     decimals); one whose error so far already caps its score below the best one's stops there, as None: the
     reference's signal over the whole set is known once one candidate ran through, and the error of the batches
-    left can only lower the score. The best is exact."""
+    left can only lower the score. The best is exact. With a task `metric`, every candidate runs through and
+    scores its value (to 6 decimals)."""
 
-    def __init__(self, evaluator: Evaluator):
-        self.evaluator = evaluator
+    def __init__(self, evaluator: Evaluator, metric: TaskMetric | None = None):
+        self.evaluator, self.metric = evaluator, metric
         self.best = -math.inf
         self.signal: dict[str, float] = {}  # output -> sum ref^2 over the set
         self.ran: list[str] = []
 
     def score(self, candidate: onnx.ModelProto, name: str) -> float | None:
         self.ran.append(name)
+        if self.metric is not None:
+            score = self.metric.start()
+            self.evaluator.evaluate(candidate, name, observe=score.update)
+            value = round(score.value(), 6)
+            self.best = max(self.best, value)
+            return value
         stats = {output: ErrorStats(detailed=False) for output in self.evaluator.output_names}
         with contextlib.closing(self.evaluator.pairs(candidate, name)) as pairs:
             for _, reference, outputs in pairs:

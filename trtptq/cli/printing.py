@@ -16,10 +16,16 @@ def print_auto_choice(ranges) -> None:
     """What --method auto kept and how each method scored: printed before the results it led to."""
     scores = ranges.options.get("auto_snr_db")
     if scores:
-        print(f"--method auto kept {ranges.method}; output SNR vs FP32: "
-              + ", ".join(f"{m} {'not scored (could not win)' if db is None else f'{db:.1f} dB'}"
-                          for m, db in scores.items()))
+        print(f"--method auto kept {ranges.method}; {_scores(ranges, scores)}")
     print_auto_precision(ranges)
+
+
+def _scores(ranges, scores: dict) -> str:
+    """'output SNR vs FP32: a 31.2 dB, b not scored (could not win)', or --metric's values."""
+    metric = ranges.options.get("quantize", {}).get("metric", "snr")
+    unit, digits, head = (" dB", 1, "output SNR vs FP32") if metric == "snr" else ("", 4, f"--metric {metric}")
+    return f"{head}: " + ", ".join(f"{k} {'not scored (could not win)' if v is None else f'{v:.{digits}f}{unit}'}"
+                                   for k, v in scores.items())
 
 
 def print_auto_precision(ranges) -> None:
@@ -29,20 +35,17 @@ def print_auto_precision(ranges) -> None:
 
     from trtptq.core.formats import FORMATS
 
-    scores = ranges.options.get("auto_formats_snr_db")
+    scores = ranges.options.get("auto_format_scores")
     if not scores:
         return
     chosen = Counter(p["precision"] for p in ranges.options.get("auto_precisions", {}).values())
     kept = ", ".join(f"{count(n, 'layer')} in {f}" for f, n in chosen.items())
-    print(f"--precision auto kept {kept}; output SNR "
-          "vs FP32: " + ", ".join(f"{k} {'not scored (could not win)' if db is None else f'{db:.1f} dB'}"
-                                  for k, db in scores.items()))
-    if not ranges.options.get("quantize", {}).get("compute_capabilities"):
-        need = max((FORMATS[f] for f in chosen if f in FORMATS), key=lambda f: f.compute_capability, default=None)
-        if need is not None:
-                print(f"the engine needs compute capability {'.'.join(map(str, need.compute_capability))} or newer "
-                  f"({need.name}); give --compute-capability for the GPUs it must run on, and auto picks only what "
-                  "they run")
+    print(f"--precision auto kept {kept}; {_scores(ranges, scores)}")
+    need = max((FORMATS[f] for f in chosen if f in FORMATS), key=lambda f: f.compute_capability, default=None)
+    if need is not None and not ranges.options.get("quantize", {}).get("compute_capabilities"):
+        print(f"the engine needs compute capability {'.'.join(map(str, need.compute_capability))} or newer "
+              f"({need.name}); give --compute-capability for the GPUs it must run on, and auto picks only what they "
+              "run")
 
 
 def print_ranges_saved(ranges, path) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from trtptq.core import precision
+from trtptq.core import precision, userfiles
 from trtptq.core.errors import ModelError
 from trtptq.core.formats import FORMATS, INT4, INT8, QuantFormat, parse_compute_capability
 from trtptq.core.options import check_choice, check_names, option_error
@@ -63,6 +63,9 @@ class QuantizeOptions:
     #: (pattern, precision) pairs: nodes of that op type or name glob take that LAYER_PRECISIONS key (the last match
     #: wins), whatever --precision, auto and --target say
     layer_precisions: tuple[tuple[str, str], ...] = ()
+    #: what auto and --target score candidates by, higher is better: snr (output SNR vs FP32), argmax[:AXIS]
+    #: (argmax agreement with FP32 along a class axis), or FILE.py:FUNCTION (fn(fp32, candidate, labels) -> number)
+    metric: str = userfiles.SNR
 
     def __post_init__(self) -> None:
         check_names("--exclude-nodes", self.exclude_nodes)
@@ -74,6 +77,7 @@ class QuantizeOptions:
                                f"use one of {', '.join(map(str, BLOCK_SIZES))}")
         if self.precision != AUTO:
             self._check_runs("--precision", "", self.precision)
+        userfiles.metric(self.metric)
         for pattern, name in self.layer_precisions:
             if name not in LAYER_PRECISIONS:
                 raise option_error("--layer-precision", f"{pattern}={name}", "names no precision",
