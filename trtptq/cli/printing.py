@@ -42,7 +42,8 @@ def print_auto_precision(ranges) -> None:
     kept = ", ".join(f"{count(n, 'layer')} in {f}" for f, n in chosen.items())
     print(f"--precision auto kept {kept}; {_scores(ranges, scores)}")
     need = max((FORMATS[f] for f in chosen if f in FORMATS), key=lambda f: f.compute_capability, default=None)
-    if need is not None and not ranges.options.get("quantize", {}).get("compute_capabilities"):
+    if need is not None and need.compute_capability > min(f.compute_capability for f in FORMATS.values()) \
+            and not ranges.options.get("quantize", {}).get("compute_capabilities"):
         print(f"the engine needs compute capability {'.'.join(map(str, need.compute_capability))} or newer "
               f"({need.name}); give --compute-capability for the GPUs it must run on, and auto picks only what they "
               "run")

@@ -202,6 +202,7 @@ def plan(graph: gs.Graph, options: QuantizeOptions, rules: Mapping[str, OpRule] 
         ends.setdefault(weighted[-1].name, "last layer kept in float")
     result = Plan(block_size=options.block_size)
     fmt = FORMATS[PRECISIONS[options.precision]]
+    unplaced: dict[str, list[str]] = {}  # --layer-precision PATTERN=PRECISION -> nodes it could not place, and why
     for n in nodes:
         rule = rules.get(rule_key(n))
         why = _exclusion(n, rule, options) or ends.get(n.name)
@@ -209,9 +210,12 @@ def plan(graph: gs.Graph, options: QuantizeOptions, rules: Mapping[str, OpRule] 
         if why:
             result.precision.nodes[n.name] = NodePrecision(n.op, precision.FP32, why)
         elif chosen is not None:
-            _place_chosen(n, rule, *chosen, options, rules, result)
+            if missed := _place_chosen(n, rule, *chosen, options, rules, result):
+                unplaced.setdefault(f"--layer-precision {chosen[0]}={chosen[1]}", []).append(f"{n.name}: {missed}")
         elif rule is not None and (rule.switch is None or getattr(options, rule.switch)):
             _place(n, rule, fmt, options, rules, result)
+    for flag, missed in unplaced.items():
+        logger.warning("%s: %d node(s) stay in float (e.g. %s)", flag, len(missed), missed[0])
     return result
 
 
@@ -222,13 +226,13 @@ def _layer_precision(n: gs.Node, options: QuantizeOptions) -> tuple[str, str] | 
 
 
 def _place_chosen(n: gs.Node, rule: OpRule | None, pattern: str, name: str, options: QuantizeOptions,
-                  rules: Mapping[str, OpRule], result: Plan) -> None:
+                  rules: Mapping[str, OpRule], result: Plan) -> str | None:
     """`n` in the precision --layer-precision gives it, pinned there: float, or its format (one line if its op
-    cannot take that format)."""
+    cannot take that format); why it stays in float where it has nothing to quantize in it."""
     target, why = LAYER_PRECISIONS[name], f"--layer-precision {pattern}={name}"
     if target not in FORMATS:
         result.precision.nodes[n.name] = NodePrecision(n.op, target, why, pinned=True)
-        return
+        return None
     if rule is None or target not in rule.formats:
         takes = sorted(p for p, f in LAYER_PRECISIONS.items() if f not in FORMATS or (rule and f in rule.formats))
         raise ModelError(f"--layer-precision {pattern}={name}: node {n.name} ({n.op}) cannot run in {target} "
@@ -238,11 +242,11 @@ def _place_chosen(n: gs.Node, rule: OpRule | None, pattern: str, name: str, opti
     placed = result.precision.nodes.get(n.name)
     if placed is not None and placed.precision == target:
         result.precision.nodes[n.name] = replace(placed, reason=f"{why}; {placed.reason}", pinned=True)
-    else:
-        found = (placed.reason if placed is not None else "no input it quantizes here" if FORMATS[target].activations
-                 else f"no weight whose reduction axis --block-size {options.block_size} divides")
-        logger.warning("%s: %s (%s) stays in float: %s", why, n.name, n.op, found)
-        result.precision.nodes[n.name] = NodePrecision(n.op, precision.FP32, f"{why}: {found}")
+        return None
+    found = (placed.reason if placed is not None else "no input it quantizes here" if FORMATS[target].activations
+             else f"no weight whose reduction axis --block-size {options.block_size} divides")
+    result.precision.nodes[n.name] = NodePrecision(n.op, precision.FP32, f"{why}: {found}")
+    return found
 
 
 def _place(n: gs.Node, rule: OpRule, fmt: QuantFormat, options: QuantizeOptions, rules: Mapping[str, OpRule],
