@@ -146,7 +146,8 @@ def _calibrate(proto: onnx.ModelProto, name: str, placement: Plan, data, options
     metric = task_metric(qopts.metric)
     choice = choose_method(proto, placement, by_method, calibration.batches, options.auto_samples,
                            options.memory_budget, options.show_progress, plugins,
-                           qopts.formats if auto_precision else (), metric)
+                           qopts.formats if auto_precision else (), metric,
+                           {t: c.amax for t, c in calibration.calibrators.items()})
     extra = {**extra, "auto_snr_db": choice.scores, "auto_methods": choice.per_tensor}
     if auto_precision:
         extra |= {"auto_format_scores": choice.format_scores,

@@ -68,7 +68,7 @@ def per_tensor_methods(local: dict[str, dict[str, float]], plan: Plan, base: str
 def choose_method(model: onnx.ModelProto, plan: Plan, by_method: dict[str, dict[str, float]], batches: Batches,
                   samples: int, memory_budget: int, show_progress: bool = False,
                   plugins: Plugins = BUILTIN, formats: Sequence[QuantFormat] = (),
-                  metric: TaskMetric | None = None) -> MethodChoice:
+                  metric: TaskMetric | None = None, observed: dict[str, float] | None = None) -> MethodChoice:
     """Score each method's ranges on the first `samples` samples, then the best one with the tensors whose local
     error another method clearly lowers switched to it; keep the best of all.
 
@@ -79,13 +79,13 @@ def choose_method(model: onnx.ModelProto, plan: Plan, by_method: dict[str, dict[
     largest pass under `memory_budget` held (`budget.held`).
 
     With `formats` beyond INT8 (--precision auto), the same local run measures each layer in each of them
-    (FP8 at min-max ranges), `autotune.formats` chooses per layer, and the mix races all-INT8 (the best ranges
+    (FP8 at `observed`, each tensor's largest |value| in the calibration data), `autotune.formats` chooses per layer, and the mix races all-INT8 (the best ranges
     found) and all-FP8: the best of the three is kept. `metric` (--metric) scores the candidates in place of
     output SNR.
     """
     methods = list(by_method)
     others = [f for f in formats if f is not INT8]
-    fp8_amax = by_method.get("minmax", by_method[methods[0]])  # E4M3 wants the max: clipping ranges cost it
+    fp8_amax = observed or {}  # E4M3 wants the max: clipping ranges cost it
     sets = {**by_method, **{f.name: fp8_amax if f.activations else by_method[methods[0]] for f in others}}
     limit = min(samples, batches.num_samples or samples)
     limits = held(model, plan, batches, memory_budget)
@@ -149,9 +149,9 @@ def _choose_formats(model: onnx.ModelProto, plan: Plan, local: dict[str, dict[st
     if best == PER_LAYER:
         choice.precisions = per_layer
     else:
-        others = ", ".join(f"{k} {'not scored (could not win)' if v is None else f'{v:.1f} dB'}"
-                           for k, v in choice.format_scores.items() if k != best)
-        why = f"--precision auto: {best} scored best ({scored[best]:.1f} dB output SNR; {others})"
+        others = "".join(f"; {k} {'not scored (could not win)' if v is None else f'{v:.1f}'}"
+                         for k, v in choice.format_scores.items() if k != best)
+        why = f"--precision auto: {best} scored best ({scored[best]:.1f}{others})"
         choice.precisions = {n: NodePrecision(plan.precision.nodes[n].op, p, why) for n, p in candidates[best].items()}
     choice.amax = amax_of[best]
 
