@@ -79,9 +79,9 @@ def choose_method(model: onnx.ModelProto, plan: Plan, by_method: dict[str, dict[
     largest pass under `memory_budget` held (`budget.held`).
 
     With `formats` beyond INT8 (--precision auto), the same local run measures each layer in each of them
-    (FP8 at `observed`, each tensor's largest |value| in the calibration data), `autotune.formats` chooses per layer, and the mix races all-INT8 (the best ranges
-    found) and all-FP8: the best of the three is kept. `metric` (--metric) scores the candidates in place of
-    output SNR.
+    (FP8 at `observed`, each tensor's largest |value| in the calibration data), `autotune.formats` chooses per
+    layer, and the mix races all-INT8 (the best ranges found) and all-FP8: the best of the three is kept.
+    `metric` (--metric) scores the candidates in place of output SNR.
     """
     methods = list(by_method)
     others = [f for f in formats if f is not INT8]
@@ -103,18 +103,20 @@ def choose_method(model: onnx.ModelProto, plan: Plan, by_method: dict[str, dict[
 
         def score(name: str) -> None:
             same = next((other for other in race.ran if candidates[other] == candidates[name]), None)
-            scores[name] = scores[same] if same is not None else race.score(with_scales(template, candidates[name]),
-                                                                            name)
+            if same is not None:
+                scores[name], race.snr[name] = scores[same], race.snr.get(same)
+            else:
+                scores[name] = race.score(with_scales(template, candidates[name]), name)
 
         for method in sorted((m for m in methods if predicted[m] <= HOPELESS * floor), key=predicted.get):
             score(method)  # the most promising first: the bar the others must reach is high early
-        base = max((m for m in methods if scores[m] is not None), key=scores.get)
+        base = max((m for m in methods if scores[m] is not None), key=lambda m: race.rank(m, scores[m]))
         chosen = per_tensor_methods({n: {m: per[m] for m in methods if m in per} for n, per in local.items()}, plan,
                                     base)
         candidates[PER_TENSOR] = {t: by_method[m][t] for t, m in chosen.items()}
         score(PER_TENSOR)
         scored = {name: db for name, db in scores.items() if db is not None}
-        best = max(scored, key=scored.get)  # dict order breaks ties: a single method before the mix
+        best = max(scored, key=lambda m: race.rank(m, scored[m]))  # then dict order: a single method before the mix
         result = MethodChoice(best, candidates[best], scores, chosen)
         if others:
             _choose_formats(model, plan, local, result, fp8_amax, formats, race)
@@ -136,6 +138,7 @@ def _choose_formats(model: onnx.ModelProto, plan: Plan, local: dict[str, dict[st
     candidates = {ALL_INT8: dict.fromkeys(free, INT8.name), ALL_FP8: everywhere,
                   PER_LAYER: {n: p.precision for n, p in per_layer.items()}}
     choice.format_scores = {ALL_INT8: race.best}
+    race.snr[ALL_INT8] = race.snr.get(choice.method)
     amax_of = {ALL_INT8: choice.amax}
     for name in (ALL_FP8, PER_LAYER):
         if not candidates[name] or candidates[name] in [candidates[k] for k in amax_of]:
@@ -145,7 +148,7 @@ def _choose_formats(model: onnx.ModelProto, plan: Plan, local: dict[str, dict[st
                          for t, consumers in plan.activations.items()}
         choice.format_scores[name] = race.score(quantized_model(model, mixed, amax_of[name]), name)
     scored = {name: db for name, db in choice.format_scores.items() if db is not None}
-    best = max(scored, key=scored.get)  # ties: all-INT8, then all-FP8, before the mix
+    best = max(scored, key=lambda m: race.rank(m, scored[m]))  # then all-INT8, all-FP8, the mix
     if best == PER_LAYER:
         choice.precisions = per_layer
     else:
@@ -161,19 +164,24 @@ class _Race:
     decimals); one whose error so far already caps its score below the best one's stops there, as None: the
     reference's signal over the whole set is known once one candidate ran through, and the error of the batches
     left can only lower the score. The best is exact. With a task `metric`, every candidate runs through and
-    scores its value (to 6 decimals)."""
+    scores its value (to 6 decimals), and its output SNR breaks ties (a task metric on a few samples often ties)."""
 
     def __init__(self, evaluator: Evaluator, metric: TaskMetric | None = None):
         self.evaluator, self.metric = evaluator, metric
         self.best = -math.inf
         self.signal: dict[str, float] = {}  # output -> sum ref^2 over the set
         self.ran: list[str] = []
+        self.snr: dict[str, float | None] = {}  # with a metric: each candidate's output SNR, the tie-breaker
+
+    def rank(self, name: str, score: float) -> tuple[float, float]:
+        """What orders candidates: the score, then (with a metric) the output SNR."""
+        return score, self.snr.get(name) or -math.inf
 
     def score(self, candidate: onnx.ModelProto, name: str) -> float | None:
         self.ran.append(name)
         if self.metric is not None:
             score = self.metric.start()
-            self.evaluator.evaluate(candidate, name, observe=score.update)
+            self.snr[name] = self.evaluator.evaluate(candidate, name, observe=score.update).snr_db
             value = round(score.value(), 6)
             self.best = max(self.best, value)
             return value
