@@ -54,15 +54,14 @@ def choose_formats(plan: Plan, local: Mapping[str, Mapping[str, float]], formats
     chosen: dict[str, NodePrecision] = {}
     for group in groups(plan, plan.quantized_nodes):
         pinned = [plan.precision.nodes[n] for n in group if plan.precision.nodes[n].pinned]
-        shared = [f for f in names if FORMATS[f].activations and all(f in local.get(n, {}) for n in group)]
-        summed = {f: sum(noise_power(local[n][f]) for n in group) for f in shared}
+        free = [n for n in group if not plan.precision.nodes[n].pinned]
+        shared = [f for f in names if FORMATS[f].activations and all(f in local.get(n, {}) for n in free)]
+        summed = {f: sum(noise_power(local[n][f]) for n in free) for f in shared}
         fixed = next((p.precision for p in pinned if FORMATS[p.precision].activations), None)
         best, why = ((fixed, f"{fixed}: shares an input with a layer --layer-precision sets to {fixed}") if fixed
                      else _pick(summed, margin_db))
-        for n in group:
+        for n in free if best is not None else ():
             entry = plan.precision.nodes[n]
-            if entry.pinned or best is None:
-                continue
             fmt, reason = best, why
             if INT4.name in names and INT4.name in local.get(n, {}) and best in local[n]:
                 alone, alone_why = _pick({best: noise_power(local[n][best]), INT4.name: noise_power(local[n][INT4.name])},

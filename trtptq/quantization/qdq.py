@@ -61,7 +61,7 @@ class QuantizeOptions:
     block_size: int = 128  # INT4 weights: values per scale along the reduction axis
     compute_capabilities: tuple[str, ...] = ()  # the GPUs the engine must run on, e.g. ("8.6",); () = any format
     #: (pattern, precision) pairs: nodes of that op type or name glob take that LAYER_PRECISIONS key (the last match
-    #: wins), whatever --precision, auto and --target say
+    #: wins), whatever --precision and auto say (--target may still walk them up its ladder)
     layer_precisions: tuple[tuple[str, str], ...] = ()
     #: what auto and --target score candidates by, higher is better: snr (output SNR vs FP32), argmax[:AXIS]
     #: (argmax agreement with FP32 along a class axis), or FILE.py:FUNCTION (fn(fp32, candidate, labels) -> number)
