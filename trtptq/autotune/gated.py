@@ -4,12 +4,14 @@ Sensitivity and fallback evaluate dozens of variants of one Q/DQ model that
 differ only in which layers see their Q/DQ, and in which format. Built one by
 one, each costs a graph export and a session (seconds on a transformer, more
 than running it). Here each layer reads, for every quantized input (activations
-and weights), `x + g1 * (t1(x) - x) + g2 * (t2(x) - x) + ...`, with one tap
-`t` per precision the layer may take (Q/DQ in a format, or FP16 rounding) and
-one scalar gate input `g` per (layer, precision): a gate at 1 gives that
-precision's value, all at 0 the float one. A variant is a feed, not a model.
-FP16 is simulated as rounding of the layer's inputs and weights to FP16 (what
-the layer reads in a --fp16 engine; its arithmetic stays FP32 here).
+and weights), `g0 * x + g1 * t1(x) + g2 * t2(x) + ...`, with one tap `t` per
+precision the layer may take (Q/DQ in a format, or FP16 rounding) and one
+scalar gate input `g` per (layer, precision), `g0` for float: exactly one gate
+at 1 gives that precision's value, exactly. A variant is a feed, not a model.
+Each tap's `g * t(x)` is the Mul that reads `t(x)`, so insertion puts the Q/DQ
+right before it and no copy of `x` is made. FP16 is simulated as rounding of
+the layer's inputs and weights to FP16 (what the layer reads in a --fp16
+engine; its arithmetic stays FP32 here).
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ class GatedModel:
         self.nodes = plan.quantized_nodes
         self.own = {node: plan.precision.nodes[node].precision for node in self.nodes}
         rungs = rungs if rungs is not None else {node: (p,) for node, p in self.own.items()}
-        self._gates = {(node, p): f"{GATE_PREFIX}{node}:{p}" for node, ps in rungs.items() for p in ps}
+        self._gates = {(node, p): f"{GATE_PREFIX}{node}:{p}" for node, ps in rungs.items()
+                       for p in (precision.FP32, *ps)}  # FP32: the float input's gate
         self._runner = OrtRunner(_gated(model, plan, amax, self._gates), simulate_qdq=True, plugins=plugins)
         gc.collect()  # the graph it was built from is a cycle of nodes and tensors: free its weight copies now
 
@@ -59,7 +62,8 @@ class GatedModel:
         missing = [f"{n}:{p}" for n, p in precisions.items() if p != precision.FP32 and (n, p) not in self._gates]
         if missing:
             raise ValueError(f"the gated model has no gate for {', '.join(missing)}")
-        gates = {g: np.array(float(precisions.get(node) == p), np.float32) for (node, p), g in self._gates.items()}
+        gates = {g: np.array(float(precisions.get(node, precision.FP32) == p), np.float32)
+                 for (node, p), g in self._gates.items()}
         return _Variant(self._runner, gates, name)
 
     def quantized(self, nodes: Sequence[str]) -> dict[str, str]:
@@ -93,37 +97,35 @@ class _Variant:
 
 def _gated(model: onnx.ModelProto, plan: Plan, amax: Mapping[str, float], gates: dict[tuple[str, str], str]
            ) -> onnx.ModelProto:
-    """Taps (an Identity per quantized input and precision, which insertion puts behind Q/DQ in its format, or an
-    FP16 round trip) mixed into each layer's inputs by its gates."""
+    """Each gated layer's quantized inputs replaced by their gated sum; the Mul of each quantized tap is a node of
+    a plan of its own (in the tap's format), which insertion puts behind Q/DQ."""
     graph = import_graph(model)
     tensors = graph.tensors()
     by_name = {n.name: n for n in graph.nodes}
     inputs = {node: [t for t, consumers in plan.activations.items() if node in consumers] for node, _ in gates}
-    weights = {node: [w for w in plan.weights if w.node == node] for node, _ in gates}
+    weights = {node: {w.tensor: w for w in plan.weights if w.node == node} for node, _ in gates}
     taps = Plan(block_size=plan.block_size)
-    mixes: dict[tuple[str, str], gs.Tensor] = {}  # (node, input tensor) -> what the node reads so far
+    terms: dict[tuple[str, str], list[gs.Tensor]] = {}  # (node, input tensor) -> its gated terms
     for (node, p), gate_name in gates.items():
         fmt = FORMATS.get(p)
         gate = gs.Variable(gate_name, dtype=np.float32, shape=[])
         graph.inputs.append(gate)
-        sites = [(t, None) for t in inputs[node] if fmt is None or fmt.activations]
-        sites += [(w.tensor, w) for w in weights[node] if fmt is None or fmt.activations or w.block_axis is not None]
-        for k, (name, weight) in enumerate(sites):
+        for k, name in enumerate([*inputs[node], *weights[node]]):
             x = tensors[name]
             tap = f"{node}/{p}/tap{k}"
-            if fmt is None:  # FP16: the values rounded to FP16 and back
-                value = _fp16_round(graph, x, tap)
-            else:
-                value = gs.Variable(f"{tap}/out", dtype=x.dtype or np.float32, shape=x.shape)
-                graph.nodes.append(gs.Node("Identity", tap, inputs=[x], outputs=[value]))
-                taps.precision.nodes[tap] = NodePrecision("Identity", p)
-                if weight is None:
-                    taps.add_activation(name, tap)
-                else:
-                    taps.weights.append(WeightSite(tap, name, weight.axis, weight.block_axis))
-            mixes[node, name] = _mix(graph, x, mixes.get((node, name), x), value, gate, tap)
-    for (node, name), mixed in mixes.items():
-        replace_input(by_name[node], tensors[name], mixed)
+            value = _fp16_round(graph, x, tap) if p == precision.FP16 else x
+            term = gs.Variable(f"{tap}/gated", dtype=x.dtype or np.float32, shape=x.shape)
+            graph.nodes.append(gs.Node("Mul", tap, inputs=[value, gate], outputs=[term]))
+            taps.precision.nodes[tap] = NodePrecision("Mul", p)  # float taps are not in its sites: insertion skips them
+            if fmt is not None and name in weights[node]:
+                w = weights[node][name]
+                if fmt.activations or w.block_axis is not None:
+                    taps.weights.append(WeightSite(tap, name, w.axis, w.block_axis))
+            elif fmt is not None:
+                taps.add_activation(name, tap)  # a weight-only format's consumers read it as is
+            terms.setdefault((node, name), []).append(term)
+    for (node, name), parts in terms.items():
+        replace_input(by_name[node], tensors[name], _sum(graph, parts, f"{node}/{name}/mixed"))
     graph = insert_qdq(graph, taps, amax)
     return export_graph(graph, model)
 
@@ -139,13 +141,11 @@ def _fp16_round(graph: gs.Graph, x: gs.Tensor, name: str) -> gs.Tensor:
     return back
 
 
-def _mix(graph: gs.Graph, x: gs.Tensor, so_far: gs.Tensor, q: gs.Tensor, gate: gs.Variable, name: str) -> gs.Variable:
-    """so_far + gate * (q - x): adds q's difference from x where the gate is 1."""
-    dtype = q.dtype or np.float32
-    diff = gs.Variable(f"{name}/diff", dtype=dtype)
-    scaled = gs.Variable(f"{name}/scaled", dtype=dtype)
-    out = gs.Variable(f"{name}/mixed", dtype=dtype, shape=q.shape)
-    graph.nodes += [gs.Node("Sub", f"{name}/Sub", inputs=[q, x], outputs=[diff]),
-                    gs.Node("Mul", f"{name}/Mul", inputs=[diff, gate], outputs=[scaled]),
-                    gs.Node("Add", f"{name}/Add", inputs=[so_far, scaled], outputs=[out])]
-    return out
+def _sum(graph: gs.Graph, parts: list[gs.Tensor], name: str) -> gs.Tensor:
+    """parts[0] + parts[1] + ..., one Add each."""
+    total = parts[0]
+    for k, part in enumerate(parts[1:]):
+        out = gs.Variable(f"{name}{k}", dtype=part.dtype, shape=part.shape)
+        graph.nodes.append(gs.Node("Add", f"{name}{k}/Add", inputs=[total, part], outputs=[out]))
+        total = out
+    return total
