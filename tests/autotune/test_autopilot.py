@@ -219,3 +219,15 @@ def test_target_holds_a_user_metric(fragile, tmp_path):
     found = result.fallback
     assert found.met and list(found.moved) == [FRAGILE]
     assert found.before["metric"] < 0.5 and found.after["metric"] >= 0.99
+
+
+def test_ranges_from_calibrate_carry_the_precision_auto_choice(fragile, tmp_path):
+    path, calib, _ = fragile
+    r = trtptq("calibrate", path, "--data", calib, "--method", "minmax", "--batch-size", 64, "--precision", "auto",
+               "-o", "r.json", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0 and "--precision auto kept" in r.stdout, r.stderr
+    for precision, fp8 in (("auto", 1), ("int8", 0)):
+        r = trtptq("quantize", path, "--ranges", "r.json", "--precision", precision, "-o", f"{precision}.onnx",
+                   "--no-progress", cwd=tmp_path)
+        assert r.returncode == 0 and ("--precision auto kept" in r.stdout) == bool(fp8), r.stderr
+        assert read_plan(onnx.load(tmp_path / f"{precision}.onnx")).counts()["FP8"] == fp8

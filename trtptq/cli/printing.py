@@ -12,12 +12,15 @@ def print_saved(what: str, path) -> None:
     print(f"{what} -> {path}")
 
 
-def print_auto_choice(ranges) -> None:
-    """What --method auto kept and how each method scored: printed before the results it led to."""
+def print_auto_choice(ranges, precision_auto: bool = True) -> None:
+    """What --method auto kept and how each method scored, and with `precision_auto` what --precision auto kept
+    (ranges from `calibrate --precision auto` carry it; a run without it does not use it): printed before the
+    results they led to."""
     scores = ranges.options.get("auto_snr_db")
     if scores:
         print(f"--method auto kept {ranges.method}; {_scores(ranges, scores)}")
-    print_auto_precision(ranges)
+    if precision_auto:
+        print_auto_precision(ranges)
 
 
 def _scores(ranges, scores: dict) -> str:
