@@ -1,9 +1,12 @@
-"""What the accuracy autopilot costs beside a plain calibration: --method auto, sensitivity and --target.
+"""What the accuracy autopilot costs beside a plain calibration: --method auto, FP8 and --precision auto,
+sensitivity and --target.
 
 Per model, each job runs in a fresh process (so its peak RSS is its own), one after another: a single-method
-quantize (the baseline, default entropy), `quantize --method auto`, `trtptq sensitivity` (auto ranges) and
-`quantize --target`. Printed per job: wall and CPU seconds, peak RSS, and both as ratios to the baseline. The
-options are the CLI's defaults (batch size 1, --memory-budget 2G) unless given.
+quantize (the baseline, default entropy), `quantize --method auto` (INT8), `quantize --method auto --precision fp8`,
+`quantize --method auto --precision auto` (every format, chosen per layer), `trtptq sensitivity` (auto ranges) and
+`quantize --target`. Printed per job: wall and CPU seconds, peak RSS, both as ratios to the baseline, and wall and
+CPU as ratios to the INT8 --method auto job (what FP8 and auto add to it). The options are the CLI's defaults
+(batch size 1, --memory-budget 2G) unless given.
 
 Models: PaddleOCR's PP-OCRv4 text detector on rendered pages at 480x640 (large activations: "det"), its
 text recognizer on 48x320 lines ("rec"), both from rapidocr (`pip install --no-deps rapidocr_onnxruntime==1.4.4`),
@@ -11,6 +14,7 @@ and a MobileNetV2-shaped model with random weights at 224x224 ("mobilenetv2", no
 
     python scripts/bench_autopilot.py                                  # det and mobilenetv2, 64 + 64 samples
     python scripts/bench_autopilot.py --models det --calib 16 --eval 16 --jobs auto --sensitivity-samples 4
+    python scripts/bench_autopilot.py --models mobilenetv2 --jobs auto fp8 precision-auto
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import numpy as np
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # scripts/ and the checkout (evidence/)
-JOBS = ("baseline", "auto", "sensitivity", "target")
+JOBS = ("baseline", "auto", "fp8", "precision-auto", "sensitivity", "target")
 
 
 def data(kind: str, n_calib: int, n_eval: int, tmp: pathlib.Path) -> tuple[str, str]:
@@ -66,6 +70,7 @@ def job(name: str, model: str, calib: str, evals: str, settings: dict) -> str:
     from trtptq.calibration.calibrate import CalibrationOptions
     from trtptq.evaluation.compare import parse_thresholds
     from trtptq.pipelines import EvaluationOptions, Target, quantize, sensitivity
+    from trtptq.quantization.qdq import QuantizeOptions
 
     def opts(method: str) -> CalibrationOptions:
         return CalibrationOptions(method=method, batch_size=settings["batch_size"],
@@ -75,6 +80,9 @@ def job(name: str, model: str, calib: str, evals: str, settings: dict) -> str:
         return describe(quantize(model, calib, calibration=opts(settings["baseline"])))
     if name == "auto":
         return describe(quantize(model, calib, calibration=opts("auto")))
+    if name in ("fp8", "precision-auto"):
+        precision = name.removeprefix("precision-")
+        return describe(quantize(model, calib, options=QuantizeOptions(precision=precision), calibration=opts("auto")))
     if name == "sensitivity":
         return describe(sensitivity(model, calib, calibration=opts("auto"), evaluation=EvaluationOptions(
             data=evals, sensitivity=SensitivityOptions(samples=settings["sensitivity_samples"], show_progress=False))))
@@ -91,10 +99,11 @@ def describe(result) -> str:
         return f"{len(ranked.layers)} layers, {ranked.evaluations} evaluations; worst: {top}"
     found = result.fallback
     if found is None:
-        scores = result.ranges.options.get("auto_snr_db")
-        return result.ranges.method + (f" {scores}" if scores else "")
-    return (f"{'met' if found.met else 'NOT met'}, {len(found.kept)} kept in float, {found.evaluations} evaluations; "
-            f"{found.before} -> {found.after}")
+        scores = result.ranges.options.get("auto_format_scores") or result.ranges.options.get("auto_snr_db")
+        counts = {p: n for p, n in result.plan.precision.counts().items() if n}
+        return f"{result.ranges.method} {counts}" + (f" {scores}" if scores else "")
+    return (f"{'met' if found.met else 'NOT met'}, {len(found.moved)} moved up the ladder, {found.evaluations} "
+            f"evaluations; {found.before} -> {found.after}")
 
 
 def main() -> None:
@@ -123,21 +132,24 @@ def main() -> None:
     settings = json.dumps({"batch_size": a.batch_size, "memory_budget": a.memory_budget_mib * 2**20,
                            "baseline": a.baseline, "target": a.target, "sensitivity_samples": a.sensitivity_samples})
     names = {"baseline": f"quantize --method {a.baseline}", "auto": "quantize --method auto",
+             "fp8": "quantize auto --precision fp8", "precision-auto": "quantize auto --precision auto",
              "sensitivity": "sensitivity (auto ranges)", "target": f"quantize --target {a.target}"}
     for kind in a.models:
         with tempfile.TemporaryDirectory(prefix="bench-autopilot-") as tmp:
             model, what = data(kind, a.calib, a.eval, pathlib.Path(tmp))
             print(f"\n{what}: {a.calib} calibration / {a.eval} evaluation samples, batch {a.batch_size or 1}, "
                   f"--memory-budget {a.memory_budget_mib}M, {os.cpu_count()} CPUs")
-            print(f"{'job':32s}{'wall s':>8s}{'CPU s':>8s}{'peak MiB':>9s}  {'x baseline (wall, CPU, peak)':28s}  result")
-            base = None
+            print(f"{'job':32s}{'wall s':>8s}{'CPU s':>8s}{'peak MiB':>9s}  {'x baseline (wall, CPU, peak)':28s}  "
+                  f"{'x auto (wall, CPU)':18s}  result")
+            runs: dict[str, dict] = {}
             for name in ["baseline", *(j for j in a.jobs if j != "baseline")]:
-                r = measure(__file__, name, model, f"{tmp}/calib.npz", f"{tmp}/eval.npz", settings)
-                base = base or r
+                r = runs[name] = measure(__file__, name, model, f"{tmp}/calib.npz", f"{tmp}/eval.npz", settings)
+                base, auto = runs["baseline"], runs.get("auto")
                 ratios = (f"{r['wall_s'] / base['wall_s']:.2f}x, {r['cpu_s'] / base['cpu_s']:.2f}x, "
                           f"{r['peak_rss_mib'] / base['peak_rss_mib']:.2f}x")
+                to_auto = f"{r['wall_s'] / auto['wall_s']:.2f}x, {r['cpu_s'] / auto['cpu_s']:.2f}x" if auto else ""
                 print(f"{names[name]:32s}{r['wall_s']:8.1f}{r['cpu_s']:8.1f}{r['peak_rss_mib']:9.0f}  {ratios:28s}  "
-                      f"{r['summary']}", flush=True)
+                      f"{to_auto:18s}  {r['summary']}", flush=True)
 
 
 if __name__ == "__main__":

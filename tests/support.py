@@ -7,6 +7,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -83,3 +84,33 @@ def static_batch_mnist(path, tmp_path):
         vi.type.tensor_type.shape.dim[0].dim_value = 4
     onnx.save(m, tmp_path / "static.onnx")
     return tmp_path / "static.onnx"
+
+
+def hybrid_model():
+    """A convolution stem, an embedding projection and one attention block, classifying 8x8 images into 10
+    classes (random weights, seeded): the seed scenario's mix of layers. Attention nodes are named attn/*."""
+    rng = np.random.default_rng(0)
+
+    def w(*shape):
+        return (rng.standard_normal(shape) / np.sqrt(np.prod(shape[:-1]) if len(shape) > 1 else 1)).astype(np.float32)
+
+    inits = {"stem_w": w(32, 1, 3, 3) * 3, "stem_b": np.zeros(32, np.float32), "tokens": np.array([0, 32, 64], np.int64),
+             "embed_w": w(32, 64), "wq": w(64, 64) / 4, "wk": w(64, 64) / 4, "head_w": w(10, 64), "head_b": np.zeros(10, np.float32),
+             "first": np.array([0], np.int64), "axis1": np.array([1], np.int64)}
+    nodes = [
+        helper.make_node("Conv", ["x", "stem_w", "stem_b"], ["c"], name="stem", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="stem/relu"),
+        helper.make_node("Reshape", ["r", "tokens"], ["seq"], name="to_tokens"),
+        helper.make_node("Transpose", ["seq"], ["tok"], name="tokens_last", perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["tok", "embed_w"], ["h"], name="embed"),
+        helper.make_node("MatMul", ["h", "wq"], ["q"], name="attn/q"),
+        helper.make_node("MatMul", ["h", "wk"], ["k"], name="attn/k"),
+        helper.make_node("Transpose", ["k"], ["kt"], name="attn/kt", perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "kt"], ["scores"], name="attn/scores"),
+        helper.make_node("Softmax", ["scores"], ["probs"], name="attn/softmax", axis=-1),
+        helper.make_node("MatMul", ["probs", "h"], ["ctx"], name="attn/context"),
+        helper.make_node("Slice", ["ctx", "first", "axis1", "axis1"], ["cls"], name="cls_token"),
+        helper.make_node("Flatten", ["cls"], ["pooled"], name="pool"),
+        helper.make_node("Gemm", ["pooled", "head_w", "head_b"], ["logits"], name="head", transB=1),
+    ]
+    return make_model(nodes, [float_input("x", ["N", 1, 8, 8])], [float_input("logits", ["N", 10])], inits.items())

@@ -9,6 +9,7 @@ every stage that runs, quantizes, converts or builds the model.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pathlib
 from collections.abc import Sequence
@@ -17,9 +18,10 @@ from dataclasses import asdict, dataclass, field, replace
 import onnx
 
 from trtptq.autotune.budget import Held, held
-from trtptq.autotune.fallback import Fallback, fall_back
+from trtptq.autotune.fallback import METRIC_TARGET, Fallback, fall_back
 from trtptq.autotune.gated import GatedModel
 from trtptq.autotune.method import choose_method
+from trtptq.autotune.metric import task_metric
 from trtptq.autotune.sensitivity import Sensitivity, SensitivityOptions, analyze
 from trtptq.calibration.calibrate import AUTO, Calibration, CalibrationOptions, calibrate_tensors, state_ranges
 from trtptq.calibration.collect import CollectStats
@@ -31,7 +33,9 @@ from trtptq.core import model as model_io
 from trtptq.core.build_report import BuildReport
 from trtptq.core.errors import TrtptqError
 from trtptq.core.options import option_error
+from trtptq.core.precision import NodePrecision
 from trtptq.core.sidecars import fp16_model_path, int8_model_path
+from trtptq.core.userfiles import SNR
 from trtptq.data import Batches, Holdout, ImageOptions, input_specs, open_source
 from trtptq.engine.build import build_engine
 from trtptq.engine.calibration import passes_for
@@ -77,18 +81,23 @@ class EvaluationOptions:
 
 @dataclass
 class Target(EvaluationOptions):
-    """`quantize --target`: keep the most sensitive layers in float until every metric reaches its minimum.
+    """`quantize --target`: walk the most sensitive layers up the precision ladder until every metric reaches its
+    minimum.
 
     Its ranking skips the gain measure by default (half the evaluations): the search orders by damage alone.
     """
 
-    metrics: dict[str, float] = field(default_factory=dict)  # e.g. {"cosine": 0.99}, as compare --fail-below
+    #: e.g. {"cosine": 0.99}, as compare --fail-below; "metric": the minimum of QuantizeOptions.metric (--metric)
+    metrics: dict[str, float] = field(default_factory=dict)
     sensitivity: SensitivityOptions = field(default_factory=lambda: SensitivityOptions(gain=False))
 
     def __post_init__(self) -> None:
         if not self.metrics:
             raise TrtptqError("--target needs at least one METRIC=MIN, e.g. --target cosine=0.99")
-        check_metrics("--target", self.metrics)
+        check_metrics("--target", {m: v for m, v in self.metrics.items() if m != METRIC_TARGET})
+        if not math.isfinite(self.metrics.get(METRIC_TARGET, 0.0)):
+            raise TrtptqError(f"--target metric={self.metrics[METRIC_TARGET]} is not a finite number; give the "
+                              "minimum of --metric's score, e.g. --target metric=0.99.")
 
 
 @dataclass
@@ -132,7 +141,7 @@ def _calibrate(proto: onnx.ModelProto, name: str, placement: Plan, data, options
                qopts: QuantizeOptions, plugins: Plugins, identify: bool = False) -> tuple[Ranges, Calibration]:
     """Calibrate the plan's activations and choose their ranges (`_choose`)."""
     calibration = _collect(proto, name, placement, data, options, qopts, plugins, identify)
-    return _choose(proto, placement, calibration.state, calibration.batches, options, plugins), calibration
+    return _choose(proto, placement, calibration.state, calibration.batches, options, qopts, plugins), calibration
 
 
 def _collect(proto: onnx.ModelProto, name: str, placement: Plan, data, options: CalibrationOptions,
@@ -143,22 +152,37 @@ def _collect(proto: onnx.ModelProto, name: str, placement: Plan, data, options: 
 
 
 def _choose(proto: onnx.ModelProto, placement: Plan, state: CalibrationState, batches: Batches,
-            options: CalibrationOptions, plugins: Plugins) -> Ranges:
+            options: CalibrationOptions, qopts: QuantizeOptions, plugins: Plugins) -> Ranges:
     """The state's ranges; for method "auto", every method's ranges and their per-tensor mix are scored against
-    FP32 on the first of `batches` and the best kept."""
-    if state.method != AUTO:
+    FP32 on the first of `batches` and the best kept; for --precision auto, each layer's format is chosen as well
+    (the ranges carry the choice, `with_auto_precisions` applies it)."""
+    auto_precision = qopts.precision == AUTO and len(qopts.formats) > 1
+    if state.method != AUTO and not auto_precision:
         return state.ranges()
-    by_method = state.amax_by_method(options.percentile)
+    by_method = state.amax_by_method(options.percentile) if state.method == AUTO else {state.method: state.ranges().amax}
     if not state.calibrators:
         return state.ranges("minmax", by_method["minmax"])
+    metric = task_metric(qopts.metric)
     choice = choose_method(proto, placement, by_method, batches, options.auto_samples, options.memory_budget,
-                           options.show_progress, plugins)
-    if choice.scores[choice.method] < LOW_SNR_DB:
-        logger.warning("the best INT8 ranges (%s) leave the outputs %.1f dB from FP32 on %d calibration samples: check "
+                           options.show_progress, plugins, qopts.formats if auto_precision else (), metric,
+                           {t: c.amax for t, c in state.calibrators.items()})
+    extra = {"auto_snr_db": choice.scores, "auto_methods": choice.per_tensor}
+    if auto_precision:
+        extra |= {"auto_format_scores": choice.format_scores,
+                  "auto_precisions": {node: asdict(p) for node, p in choice.precisions.items()}}
+    best = max(db for db in (choice.scores[choice.method], *choice.format_scores.values()) if db is not None)
+    if metric is None and best < LOW_SNR_DB:
+        logger.warning("the best ranges (%s) leave the outputs %.1f dB from FP32 on %d calibration samples: check "
                        "task accuracy with --report --eval-data, and if it dropped, keep the most sensitive layers in "
-                       "float with --target (e.g. --target cosine=0.995)", choice.method, choice.scores[choice.method],
+                       "float with --target (e.g. --target cosine=0.995)", choice.method, best,
                        min(options.auto_samples, state.samples))
-    return state.ranges(choice.method, choice.amax, {"auto_snr_db": choice.scores, "auto_methods": choice.per_tensor})
+    return state.ranges(choice.method, choice.amax, extra)
+
+
+def with_auto_precisions(placement: Plan, ranges: Ranges) -> Plan:
+    """`placement` with the formats --precision auto chose (carried by `ranges`), if it chose any."""
+    chosen = ranges.options.get("auto_precisions")
+    return placement.with_precisions({n: NodePrecision(**p) for n, p in chosen.items()}) if chosen else placement
 
 
 def calibrate(model: onnx.ModelProto | str | os.PathLike, data, options: CalibrationOptions | None = None,
@@ -204,7 +228,8 @@ def merge(states: Sequence[CalibrationState | str | os.PathLike], method: str | 
                            "give --method entropy, percentile, mse or minmax, or calibrate the shards with --method auto")
     if percentile is not None:
         state = replace(state, options={**state.options, "percentile": percentile})
-    proto, _, _, placement = prepare(model, _from_json(QuantizeOptions, state.options.get("quantize", {})), plugins)
+    qopts = _from_json(QuantizeOptions, state.options.get("quantize", {}))
+    proto, _, _, placement = prepare(model, qopts, plugins)
     if model_identity(proto) != state.model_id:
         raise TrtptqError(f"--model {model if not isinstance(model, onnx.ModelProto) else proto.graph.name} is not the "
                           f"model the states were calibrated on ({state.model}); give that model.")
@@ -213,7 +238,7 @@ def merge(states: Sequence[CalibrationState | str | os.PathLike], method: str | 
     specs = input_specs(proto)
     batches = Batches(open_source(data, specs, options.image), specs, state.options["batch_size"],
                       state.data["num_samples"])
-    return _choose(proto, placement, state, batches, options, plugins)
+    return _choose(proto, placement, state, batches, options, qopts, plugins)
 
 
 def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Ranges | str | os.PathLike | None = None,
@@ -225,6 +250,9 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
     metric holds on the evaluation data (see `autotune.fallback`).
     """
     qopts = options or QuantizeOptions()
+    if target is not None and METRIC_TARGET in target.metrics and qopts.metric == SNR:
+        raise TrtptqError(f"--target metric={target.metrics[METRIC_TARGET]:g} needs --metric (argmax[:AXIS] or "
+                          "FILE.py:FUNCTION): the score whose minimum it sets.")
     proto, name, _, placement = prepare(model, qopts, plugins)
     stats, calibs = None, {}
     eval_data = None
@@ -237,6 +265,8 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
         stats, calibs = done.stats, done.calibrators
     else:
         raise TrtptqError("quantize needs calibration data or a ranges file")
+    if qopts.precision == AUTO:
+        placement = with_auto_precisions(placement, ranges)
     if target is None:
         return QuantizeResult(_qdq_model(proto, placement, ranges), ranges, placement, stats, calibs)
     calibration = calibration or CalibrationOptions()
@@ -248,7 +278,7 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
         found, sensitivity = fall_back(
             proto, placement, ranges.amax, evaluator, target.metrics,
             lambda gated: _sensitivity(proto, placement, ranges, eval_data, target, name, limits, plugins, gated),
-            calibration.show_progress)
+            [f.name for f in qopts.formats], calibration.show_progress, task_metric(qopts.metric))
     ranges = replace(ranges, options={**ranges.options, "fallback": found.to_dict()})
     return QuantizeResult(_qdq_model(proto, found.plan, ranges), ranges, found.plan, stats, calibs, found, sensitivity)
 

@@ -60,7 +60,7 @@ def test_sets_with_the_same_ranges_share_one_copy_and_the_probe_outputs_only_sum
     amax = calibrate_tensors(proto, list(plan.activations), [{"input": images[:16]}],
                              CalibrationOptions(method="minmax", show_progress=False)).ranges().amax
     sets = {"a": amax, "b": dict(amax), "c": {t: 2 * a for t, a in amax.items()}}
-    signal, noise_of, probe = _probe(proto, plan, sets, plan.quantized_nodes)
+    signal, noise_of, probe = _probe(proto, plan, sets, plan.quantized_nodes, {})
     assert all(per["a"] == per["b"] != per["c"] for per in noise_of.values())
     assert len(probe.graph.output) == 3 * len(plan.quantized_nodes)  # signal, and one copy for a and b, one for c
     assert all(not o.type.tensor_type.shape.dim for o in probe.graph.output)  # scalars: no layer output leaves the run

@@ -144,8 +144,8 @@ def test_target_prints_the_method_auto_choice_first_and_counts_in_words(tmp_path
                "--save-ranges", tmp_path / "r.json", "-o", tmp_path / "q.onnx", "--no-progress")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    starts = ("--method auto kept ", "quantized 3 activations and 3 weights (", "--target cosine=-1: met; 0 layers kept "
-              "in float, 1 evaluation", "3 tensor ranges (")
+    starts = ("--method auto kept ", "quantized 3 activations and 3 weights (", "--target cosine=-1: met; 0 layers moved "
+              "up the precision ladder, 1 evaluation", "3 tensor ranges (")
     first = [next(i for i, line in enumerate(lines) if line.startswith(s)) for s in starts]
     assert first == sorted(first), r.stdout
     assert "; 1 node kept in float -> " in r.stdout

@@ -142,5 +142,5 @@ def test_minilm_target_holds_task_accuracy(minilm, minilm_eval):
                       target=Target(data=[held], metrics={"cosine": 0.99},
                                     sensitivity=SensitivityOptions(samples=16, gain=False, show_progress=False)))
     knn, cos = _knn(evaluator, result.model, fp32, labels)
-    assert result.fallback.met and 0 < len(result.fallback.kept) < len(result.plan.precision.nodes)
+    assert result.fallback.met and 0 < len(result.fallback.moved) < len(result.plan.precision.nodes)
     assert knn >= real_models.knn_accuracy(fp32, labels) - 0.01

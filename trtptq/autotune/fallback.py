@@ -1,37 +1,49 @@
-"""Fallback to an accuracy budget: keep the fewest INT8 layers in float that make every target hold.
+"""Fallback to an accuracy budget: walk the fewest, most sensitive layers up the precision ladder until every target
+holds.
 
-The search walks the sensitivity ranking: prefixes of doubling length until the
-targets hold, a bisection back to the shortest prefix that does, then a
-pruning pass that drops each kept layer (least damaging first) whose return to
-INT8 still meets the targets, since the ranking is an estimate and a prefix
-may carry passengers. Every model tried is one evaluation on the evaluation
-data against the cached FP32 outputs; repeats are cached.
+The ladder is INT4 -> INT8 -> FP8 -> FP16 -> FP32, restricted to the formats
+the run may write (`QuantizeOptions.formats`: what every target GPU runs) and
+the layer's op takes; FP16 is simulated as FP16 inputs and weights, and means
+FP16 in an engine built with --fp16 (FP32 stays FP32 there). The search walks
+the sensitivity ranking: prefixes of doubling length in float until the targets
+hold, a bisection back to the shortest prefix that does; then each layer of
+it, least damaging first, takes the lowest rung from its own format up that
+still meets the targets (its own format again if the ranking's estimate put it
+there wrongly), else stays FP32. A layer --layer-precision placed starts on
+its given rung and moves like the others. Every model tried is one evaluation on the
+evaluation data against the cached FP32 outputs (a gate setting of one session
+per phase); repeats are cached.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import onnx
 
 from trtptq.autotune.gated import GatedModel
+from trtptq.autotune.metric import TaskMetric
 from trtptq.autotune.sensitivity import Sensitivity
+from trtptq.core import precision
 from trtptq.core.log import progress
+from trtptq.core.precision import NodePrecision
 from trtptq.evaluation.compare import TASK, ThresholdCheck, check_thresholds
 from trtptq.evaluation.evaluator import EvaluationResult, Evaluator
 from trtptq.quantization.qdq import Plan
 
 logger = logging.getLogger(__name__)
+METRIC_TARGET = "metric"  # --target metric=MIN: the minimum of --metric
+LADDER = (precision.INT4, precision.INT8, precision.FP8, precision.FP16, precision.FP32)
 
 
 @dataclass
 class Trial:
-    kept: tuple[str, ...]
+    moved: tuple[tuple[str, str], ...]  # (node, precision) of the layers off their own format
     evaluation: EvaluationResult
     checks: list[ThresholdCheck]
-
+    score: float  # what ranks trials that all miss: --metric's value, else output SNR
     @property
     def passed(self) -> bool:
         return all(c.passed for c in self.checks)
@@ -43,10 +55,10 @@ class Trial:
 
 @dataclass
 class Fallback:
-    """What the search found: the plan to write, the layers it keeps in float and why, before and after."""
+    """What the search found: the plan to write, the layers it moved up the ladder and why, before and after."""
 
     plan: Plan
-    kept: dict[str, str]  # node -> why it stays in float
+    moved: dict[str, NodePrecision]  # node -> its precision on the ladder and why
     targets: dict[str, float]
     before: dict[str, float]
     after: dict[str, float]
@@ -55,63 +67,91 @@ class Fallback:
     trials: list[dict] = field(default_factory=list)  # every configuration tried, in order
 
     def to_dict(self) -> dict:
-        return {"targets": self.targets, "met": self.met, "kept": self.kept, "before": self.before,
+        moved = {node: {"precision": p.precision, "reason": p.reason} for node, p in self.moved.items()}
+        return {"targets": self.targets, "met": self.met, "moved": moved, "before": self.before,
                 "after": self.after, "evaluations": self.evaluations, "trials": self.trials}
 
 
+def rungs(plan: Plan, node: str, formats: Sequence[str]) -> list[str]:
+    """The precisions above `node`'s own on the ladder that it may take: those of `formats` its op takes, FP16, FP32."""
+    own = plan.precision.nodes[node].precision
+    allowed = {f.name for f in plan.formats_for(node) if f.name in formats} | {precision.FP16, precision.FP32}
+    return [p for p in LADDER[LADDER.index(own) + 1:] if p in allowed]
+
+
 def fall_back(model: onnx.ModelProto, plan: Plan, amax: dict[str, float], evaluator: Evaluator,
-              targets: dict[str, float], rank: Callable[[GatedModel], Sensitivity], show_progress: bool = True
-              ) -> tuple[Fallback, Sensitivity | None]:
-    """Search the fewest layers to keep in float so that every target holds, in the order `rank(gated)` gives
-    (called with the search's session, only when the INT8 model misses a target); the sensitivity it used, if any,
-    comes back beside the result."""
+              targets: dict[str, float], rank: Callable[[GatedModel], Sensitivity], formats: Sequence[str] = (),
+              show_progress: bool = True, metric: TaskMetric | None = None) -> tuple[Fallback, Sensitivity | None]:
+    """Search the fewest layers to move up the ladder (within `formats`, names of the formats the run may write)
+    so that every target holds, in the order `rank(gated)` gives (called with the search's session, only when the
+    quantized model misses a target); the sensitivity it used, if any, comes back beside the result.
+
+    `targets` may hold METRIC_TARGET, the minimum of `metric` (--metric); with a metric, a search that misses
+    keeps the trial it scores best."""
     sensitivity = None
     with GatedModel(model, plan, amax, evaluator.plugins) as gated:
-        search = _Search(gated, evaluator, targets)
-        start = best = search.trial([])
+        search = _Search(gated, evaluator, targets, metric)
+        start = best = search.trial({})
         if not start.passed:
             sensitivity = rank(gated)
             order = sensitivity.ranking
             with progress(total=None, enabled=show_progress, desc="fallback search", unit="model") as search.bar:
-                best = _shortest_prefix(order, search.trial) or max(search.tried.values(),
-                                                                      key=lambda t: t.evaluation.snr_db)
-                if best.passed:
-                    best = _prune(best, order, search.trial)
-            if not best.passed:
-                logger.warning("the targets (%s) are not met even with all %d INT8 layers in float; keeping the best "
-                               "model found", ", ".join(f"{m}={v:g}" for m, v in targets.items()), len(order))
-    why = {node: _reason(node, sensitivity, targets) for node in best.kept}
-    trials = [{"kept": list(t.kept), "passed": t.passed, **t.summary()} for t in search.tried.values()]
+                best = _shortest_prefix(order, search.trial) or max(search.tried.values(), key=lambda t: t.score)
+    if best.passed and best.moved:
+        ladders = {node: [gated.own[node], *rungs(plan, node, formats)[:-1]] for node, _ in best.moved}
+        with GatedModel(model, plan, amax, evaluator.plugins,
+                        {**{n: (p,) for n, p in gated.own.items()}, **ladders}) as search.gated, \
+                progress(total=None, enabled=show_progress, desc="precision ladder", unit="model") as search.bar:
+            best = _climb(best, ladders, gated.own, sensitivity.ranking, search.trial)
+    elif not best.passed:
+        logger.warning("the targets (%s) are not met even with all %d quantized layers in float; keeping the best "
+                       "model found", ", ".join(f"{m}={v:g}" for m, v in targets.items()), len(plan.quantized_nodes))
+    moved = {node: NodePrecision(plan.precision.nodes[node].op, p, _reason(node, p, gated.own[node], sensitivity,
+                                                                             targets), pinned=True)
+             for node, p in best.moved}
+    trials = [{"moved": dict(t.moved), "passed": t.passed, **t.summary()} for t in search.tried.values()]
     evaluations = len(search.tried) + (sensitivity.evaluations if sensitivity else 0)  # the ranking's count too
-    return Fallback(plan.without(why), why, targets, start.summary(), best.summary(), best.passed, evaluations,
-                    trials), sensitivity
+    return Fallback(plan.with_precisions(moved), moved, targets, start.summary(), best.summary(), best.passed,
+                    evaluations, trials), sensitivity
 
 
 class _Search:
-    """The trials of one search: each set of layers kept in float evaluated once, as a gate setting of one session."""
+    """The trials of one search: each assignment of layers to rungs evaluated once, as a gate setting of a session."""
 
-    def __init__(self, gated: GatedModel, evaluator: Evaluator, targets: dict[str, float]):
-        self.gated, self.evaluator, self.targets = gated, evaluator, targets
+    def __init__(self, gated: GatedModel, evaluator: Evaluator, targets: dict[str, float], metric: TaskMetric | None):
+        self.gated, self.evaluator, self.metric = gated, evaluator, metric
+        self.targets = {m: v for m, v in targets.items() if m != METRIC_TARGET}
+        self.minimum = targets.get(METRIC_TARGET)
         self.tried: dict[frozenset, Trial] = {}
         self.bar = None  # the search's progress bar, once there is a search
 
-    def trial(self, kept: list[str]) -> Trial:
-        key = frozenset(kept)
+    def trial(self, moved: Mapping[str, str]) -> Trial:
+        key = frozenset(moved.items())
         if key not in self.tried:
-            int8 = [n for n in self.gated.nodes if n not in key]
-            ev = self.evaluator.evaluate(self.gated.variant(int8, f"{len(kept)} in float"))
-            self.tried[key] = Trial(tuple(kept), ev, check_thresholds(ev.outputs, ev.accuracy, self.targets, "--target"))
+            mix = {**self.gated.own, **moved}
+            score = self.metric.start() if self.metric else None
+            ev = self.evaluator.evaluate(self.gated.variant(mix, f"{len(moved)} moved"),
+                                         observe=score.update if score else None)
+            checks = check_thresholds(ev.outputs, ev.accuracy, self.targets, "--target") if self.targets else []
+            value = score.value() if score else ev.snr_db
+            if self.minimum is not None:
+                checks.append(ThresholdCheck(METRIC_TARGET, TASK, value, self.minimum))
+            self.tried[key] = Trial(tuple(moved.items()), ev, checks, value)
             if self.bar is not None:
                 self.bar.update(1)
         return self.tried[key]
 
 
-def _shortest_prefix(order: list[str], trial) -> object | None:
-    """The shortest prefix of `order` whose trial passes (doubling, then bisection); None if even all fail."""
+def _shortest_prefix(order: list[str], trial: Callable[[Mapping[str, str]], Trial]) -> Trial | None:
+    """The shortest prefix of `order` whose trial (the prefix in FP32) passes (doubling, then bisection); None if
+    even all fail."""
+    def in_float(k: int) -> Trial:
+        return trial(dict.fromkeys(order[:k], precision.FP32))
+
     lo, k = 0, 1  # prefixes of length <= lo fail
     while True:
         k = min(k, len(order))
-        if trial(order[:k]).passed:
+        if in_float(k).passed:
             break
         if k == len(order):
             return None
@@ -119,26 +159,30 @@ def _shortest_prefix(order: list[str], trial) -> object | None:
     hi = k  # passes
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if trial(order[:mid]).passed:
+        if in_float(mid).passed:
             hi = mid
         else:
             lo = mid
-    return trial(order[:hi])
+    return in_float(hi)
 
 
-def _prune(best: Trial, order: list[str], trial) -> Trial:
-    """Return each kept layer to INT8, least damaging first, where the targets still hold without it."""
-    kept = list(best.kept)
-    for node in sorted(best.kept, key=order.index, reverse=True):
-        fewer = [n for n in kept if n != node]
-        if trial(fewer).passed:
-            kept = fewer
-    return trial(kept)
+def _climb(best: Trial, ladders: dict[str, list[str]], own: dict[str, str], ranking: list[str],
+           trial: Callable[[Mapping[str, str]], Trial]) -> Trial:
+    """Each layer `best` holds in float, least damaging first, at the lowest rung of its ladder (its own format
+    first) where the targets still hold; FP32 where none does."""
+    moved = dict(best.moved)
+    for node in sorted(moved, key=ranking.index, reverse=True):
+        for rung in ladders[node]:
+            candidate = {n: p for n, p in {**moved, node: rung}.items() if p != own[n]}
+            if trial(candidate).passed:
+                moved = candidate
+                break
+    return trial(moved)
 
 
-def _reason(node: str, sensitivity: Sensitivity, targets: dict[str, float]) -> str:
+def _reason(node: str, rung: str, own: str, sensitivity: Sensitivity, targets: dict[str, float]) -> str:
     rank = sensitivity.ranking.index(node)
     layer = sensitivity.layers[rank]
     goal = " ".join(f"{m}={v:g}" for m, v in targets.items())
-    return (f"kept in float for --target {goal}: sensitivity rank {rank + 1}, output SNR {layer.alone_snr_db:.1f} dB "
-            "with only this layer in INT8")
+    return (f"{own} -> {rung} for --target {goal}: the lowest rung that meets it; sensitivity rank {rank + 1}, "
+            f"output SNR {layer.alone_snr_db:.1f} dB with only this layer in {own}")

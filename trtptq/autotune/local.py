@@ -25,6 +25,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from trtptq.core.log import progress
+from trtptq.core.precision import NodePrecision
 from trtptq.data import Batch
 from trtptq.evaluation.metrics import snr_db
 from trtptq.plugins import BUILTIN, Plugins
@@ -34,12 +35,15 @@ from trtptq.runtime.ort import OrtRunner
 
 
 def local_snr(model: onnx.ModelProto, plan: Plan, amax_sets: Mapping[str, Mapping[str, float]], nodes: Sequence[str],
-              batches: Iterable[Batch], show_progress: bool = False,
-              plugins: Plugins = BUILTIN) -> dict[str, dict[str, float]]:
-    """node -> range set -> SNR (dB) of the node's first output, INT8 inputs at that set's ranges vs FP32."""
+              batches: Iterable[Batch], show_progress: bool = False, plugins: Plugins = BUILTIN,
+              formats: Mapping[str, str] | None = None) -> dict[str, dict[str, float]]:
+    """node -> range set -> SNR (dB) of the node's first output, quantized inputs at that set's ranges vs FP32.
+
+    Each set's copies take the format `formats` gives it (default: each node's own, from the plan); a node that
+    cannot run in a set's format (`Plan.formats_for`) has no entry for it."""
     batches = iter(batches)
     first = next(batches, None)  # what makes them (an evaluator's FP32 reference run) runs before the probe opens
-    signal, noise_of, probe = _probe(model, plan, amax_sets, nodes)
+    signal, noise_of, probe = _probe(model, plan, amax_sets, nodes, formats or {})
     gc.collect()  # the probe's graph is a cycle of nodes and tensors: free its weight copies before the session opens
     sums = dict.fromkeys([*signal.values(), *(n for per in noise_of.values() for n in per.values())], 0.0)
     with OrtRunner(probe, simulate_qdq=True, in_order=True, plugins=plugins) as runner, \
@@ -52,22 +56,28 @@ def local_snr(model: onnx.ModelProto, plan: Plan, amax_sets: Mapping[str, Mappin
             for node, per in noise_of.items()}
 
 
-def _probe(model: onnx.ModelProto, plan: Plan, amax_sets: Mapping[str, Mapping[str, float]], nodes: Sequence[str]
-           ) -> tuple[dict[str, str], dict[str, dict[str, str]], onnx.ModelProto]:
-    """The FP32 model plus, per range set, an INT8-input copy of each node, whose only outputs are the sums:
-    (node -> sum ref^2 output, node -> set -> sum (copy - ref)^2 output, model). Sets that give a node the same
-    input ranges share its copy."""
+def _probe(model: onnx.ModelProto, plan: Plan, amax_sets: Mapping[str, Mapping[str, float]], nodes: Sequence[str],
+           formats: Mapping[str, str]) -> tuple[dict[str, str], dict[str, dict[str, str]], onnx.ModelProto]:
+    """The FP32 model plus, per range set, a quantized-input copy of each node (in the set's format), whose only
+    outputs are the sums: (node -> sum ref^2 output, node -> set -> sum (copy - ref)^2 output, model). Sets that
+    give a node the same format and input ranges share its copy."""
     graph = import_graph(model)
     by_name = {n.name: n for n in graph.nodes}
     graph.outputs = []  # the sums only (each insertion's cleanup keeps what reaches them)
     signal = {name: _sum_sq(graph, by_name[name].outputs[0], f"{name}__signal") for name in nodes}
     noise_of: dict[str, dict[str, str]] = {name: {} for name in nodes}
     inputs = {name: [t for t, consumers in plan.activations.items() if name in consumers] for name in nodes}
+    own = {name: plan.format_of(name).name for name in nodes}
+    takes = {name: {f.name for f in plan.formats_for(name)} | {own[name]} for name in nodes}
     for k, (key, amax) in enumerate(amax_sets.items()):
-        sites = Plan()
+        sites = Plan(block_size=plan.block_size)
         for name in nodes:
-            mine = [amax[t] for t in inputs[name]]
-            same = next((other for other in noise_of[name] if [amax_sets[other][t] for t in inputs[name]] == mine), None)
+            fmt = formats.get(key, own[name])
+            if fmt not in takes[name]:
+                continue
+            mine = (fmt, [amax[t] for t in inputs[name]])
+            same = next((other for other in noise_of[name]
+                         if (formats.get(other, own[name]), [amax_sets[other][t] for t in inputs[name]]) == mine), None)
             if same is not None:
                 noise_of[name][key] = noise_of[name][same]
                 continue
@@ -75,9 +85,10 @@ def _probe(model: onnx.ModelProto, plan: Plan, amax_sets: Mapping[str, Mapping[s
             twin = gs.Node(n.op, f"{name}__local{k}", dict(n.attrs), list(n.inputs),
                            [gs.Variable(f"{o.name}__local{k}", dtype=o.dtype or np.float32) for o in n.outputs], domain=n.domain)
             graph.nodes.append(twin)
+            sites.precision.nodes[twin.name] = NodePrecision(n.op, fmt)  # what insertion writes for the copy
             for tensor in inputs[name]:
                 sites.add_activation(tensor, twin.name)
-            sites.weights += [WeightSite(twin.name, w.tensor, w.axis) for w in plan.weights if w.node == name]
+            sites.weights += [WeightSite(twin.name, w.tensor, w.axis, w.block_axis) for w in plan.weights if w.node == name]
             diff = gs.Variable(f"{twin.name}__error", dtype=twin.outputs[0].dtype)
             graph.nodes.append(gs.Node("Sub", f"{twin.name}__Sub", inputs=[twin.outputs[0], n.outputs[0]], outputs=[diff]))
             noise_of[name][key] = _sum_sq(graph, diff, f"{twin.name}__noise")

@@ -16,12 +16,17 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import onnx
 
 from trtptq.autotune.budget import held
+from trtptq.autotune.formats import choose_formats
 from trtptq.autotune.local import first_samples, local_snr
+from trtptq.autotune.metric import TaskMetric
+from trtptq.core.formats import FORMATS, FP8, INT8, QuantFormat
+from trtptq.core.precision import NodePrecision
 from trtptq.data import Batches
 from trtptq.evaluation.evaluator import Evaluator
 from trtptq.evaluation.metrics import ErrorStats, combined_snr_db, noise_power, snr_db
@@ -29,6 +34,7 @@ from trtptq.plugins import BUILTIN, Plugins
 from trtptq.quantization.qdq import Plan, quantized_model, with_scales
 
 PER_TENSOR = "per-tensor"  # the candidate whose every tensor has its own method
+ALL_INT8, ALL_FP8, PER_LAYER = "all-INT8", "all-FP8", "per layer"  # --precision auto's candidates
 HOPELESS = 10.0  # a candidate whose layers' summed local noise is this many times the best's is not scored
 LOCAL_SAMPLES = 8  # samples the local errors are measured on: per-element statistics over whole layers settle fast
 MARGIN_DB = 1.0  # how much less local noise another method must leave at a tensor's consumers to replace the best
@@ -40,6 +46,10 @@ class MethodChoice:
     amax: dict[str, float]
     scores: dict[str, float | None]  # candidate -> output SNR vs FP32 (dB, outputs combined); None: could not win (_Race)
     per_tensor: dict[str, str]  # tensor -> the method the per-tensor candidate gave it
+    #: --precision auto: node -> its format and why (empty: every node in the plan's format), and each format
+    #: candidate's score (ALL_INT8, ALL_FP8, PER_LAYER) as `scores`
+    precisions: dict[str, NodePrecision] = field(default_factory=dict)
+    format_scores: dict[str, float | None] = field(default_factory=dict)
 
 
 def per_tensor_methods(local: dict[str, dict[str, float]], plan: Plan, base: str, margin_db: float = MARGIN_DB
@@ -57,7 +67,8 @@ def per_tensor_methods(local: dict[str, dict[str, float]], plan: Plan, base: str
 
 def choose_method(model: onnx.ModelProto, plan: Plan, by_method: dict[str, dict[str, float]], batches: Batches,
                   samples: int, memory_budget: int, show_progress: bool = False,
-                  plugins: Plugins = BUILTIN) -> MethodChoice:
+                  plugins: Plugins = BUILTIN, formats: Sequence[QuantFormat] = (),
+                  metric: TaskMetric | None = None, observed: dict[str, float] | None = None) -> MethodChoice:
     """Score each method's ranges on the first `samples` samples, then the best one with the tensors whose local
     error another method clearly lowers switched to it; keep the best of all.
 
@@ -66,51 +77,114 @@ def choose_method(model: onnx.ModelProto, plan: Plan, by_method: dict[str, dict[
     differ only in their Q/DQ scales, so one Q/DQ model is built and each
     candidate is that model with its scales swapped (`with_scales`). Every run holds what the calibration's
     largest pass under `memory_budget` held (`budget.held`).
+
+    With `formats` beyond INT8 (--precision auto), the same local run measures each layer in each of them
+    (FP8 at `observed`, each tensor's largest |value| in the calibration data), `autotune.formats` chooses per
+    layer, and the mix races all-INT8 (the best ranges found) and all-FP8: the best of the three is kept.
+    `metric` (--metric) scores the candidates in place of output SNR.
     """
     methods = list(by_method)
+    others = [f for f in formats if f is not INT8]
+    fp8_amax = observed or {}  # E4M3 wants the max: clipping ranges cost it
+    sets = {**by_method, **{f.name: fp8_amax if f.activations else by_method[methods[0]] for f in others}}
     limit = min(samples, batches.num_samples or samples)
     limits = held(model, plan, batches, memory_budget)
     template = quantized_model(model, plan, by_method[methods[0]])
     with Evaluator(model, batches.source, batch_size=limits.batch_size, num_samples=limit, memory_budget=limits.bytes,
                    plugins=plugins) as evaluator:
-        local = local_snr(model, plan, by_method, plan.quantized_nodes,
-                          first_samples(evaluator.batches(), LOCAL_SAMPLES, batches.fixed_batch), show_progress, plugins)
-        predicted = {m: sum(noise_power(per[m]) for per in local.values()) for m in methods}
+        local = local_snr(model, plan, sets, plan.quantized_nodes,
+                          first_samples(evaluator.batches(), LOCAL_SAMPLES, batches.fixed_batch), show_progress, plugins,
+                          {f.name: f.name for f in others})
+        predicted = {m: sum(noise_power(per[m]) for per in local.values() if m in per) for m in methods}
         floor = min(predicted.values())
         scores: dict[str, float | None] = dict.fromkeys(methods)  # None: hopeless, or stopped once it could not win
         candidates = dict(by_method)
-        race = _Race(evaluator)
+        race = _Race(evaluator, metric)
 
         def score(name: str) -> None:
             same = next((other for other in race.ran if candidates[other] == candidates[name]), None)
-            scores[name] = scores[same] if same is not None else race.score(with_scales(template, candidates[name]),
-                                                                            name)
+            if same is not None:
+                scores[name], race.snr[name] = scores[same], race.snr.get(same)
+            else:
+                scores[name] = race.score(with_scales(template, candidates[name]), name)
 
         for method in sorted((m for m in methods if predicted[m] <= HOPELESS * floor), key=predicted.get):
             score(method)  # the most promising first: the bar the others must reach is high early
-        base = max((m for m in methods if scores[m] is not None), key=scores.get)
-        chosen = per_tensor_methods(local, plan, base)
+        base = max((m for m in methods if scores[m] is not None), key=lambda m: race.rank(m, scores[m]))
+        chosen = per_tensor_methods({n: {m: per[m] for m in methods if m in per} for n, per in local.items()}, plan,
+                                    base)
         candidates[PER_TENSOR] = {t: by_method[m][t] for t, m in chosen.items()}
         score(PER_TENSOR)
-    scored = {name: db for name, db in scores.items() if db is not None}
-    best = max(scored, key=scored.get)  # dict order breaks ties: a single method before the mix
-    return MethodChoice(best, candidates[best], scores, chosen)
+        scored = {name: db for name, db in scores.items() if db is not None}
+        best = max(scored, key=lambda m: race.rank(m, scored[m]))  # then dict order: a single method before the mix
+        result = MethodChoice(best, candidates[best], scores, chosen)
+        if others:
+            _choose_formats(model, plan, local, result, fp8_amax, formats, race)
+    return result
+
+
+def _choose_formats(model: onnx.ModelProto, plan: Plan, local: dict[str, dict[str, float]], choice: MethodChoice,
+                    fp8_amax: dict[str, float], formats: Sequence[QuantFormat], race: _Race) -> None:
+    """Race the per-layer formats (`autotune.formats`) and all-FP8 against the INT8 choice; the best one into
+    `choice` (its precisions, ranges and format scores)."""
+    inputs = {n: [t for t, consumers in plan.activations.items() if n in consumers] for n in plan.quantized_nodes}
+    method = {n: choice.per_tensor.get(ts[0], choice.method) if choice.method == PER_TENSOR and ts else choice.method
+              for n, ts in inputs.items()}
+    by_format = {n: {**{f: db for f, db in per.items() if f in FORMATS}, INT8.name: per[method[n]]}
+                 for n, per in local.items() if method[n] in per}
+    per_layer = choose_formats(plan, by_format, formats)
+    free = [n for n in plan.quantized_nodes if not plan.precision.nodes[n].pinned]
+    everywhere = {n: FP8.name for n in free if FP8 in formats and FP8 in plan.formats_for(n)}
+    candidates = {ALL_INT8: dict.fromkeys(free, INT8.name), ALL_FP8: everywhere,
+                  PER_LAYER: {n: p.precision for n, p in per_layer.items()}}
+    choice.format_scores = {ALL_INT8: race.best}
+    race.snr[ALL_INT8] = race.snr.get(choice.method)
+    amax_of = {ALL_INT8: choice.amax}
+    for name in (ALL_FP8, PER_LAYER):
+        if not candidates[name] or candidates[name] in [candidates[k] for k in amax_of]:
+            continue  # nothing in FP8, or the same mix as one already scored
+        mixed = plan.with_precisions({n: NodePrecision(plan.precision.nodes[n].op, p) for n, p in candidates[name].items()})
+        amax_of[name] = {t: fp8_amax[t] if any(mixed.format_of(c) is FP8 for c in consumers) else choice.amax[t]
+                         for t, consumers in plan.activations.items()}
+        choice.format_scores[name] = race.score(quantized_model(model, mixed, amax_of[name]), name)
+    scored = {name: db for name, db in choice.format_scores.items() if db is not None}
+    best = max(scored, key=lambda m: race.rank(m, scored[m]))  # then all-INT8, all-FP8, the mix
+    if best == PER_LAYER:
+        choice.precisions = per_layer
+    else:
+        others = "".join(f"; {k} {'not scored (could not win)' if v is None else f'{v:.1f}'}"
+                         for k, v in choice.format_scores.items() if k != best)
+        why = f"--precision auto: {best} scored best ({scored[best]:.1f}{others})"
+        choice.precisions = {n: NodePrecision(plan.precision.nodes[n].op, p, why) for n, p in candidates[best].items()}
+    choice.amax = amax_of[best]
 
 
 class _Race:
     """Candidates scored in turn (output SNR vs FP32 in dB, outputs combined as `evaluation.metrics` does, to 3
     decimals); one whose error so far already caps its score below the best one's stops there, as None: the
     reference's signal over the whole set is known once one candidate ran through, and the error of the batches
-    left can only lower the score. The best is exact."""
+    left can only lower the score. The best is exact. With a task `metric`, every candidate runs through and
+    scores its value (to 6 decimals), and its output SNR breaks ties (a task metric on a few samples often ties)."""
 
-    def __init__(self, evaluator: Evaluator):
-        self.evaluator = evaluator
+    def __init__(self, evaluator: Evaluator, metric: TaskMetric | None = None):
+        self.evaluator, self.metric = evaluator, metric
         self.best = -math.inf
         self.signal: dict[str, float] = {}  # output -> sum ref^2 over the set
         self.ran: list[str] = []
+        self.snr: dict[str, float | None] = {}  # with a metric: each candidate's output SNR, the tie-breaker
+
+    def rank(self, name: str, score: float) -> tuple[float, float]:
+        """What orders candidates: the score, then (with a metric) the output SNR."""
+        return score, self.snr.get(name) or -math.inf
 
     def score(self, candidate: onnx.ModelProto, name: str) -> float | None:
         self.ran.append(name)
+        if self.metric is not None:
+            score = self.metric.start()
+            self.snr[name] = self.evaluator.evaluate(candidate, name, observe=score.update).snr_db
+            value = round(score.value(), 6)
+            self.best = max(self.best, value)
+            return value
         stats = {output: ErrorStats(detailed=False) for output in self.evaluator.output_names}
         with contextlib.closing(self.evaluator.pairs(candidate, name)) as pairs:
             for _, reference, outputs in pairs:

@@ -1,11 +1,12 @@
-"""Per-layer sensitivity: how much INT8 hurts at each quantized layer, ranked, so the worst can stay in float.
+"""Per-layer sensitivity: how much quantization hurts at each quantized layer (in its format: INT8, FP8, INT4),
+ranked, so the worst can move up the precision ladder.
 
-Three measures per INT8 layer (ONNX node), all against the cached FP32 outputs:
-- local: the layer's own output with INT8 inputs vs FP32, fed FP32 activations
+Three measures per quantized layer (ONNX node), all against the cached FP32 outputs:
+- local: the layer's own output with quantized inputs vs FP32, fed FP32 activations
   (every layer in one run, `local.local_snr`);
-- alone: the model's output SNR with only that layer in INT8 (its damage,
+- alone: the model's output SNR with only that layer quantized (its damage,
   with nothing else to blame);
-- gain: the output SNR won by keeping only that layer in float, all others INT8
+- gain: the output SNR won by keeping only that layer in float, all others quantized
   (what a fallback of it buys in the real mix).
 The ranking is by damage alone (lowest SNR first): noise powers of separate
 layers roughly add, so the layers that do most damage alone are the ones a
@@ -47,17 +48,18 @@ class SensitivityOptions:
 class LayerSensitivity:
     node: str
     op: str
-    local_snr_db: float  # the layer's output, INT8 inputs vs FP32, fed FP32 activations
-    alone_snr_db: float  # model output SNR with only this layer in INT8
+    precision: str  # its format (INT8, FP8, INT4)
+    local_snr_db: float  # the layer's output, quantized inputs vs FP32, fed FP32 activations
+    alone_snr_db: float  # model output SNR with only this layer quantized
     gain_db: float | None  # model output SNR gained by keeping only this layer in float (None: not measured)
 
 
 @dataclass
 class Sensitivity:
-    """Every INT8 layer, most damaging first."""
+    """Every quantized layer, most damaging first."""
 
     model: str
-    int8_snr_db: float  # the whole INT8 model's output SNR (EvaluationResult.snr_db) on the same samples
+    int8_snr_db: float  # the whole quantized model's output SNR (EvaluationResult.snr_db) on the same samples
     num_samples: int
     evaluations: int  # full-model evaluations it took (the FP32 reference not counted)
     layers: list[LayerSensitivity] = field(default_factory=list)
@@ -75,26 +77,28 @@ class Sensitivity:
 
 def analyze(model: onnx.ModelProto, plan: Plan, amax: dict[str, float], evaluator: Evaluator,
             options: SensitivityOptions | None = None, name: str = "", gated: GatedModel | None = None) -> Sensitivity:
-    """Rank `plan`'s INT8 layers by the damage INT8 does there, measured on `evaluator`'s data; `gated`: an open
+    """Rank `plan`'s quantized layers by the damage their format does there, measured on `evaluator`'s data; `gated`: an open
     session of the same plan and ranges to reuse (the fallback search's), else one is made. Every run takes one of
     the evaluator's batches: their size sets what it holds (`budget.held`)."""
     opts = options or SensitivityOptions()
     nodes = plan.quantized_nodes
-    local = local_snr(model, plan, {"int8": amax}, nodes,
+    local = local_snr(model, plan, {"own": amax}, nodes,
                       first_samples(evaluator.batches(), opts.samples, evaluator.data.fixed_batch), opts.show_progress,
                       evaluator.plugins)
     evaluations = 1
     layers = []
     with (contextlib.nullcontext(gated) if gated else GatedModel(model, plan, amax, evaluator.plugins)) as gated, \
             progress(total=len(nodes), enabled=opts.show_progress, desc="layer sensitivity", unit="layer") as bar:
-        full = evaluator.evaluate(gated.variant(nodes, "int8")).snr_db
+        full = evaluator.evaluate(gated.variant(gated.quantized(nodes), "quantized")).snr_db
         for node in nodes:
-            alone = evaluator.evaluate(gated.variant([node], node)).snr_db
+            alone = evaluator.evaluate(gated.variant(gated.quantized([node]), node)).snr_db
             gain = None
             if opts.gain:
-                gain = evaluator.evaluate(gated.variant([n for n in nodes if n != node], node)).snr_db - full
+                others = gated.quantized([n for n in nodes if n != node])
+                gain = evaluator.evaluate(gated.variant(others, node)).snr_db - full
             evaluations += 1 + opts.gain
-            layers.append(LayerSensitivity(node, plan.precision.nodes[node].op, round(local[node]["int8"], 3),
+            entry = plan.precision.nodes[node]
+            layers.append(LayerSensitivity(node, entry.op, entry.precision, round(local[node]["own"], 3),
                                            round(alone, 3), None if gain is None else round(gain, 3)))
             bar.update(1)
     layers.sort(key=lambda layer: (layer.alone_snr_db, -(layer.gain_db or 0.0), layer.local_snr_db))

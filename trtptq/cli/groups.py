@@ -48,6 +48,14 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r} (e.g. 0.485,0.456,0.406)") from None
 
 
+def _pair(flag: str, item: str) -> tuple[str, str]:
+    """'Conv=int8' -> ('Conv', 'int8'): a value without '=' is one line naming the option."""
+    key, sep, value = item.rpartition("=")
+    if not sep:
+        raise TrtptqError(f"{flag} {item!r} is not PATTERN=PRECISION; give e.g. {flag} Conv=int8 '*attn*=fp16'.")
+    return key, value
+
+
 def check_inputs(*items: tuple[str, str | os.PathLike | Iterable[str | os.PathLike] | None]) -> None:
     """Every file the command reads exists, each named with its option, before any model or data is loaded
     (after the --plugin files, whose own errors name them). `--data` may be `script.py:function`."""
@@ -271,6 +279,16 @@ class QuantizeArgs(BaseArgs):
             group.add_argument("--compute-capability", nargs="+", default=[], metavar="CC",
                                help="the GPUs the engine will run on, e.g. 8.6 8.9: a format one of them cannot run "
                                     "is refused, and auto never picks it")
+        group.add_argument("--layer-precision", nargs="+", action="extend", default=[], metavar="PATTERN=PRECISION",
+                           help="nodes of an op type or name glob in int8, fp8, w4a16, fp16 (float; FP16 in a --fp16 "
+                                "build) or fp32 (FP32 even there), e.g. Conv=int8 Gather=w4a16 '*attn*=fp16'; the "
+                                "last match wins, and auto and --target leave these nodes as given; repeatable")
+        group.add_argument("--metric", default="snr", metavar="snr|argmax[:AXIS]|FILE.py:FN",
+                           help="what --method/--precision auto and --target score candidates by, higher is better: "
+                                "snr (output SNR vs FP32, default), argmax[:AXIS] (argmax agreement with FP32 along "
+                                "the class axis, default the last), or FN(fp32_outputs, outputs, labels) -> number "
+                                "from a Python file (dicts of whole-set arrays; labels None without them); with "
+                                "--target, metric=MIN sets its minimum")
         group.add_argument("--exclude-nodes", nargs="+", default=[], metavar="NAME", help="node names or globs kept in float")
         group.add_argument("--exclude-op-types", nargs="+", default=[], metavar="OP", help="op types kept in float")
         group.add_argument("--keep-first", action="store_true", help="keep the first Conv/Gemm/MatMul in float")
@@ -289,7 +307,9 @@ class QuantizeArgs(BaseArgs):
                                per_channel=not args.per_tensor_weights, residual_add=not args.no_residual_add,
                                pooling=not args.no_pooling, activation_matmul=not args.no_activation_matmul,
                                precision=args.precision, block_size=args.block_size,
-                               compute_capabilities=tuple(args.compute_capability))
+                               compute_capabilities=tuple(args.compute_capability),
+                               layer_precisions=tuple(_pair("--layer-precision", item) for item in args.layer_precision),
+                               metric=args.metric)
 
 
 class RangesArgs(BaseArgs):
@@ -338,13 +358,15 @@ class EvaluationArgs(BaseArgs):
             group.add_argument("--target", nargs="+", default=[], metavar="METRIC=MIN",
                                help="accuracy budget on --eval-data, as compare --fail-below takes it (cosine, snr_db, "
                                     "top1_agreement, top5_agreement, accuracy; agreement and accuracy as fractions, "
-                                    "e.g. accuracy=0.98): the most sensitive layers stay in float until every target "
-                                    "holds; exit 1 if even all-float misses it")
+                                    "e.g. accuracy=0.98; metric: --metric's score): the most sensitive layers walk up "
+                                    "the precision ladder (INT4, INT8, FP8, FP16, FP32, as the formats allow) until "
+                                    "every target holds; exit 1 if even all-float misses it")
         group.add_argument("--sensitivity-samples", type=int, default=DEFAULT_SAMPLES,
                            help=f"evaluation samples each single-layer variant runs on (default {DEFAULT_SAMPLES})")
 
     def parse(self, args: argparse.Namespace):
         """EvaluationOptions, or with --target a Target: built (and so checked) even where the command may not measure."""
+        from trtptq.autotune.fallback import METRIC_TARGET
         from trtptq.autotune.sensitivity import SensitivityOptions
         from trtptq.evaluation.compare import parse_thresholds
         from trtptq.pipelines import EvaluationOptions, Target
@@ -353,8 +375,14 @@ class EvaluationArgs(BaseArgs):
         sensitivity = SensitivityOptions(samples=args.sensitivity_samples, gain=not targets,
                                          show_progress=PROGRESS.parse(args))
         if targets:
-            return Target(data=args.eval_data, image=IMAGE.parse(args), sensitivity=sensitivity,
-                          metrics=parse_thresholds(args.target, "--target"))
+            own = [item for item in args.target if item.startswith(f"{METRIC_TARGET}=")]  # --metric's minimum
+            metrics = parse_thresholds([item for item in args.target if item not in own], "--target")
+            for item in own:
+                try:
+                    metrics[METRIC_TARGET] = float(item.partition("=")[2])
+                except ValueError:
+                    raise TrtptqError(f"bad --target {item!r}: not a number") from None
+            return Target(data=args.eval_data, image=IMAGE.parse(args), sensitivity=sensitivity, metrics=metrics)
         return EvaluationOptions(data=args.eval_data, image=IMAGE.parse(args), sensitivity=sensitivity)
 
 

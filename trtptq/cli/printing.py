@@ -12,13 +12,44 @@ def print_saved(what: str, path) -> None:
     print(f"{what} -> {path}")
 
 
-def print_auto_choice(ranges) -> None:
-    """What --method auto kept and how each method scored: printed before the results it led to."""
+def print_auto_choice(ranges, precision_auto: bool = True) -> None:
+    """What --method auto kept and how each method scored, and with `precision_auto` what --precision auto kept
+    (ranges from `calibrate --precision auto` carry it; a run without it does not use it): printed before the
+    results they led to."""
     scores = ranges.options.get("auto_snr_db")
     if scores:
-        print(f"--method auto kept {ranges.method}; output SNR vs FP32: "
-              + ", ".join(f"{m} {'not scored (could not win)' if db is None else f'{db:.1f} dB'}"
-                          for m, db in scores.items()))
+        print(f"--method auto kept {ranges.method}; {_scores(ranges, scores)}")
+    if precision_auto:
+        print_auto_precision(ranges)
+
+
+def _scores(ranges, scores: dict) -> str:
+    """'output SNR vs FP32: a 31.2 dB, b not scored (could not win)', or --metric's values."""
+    metric = ranges.options.get("quantize", {}).get("metric", "snr")
+    unit, digits, head = (" dB", 1, "output SNR vs FP32") if metric == "snr" else ("", 4, f"--metric {metric}")
+    return f"{head}: " + ", ".join(f"{k} {'not scored (could not win)' if v is None else f'{v:.{digits}f}{unit}'}"
+                                   for k, v in scores.items())
+
+
+def print_auto_precision(ranges) -> None:
+    """What --precision auto kept, how each format candidate scored, and (without --compute-capability) which GPUs
+    the chosen formats need."""
+    from collections import Counter
+
+    from trtptq.core.formats import FORMATS
+
+    scores = ranges.options.get("auto_format_scores")
+    if not scores:
+        return
+    chosen = Counter(p["precision"] for p in ranges.options.get("auto_precisions", {}).values())
+    kept = ", ".join(f"{count(n, 'layer')} in {f}" for f, n in chosen.items())
+    print(f"--precision auto kept {kept}; {_scores(ranges, scores)}")
+    need = max((FORMATS[f] for f in chosen if f in FORMATS), key=lambda f: f.compute_capability, default=None)
+    if need is not None and need.compute_capability > min(f.compute_capability for f in FORMATS.values()) \
+            and not ranges.options.get("quantize", {}).get("compute_capabilities"):
+        print(f"the engine needs compute capability {'.'.join(map(str, need.compute_capability))} or newer "
+              f"({need.name}); give --compute-capability for the GPUs it must run on, and auto picks only what they "
+              "run")
 
 
 def print_ranges_saved(ranges, path) -> None:
@@ -43,22 +74,24 @@ def print_quantized(result, output) -> None:
 
 def print_fallback(found) -> None:
     goal = " ".join(f"{m}={v:g}" for m, v in found.targets.items())
-    status = "met" if found.met else "NOT met even with every INT8 layer in float; wrote the best model found"
-    print(f"--target {goal}: {status}; {count(len(found.kept), 'layer')} kept in float, "
+    status = "met" if found.met else "NOT met even with every quantized layer in float; wrote the best model found"
+    print(f"--target {goal}: {status}; {count(len(found.moved), 'layer')} moved up the precision ladder, "
           f"{count(found.evaluations, 'evaluation')}")
     for metric, before in found.before.items():
-        print(f"  {metric}: INT8 {before:.6g} -> {found.after.get(metric, float('nan')):.6g}")
-    for node in found.kept:
-        print(f"  kept in float: {node}")
+        print(f"  {metric}: quantized {before:.6g} -> {found.after.get(metric, float('nan')):.6g}")
+    for node, p in found.moved.items():
+        print(f"  {p.precision}: {node}")
 
 
 def print_sensitivity(ranked, method: str, top: int) -> None:
-    print(f"{count(len(ranked.layers), 'INT8 layer')} ({method} ranges), {count(ranked.num_samples, 'sample')}, "
-          f"{count(ranked.evaluations, 'evaluation')}; whole INT8 model: {ranked.int8_snr_db:.1f} dB output SNR vs FP32")
-    print(f"  {'rank':>4s}  {'alone dB':>8s}  {'gain dB':>7s}  {'local dB':>8s}  node (op)")
+    print(f"{count(len(ranked.layers), 'quantized layer')} ({method} ranges), {count(ranked.num_samples, 'sample')}, "
+          f"{count(ranked.evaluations, 'evaluation')}; whole quantized model: {ranked.int8_snr_db:.1f} dB output SNR "
+          "vs FP32")
+    print(f"  {'rank':>4s}  {'format':6s}  {'alone dB':>8s}  {'gain dB':>7s}  {'local dB':>8s}  node (op)")
     for k, layer in enumerate(ranked.layers[:top], 1):
         gain = "" if layer.gain_db is None else f"{layer.gain_db:+.2f}"
-        print(f"  {k:4d}  {layer.alone_snr_db:8.1f}  {gain:>7s}  {layer.local_snr_db:8.1f}  {layer.node} ({layer.op})")
+        print(f"  {k:4d}  {layer.precision:6s}  {layer.alone_snr_db:8.1f}  {gain:>7s}  {layer.local_snr_db:8.1f}  "
+              f"{layer.node} ({layer.op})")
 
 
 def print_comparison(result) -> None:

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     result = quantize(args.model, data=args.data, ranges=ranges, options=qopts, calibration=calibration,
                       target=target, plugins=plugins)
     model_io.save(result.model, args.output)
-    printing.print_auto_choice(result.ranges)
+    printing.print_auto_choice(result.ranges, qopts.precision == "auto")
     printing.print_quantized(result, args.output)
     if result.fallback:
         printing.print_fallback(result.fallback)

@@ -33,6 +33,7 @@ class NodePrecision:
     op: str
     precision: str  # one of PRECISIONS
     reason: str = ""  # why; empty for a plain FP16 conversion
+    pinned: bool = False  # chosen for this node (--layer-precision, --target's ladder): later stages keep it
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

@@ -10,7 +10,7 @@ import importlib.util
 import os
 import pathlib
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
 
 from trtptq.core.errors import TrtptqError
@@ -55,3 +55,38 @@ def load_plugins(paths: Sequence[str | os.PathLike] = (), base: Plugins = BUILTI
                               "(from trtptq.plugins import PluginOp).")
         plugins = plugins.with_ops(ops, str(path))
     return plugins
+
+
+def load_function(spec: str, flag: str, what: str) -> Callable:
+    """The function `fn` of `spec` = 'file.py:fn', imported by path; a missing file, a file that fails to import, or
+    no callable `fn` in it is one line naming `flag`."""
+    path, sep, name = spec.rpartition(":")
+    if not sep or not path.endswith(".py") or not name.isidentifier():
+        raise TrtptqError(f"{flag} {spec!r} is not FILE.py:FUNCTION; give e.g. {flag} my_metric.py:{what}.")
+    module = import_script(path, TrtptqError, f"{flag} file")
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        found = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_"))
+        raise TrtptqError(f"{flag} {spec}: {path} defines no function {name}"
+                          f"{' (it has ' + ', '.join(found) + ')' if found else ''}; name the function to call.")
+    return fn
+
+
+SNR = "snr"  # --metric's default: output SNR vs FP32
+
+
+def metric(spec: str, flag: str = "--metric") -> tuple[str, int | Callable | None]:
+    """What a --metric means: ('snr', None), ('argmax', axis) for 'argmax' / 'argmax:AXIS' (default axis -1), or
+    ('function', fn) for 'file.py:fn'; anything else is one line naming `flag`."""
+    if spec == SNR:
+        return SNR, None
+    kind, _, axis = spec.partition(":")
+    if kind == "argmax":
+        try:
+            return kind, int(axis or -1)
+        except ValueError:
+            raise TrtptqError(f"{flag} {spec!r}: {axis!r} is not an axis; give {flag} argmax:1 (the class axis of the "
+                              "outputs), or argmax for the last axis.") from None
+    if ":" not in spec:
+        raise TrtptqError(f"{flag} {spec!r} is not a metric; give snr, argmax[:AXIS] or FILE.py:FUNCTION.")
+    return "function", load_function(spec, flag, "score")

@@ -211,31 +211,35 @@ def _write_page(out_dir: pathlib.Path, stem: str, title: str, md: str, pngs: dic
 
 def write_sensitivity_report(sensitivity: dict | None, out_dir: str | pathlib.Path,
                              fallback: dict | None = None) -> pathlib.Path:
-    """sensitivity.{json,md,html}: the ranking as a chart and a table of the node names `--exclude-nodes` takes, and
-    what `--target` kept (both as dicts: `Sensitivity.to_dict()`, `Fallback.to_dict()`)."""
+    """sensitivity.{json,md,html}: the ranking as a chart and a table of the node names `--exclude-nodes` and
+    `--layer-precision` take, and what `--target` moved up the precision ladder (both as dicts:
+    `Sensitivity.to_dict()`, `Fallback.to_dict()`)."""
     lines, pngs = ["# trtptq sensitivity", ""], {}
     if fallback is not None:
         goal = " ".join(f"{m}={v:g}" for m, v in fallback["targets"].items())
-        verdict_ = "met" if fallback["met"] else "NOT met, even with every INT8 layer in float (best model found kept)"
+        verdict_ = ("met" if fallback["met"] else
+                    "NOT met, even with every quantized layer in float (best model found kept)")
         lines += [f"## Fallback to `--target {goal}`: {verdict_}", "",
-                  f"{len(fallback['kept'])} layer(s) kept in float, {fallback['evaluations']} evaluations.", "",
-                  "| metric | INT8 | after fallback |", "|---|---|---|"]
+                  f"{len(fallback['moved'])} layer(s) moved up the precision ladder, {fallback['evaluations']} "
+                  "evaluations.", "", "| metric | quantized | after fallback |", "|---|---|---|"]
         lines += [f"| {m} | {v:.6g} | {fallback['after'].get(m, float('nan')):.6g} |" for m, v in fallback["before"].items()]
-        lines += ["", "| kept in float | why |", "|---|---|"] + [f"| `{n}` | {w} |" for n, w in fallback["kept"].items()]
+        lines += ["", "| layer | now | why |", "|---|---|---|"]
+        lines += [f"| `{n}` | {m['precision']} | {m['reason']} |" for n, m in fallback["moved"].items()]
         lines.append("")
     if sensitivity is not None:
         layers = sensitivity["layers"]
         pngs["sensitivity.png"] = _sensitivity_chart(layers, sensitivity["int8_snr_db"])
         lines += ["## Layers, most damaging first", "",
-                  f"Model {sensitivity['model']}: whole INT8 model {sensitivity['int8_snr_db']:.1f} dB output SNR "
-                  f"vs FP32 on {sensitivity['num_samples']} samples; {sensitivity['evaluations']} evaluations. "
-                  "*alone*: output SNR with only this layer in INT8 (lower = more damage); *gain*: output SNR won by "
-                  "keeping only this layer in float; *local*: the layer's own output SNR with FP32 inputs.", "",
-                  "![sensitivity](sensitivity.png)", "",
-                  "| rank | node | op | alone (dB) | gain (dB) | local (dB) |", "|---|---|---|---|---|---|"]
-        lines += [f"| {k} | `{r['node']}` | {r['op']} | {r['alone_snr_db']:.1f} | {_signed(r['gain_db'])} | "
-                  f"{r['local_snr_db']:.1f} |" for k, r in enumerate(layers, 1)]
-        lines += ["", "Keep the top layers in float with `--exclude-nodes NAME ...`, or let `--target` choose."]
+                  f"Model {sensitivity['model']}: whole quantized model {sensitivity['int8_snr_db']:.1f} dB output "
+                  f"SNR vs FP32 on {sensitivity['num_samples']} samples; {sensitivity['evaluations']} evaluations. "
+                  "*alone*: output SNR with only this layer quantized, in its format (lower = more damage); *gain*: "
+                  "output SNR won by keeping only this layer in float; *local*: the layer's own output SNR with FP32 "
+                  "inputs.", "", "![sensitivity](sensitivity.png)", "",
+                  "| rank | node | op | format | alone (dB) | gain (dB) | local (dB) |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {k} | `{r['node']}` | {r['op']} | {r['precision']} | {r['alone_snr_db']:.1f} | "
+                  f"{_signed(r['gain_db'])} | {r['local_snr_db']:.1f} |" for k, r in enumerate(layers, 1)]
+        lines += ["", "Give the top layers another precision with `--layer-precision NAME=fp16` (or keep them in "
+                  "float with `--exclude-nodes NAME ...`), or let `--target` walk them up the precision ladder."]
     return _write_page(pathlib.Path(out_dir), "sensitivity", "trtptq sensitivity", "\n".join(lines) + "\n", pngs,
                        {"sensitivity": sensitivity, "fallback": fallback})
 
@@ -257,12 +261,12 @@ def _sensitivity_chart(layers: list[dict], int8_snr_db: float, top: int = 30) ->
     y = np.arange(len(shown))
     alone = [r["alone_snr_db"] for r in shown]
     alone_ax.barh(y, alone, color="#c0392b")
-    alone_ax.axvline(int8_snr_db, color="#555", ls="--", lw=1, label=f"whole INT8 model ({int8_snr_db:.1f} dB)")
+    alone_ax.axvline(int8_snr_db, color="#555", ls="--", lw=1, label=f"whole quantized model ({int8_snr_db:.1f} dB)")
     for k, v in enumerate(alone):
         alone_ax.text(max(v, 0) + 0.5, k, f"{v:.1f}", va="center", fontsize=7)
-    alone_ax.set_yticks(y, [f"{r['node']} ({r['op']})" for r in shown], fontsize=8)
+    alone_ax.set_yticks(y, [f"{r['node']} ({r['op']}, {r['precision']})" for r in shown], fontsize=8)
     alone_ax.invert_yaxis()
-    alone_ax.set_xlabel("output SNR with only this layer in INT8 (dB; lower = more damage)")
+    alone_ax.set_xlabel("output SNR with only this layer quantized (dB; lower = more damage)")
     alone_ax.legend(loc="lower right", fontsize=7)
     gains = [r["gain_db"] for r in shown]
     if any(g is not None for g in gains):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -69,7 +69,8 @@ def _unshare_initializers(model: onnx.ModelProto, kept: set[str]) -> onnx.ModelP
 
 def to_fp16(model: onnx.ModelProto, keep_fp32: tuple[str, ...] = (), keep_sensitive: bool = True,
             plugins: Plugins = BUILTIN) -> FP16Result:
-    """Convert to FP16 (I/O stays FP32); `keep_fp32` holds node names, globs or op types kept in FP32.
+    """Convert to FP16 (I/O stays FP32); `keep_fp32` holds node names, globs or op types kept in FP32, and so do
+    the nodes the precision plan pins to FP32 (a pinned FP16 node converts even where it is a sensitive op).
 
     A plugin op converts only where its plugin in `plugins` says `precision="fp16"`.
 
@@ -88,13 +89,17 @@ def to_fp16(model: onnx.ModelProto, keep_fp32: tuple[str, ...] = (), keep_sensit
     kept: dict[str, str] = {}
     for n in model.graph.node:
         plugin = registered(plugins, n.domain, n.op_type)
-        if plugin is not None and plugin.precision == FP32:
+        chosen = before.nodes.get(n.name)
+        chosen = chosen if chosen is not None and chosen.pinned else None  # --layer-precision, --target's ladder
+        if chosen is not None and chosen.precision == precision.FP32:
+            kept[n.name] = chosen.reason
+        elif plugin is not None and plugin.precision == FP32:
             kept[n.name] = f"plugin {n.op_type} stays FP32 (its precision rule)"
         elif plugin is None and is_plugin_op(n.domain):
             kept[n.name] = "plugin op"
         elif n.op_type in keep_fp32 or any(fnmatch.fnmatchcase(n.name, p) for p in keep_fp32):
             kept[n.name] = "kept by the user"
-        elif keep_sensitive and n.op_type in SENSITIVE_OPS:
+        elif keep_sensitive and n.op_type in SENSITIVE_OPS and chosen is None:
             kept[n.name] = f"{n.op_type} is sensitive to FP16 range/precision"
         elif big & set(n.input):
             kept[n.name] = "uses constants beyond the FP16 range"
@@ -149,13 +154,16 @@ def _fp16_plan(model: onnx.ModelProto, before: PrecisionPlan, kept: dict[str, st
         old = before.nodes.get(n.name)
         if old is not None and old.precision in precision.QUANTIZED:
             extra = f"; its float inputs/outputs stay FP32 ({kept[n.name]})" if n.name in kept else ""
-            nodes[n.name] = NodePrecision(n.op_type, old.precision, old.reason + extra)
+            nodes[n.name] = NodePrecision(n.op_type, old.precision, old.reason + extra, old.pinned)
         elif n.name in kept:
-            nodes[n.name] = NodePrecision(n.op_type, precision.FP32, kept[n.name])
+            nodes[n.name] = NodePrecision(n.op_type, precision.FP32, kept[n.name], old is not None and old.pinned)
         elif n.op_type in blocked_ops:
             nodes[n.name] = NodePrecision(n.op_type, precision.FP32, f"onnxconverter-common keeps {n.op_type} in FP32")
         elif floats & set(n.output):
-            nodes[n.name] = NodePrecision(n.op_type, precision.FP16, f"not quantized: {old.reason}" if old else "")
+            if old is not None and old.pinned:
+                nodes[n.name] = replace(old, precision=precision.FP16)
+            else:
+                nodes[n.name] = NodePrecision(n.op_type, precision.FP16, f"not quantized: {old.reason}" if old else "")
         elif old is not None:
             nodes[n.name] = old
     return PrecisionPlan(nodes)

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from trtptq.core import precision
+from trtptq.core import precision, userfiles
 from trtptq.core.errors import ModelError
 from trtptq.core.formats import FORMATS, INT4, INT8, QuantFormat, parse_compute_capability
 from trtptq.core.options import check_choice, check_names, option_error
@@ -38,6 +38,10 @@ logger = logging.getLogger(__name__)
 AUTO = "auto"
 #: --precision -> the format its nodes take (auto starts from INT8; autotune chooses per layer)
 PRECISIONS = {"int8": INT8.name, "fp8": FORMATS["FP8"].name, "w4a16": INT4.name, AUTO: INT8.name}
+#: --layer-precision's precisions -> the node's precision: a format, or float (FP16: FP16 where the engine is built
+#: with --fp16, FP32: FP32 even there)
+LAYER_PRECISIONS = {**{p: f for p, f in PRECISIONS.items() if p != AUTO}, "fp16": precision.FP16,
+                    "fp32": precision.FP32}
 BLOCK_SIZES = (32, 64, 128)  # INT4 weight blocks TensorRT takes
 
 
@@ -56,6 +60,12 @@ class QuantizeOptions:
     precision: str = "int8"  # int8 | fp8 | w4a16 (INT4 weights, float activations) | auto (chosen per layer)
     block_size: int = 128  # INT4 weights: values per scale along the reduction axis
     compute_capabilities: tuple[str, ...] = ()  # the GPUs the engine must run on, e.g. ("8.6",); () = any format
+    #: (pattern, precision) pairs: nodes of that op type or name glob take that LAYER_PRECISIONS key (the last match
+    #: wins), whatever --precision and auto say (--target may still walk them up its ladder)
+    layer_precisions: tuple[tuple[str, str], ...] = ()
+    #: what auto and --target score candidates by, higher is better: snr (output SNR vs FP32), argmax[:AXIS]
+    #: (argmax agreement with FP32 along a class axis), or FILE.py:FUNCTION (fn(fp32, candidate, labels) -> number)
+    metric: str = userfiles.SNR
 
     def __post_init__(self) -> None:
         check_names("--exclude-nodes", self.exclude_nodes)
@@ -65,23 +75,43 @@ class QuantizeOptions:
         if self.block_size not in BLOCK_SIZES:
             raise option_error("--block-size", self.block_size, "is not a block size TensorRT takes",
                                f"use one of {', '.join(map(str, BLOCK_SIZES))}")
+        if self.precision != AUTO:
+            self._check_runs("--precision", "", self.precision)
+        userfiles.metric(self.metric)
+        for pattern, name in self.layer_precisions:
+            if name not in LAYER_PRECISIONS:
+                raise option_error("--layer-precision", f"{pattern}={name}", "names no precision",
+                                   f"use one of {', '.join(LAYER_PRECISIONS)}")
+            if not pattern:
+                raise option_error("--layer-precision", f"={name}", "names no node", "give PATTERN=PRECISION with "
+                                   "PATTERN an op type or a node-name glob, e.g. Conv=int8 or '*attn*=fp16'")
+            if LAYER_PRECISIONS[name] in FORMATS:
+                self._check_runs("--layer-precision", f"{pattern}=", name)
+
+    def _check_runs(self, flag: str, prefix: str, name: str) -> None:
+        """`name` (a --precision) runs on every --compute-capability, or one line that says which does not (the
+        value is `prefix` + name: --layer-precision's pattern)."""
         targets = [parse_compute_capability(cc) for cc in self.compute_capabilities]
-        fmt = FORMATS[PRECISIONS[self.precision]]
-        if self.precision != AUTO and targets and not fmt.runs_on(min(targets)):
+        fmt = FORMATS[PRECISIONS[name]]
+        if targets and not fmt.runs_on(min(targets)):
             oldest = ".".join(map(str, min(targets)))
-            runnable = [p for p, f in PRECISIONS.items() if p != AUTO and FORMATS[f].runs_on(min(targets))]
-            raise option_error("--precision", self.precision, f"({fmt.name}) needs compute capability "
+            runnable = [p for p, f in PRECISIONS.items() if p != AUTO and FORMATS[f].runs_on(min(targets))] or ["int8"]
+            raise option_error(flag, prefix + name, f"({fmt.name}) needs compute capability "
                                f"{'.'.join(map(str, fmt.compute_capability))} or newer, and --compute-capability "
-                               f"{oldest} cannot run it", f"use --precision {' or '.join(runnable) or 'int8'}, "
-                               f"or drop {oldest}")
+                               f"{oldest} cannot run it", f"use {flag} {' or '.join(prefix + p for p in runnable)}, or drop {oldest}")
 
     @property
     def formats(self) -> tuple[QuantFormat, ...]:
-        """The formats this run may write: --precision's, or with auto every format all the targets run."""
+        """The formats this run may write: --precision's (with auto every format all the targets run), then those
+        --layer-precision names."""
         if self.precision != AUTO:
-            return (FORMATS[PRECISIONS[self.precision]],)
-        oldest = min((parse_compute_capability(cc) for cc in self.compute_capabilities), default=None)
-        return tuple(f for f in FORMATS.values() if oldest is None or f.runs_on(oldest))
+            chosen = [FORMATS[PRECISIONS[self.precision]]]
+        else:
+            oldest = min((parse_compute_capability(cc) for cc in self.compute_capabilities), default=None)
+            chosen = [f for f in FORMATS.values() if oldest is None or f.runs_on(oldest)]
+        chosen += [FORMATS[LAYER_PRECISIONS[name]] for _, name in self.layer_precisions
+                   if LAYER_PRECISIONS[name] in FORMATS]
+        return tuple(dict.fromkeys(chosen))
 
     @property
     def opset(self) -> int:
@@ -105,11 +135,12 @@ class Plan:
     weights: list[WeightSite] = field(default_factory=list)
     precision: PrecisionPlan = field(default_factory=PrecisionPlan)  # each node's format, and nodes kept in float
     block_size: int = 128  # INT4 weight blocks
+    takes: dict[str, frozenset[str]] = field(default_factory=dict)  # placed node -> the formats its op's rule takes
 
     @property
     def kept(self) -> dict[str, str]:
-        """node -> why it stays in float."""
-        return {name: p.reason for name, p in self.precision.nodes.items() if p.precision == precision.FP32}
+        """node -> why it stays in float (FP32, or FP16 where the engine is built with --fp16)."""
+        return {name: p.reason for name, p in self.precision.nodes.items() if p.precision not in precision.QUANTIZED}
 
     @property
     def quantized_nodes(self) -> list[str]:
@@ -121,6 +152,12 @@ class Plan:
         """The format `node` is quantized to; a node the plan does not name (a copy of one) takes INT8."""
         entry = self.precision.nodes.get(node)
         return FORMATS.get(entry.precision, INT8) if entry is not None else INT8
+
+    def formats_for(self, node: str) -> tuple[QuantFormat, ...]:
+        """The formats `node` can run in on its recorded sites: its rule's, INT4 where blocks divide all its weights."""
+        weights = [w for w in self.weights if w.node == node]
+        blocked = bool(weights) and all(w.block_axis is not None for w in weights)
+        return tuple(f for f in FORMATS.values() if f.name in self.takes.get(node, ()) and (f.activations or blocked))
 
     def add_activation(self, tensor: str, node: str) -> None:
         consumers = self.activations.setdefault(tensor, [])
@@ -141,12 +178,11 @@ class Plan:
                        precision=replace(self.precision, nodes=nodes))
 
     def with_precisions(self, chosen: Mapping[str, NodePrecision]) -> Plan:
-        """This plan with the quantized nodes of `chosen` (name -> format and why) in another format; float entries
-        drop the node's sites as `without` does."""
+        """This plan with the quantized nodes of `chosen` (name -> precision and why) in another one; float entries
+        (FP16, FP32) drop the node's sites as `without` does."""
         floats = {name: p.reason for name, p in chosen.items() if p.precision not in precision.QUANTIZED}
         out = self.without(floats) if floats else self
-        nodes = {name: chosen[name] if name in chosen and name not in floats else p
-                 for name, p in out.precision.nodes.items()}
+        nodes = {name: chosen.get(name, p) for name, p in out.precision.nodes.items()}
         return replace(out, precision=replace(out.precision, nodes=nodes))
 
 
@@ -165,15 +201,52 @@ def plan(graph: gs.Graph, options: QuantizeOptions, rules: Mapping[str, OpRule] 
     if options.keep_last and weighted:
         ends.setdefault(weighted[-1].name, "last layer kept in float")
     result = Plan(block_size=options.block_size)
-    fmt = options.formats[0] if options.precision != AUTO else INT8
+    fmt = FORMATS[PRECISIONS[options.precision]]
+    unplaced: dict[str, list[str]] = {}  # --layer-precision PATTERN=PRECISION -> nodes it could not place, and why
     for n in nodes:
         rule = rules.get(rule_key(n))
         why = _exclusion(n, rule, options) or ends.get(n.name)
+        chosen = None if why else _layer_precision(n, options)
         if why:
             result.precision.nodes[n.name] = NodePrecision(n.op, precision.FP32, why)
+        elif chosen is not None:
+            if missed := _place_chosen(n, rule, *chosen, options, rules, result):
+                unplaced.setdefault(f"--layer-precision {chosen[0]}={chosen[1]}", []).append(f"{n.name}: {missed}")
         elif rule is not None and (rule.switch is None or getattr(options, rule.switch)):
             _place(n, rule, fmt, options, rules, result)
+    for flag, missed in unplaced.items():
+        logger.warning("%s: %d node(s) stay in float (e.g. %s)", flag, len(missed), missed[0])
     return result
+
+
+def _layer_precision(n: gs.Node, options: QuantizeOptions) -> tuple[str, str] | None:
+    """The last --layer-precision (pattern, precision) naming `n` by op type or name glob, if any."""
+    return next((pair for pair in reversed(options.layer_precisions)
+                 if pair[0] == n.op or fnmatch.fnmatchcase(n.name, pair[0])), None)
+
+
+def _place_chosen(n: gs.Node, rule: OpRule | None, pattern: str, name: str, options: QuantizeOptions,
+                  rules: Mapping[str, OpRule], result: Plan) -> str | None:
+    """`n` in the precision --layer-precision gives it, pinned there: float, or its format (one line if its op
+    cannot take that format); why it stays in float where it has nothing to quantize in it."""
+    target, why = LAYER_PRECISIONS[name], f"--layer-precision {pattern}={name}"
+    if target not in FORMATS:
+        result.precision.nodes[n.name] = NodePrecision(n.op, target, why, pinned=True)
+        return None
+    if rule is None or target not in rule.formats:
+        takes = sorted(p for p, f in LAYER_PRECISIONS.items() if f not in FORMATS or (rule and f in rule.formats))
+        raise ModelError(f"--layer-precision {pattern}={name}: node {n.name} ({n.op}) cannot run in {target} "
+                         f"(TensorRT takes {n.op} in {', '.join(takes)}); give it one of those, or a pattern that "
+                         "does not name it.")
+    _place(n, rule, FORMATS[target], options, rules, result)
+    placed = result.precision.nodes.get(n.name)
+    if placed is not None and placed.precision == target:
+        result.precision.nodes[n.name] = replace(placed, reason=f"{why}; {placed.reason}", pinned=True)
+        return None
+    found = (placed.reason if placed is not None else "no input it quantizes here" if FORMATS[target].activations
+             else f"no weight whose reduction axis --block-size {options.block_size} divides")
+    result.precision.nodes[n.name] = NodePrecision(n.op, precision.FP32, f"{why}: {found}")
+    return found
 
 
 def _place(n: gs.Node, rule: OpRule, fmt: QuantFormat, options: QuantizeOptions, rules: Mapping[str, OpRule],
@@ -216,6 +289,7 @@ def _place(n: gs.Node, rule: OpRule, fmt: QuantFormat, options: QuantizeOptions,
         else:
             result.add_activation(t.name, n.name)
     decided[n.name] = NodePrecision(n.op, fmt.name, rule.reason.format(op=n.op))
+    result.takes[n.name] = rule.formats
 
 
 def _block_axis(rule: OpRule, n: gs.Node, index: int, t: gs.Constant, block_size: int) -> int | None:
@@ -258,6 +332,10 @@ def _warn_unmatched(nodes: list[gs.Node], options: QuantizeOptions) -> None:
     for op in options.exclude_op_types:
         if op not in ops:
             logger.warning("excluded op type %r is not in the model%s", op, _similar(op, ops))
+    for pattern, name in options.layer_precisions:
+        if pattern not in ops and not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            logger.warning("--layer-precision %s=%s names no op type or node of the model%s", pattern, name,
+                           _similar(pattern, [*ops, *names]))
 
 
 def _similar(word: str, choices: list[str]) -> str:
