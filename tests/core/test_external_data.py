@@ -147,6 +147,7 @@ def test_sensitivity_ranks_a_model_with_external_weights(external, tmp_path, mon
     evaluation = EvaluationOptions(data=[feed], sensitivity=SensitivityOptions(samples=1, show_progress=False))
     ranked, result = sensitivity(path, data=[feed], calibration=MINMAX, evaluation=evaluation)
     assert {layer.node for layer in ranked.layers} == set(result.plan.quantized_nodes)
-    gated = _gated(model_io.load(path), result.plan, result.ranges.amax, {n: f"g:{n}" for n in result.plan.quantized_nodes})
+    gates = {(n, p): f"g:{n}:{p}" for n in result.plan.quantized_nodes for p in ("FP32", result.plan.format_of(n).name)}
+    gated = _gated(model_io.load(path), result.plan, result.ranges.amax, gates)
     floats = {t.name: t for t in gated.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2}
     assert floats and all(uses_external_data(t) for t in floats.values())  # the FP32 weights by reference, not copied
