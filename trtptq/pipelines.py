@@ -21,6 +21,7 @@ from trtptq.autotune.gated import GatedModel
 from trtptq.autotune.method import choose_method
 from trtptq.autotune.sensitivity import Sensitivity, SensitivityOptions, analyze
 from trtptq.calibration.calibrate import AUTO, Calibration, CalibrationOptions, calibrate_tensors
+from trtptq.calibration.channels import BlockGram
 from trtptq.calibration.collect import CollectStats
 from trtptq.calibration.ranges import Ranges
 from trtptq.calibrators import METHODS, Calibrator
@@ -28,6 +29,7 @@ from trtptq.core import fileio
 from trtptq.core import model as model_io
 from trtptq.core.build_report import BuildReport
 from trtptq.core.errors import TrtptqError
+from trtptq.core.formats import INT4
 from trtptq.core.sidecars import fp16_model_path, int8_model_path
 from trtptq.data import Batches, Holdout, ImageOptions, input_specs, open_source
 from trtptq.engine.build import build_engine
@@ -38,7 +40,7 @@ from trtptq.evaluation.evaluator import Evaluator
 from trtptq.evaluation.report import calibration_histograms, write_report
 from trtptq.plugins import BUILTIN, Plugins
 from trtptq.quantization.graph import import_graph
-from trtptq.quantization.qdq import Plan, QuantizeOptions, plan, quantized_model
+from trtptq.quantization.qdq import Plan, QuantizeOptions, int4_inputs, plan, quantized_model
 from trtptq.quantization.rules import plugin_rules, with_rules
 
 logger = logging.getLogger(__name__)
@@ -121,11 +123,11 @@ def _qopts_dict(q: QuantizeOptions) -> dict:
 
 
 def _calibrate(proto: onnx.ModelProto, name: str, placement: Plan, data, options: CalibrationOptions,
-               extra: dict, plugins: Plugins) -> tuple[Ranges, Calibration]:
-    """Calibrate the plan's activations; for method "auto", every method's ranges and their per-tensor mix are
-    scored against FP32 and the best kept."""
+               extra: dict, plugins: Plugins, channels: dict[str, BlockGram] | None = None) -> tuple[Ranges, Calibration]:
+    """Calibrate the plan's activations (and fold `channels` from the same run); for method "auto", every method's
+    ranges and their per-tensor mix are scored against FP32 and the best kept."""
     calibration = calibrate_tensors(proto, list(placement.activations), data, options, passes_for(options, build_engine), name,
-                                    plugins)
+                                    plugins, channels)
     if options.method != AUTO:
         return calibration.ranges(extra=extra), calibration
     by_method = calibration.amax_by_method()
@@ -160,21 +162,27 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
     metric holds on the evaluation data (see `autotune.fallback`).
     """
     qopts = options or QuantizeOptions()
-    proto, name, _, placement = prepare(model, qopts, plugins)
+    proto, name, graph, placement = prepare(model, qopts, plugins)
+    inputs = int4_inputs(graph, placement) if qopts.int4_method == "awq" and INT4 in qopts.formats else {}
+    channels = {t: BlockGram(placement.block_size) for t in inputs.values()}
     stats, calibs = None, {}
     eval_data = None
     if target is not None:
         data, eval_data = _evaluation_split(proto, data, target)
     if ranges is not None:
         ranges = ranges if isinstance(ranges, Ranges) else Ranges.load(ranges)
+        if channels:
+            logger.warning("INT4 weights take the scales of least weight error (--int4-method rtn): the "
+                           "activation-aware search (awq) needs calibration data (--data), not --ranges")
     elif data is not None:
         ranges, done = _calibrate(proto, name, placement, data, calibration or CalibrationOptions(),
-                                  {"quantize": _qopts_dict(qopts)}, plugins)
+                                  {"quantize": _qopts_dict(qopts)}, plugins, channels)
         stats, calibs = done.stats, done.calibrators
     else:
         raise TrtptqError("quantize needs calibration data or a ranges file")
+    grams = {node: channels[t].gram for node, t in inputs.items() if channels[t].gram is not None}
     if target is None:
-        return QuantizeResult(_qdq_model(proto, placement, ranges), ranges, placement, stats, calibs)
+        return QuantizeResult(_qdq_model(proto, placement, ranges, grams), ranges, placement, stats, calibs)
     calibration = calibration or CalibrationOptions()
     limits = _held(proto, placement, eval_data, target, calibration)
     limits = replace(limits, bytes=limits.bytes // 2)  # the search's evaluator and the ranking's, both open
@@ -186,7 +194,8 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
             lambda gated: _sensitivity(proto, placement, ranges, eval_data, target, name, limits, plugins, gated),
             calibration.show_progress)
     ranges = replace(ranges, options={**ranges.options, "fallback": found.to_dict()})
-    return QuantizeResult(_qdq_model(proto, found.plan, ranges), ranges, found.plan, stats, calibs, found, sensitivity)
+    return QuantizeResult(_qdq_model(proto, found.plan, ranges, grams), ranges, found.plan, stats, calibs, found,
+                          sensitivity)
 
 
 def _evaluation_split(proto: onnx.ModelProto, data, evaluation: EvaluationOptions) -> tuple[object, object]:
@@ -233,9 +242,11 @@ def sensitivity(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: R
     return _sensitivity(proto, result.plan, result.ranges, eval_data, evaluation, name, limits, plugins), result
 
 
-def _qdq_model(proto: onnx.ModelProto, placement: Plan, ranges: Ranges) -> onnx.ModelProto:
-    """The Q/DQ model for `ranges`, with its precision plan, checked."""
-    qdq = quantized_model(proto, placement, ranges.amax)
+def _qdq_model(proto: onnx.ModelProto, placement: Plan, ranges: Ranges,
+               grams: dict | None = None) -> onnx.ModelProto:
+    """The Q/DQ model for `ranges` (INT4 blocks activation-aware where `grams` has the node), with its precision
+    plan, checked."""
+    qdq = quantized_model(proto, placement, ranges.amax, grams)
     model_io.check(qdq, "the quantized model")
     return qdq
 

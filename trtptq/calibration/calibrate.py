@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import onnx
 
+from trtptq.calibration.channels import BlockGram
 from trtptq.calibration.collect import CollectStats, OpenPass, collect
 from trtptq.calibration.ranges import Ranges, TensorRange
 from trtptq.calibrators import CALIBRATORS, METHODS, Calibrator, amax_by_method, make_calibrator
@@ -112,12 +113,14 @@ class Calibration:
 
 
 def calibrate_tensors(model: onnx.ModelProto, tensors, data, options: CalibrationOptions | None = None,
-                      passes: Passes | None = None, model_name: str = "", plugins: Plugins = BUILTIN) -> Calibration:
+                      passes: Passes | None = None, model_name: str = "", plugins: Plugins = BUILTIN,
+                      channels: Mapping[str, BlockGram] | None = None) -> Calibration:
     """Run the FP32 `model` over `data` and fold each named tensor into its calibrator.
 
     Method "auto" collects one histogram per tensor, from which every method's
     threshold is read; choosing among them is the quantize stage's job. Plugin
-    nodes run in ONNX Runtime through `plugins` (a TensorRT runner has them in its engine).
+    nodes run in ONNX Runtime through `plugins` (a TensorRT runner has them in its engine). `channels` (tensor ->
+    statistics, a subset of `tensors`) are folded from the same values, in place.
     """
     options = options or CalibrationOptions()
     specs = input_specs(model)
@@ -128,5 +131,5 @@ def calibrate_tensors(model: onnx.ModelProto, tensors, data, options: Calibratio
         return Calibration(calibs, CollectStats(0, 0, 0), batches, options, model_name or model.graph.name)
     with (passes(model, batches) if passes else contextlib.nullcontext(None)) as open_pass:
         stats = collect(model, batches, calibs, options.memory_budget, options.nonfinite, options.providers,
-                        options.show_progress, open_pass, plugins)
+                        options.show_progress, open_pass, plugins, channels)
     return Calibration(calibs, stats, batches, options, model_name or model.graph.name)
