@@ -168,8 +168,9 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
     """
     qopts = options or QuantizeOptions()
     proto, name, graph, placement = prepare(model, qopts, plugins)
-    inputs = int4_inputs(graph, placement) if qopts.int4_method == "awq" and INT4 in qopts.formats else {}
-    channels = {t: BlockGram(placement.block_size) for t in inputs.values()}
+    inputs = int4_inputs(graph, placement) if qopts.int4_method != "rtn" and INT4 in qopts.formats else {}
+    size = None if qopts.int4_method == "gptq" else placement.block_size  # GPTQ: the whole second-moment matrix
+    channels = {t: BlockGram(size) for t in inputs.values()}
     stats, calibs = None, {}
     eval_data = None
     if target is not None:
@@ -177,8 +178,8 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
     if ranges is not None:
         ranges = ranges if isinstance(ranges, Ranges) else Ranges.load(ranges)
         if channels:
-            logger.warning("INT4 weights take the scales of least weight error (--int4-method rtn): the "
-                           "activation-aware search (awq) needs calibration data (--data), not --ranges")
+            logger.warning("INT4 weights take the scales of least weight error (--int4-method rtn): %s needs "
+                           "calibration data (--data), not --ranges", qopts.int4_method)
     elif data is not None:
         ranges, done = _calibrate(proto, name, placement, data, calibration or CalibrationOptions(),
                                   {"quantize": _qopts_dict(qopts)}, plugins, channels)

@@ -103,6 +103,24 @@ def test_activation_aware_scales_lower_the_output_error():
     assert _db(w, rtn) > _db(w, awq)  # what it gives up: weight error where the inputs are quiet
 
 
+def test_gptq_rounding_lowers_the_output_error_further():
+    """GPTQ keeps awq's scales and pushes each row's rounding error onto the rows not yet rounded: on correlated
+    inputs the output is closer still; its whole second-moment matrix comes from BlockGram(None)."""
+    mix = RNG.standard_normal((256, 256)).astype(np.float32) / 16 + np.eye(256, dtype=np.float32)
+    x, held = (RNG.standard_normal((n, 256)).astype(np.float32) @ mix for n in (1024, 512))
+    w = RNG.standard_normal((256, 96)).astype(np.float32)
+    whole, blocks = BlockGram(None), BlockGram(64)
+    whole.observe(x)
+    blocks.observe(x)
+    assert whole.gram.shape == (256, 256)
+    np.testing.assert_allclose(whole.gram[64:128, 64:128], blocks.gram[1], rtol=1e-5, atol=1e-6)
+    q, scale = weights.gptq(w, INT4, 0, 64, whole.gram)
+    awq_q, awq_scale = weights.blocked(w, INT4, 0, 64, blocks.gram)
+    assert np.array_equal(scale, awq_scale) and not np.array_equal(q, awq_q)
+    gptq, awq = _dequantized(q, scale, 0, 64), _dequantized(awq_q, awq_scale, 0, 64)
+    assert _db(held @ w, held @ gptq) > _db(held @ w, held @ awq) + 1
+
+
 def test_embeddings_and_gemms_in_int4_blocks(embedder):
     """--embeddings with w4a16: the table in INT4 blocks along the hidden axis, the MatMul weight along K; the Gather
     of a computed tensor untouched; packed constants make the file about 4 bits a weight; without --embeddings the
@@ -140,7 +158,7 @@ def test_awq_reads_the_calibration_and_rtn_the_ranges_file(embedder, tmp_path, c
     assert np.array_equal(_initializer(from_file.model, "w_int4_scale"), _initializer(rtn.model, "w_int4_scale"))
     assert any("--int4-method rtn" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
     with pytest.raises(TrtptqError, match="--int4-method"):
-        QuantizeOptions(int4_method="gptq")
+        QuantizeOptions(int4_method="awq2")
 
 
 def test_ort_blocked_dq_matches_numpy_unfused_only(embedder, tmp_path):

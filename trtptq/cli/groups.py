@@ -214,8 +214,9 @@ class QuantizeArgs(BaseArgs):
         group.add_argument("--block-size", type=int, choices=BLOCK_SIZES, default=128,
                            help="INT4 weights: values per scale along the reduction axis")
         group.add_argument("--int4-method", choices=INT4_METHODS, default="awq",
-                           help="INT4 block scales: awq (least output error on the calibration data; the default) or "
-                                "rtn (least weight error, no data needed)")
+                           help="INT4 blocks: awq (scales of least output error on the calibration data; the "
+                                "default), rtn (least weight error, no data needed) or gptq (awq's scales, GPTQ's "
+                                "rounding with error feedback; slower)")
         group.add_argument("--embeddings", action="store_true",
                            help="quantize Gather embedding tables too: INT8 per row, or with w4a16 INT4 in blocks "
                                 "along the hidden axis")

@@ -39,9 +39,10 @@ AUTO = "auto"
 #: --precision -> the format its nodes take (auto starts from INT8; autotune chooses per layer)
 PRECISIONS = {"int8": INT8.name, "fp8": FORMATS["FP8"].name, "w4a16": INT4.name, AUTO: INT8.name}
 BLOCK_SIZES = (32, 64, 128)  # INT4 weight blocks TensorRT takes
-#: how INT4 blocks get their scales: rtn = each block's least weight error; awq = least output error on the
-#: calibration activations (their channel statistics, gathered in the calibration collection)
-INT4_METHODS = ("rtn", "awq")
+#: how INT4 blocks are rounded: rtn = each block's scale of least weight error; awq = of least output error on the
+#: calibration activations (their channel statistics, gathered in the calibration collection); gptq = awq's scales,
+#: then GPTQ's rounding with error feedback (the inputs' whole second-moment matrix)
+INT4_METHODS = ("rtn", "awq", "gptq")
 
 
 @dataclass
@@ -59,7 +60,7 @@ class QuantizeOptions:
     embeddings: bool = False  # quantize Gather embedding tables too (INT8 per row; INT4 in blocks along the hidden axis)
     precision: str = "int8"  # int8 | fp8 | w4a16 (INT4 weights, float activations) | auto (chosen per layer)
     block_size: int = 128  # INT4 weights: values per scale along the reduction axis
-    int4_method: str = "awq"  # INT4 scales: rtn (weight error) | awq (output error on the calibration data)
+    int4_method: str = "awq"  # INT4: rtn (weight error) | awq (output error on the calibration data) | gptq
     compute_capabilities: tuple[str, ...] = ()  # the GPUs the engine must run on, e.g. ("8.6",); () = any format
 
     def __post_init__(self) -> None:
@@ -316,8 +317,9 @@ def insert_qdq(graph: gs.Graph, plan_: Plan, amax: Mapping[str, float], suffix: 
     """Write Q/DQ pairs for activations (from `amax`) and quantized weights + DQ, each in its node's format, in place.
 
     `suffix` makes the new names unique when one graph takes several insertions (sensitivity's layer copies).
-    `grams` (node -> its input's block second moments, `calibration.channels`) make an INT4 node's blocks take the
-    scales with the least output error (activation-aware); a node without one takes the least weight error.
+    `grams` (node -> its input's second moments, `calibration.channels`) make an INT4 node's blocks take the scales
+    with the least output error (activation-aware): per block (blocks, size, size), or the whole (K, K) matrix, which
+    also rounds by GPTQ; a node without one takes the scales of least weight error.
     """
     by_format = {name: _consumers_by_format(plan_, consumers) for name, consumers in plan_.activations.items()}
     missing = [t for t, groups in by_format.items() if groups and t not in amax]
@@ -372,6 +374,8 @@ def _quantize_weight(graph: gs.Graph, w: gs.Constant, fmt: QuantFormat, axis: in
     values = np.asarray(w.values, dtype=np.float32)
     if fmt.activations:
         q, scale = weight_formats.per_channel(values, fmt, axis)
+    elif gram is not None and gram.ndim == 2:
+        q, scale = weight_formats.gptq(values, fmt, axis, block_size, gram)
     else:
         q, scale = weight_formats.blocked(values, fmt, axis, block_size, gram)
     base = f"{w.name}{_tag(fmt)}{suffix}"

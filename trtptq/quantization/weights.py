@@ -67,3 +67,32 @@ def blocked(values: np.ndarray, fmt: QuantFormat, axis: int, block_size: int,
 def _levels(blocks: np.ndarray, scale: np.ndarray, fmt: QuantFormat) -> np.ndarray:
     """`fmt.quantize` of an integer format before its cast: float32 levels, cheap to score (the int4 cast is not)."""
     return np.clip(np.rint(blocks / scale), fmt.qmin, fmt.qmax)
+
+
+def gptq(values: np.ndarray, fmt: QuantFormat, axis: int, block_size: int,
+         hessian: np.ndarray, damping: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """`values` in `fmt` in blocks along `axis`, rounded by GPTQ: each index along `axis` is rounded in turn and its
+    error pushed onto the indices not yet rounded, through the inputs' second moments `hessian` (K, K = E[x x^T]
+    over the reduction axis); the scales are `blocked`'s activation-aware ones (from the blocks on its diagonal).
+
+    `damping` (of the mean diagonal, GPTQ's 1 %) keeps the inverse finite for dead or collinear channels.
+    """
+    k = values.shape[axis]
+    n = k // block_size
+    blocks = hessian.reshape(n, block_size, n, block_size).diagonal(axis1=0, axis2=2)  # (bs, bs, blocks)
+    _, scale = blocked(values, fmt, axis, block_size, np.ascontiguousarray(np.moveaxis(blocks, -1, 0)))
+    h = hessian.astype(np.float64) + damping * np.mean(np.diag(hessian)) * np.eye(k)
+    upper = np.linalg.cholesky(np.linalg.inv(h)).T  # GPTQ's: row i holds how index i's error spreads to the later ones
+    w = np.moveaxis(np.asarray(values, np.float64), axis, 0).reshape(k, -1).copy()
+    steps = np.repeat(np.moveaxis(scale, axis, 0).reshape(n, -1), block_size, axis=0).astype(np.float64)
+    q = np.empty_like(w)
+    for start in range(0, k, block_size):  # lazy batches: errors spread inside the block, then at once beyond it
+        end = start + block_size
+        errors = np.empty((block_size, w.shape[1]))
+        for i in range(start, end):
+            q[i] = np.clip(np.rint(w[i] / steps[i]), fmt.qmin, fmt.qmax)
+            errors[i - start] = (w[i] - q[i] * steps[i]) / upper[i, i]
+            w[i + 1:end] -= np.outer(upper[i, i + 1:end], errors[i - start])
+        w[end:] -= upper[start:end, end:].T @ errors
+    q = q.reshape(np.moveaxis(values, axis, 0).shape).astype(fmt.dtype)
+    return np.moveaxis(q, 0, axis), scale
