@@ -29,7 +29,6 @@ from trtptq.core import fileio
 from trtptq.core import model as model_io
 from trtptq.core.build_report import BuildReport
 from trtptq.core.errors import TrtptqError
-from trtptq.core.formats import INT4
 from trtptq.core.sidecars import fp16_model_path, int8_model_path
 from trtptq.data import Batches, Holdout, ImageOptions, input_specs, open_source
 from trtptq.engine.build import build_engine
@@ -168,7 +167,7 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
     """
     qopts = options or QuantizeOptions()
     proto, name, graph, placement = prepare(model, qopts, plugins)
-    inputs = int4_inputs(graph, placement) if qopts.int4_method != "rtn" and INT4 in qopts.formats else {}
+    inputs = int4_inputs(graph, placement) if qopts.int4_method != "rtn" else {}
     size = None if qopts.int4_method == "gptq" else placement.block_size  # GPTQ: the whole second-moment matrix
     channels = {t: BlockGram(size) for t in inputs.values()}
     stats, calibs = None, {}

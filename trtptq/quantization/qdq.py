@@ -236,10 +236,10 @@ def _block_axis(rule: OpRule, n: gs.Node, index: int, t: gs.Constant, block_size
 
 
 def int4_inputs(graph: gs.Graph, plan_: Plan) -> dict[str, str]:
-    """Node whose weight can take INT4 blocks -> the activation that weight multiplies along the activation's last
-    axis (a MatMul's A, a Gemm's A without transA): the tensors the activation-aware clip search needs channel
-    statistics of (also for nodes that start in another format and may be moved to INT4 later)."""
-    int4 = {site.node for site in plan_.weights if site.block_axis is not None}
+    """INT4 node -> the activation its weight multiplies along the activation's last axis (a MatMul's A, a Gemm's
+    A without transA): the tensors the activation-aware scales need channel statistics of. Nodes that another
+    format starts in (auto) are not asked for: their statistics would cost every such run."""
+    int4 = {site.node for site in plan_.weights if site.block_axis is not None and plan_.format_of(site.node) is INT4}
     return {n.name: n.inputs[0].name for n in graph.nodes
             if n.name in int4 and isinstance(n.inputs[0], gs.Variable) and n.inputs[0].name in plan_.activations
             and (n.op == "MatMul" or (n.op == "Gemm" and not n.attrs.get("transA", 0)))}
