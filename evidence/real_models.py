@@ -146,10 +146,15 @@ def topic_data(per_topic: int = 60) -> tuple[list[str], np.ndarray]:
     return texts, np.array(labels)
 
 
-def knn_accuracy(embeddings: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
-    """Leave-one-out k-nearest-neighbour topic accuracy under cosine similarity (embeddings are unit-norm)."""
+def knn_predictions(embeddings: np.ndarray, labels: np.ndarray, k: int = 5) -> np.ndarray:
+    """Leave-one-out k-nearest-neighbour topic of each sentence under cosine similarity (embeddings are unit-norm)."""
     sim = embeddings @ embeddings.T
     np.fill_diagonal(sim, -np.inf)
     nearest = np.argsort(-sim, axis=1, kind="stable")[:, :k]
     votes = np.apply_along_axis(np.bincount, 1, labels[nearest], minlength=labels.max() + 1)
-    return float(np.mean(votes.argmax(axis=1) == labels))
+    return votes.argmax(axis=1)
+
+
+def knn_accuracy(embeddings: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
+    """Leave-one-out k-nearest-neighbour topic accuracy under cosine similarity (embeddings are unit-norm)."""
+    return float(np.mean(knn_predictions(embeddings, labels, k) == labels))

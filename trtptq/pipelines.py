@@ -24,6 +24,7 @@ from trtptq.autotune.method import choose_method
 from trtptq.autotune.metric import task_metric
 from trtptq.autotune.sensitivity import Sensitivity, SensitivityOptions, analyze
 from trtptq.calibration.calibrate import AUTO, Calibration, CalibrationOptions, calibrate_tensors, state_ranges
+from trtptq.calibration.channels import BlockGram
 from trtptq.calibration.collect import CollectStats
 from trtptq.calibration.ranges import Ranges
 from trtptq.calibration.state import CalibrationState, complete_state, model_identity
@@ -45,7 +46,7 @@ from trtptq.evaluation.evaluator import Evaluator
 from trtptq.evaluation.report import calibration_histograms, write_report
 from trtptq.plugins import BUILTIN, Plugins
 from trtptq.quantization.graph import import_graph
-from trtptq.quantization.qdq import Plan, QuantizeOptions, plan, quantized_model
+from trtptq.quantization.qdq import Plan, QuantizeOptions, int4_inputs, plan, quantized_model
 from trtptq.quantization.rules import plugin_rules, with_rules
 
 logger = logging.getLogger(__name__)
@@ -138,17 +139,20 @@ def _qopts_dict(q: QuantizeOptions) -> dict:
 
 
 def _calibrate(proto: onnx.ModelProto, name: str, placement: Plan, data, options: CalibrationOptions,
-               qopts: QuantizeOptions, plugins: Plugins, identify: bool = False) -> tuple[Ranges, Calibration]:
-    """Calibrate the plan's activations and choose their ranges (`_choose`)."""
-    calibration = _collect(proto, name, placement, data, options, qopts, plugins, identify)
+               qopts: QuantizeOptions, plugins: Plugins, identify: bool = False,
+               channels: dict[str, BlockGram] | None = None) -> tuple[Ranges, Calibration]:
+    """Calibrate the plan's activations (and fold `channels` from the same run) and choose their ranges (`_choose`)."""
+    calibration = _collect(proto, name, placement, data, options, qopts, plugins, identify, channels)
     return _choose(proto, placement, calibration.state, calibration.batches, options, qopts, plugins), calibration
 
 
 def _collect(proto: onnx.ModelProto, name: str, placement: Plan, data, options: CalibrationOptions,
-             qopts: QuantizeOptions, plugins: Plugins, identify: bool = False) -> Calibration:
+             qopts: QuantizeOptions, plugins: Plugins, identify: bool = False,
+             channels: dict[str, BlockGram] | None = None) -> Calibration:
     """`identify`: the state names the model by its hash (for a state that will be saved and merged)."""
     return calibrate_tensors(proto, list(placement.activations), data, options, passes_for(options, build_engine), name,
-                             plugins, {"quantize": _qopts_dict(qopts)}, model_identity(proto) if identify else "")
+                             plugins, {"quantize": _qopts_dict(qopts)}, model_identity(proto) if identify else "",
+                             channels)
 
 
 def _choose(proto: onnx.ModelProto, placement: Plan, state: CalibrationState, batches: Batches,
@@ -160,8 +164,8 @@ def _choose(proto: onnx.ModelProto, placement: Plan, state: CalibrationState, ba
     if state.method != AUTO and not auto_precision:
         return state.ranges()
     by_method = state.amax_by_method(options.percentile) if state.method == AUTO else {state.method: state.ranges().amax}
-    if not state.calibrators:
-        return state.ranges("minmax", by_method["minmax"])
+    if not state.calibrators or not _writes_activations(placement):  # weight-only (w4a16): no range to choose
+        return state.ranges("minmax", by_method["minmax"]) if state.method == AUTO else state.ranges()
     metric = task_metric(qopts.metric)
     choice = choose_method(proto, placement, by_method, batches, options.auto_samples, options.memory_budget,
                            options.show_progress, plugins, qopts.formats if auto_precision else (), metric,
@@ -183,6 +187,11 @@ def with_auto_precisions(placement: Plan, ranges: Ranges) -> Plan:
     """`placement` with the formats --precision auto chose (carried by `ranges`), if it chose any."""
     chosen = ranges.options.get("auto_precisions")
     return placement.with_precisions({n: NodePrecision(**p) for n, p in chosen.items()}) if chosen else placement
+
+
+def _writes_activations(placement: Plan) -> bool:
+    """Whether any consumer of the plan's activations reads them through Q/DQ (weight-only INT4 nodes do not)."""
+    return any(placement.format_of(c).activations for consumers in placement.activations.values() for c in consumers)
 
 
 def calibrate(model: onnx.ModelProto | str | os.PathLike, data, options: CalibrationOptions | None = None,
@@ -253,22 +262,30 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
     if target is not None and METRIC_TARGET in target.metrics and qopts.metric == SNR:
         raise TrtptqError(f"--target metric={target.metrics[METRIC_TARGET]:g} needs --metric (argmax[:AXIS] or "
                           "FILE.py:FUNCTION): the score whose minimum it sets.")
-    proto, name, _, placement = prepare(model, qopts, plugins)
+    proto, name, graph, placement = prepare(model, qopts, plugins)
+    inputs = int4_inputs(graph, placement) if qopts.int4_method != "rtn" else {}
+    size = None if qopts.int4_method == "gptq" else placement.block_size  # GPTQ: the whole second-moment matrix
+    channels = {t: BlockGram(size) for t in inputs.values()}
     stats, calibs = None, {}
     eval_data = None
     if target is not None:
         data, eval_data = _evaluation_split(proto, data, target)
     if ranges is not None:
         ranges = ranges if isinstance(ranges, Ranges) else Ranges.load(ranges)
+        if channels:
+            logger.warning("INT4 weights take the scales of least weight error (--int4-method rtn): %s needs "
+                           "calibration data (--data), not --ranges", qopts.int4_method)
     elif data is not None:
-        ranges, done = _calibrate(proto, name, placement, data, calibration or CalibrationOptions(), qopts, plugins)
+        ranges, done = _calibrate(proto, name, placement, data, calibration or CalibrationOptions(), qopts, plugins,
+                                  channels=channels)
         stats, calibs = done.stats, done.calibrators
     else:
         raise TrtptqError("quantize needs calibration data or a ranges file")
     if qopts.precision == AUTO:
         placement = with_auto_precisions(placement, ranges)
+    grams = {node: channels[t].gram for node, t in inputs.items() if channels[t].gram is not None}
     if target is None:
-        return QuantizeResult(_qdq_model(proto, placement, ranges), ranges, placement, stats, calibs)
+        return QuantizeResult(_qdq_model(proto, placement, ranges, grams), ranges, placement, stats, calibs)
     calibration = calibration or CalibrationOptions()
     limits = _held(proto, placement, eval_data, target, calibration)
     limits = replace(limits, bytes=limits.bytes // 2)  # the search's evaluator and the ranking's, both open
@@ -280,7 +297,8 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
             lambda gated: _sensitivity(proto, placement, ranges, eval_data, target, name, limits, plugins, gated),
             [f.name for f in qopts.formats], calibration.show_progress, task_metric(qopts.metric))
     ranges = replace(ranges, options={**ranges.options, "fallback": found.to_dict()})
-    return QuantizeResult(_qdq_model(proto, found.plan, ranges), ranges, found.plan, stats, calibs, found, sensitivity)
+    return QuantizeResult(_qdq_model(proto, found.plan, ranges, grams), ranges, found.plan, stats, calibs, found,
+                          sensitivity)
 
 
 def _evaluation_split(proto: onnx.ModelProto, data, evaluation: EvaluationOptions) -> tuple[object, object]:
@@ -327,9 +345,11 @@ def sensitivity(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: R
     return _sensitivity(proto, result.plan, result.ranges, eval_data, evaluation, name, limits, plugins), result
 
 
-def _qdq_model(proto: onnx.ModelProto, placement: Plan, ranges: Ranges) -> onnx.ModelProto:
-    """The Q/DQ model for `ranges`, with its precision plan, checked."""
-    qdq = quantized_model(proto, placement, ranges.amax)
+def _qdq_model(proto: onnx.ModelProto, placement: Plan, ranges: Ranges,
+               grams: dict | None = None) -> onnx.ModelProto:
+    """The Q/DQ model for `ranges` (INT4 blocks activation-aware where `grams` has the node), with its precision
+    plan, checked."""
+    qdq = quantized_model(proto, placement, ranges.amax, grams)
     model_io.check(qdq, "the quantized model")
     return qdq
 

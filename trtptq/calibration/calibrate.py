@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 
 import onnx
 
+from trtptq.calibration.channels import BlockGram
 from trtptq.calibration.cluster import Cluster, map_merge
 from trtptq.calibration.collect import CollectStats, OpenPass, collect
 from trtptq.calibration.ranges import Ranges
@@ -116,7 +117,8 @@ class Calibration:
 
 def calibrate_tensors(model: onnx.ModelProto, tensors, data, options: CalibrationOptions | None = None,
                       passes: Passes | None = None, model_name: str = "", plugins: Plugins = BUILTIN,
-                      ranges_options: dict | None = None, model_id: str = "") -> Calibration:
+                      ranges_options: dict | None = None, model_id: str = "",
+                      channels: Mapping[str, BlockGram] | None = None) -> Calibration:
     """Run the FP32 `model` over `data` (the options' shard of it) and fold each named tensor into its calibrator.
 
     Method "auto" collects one histogram per tensor, from which every method's
@@ -124,9 +126,14 @@ def calibrate_tensors(model: onnx.ModelProto, tensors, data, options: Calibratio
     nodes run in ONNX Runtime through `plugins` (a TensorRT runner has them in its engine).
     `ranges_options`: what the ranges file records beside the calibration options (the quantize options);
     `model_id`: the model's identity in the state (`state.model_identity`), where the state will be saved.
+    `channels` (tensor -> statistics, a subset of `tensors`) are folded from the same values, in place.
     """
     options = options or CalibrationOptions()
     if options.cluster is not None:
+        if channels:
+            raise option_error("--workers", options.cluster.workers or options.cluster.address,
+                               "cannot gather the channel statistics of --int4-method awq/gptq yet",
+                               "use --int4-method rtn with a cluster, or calibrate in one process")
         return _on_cluster(model, tensors, data, options, passes, model_name, plugins, ranges_options, model_id)
     specs = input_specs(model)
     batches = Batches(open_source(data, specs, options.image), specs, options.batch_size, options.num_samples,
@@ -137,7 +144,7 @@ def calibrate_tensors(model: onnx.ModelProto, tensors, data, options: Calibratio
     if calibs:
         with (passes(model, batches) if passes else contextlib.nullcontext(None)) as open_pass:
             stats = collect(model, batches, calibs, options.memory_budget, options.nonfinite, options.providers,
-                            options.show_progress, open_pass, plugins)
+                            options.show_progress, open_pass, plugins, channels)
     state = CalibrationState(
         model=model_name or model.graph.name, model_id=model_id, method=options.method,
         options={**options.calibrator_options(), "batch_size": batches.batch_size, **(ranges_options or {})},

@@ -16,13 +16,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
+from trtptq.calibration.channels import BlockGram
 from trtptq.calibration.passes import plan_passes, with_outputs
 from trtptq.calibrators import Calibrator, NonFiniteError
 from trtptq.core.errors import DataError
@@ -48,13 +49,15 @@ class CollectStats:
 def collect(model: onnx.ModelProto, batches: Batches, calibrators: dict[str, Calibrator],
             memory_budget: int = DEFAULT_MEMORY_BUDGET, nonfinite: str = "error",
             providers: Sequence[str] | None = None, show_progress: bool = True,
-            open_pass: OpenPass | None = None, plugins: Plugins = BUILTIN) -> CollectStats:
+            open_pass: OpenPass | None = None, plugins: Plugins = BUILTIN,
+            channels: Mapping[str, BlockGram] | None = None) -> CollectStats:
     """Fold every batch's value of each named tensor into `calibrators[name]`, in place.
 
     `nonfinite`: "error" stops at the first NaN/Inf naming the tensor and data;
     "ignore" warns once per tensor and calibrates on the finite values.
     `open_pass`: what runs the model (default: ONNX Runtime with `providers`, plugin nodes run by `plugins`);
     `memory_budget` bounds the activations of one pass, whatever runs it.
+    `channels`: per-channel statistics folded from the same values (INT4 weights' inputs, for the clip search).
     """
     if nonfinite not in ("error", "ignore"):
         raise ValueError(f"nonfinite must be 'error' or 'ignore', got {nonfinite!r}")
@@ -80,6 +83,9 @@ def collect(model: onnx.ModelProto, batches: Batches, calibrators: dict[str, Cal
                                  for name, value in zip(group, values)]
                         for task in tasks:  # the first error in tensor order, as one thread would raise it
                             task.result()
+                    for name, value in zip(group, values):
+                        if channels and name in channels:
+                            channels[name].observe(value)
                     # Drop every output now: one array left alive keeps its whole ONNX Runtime arena alive, and
                     # after the last batch that is the previous pass's arena beside the next one (MiniLM at
                     # length 384, 64 MiB budget: +317 MiB over the floor instead of +68).

@@ -268,13 +268,20 @@ class QuantizeArgs(BaseArgs):
         self.targets = targets
 
     def add_arguments(self, group) -> None:
-        from trtptq.quantization.qdq import BLOCK_SIZES, PRECISIONS
+        from trtptq.quantization.qdq import BLOCK_SIZES, INT4_METHODS, PRECISIONS
 
         group.add_argument("--precision", choices=list(PRECISIONS), default="int8",
                            help="int8; fp8 (E4M3, compute capability 8.9+); w4a16 (INT4 weights in blocks, float "
                                 "activations: MatMul/Gemm); auto (per layer, from the formats every target runs)")
         group.add_argument("--block-size", type=int, choices=BLOCK_SIZES, default=128,
                            help="INT4 weights: values per scale along the reduction axis")
+        group.add_argument("--int4-method", choices=INT4_METHODS, default="awq",
+                           help="INT4 blocks: awq (scales of least output error on the calibration data; the "
+                                "default), rtn (least weight error, no data needed) or gptq (awq's scales, GPTQ's "
+                                "rounding with error feedback; slower)")
+        group.add_argument("--embeddings", action="store_true",
+                           help="quantize Gather embedding tables too: INT8 per row, or with w4a16 INT4 in blocks "
+                                "along the hidden axis")
         if self.targets:
             group.add_argument("--compute-capability", nargs="+", default=[], metavar="CC",
                                help="the GPUs the engine will run on, e.g. 8.6 8.9: a format one of them cannot run "
@@ -307,6 +314,7 @@ class QuantizeArgs(BaseArgs):
                                per_channel=not args.per_tensor_weights, residual_add=not args.no_residual_add,
                                pooling=not args.no_pooling, activation_matmul=not args.no_activation_matmul,
                                precision=args.precision, block_size=args.block_size,
+                               int4_method=args.int4_method, embeddings=args.embeddings,
                                compute_capabilities=tuple(args.compute_capability),
                                layer_precisions=tuple(_pair("--layer-precision", item) for item in args.layer_precision),
                                metric=args.metric)

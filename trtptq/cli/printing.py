@@ -68,7 +68,8 @@ def print_cache_saved(header: str, path) -> None:
 
 def print_quantized(result, output) -> None:
     p = result.plan
-    print(f"quantized {count(len(p.activations), 'activation')} and {count(len(p.weights), 'weight')} "
+    written = [t for t, consumers in p.activations.items() if any(p.format_of(c).activations for c in consumers)]
+    print(f"quantized {count(len(written), 'activation')} and {count(len(p.weights), 'weight')} "
           f"({result.ranges.method}); {count(len(p.kept), 'node')} kept in float -> {output}")
 
 

@@ -43,6 +43,10 @@ PRECISIONS = {"int8": INT8.name, "fp8": FORMATS["FP8"].name, "w4a16": INT4.name,
 LAYER_PRECISIONS = {**{p: f for p, f in PRECISIONS.items() if p != AUTO}, "fp16": precision.FP16,
                     "fp32": precision.FP32}
 BLOCK_SIZES = (32, 64, 128)  # INT4 weight blocks TensorRT takes
+#: how INT4 blocks are rounded: rtn = each block's scale of least weight error; awq = of least output error on the
+#: calibration activations (their channel statistics, gathered in the calibration collection); gptq = awq's scales,
+#: then GPTQ's rounding with error feedback (the inputs' whole second-moment matrix)
+INT4_METHODS = ("rtn", "awq", "gptq")
 
 
 @dataclass
@@ -57,8 +61,10 @@ class QuantizeOptions:
     residual_add: bool = True  # quantize the residual input of Add after Conv
     pooling: bool = True  # quantize AveragePool/GlobalAveragePool inputs
     activation_matmul: bool = True  # quantize both inputs of activation x activation MatMul (attention BMMs)
+    embeddings: bool = False  # quantize Gather embedding tables too (INT8 per row; INT4 in blocks along the hidden axis)
     precision: str = "int8"  # int8 | fp8 | w4a16 (INT4 weights, float activations) | auto (chosen per layer)
     block_size: int = 128  # INT4 weights: values per scale along the reduction axis
+    int4_method: str = "awq"  # INT4: rtn (weight error) | awq (output error on the calibration data) | gptq
     compute_capabilities: tuple[str, ...] = ()  # the GPUs the engine must run on, e.g. ("8.6",); () = any format
     #: (pattern, precision) pairs: nodes of that op type or name glob take that LAYER_PRECISIONS key (the last match
     #: wins), whatever --precision and auto say (--target may still walk them up its ladder)
@@ -72,6 +78,7 @@ class QuantizeOptions:
         check_names("--exclude-op-types", self.exclude_op_types)
         check_names("--compute-capability", self.compute_capabilities)
         check_choice("--precision", self.precision, PRECISIONS)
+        check_choice("--int4-method", self.int4_method, INT4_METHODS)
         if self.block_size not in BLOCK_SIZES:
             raise option_error("--block-size", self.block_size, "is not a block size TensorRT takes",
                                f"use one of {', '.join(map(str, BLOCK_SIZES))}")
@@ -261,6 +268,8 @@ def _place(n: gs.Node, rule: OpRule, fmt: QuantFormat, options: QuantizeOptions,
     sites = [(i, n.inputs[i]) for i in rule.inputs if i < len(n.inputs) and n.inputs[i].name]
     if rule.weight_axis is None:
         sites = [(i, t) for i, t in sites if not isinstance(t, gs.Constant)]
+    if rule.weights_only:
+        sites = [(i, t) for i, t in sites if isinstance(t, gs.Constant)]
     if not all(_is_float(t) for _, t in sites):
         if rule.weighted:
             decided[n.name] = NodePrecision(n.op, precision.FP32, "not a float op")
@@ -298,6 +307,16 @@ def _block_axis(rule: OpRule, n: gs.Node, index: int, t: gs.Constant, block_size
         return None
     axis = rule.block_axis(n, index, len(t.shape))
     return axis if axis is not None and t.shape[axis] % block_size == 0 else None
+
+
+def int4_inputs(graph: gs.Graph, plan_: Plan) -> dict[str, str]:
+    """INT4 node -> the activation its weight multiplies along the activation's last axis (a MatMul's A, a Gemm's
+    A without transA): the tensors the activation-aware scales need channel statistics of. Nodes that another
+    format starts in (auto) are not asked for: their statistics would cost every such run."""
+    int4 = {site.node for site in plan_.weights if site.block_axis is not None and plan_.format_of(site.node) is INT4}
+    return {n.name: n.inputs[0].name for n in graph.nodes
+            if n.name in int4 and isinstance(n.inputs[0], gs.Variable) and n.inputs[0].name in plan_.activations
+            and (n.op == "MatMul" or (n.op == "Gemm" and not n.attrs.get("transA", 0)))}
 
 
 def _exclusion(n: gs.Node, rule: OpRule | None, options: QuantizeOptions) -> str | None:
@@ -343,11 +362,14 @@ def _similar(word: str, choices: list[str]) -> str:
     return f"; similar: {', '.join(close)}" if close else ""
 
 
-def quantized_model(model: onnx.ModelProto, plan_: Plan, amax: Mapping[str, float]) -> onnx.ModelProto:
+def quantized_model(model: onnx.ModelProto, plan_: Plan, amax: Mapping[str, float],
+                    grams: Mapping[str, np.ndarray] | None = None) -> onnx.ModelProto:
     """The Q/DQ model of `plan_` with `amax`, carrying its precision plan (a fresh graph each call: insertion edits it).
 
-    `model` must already have the opset its formats need (`QuantizeOptions.opset`; FP8 19, INT4 blocks 21)."""
-    return precision.write_plan(export_graph(insert_qdq(import_graph(model), plan_, amax), model), plan_.precision)
+    `model` must already have the opset its formats need (`QuantizeOptions.opset`; FP8 19, INT4 blocks 21).
+    `grams`: see `insert_qdq`."""
+    graph = insert_qdq(import_graph(model), plan_, amax, grams=grams)
+    return precision.write_plan(export_graph(graph, model), plan_.precision)
 
 
 def _tag(fmt: QuantFormat) -> str:
@@ -368,10 +390,14 @@ def with_scales(qdq_model: onnx.ModelProto, amax: Mapping[str, float]) -> onnx.M
     return out
 
 
-def insert_qdq(graph: gs.Graph, plan_: Plan, amax: Mapping[str, float], suffix: str = "") -> gs.Graph:
+def insert_qdq(graph: gs.Graph, plan_: Plan, amax: Mapping[str, float], suffix: str = "",
+               grams: Mapping[str, np.ndarray] | None = None) -> gs.Graph:
     """Write Q/DQ pairs for activations (from `amax`) and quantized weights + DQ, each in its node's format, in place.
 
     `suffix` makes the new names unique when one graph takes several insertions (sensitivity's layer copies).
+    `grams` (node -> its input's second moments, `calibration.channels`) make an INT4 node's blocks take the scales
+    with the least output error (activation-aware): per block (blocks, size, size), or the whole (K, K) matrix, which
+    also rounds by GPTQ; a node without one takes the scales of least weight error.
     """
     by_format = {name: _consumers_by_format(plan_, consumers) for name, consumers in plan_.activations.items()}
     missing = [t for t, groups in by_format.items() if groups and t not in amax]
@@ -403,7 +429,8 @@ def insert_qdq(graph: gs.Graph, plan_: Plan, amax: Mapping[str, float], suffix: 
         axis = site.block_axis if fmt is INT4 else site.axis
         key = (site.tensor, fmt.name, axis)
         if key not in done:
-            done[key] = _quantize_weight(graph, tensors[site.tensor], fmt, axis, plan_.block_size, suffix)
+            gram = (grams or {}).get(site.node) if fmt is INT4 else None
+            done[key] = _quantize_weight(graph, tensors[site.tensor], fmt, axis, plan_.block_size, suffix, gram)
         replace_input(by_name[site.node], tensors[site.tensor], done[key])
     return graph.cleanup().toposort()
 
@@ -419,14 +446,16 @@ def _consumers_by_format(plan_: Plan, consumers: list[str]) -> dict[QuantFormat,
 
 
 def _quantize_weight(graph: gs.Graph, w: gs.Constant, fmt: QuantFormat, axis: int | None, block_size: int,
-                     suffix: str = "") -> gs.Variable:
+                     suffix: str = "", gram: np.ndarray | None = None) -> gs.Variable:
     """The weight stored in `fmt` behind a DequantizeLinear: per-tensor, per channel on `axis`, or for a
     weight-only format (INT4) in blocks of `block_size` along `axis`."""
     values = np.asarray(weight_values(w), dtype=np.float32)
     if fmt.activations:
         q, scale = weight_formats.per_channel(values, fmt, axis)
+    elif gram is not None and gram.ndim == 2:
+        q, scale = weight_formats.gptq(values, fmt, axis, block_size, gram)
     else:
-        q, scale = weight_formats.blocked(values, fmt, axis, block_size)
+        q, scale = weight_formats.blocked(values, fmt, axis, block_size, gram)
     base = f"{w.name}{_tag(fmt)}{suffix}"
     out = gs.Variable(f"{base}_dequantized", dtype=np.float32, shape=list(values.shape))
     attrs = {} if axis is None else {"axis": axis}

@@ -6,7 +6,9 @@ op's output-channel axis), the residual input of an Add whose other input
 fuses into a Conv's epilogue, and average pooling; never outputs. Ops without
 a rule take no Q/DQ (TensorRT moves Q/DQ through commuting ops itself). Each
 rule names the formats the op takes: INT8 and FP8 everywhere, INT4
-(weight-only, in blocks along the reduction axis) for the GEMMs.
+(weight-only, in blocks along the reduction axis) for the GEMMs. Embedding
+tables (a Gather's constant data, with `QuantizeOptions.embeddings`) take INT8
+per row or INT4 in blocks along the hidden axis (TensorRT-RTX builds both).
 
 `RULES` is read-only; `with_rules` returns a new table with more rules, e.g.
 the plugins' of a graph (`plugin_rules`), keyed "domain::Op" (see `rule_key`),
@@ -49,6 +51,7 @@ class OpRule:
     outputs: tuple[int, ...] = ()  # outputs whose consumers read them through Q/DQ (a plugin writing INT8)
     formats: frozenset[str] = frozenset({INT8.name, FP8.name})  # the formats TensorRT runs this op in
     block_axis: WeightAxis | None = None  # INT4: the weight's reduction axis, which its blocks run along
+    weights_only: bool = False  # only constant inputs take Q/DQ (an embedding table; a computed one is left as is)
 
 
 def _conv_axis(node: gs.Node, index: int, rank: int) -> int | None:
@@ -75,6 +78,14 @@ def _matmul_k(node: gs.Node, index: int, rank: int) -> int | None:
     return 0 if index == 1 and rank == 2 else None  # a 2-D right operand (K, N)
 
 
+def _embedding_rows(node: gs.Node, index: int, rank: int) -> int | None:
+    return 0 if rank == 2 and node.attrs.get("axis", 0) == 0 else None  # (vocabulary, hidden): one scale per row
+
+
+def _embedding_hidden(node: gs.Node, index: int, rank: int) -> int | None:
+    return 1 if rank == 2 and node.attrs.get("axis", 0) == 0 else None  # INT4 blocks run along the hidden axis
+
+
 _GEMM_FORMATS = frozenset({INT8.name, FP8.name, INT4.name})
 
 
@@ -84,6 +95,8 @@ RULES: Mapping[str, OpRule] = MappingProxyType({
     "Gemm": OpRule((0, 1), _gemm_axis, weighted=True, formats=_GEMM_FORMATS, block_axis=_gemm_k),
     "MatMul": OpRule((0, 1), _matmul_axis, activations_switch="activation_matmul", weighted=True,
                      formats=_GEMM_FORMATS, block_axis=_matmul_k),
+    "Gather": OpRule((0,), _embedding_rows, switch="embeddings", weights_only=True, reason="embedding table quantized",
+                     formats=frozenset({INT8.name, INT4.name}), block_axis=_embedding_hidden),
     "AveragePool": OpRule((0,), switch="pooling"),
     "GlobalAveragePool": OpRule((0,), switch="pooling"),
     "Add": OpRule((0, 1), switch="residual_add", residual=True,

@@ -12,6 +12,12 @@ import numpy as np
 
 from trtptq.core.formats import QuantFormat
 
+#: INT4 blocks: the scales tried besides the signed-extreme one, as multiples of amax / 8 (|qmin|): 1 maps the
+#: largest magnitude onto 8 steps, 8/7 onto 7 (ModelOpt's amax / 7), less clips the block's tail for finer steps.
+#: Finer or wider grids gain under 0.03 dB on MiniLM's weights; scales only below the signed-extreme one lose 0.3 dB
+#: on uniform blocks.
+CLIP_RATIOS = np.linspace(0.6, 1.2, 21)
+
 
 def per_channel(values: np.ndarray, fmt: QuantFormat, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
     """`values` in `fmt`, one scale per index of `axis` (None: one scale for all), from each channel's max |value|."""
@@ -20,17 +26,73 @@ def per_channel(values: np.ndarray, fmt: QuantFormat, axis: int | None) -> tuple
     return fmt.quantize(values, scale if axis is None else np.expand_dims(scale, others)), scale
 
 
-def blocked(values: np.ndarray, fmt: QuantFormat, axis: int, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+def blocked(values: np.ndarray, fmt: QuantFormat, axis: int, block_size: int,
+            gram: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """`values` in `fmt`, one scale per `block_size` run along `axis` (which `block_size` divides).
 
-    Round to nearest with the signed-extreme scale: a block whose largest
-    magnitude is negative maps it onto qmin (-8 for INT4, one more step than
-    qmax), as ONNX Runtime's MatMulNBits quantizer does.
+    Round to nearest; each block takes, of its signed-extreme scale and
+    `CLIP_RATIOS` x amax / |qmin|, the scale with the least error (MiniLM's
+    MatMul weights: 1.0-1.3 dB weight SQNR over ModelOpt's amax / 7 at blocks of
+    128-32; the signed-extreme scale alone, 0.5 dB). The signed-extreme scale maps
+    a block's largest magnitude onto qmin when it is negative (-8 for INT4, one
+    more step than qmax), as ONNX Runtime's MatMulNBits quantizer does.
+    The error is the weight's own squared error, or with `gram` (activation-aware,
+    AWQ's clip search) the error of the block's output, d^T G d: `gram` holds, for
+    each block index along `axis`, the (block_size, block_size) second moments
+    E[x x^T] of the inputs those weights multiply (`trtptq.calibration.channels`).
     """
-    blocks = np.moveaxis(values, axis, -1)
+    blocks = np.moveaxis(np.asarray(values, np.float32), axis, -1)
     blocks = blocks.reshape(*blocks.shape[:-1], -1, block_size)
     hi, lo = blocks.max(axis=-1), blocks.min(axis=-1)
     extreme = np.where(-lo > hi, lo / fmt.qmin, hi / fmt.qmax)  # both positive: the scale that reaches the extreme
-    scale = np.maximum(extreme, fmt.min_scale).astype(np.float32)
-    q = fmt.quantize(blocks, scale[..., None]).reshape(*blocks.shape[:-2], -1)
-    return np.moveaxis(q, -1, axis), np.moveaxis(scale, -1, axis)
+    unit = np.maximum(hi, -lo) / -fmt.qmin
+    best = np.maximum(extreme, fmt.min_scale).astype(np.float32)
+    least = np.full(best.shape, np.inf)
+    for candidate in (extreme, *(unit * ratio for ratio in CLIP_RATIOS)):
+        scale = np.maximum(candidate, fmt.min_scale).astype(np.float32)[..., None]
+        error = _levels(blocks, scale, fmt)
+        error *= scale
+        error -= blocks
+        if gram is None:
+            cost = np.einsum("...i,...i->...", error, error)
+        else:
+            weighted = np.moveaxis(np.moveaxis(error, -2, 0) @ gram, 0, -2)  # batched per block: BLAS, not einsum
+            cost = np.einsum("...i,...i->...", weighted, error)
+        better = cost < least
+        best, least = np.where(better, scale[..., 0], best), np.where(better, cost, least)
+    q = _levels(blocks, best[..., None], fmt).astype(fmt.dtype).reshape(*blocks.shape[:-2], -1)
+    return np.moveaxis(q, -1, axis), np.moveaxis(best, -1, axis)
+
+
+def _levels(blocks: np.ndarray, scale: np.ndarray, fmt: QuantFormat) -> np.ndarray:
+    """`fmt.quantize` of an integer format before its cast: float32 levels, cheap to score (the int4 cast is not)."""
+    return np.clip(np.rint(blocks / scale), fmt.qmin, fmt.qmax)
+
+
+def gptq(values: np.ndarray, fmt: QuantFormat, axis: int, block_size: int,
+         hessian: np.ndarray, damping: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """`values` in `fmt` in blocks along `axis`, rounded by GPTQ: each index along `axis` is rounded in turn and its
+    error pushed onto the indices not yet rounded, through the inputs' second moments `hessian` (K, K = E[x x^T]
+    over the reduction axis); the scales are `blocked`'s activation-aware ones (from the blocks on its diagonal).
+
+    `damping` (of the mean diagonal, GPTQ's 1 %) keeps the inverse finite for dead or collinear channels.
+    """
+    k = values.shape[axis]
+    n = k // block_size
+    blocks = hessian.reshape(n, block_size, n, block_size).diagonal(axis1=0, axis2=2)  # (bs, bs, blocks)
+    _, scale = blocked(values, fmt, axis, block_size, np.ascontiguousarray(np.moveaxis(blocks, -1, 0)))
+    h = hessian.astype(np.float64) + damping * np.mean(np.diag(hessian)) * np.eye(k)
+    upper = np.linalg.cholesky(np.linalg.inv(h)).T  # GPTQ's: row i holds how index i's error spreads to the later ones
+    w = np.moveaxis(np.asarray(values, np.float64), axis, 0).reshape(k, -1).copy()
+    steps = np.repeat(np.moveaxis(scale, axis, 0).reshape(n, -1), block_size, axis=0).astype(np.float64)
+    q = np.empty_like(w)
+    for start in range(0, k, block_size):  # lazy batches: errors spread inside the block, then at once beyond it
+        end = start + block_size
+        errors = np.empty((block_size, w.shape[1]))
+        for i in range(start, end):
+            q[i] = np.clip(np.rint(w[i] / steps[i]), fmt.qmin, fmt.qmax)
+            errors[i - start] = (w[i] - q[i] * steps[i]) / upper[i, i]
+            w[i + 1:end] -= np.outer(upper[i, i + 1:end], errors[i - start])
+        w[end:] -= upper[start:end, end:].T @ errors
+    q = q.reshape(np.moveaxis(values, axis, 0).shape).astype(fmt.dtype)
+    return np.moveaxis(q, 0, axis), scale

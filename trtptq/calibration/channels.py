@@ -1,0 +1,42 @@
+"""Per-input-channel statistics of the activations INT4 weights multiply, gathered in the one calibration collection.
+
+The activation-aware clip search of `quantization.weights.blocked` weighs a
+weight block's error by the second moments of the inputs it multiplies: for
+an output error x @ dW, E|x dW|^2 = dW^T E[x x^T] dW. Blocks run along the
+reduction axis (the activation's last), so each block needs the
+(block_size, block_size) corner of E[x x^T] on its diagonal: K * block_size
+numbers per tensor, whatever the data set's size. GPTQ needs all of E[x x^T]
+(K * K numbers: `BlockGram(None)`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class BlockGram:
+    """Running E[x x^T] within each run of `block_size` channels along x's last axis (rows: every other index);
+    `block_size` None: one run of all channels, the whole matrix."""
+
+    def __init__(self, block_size: int | None) -> None:
+        self.block_size = block_size
+        self.total: np.ndarray | None = None  # (channels / block_size, block_size, block_size), float64
+        self.rows = 0
+
+    def observe(self, x: np.ndarray) -> None:
+        """Fold one batch in; rows with a non-finite value are skipped (calibration warns about them itself)."""
+        rows = np.asarray(x, np.float32).reshape(-1, x.shape[-1])
+        rows = rows[np.isfinite(rows).all(axis=1)]
+        blocks = rows.reshape(len(rows), -1, self.block_size or rows.shape[1]).transpose(1, 0, 2)  # (blocks, rows, size)
+        gram = (blocks.transpose(0, 2, 1) @ blocks).astype(np.float64)
+        self.total = gram if self.total is None else self.total + gram
+        self.rows += len(rows)
+
+    @property
+    def gram(self) -> np.ndarray | None:
+        """E[x x^T] per block (float32: the clip search multiplies by it 22 times per weight), the whole (K, K) matrix
+        for `block_size` None, or None before any row."""
+        if self.total is None or not self.rows:
+            return None
+        gram = (self.total / self.rows).astype(np.float32)
+        return gram if self.block_size else gram[0]
