@@ -5,8 +5,14 @@ inputs of weighted ops (activations per-tensor, weights per-channel on the
 op's output-channel axis), the residual input of an Add whose other input
 fuses into a Conv's epilogue, and average pooling; never outputs. Ops without
 a rule take no Q/DQ (TensorRT moves Q/DQ through commuting ops itself). Each
-rule names the formats the op takes: INT8 and FP8 everywhere, INT4
-(weight-only, in blocks along the reduction axis) for the GEMMs.
+rule names the formats the op takes: INT8 everywhere; FP8 where TensorRT runs
+it, in GEMMs and convolutions (TensorRT-RTX's guide: "FP8 is only supported
+for matrix multiplications (GEMM) on Ada and later"; its builds keep FP8
+weights of Conv, ConvTranspose, Gemm and MatMul in 8 bits), so not pooling and
+not depthwise Conv (`kernel_gap`: TensorRT-RTX has no 8-bit depthwise kernel,
+its quantized depthwise weights build to several times their FP32 memory);
+INT4 (weight-only, in blocks along the reduction axis) for the GEMMs. See
+docs/precisions.md for the builds behind this.
 
 `RULES` is read-only; `with_rules` returns a new table with more rules, e.g.
 the plugins' of a graph (`plugin_rules`), keyed "domain::Op" (see `rule_key`),
@@ -27,6 +33,8 @@ from trtptq.runtime.plugins import registered
 
 #: (node, input index, weight rank) -> the weight's per-channel axis, or None for one scale.
 WeightAxis = Callable[[gs.Node, int, int], "int | None"]
+#: (node, format name) -> why TensorRT has no kernel for this node in that format, or None: it has one.
+KernelGap = Callable[[gs.Node, str], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,11 @@ class OpRule:
     outputs: tuple[int, ...] = ()  # outputs whose consumers read them through Q/DQ (a plugin writing INT8)
     formats: frozenset[str] = frozenset({INT8.name, FP8.name})  # the formats TensorRT runs this op in
     block_axis: WeightAxis | None = None  # INT4: the weight's reduction axis, which its blocks run along
+    kernel_gap: KernelGap | None = None  # nodes of this op TensorRT cannot run in one of `formats`, and why
+
+    def missing_kernel(self, node: gs.Node, fmt: str) -> str | None:
+        """Why `node` stays in float rather than run in `fmt` (a format of this rule); None: TensorRT runs it so."""
+        return self.kernel_gap(node, fmt) if self.kernel_gap is not None else None
 
 
 def _conv_axis(node: gs.Node, index: int, rank: int) -> int | None:
@@ -57,6 +70,14 @@ def _conv_axis(node: gs.Node, index: int, rank: int) -> int | None:
 
 def _conv_transpose_axis(node: gs.Node, index: int, rank: int) -> int | None:
     return 1 if index == 1 and node.attrs.get("group", 1) == 1 else None  # weights (C_in, C_out/g, k...)
+
+
+def _depthwise_gap(node: gs.Node, fmt: str) -> str | None:
+    weight = node.inputs[1] if len(node.inputs) > 1 else None
+    depthwise = node.attrs.get("group", 1) > 1 and isinstance(weight, gs.Constant) and weight.shape[1] == 1
+    if fmt == FP8.name and depthwise:
+        return "no FP8 kernel for depthwise Conv (TensorRT runs FP8 in GEMMs; an 8-bit depthwise builds larger than FP32)"
+    return None
 
 
 def _gemm_axis(node: gs.Node, index: int, rank: int) -> int | None:
@@ -76,16 +97,17 @@ def _matmul_k(node: gs.Node, index: int, rank: int) -> int | None:
 
 
 _GEMM_FORMATS = frozenset({INT8.name, FP8.name, INT4.name})
+_INT8_ONLY = frozenset({INT8.name})  # no FP8 kernel: TensorRT's FP8 runs in GEMMs and convolutions only
 
 
 RULES: Mapping[str, OpRule] = MappingProxyType({
-    "Conv": OpRule((0, 1), _conv_axis, fuses_add=True, weighted=True),
+    "Conv": OpRule((0, 1), _conv_axis, fuses_add=True, weighted=True, kernel_gap=_depthwise_gap),
     "ConvTranspose": OpRule((0, 1), _conv_transpose_axis, fuses_add=True, weighted=True),
     "Gemm": OpRule((0, 1), _gemm_axis, weighted=True, formats=_GEMM_FORMATS, block_axis=_gemm_k),
     "MatMul": OpRule((0, 1), _matmul_axis, activations_switch="activation_matmul", weighted=True,
                      formats=_GEMM_FORMATS, block_axis=_matmul_k),
-    "AveragePool": OpRule((0,), switch="pooling"),
-    "GlobalAveragePool": OpRule((0,), switch="pooling"),
+    "AveragePool": OpRule((0,), switch="pooling", formats=_INT8_ONLY),
+    "GlobalAveragePool": OpRule((0,), switch="pooling", formats=_INT8_ONLY),
     "Add": OpRule((0, 1), switch="residual_add", residual=True,
                   reason="residual input quantized; the other input fuses into the Conv before it"),
 })
@@ -108,7 +130,7 @@ def plugin_rules(graph: gs.Graph, plugins: Plugins) -> dict[str, OpRule]:
         else:
             reason = "plugin {op} has no INT8 inputs or outputs (its rule)"
         rules[rule_key(node)] = OpRule(plugin.int8_inputs, outputs=plugin.int8_outputs, reason=reason,
-                                       formats=frozenset({INT8.name}))
+                                       formats=_INT8_ONLY)
     return rules
 
 
