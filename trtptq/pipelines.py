@@ -147,7 +147,8 @@ def calibrate(model: onnx.ModelProto | str | os.PathLike, data, options: Calibra
     """Ranges for every tensor the quantizer will put Q/DQ on (chosen by `quantize_options`)."""
     qopts = quantize_options or QuantizeOptions()
     proto, name, _, placement = prepare(model, qopts, plugins)
-    return _calibrate(proto, name, placement, data, options or CalibrationOptions(), {"quantize": _qopts_dict(qopts)},
+    options = options or CalibrationOptions(method=qopts.range_method)
+    return _calibrate(proto, name, placement, data, options, {"quantize": _qopts_dict(qopts)},
                       plugins)[0]
 
 
@@ -163,19 +164,19 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
     proto, name, _, placement = prepare(model, qopts, plugins)
     stats, calibs = None, {}
     eval_data = None
+    calibration = calibration or CalibrationOptions(method=qopts.range_method)
     if target is not None:
         data, eval_data = _evaluation_split(proto, data, target)
     if ranges is not None:
         ranges = ranges if isinstance(ranges, Ranges) else Ranges.load(ranges)
     elif data is not None:
-        ranges, done = _calibrate(proto, name, placement, data, calibration or CalibrationOptions(),
+        ranges, done = _calibrate(proto, name, placement, data, calibration,
                                   {"quantize": _qopts_dict(qopts)}, plugins)
         stats, calibs = done.stats, done.calibrators
     else:
         raise TrtptqError("quantize needs calibration data or a ranges file")
     if target is None:
         return QuantizeResult(_qdq_model(proto, placement, ranges), ranges, placement, stats, calibs)
-    calibration = calibration or CalibrationOptions()
     limits = _held(proto, placement, eval_data, target, calibration)
     limits = replace(limits, bytes=limits.bytes // 2)  # the search's evaluator and the ranking's, both open
     with Evaluator(proto, eval_data, batch_size=target.batch_size or limits.batch_size, num_samples=target.num_samples,
@@ -227,7 +228,7 @@ def sensitivity(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: R
     data, eval_data = _evaluation_split(proto, data, evaluation)
     if eval_data is None:
         raise TrtptqError("sensitivity needs data to measure on: --eval-data or --data")
-    calibration = calibration or CalibrationOptions()
+    calibration = calibration or CalibrationOptions(method=(options or QuantizeOptions()).range_method)
     result = quantize(proto, data, ranges, options, calibration, plugins=plugins)
     limits = _held(proto, result.plan, eval_data, evaluation, calibration)
     return _sensitivity(proto, result.plan, result.ranges, eval_data, evaluation, name, limits, plugins), result

@@ -39,6 +39,15 @@ AUTO = "auto"
 #: --precision -> the format its nodes take (auto starts from INT8; autotune chooses per layer)
 PRECISIONS = {"int8": INT8.name, "fp8": FORMATS["FP8"].name, "w4a16": INT4.name, AUTO: INT8.name}
 BLOCK_SIZES = (32, 64, 128)  # INT4 weight blocks TensorRT takes
+#: the calibration --method a --precision takes when none is given (others: auto). FP8 keeps each tensor's maximum:
+#: E4M3's relative error is about the same at any scale, so a clipped range only loses the values it clips
+#: (measured in docs/precisions.md: scripts/measure_precisions.py).
+RANGE_METHODS = {"fp8": "minmax"}
+
+
+def range_method(precision: str) -> str:
+    """The calibration method for `precision` when the user names none (`RANGE_METHODS`, else auto)."""
+    return RANGE_METHODS.get(precision, "auto")
 
 
 @dataclass
@@ -82,6 +91,10 @@ class QuantizeOptions:
             return (FORMATS[PRECISIONS[self.precision]],)
         oldest = min((parse_compute_capability(cc) for cc in self.compute_capabilities), default=None)
         return tuple(f for f in FORMATS.values() if oldest is None or f.runs_on(oldest))
+
+    @property
+    def range_method(self) -> str:
+        return range_method(self.precision)
 
     @property
     def opset(self) -> int:
