@@ -39,6 +39,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the checkout: evidence/
 
 from evidence import ocr_models, real_models  # noqa: E402
+from scripts.measure_ocr import cosine  # noqa: E402  (mean per-sample cosine)
 
 FP8_METHODS = ("minmax", "percentile", "entropy", "mse")
 MODELOPT = "/work/venv-modelopt/bin/python"
@@ -120,11 +121,6 @@ def quantized_layers(path: pathlib.Path) -> str:
     dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     layers = [n for n in graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")]
     return f"{sum(any(i in dequantized for i in n.input) for n in layers)}/{len(layers)}"
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
-    return float(np.mean(np.sum(a * b, 1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)))
 
 
 def ours(case: Case, work: pathlib.Path, name: str) -> dict[str, tuple[pathlib.Path, float]]:

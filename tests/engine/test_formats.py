@@ -54,9 +54,15 @@ def test_fp8_engines_for_ada_and_blackwell(tmp_path, cc):
     assert report.plan_counts["FP8"] == 4 and report.compute_capabilities == [cc]
 
 
-def test_tensorrt_rtx_refuses_fp8_for_ampere(tmp_path, caplog):
+def test_fp8_for_ampere_is_refused_first_by_us_then_by_tensorrt_rtx(tmp_path, caplog):
+    path = _quantized(tmp_path, "fp8")
+    with pytest.raises(TrtptqError, match=r"runs 4 node\(s\) in FP8, which needs compute capability 8.9 or newer: "
+                                          r"--compute-capability 8.6 cannot run it"):
+        _build(path, tmp_path / "fp8.engine", "8.6")  # from the precision plan, before TensorRT parses the model
+    foreign = model_io.load(path)  # an FP8 model another tool wrote: no precision plan, so TensorRT-RTX decides
+    del foreign.metadata_props[:]
     with caplog.at_level("ERROR", logger="trtptq"), pytest.raises(TrtptqError, match="could not build"):
-        _build(_quantized(tmp_path, "fp8"), tmp_path / "fp8.engine", "8.6")
+        _build(model_io.save(foreign, tmp_path / "foreign.onnx"), tmp_path / "fp8.engine", "8.6")
     assert "Cannot compile for target(s) sm86, because the model contains HW-specific datatypes: fp8_e4m3" in caplog.text
     assert not (tmp_path / "fp8.engine").exists()
 
@@ -82,4 +88,6 @@ def test_cli_prints_the_formats_and_refuses_fp8_for_ampere_first(tmp_path):
         r = trtptq(*args, "--data", tmp_path / "missing.npz", "--precision", "fp8", "--compute-capability", "8.9", "8.6")
         assert_one_line_error(r, "--precision fp8 (FP8) needs compute capability 8.9", "--compute-capability 8.6",
                               "use --precision int8 or w4a16")
+    r = trtptq("build", tmp_path / "fp8.128.onnx", "--compute-capability", "8.6", "-o", tmp_path / "a.engine")
+    assert_one_line_error(r, "fp8.128.onnx runs 4 node(s) in FP8", "build for 8.9 or newer")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fp8.128.onnx", "fp8.engine", "fp8.engine.json", "m.onnx"]
