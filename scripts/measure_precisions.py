@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -150,10 +151,12 @@ def modelopt(case: Case, work: pathlib.Path, name: str, python: str) -> dict[str
     """ModelOpt's Q/DQ models on the same calibration samples: label -> (file, quantize seconds)."""
     calib = work / f"{name}.calib.npz"
     np.savez(calib, **case.calib)
+    source = work / f"{name}.modelopt.fp32.onnx"  # a copy: ModelOpt rewrites the model it is given, in place
+    shutil.copyfile(case.path, source)
     made = {}
     for mode, method in (("int8", "entropy"), ("fp8", "entropy"), ("fp8", "max")):
         out = work / f"{name}.modelopt.{mode}.{method}.onnx"
-        cmd = [python, "-m", "modelopt.onnx.quantization", "--onnx_path", str(case.path), "--quantize_mode", mode,
+        cmd = [python, "-m", "modelopt.onnx.quantization", "--onnx_path", str(source), "--quantize_mode", mode,
                "--calibration_method", method, "--calibration_data_path", str(calib), "--calibration_eps", "cpu",
                "--high_precision_dtype", "fp32", "--output_path", str(out)]
         start = time.perf_counter()

@@ -4,6 +4,7 @@ and ranges that do not depend on the order of the calibration batches."""
 import ml_dtypes
 import numpy as np
 import onnx
+import pytest
 from onnx import helper
 
 from support import float_input, make_model
@@ -82,10 +83,19 @@ def test_onnx_runtime_fp8_qdq_matches_the_ml_dtypes_reference():
     assert stored["x_fp8_scale"] == np.float32(amax / 448) and stored["w_fp8_quantized"].dtype == ml_dtypes.float8_e4m3fn
 
 
-def test_fp8_ranges_do_not_depend_on_batch_order(mnist):
+@pytest.mark.parametrize("method", ["minmax", "entropy"])  # FP8's default, and one read from the histograms
+def test_fp8_ranges_do_not_depend_on_batch_order(mnist, method):
     path, images, _ = mnist
     batches = [{"input": images[i:i + 32]} for i in range(0, 256, 32)]
-    options = CalibrationOptions(method="minmax", batch_size=32, show_progress=False)
+    options = CalibrationOptions(method=method, batch_size=32, show_progress=False)
     forward = calibrate(path, batches, options, FP8_OPTS).amax
     backward = calibrate(path, batches[::-1], options, FP8_OPTS).amax
     assert forward == backward and len(forward) == 4
+
+
+def test_fp8_calibrates_with_minmax_unless_told(mnist):
+    path, images, _ = mnist
+    data = [{"input": images[:64]}]
+    assert calibrate(path, data, quantize_options=FP8_OPTS).method == "minmax"
+    told = calibrate(path, data, CalibrationOptions(method="percentile", show_progress=False), FP8_OPTS)
+    assert told.method == "percentile"
