@@ -18,7 +18,7 @@ pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed: pip inst
 
 
 def _model():
-    """Conv -> Flatten -> MatMul (K = 256) -> Relu -> MatMul (K = 128), and an activation x activation MatMul."""
+    """Conv -> Flatten -> MatMul (K = 512) -> Relu -> MatMul (K = 128), and an activation x activation MatMul."""
     rng = np.random.default_rng(0)
     nodes = [helper.make_node("Conv", ["x", "wc"], ["c"], name="conv", pads=[1, 1, 1, 1]),
              helper.make_node("Flatten", ["c"], ["f"], name="flatten"),
@@ -26,8 +26,8 @@ def _model():
              helper.make_node("Relu", ["h"], ["r"], name="relu"),
              helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2"),
              helper.make_node("MatMul", ["q", "k"], ["att"], name="bmm")]
-    weights = {"wc": (16, 16, 3, 3), "w1": (256, 128), "w2": (128, 32)}
-    return make_model(nodes, [float_input("x", [4, 16, 4, 4]), float_input("q", [4, 2, 8, 16]),
+    weights = {"wc": (32, 32, 3, 3), "w1": (512, 128), "w2": (128, 32)}
+    return make_model(nodes, [float_input("x", [4, 32, 4, 4]), float_input("q", [4, 2, 8, 16]),
                               float_input("k", [4, 2, 16, 8])],
                       [float_input("y", [4, 32]), float_input("att", [4, 2, 8, 8])],
                       [(k, rng.standard_normal(s).astype(np.float32) * 0.1) for k, s in weights.items()])
@@ -35,7 +35,7 @@ def _model():
 
 def _quantized(tmp_path, precision: str, block_size: int = 128):
     rng = np.random.default_rng(1)
-    data = [{"x": rng.standard_normal((4, 16, 4, 4)).astype(np.float32),
+    data = [{"x": rng.standard_normal((4, 32, 4, 4)).astype(np.float32),
              "q": rng.standard_normal((4, 2, 8, 16)).astype(np.float32),
              "k": rng.standard_normal((4, 2, 16, 8)).astype(np.float32)}]
     result = quantize(_model(), data=data, options=QuantizeOptions(precision=precision, block_size=block_size),
@@ -72,7 +72,7 @@ def test_w4a16_engines(tmp_path, block_size):
     path = _quantized(tmp_path, "w4a16", block_size)
     for cc in ("8.6", "8.9", "12.0"):  # INT4 weight-only runs on Ampere too
         report = _build(path, tmp_path / f"{cc}.engine", cc)
-        # The two weighted MatMuls take INT4 weights (K 256, 128: both divide); the attention BMM stays in float.
+        # The two weighted MatMuls take INT4 weights (K 512, 128: both divide); the attention BMM stays in float.
         assert report.precision == {"CONVOLUTION": {"FP32": 1}, "MATRIX_MULTIPLY": {"INT4": 2, "FP32": 1}}
         assert report.plan_counts["INT4"] == 2
 

@@ -10,7 +10,9 @@ it, in GEMMs and convolutions (TensorRT-RTX's guide: "FP8 is only supported
 for matrix multiplications (GEMM) on Ada and later"; its builds keep FP8
 weights of Conv, ConvTranspose, Gemm and MatMul in 8 bits), so not pooling and
 not depthwise Conv (`kernel_gap`: TensorRT-RTX has no 8-bit depthwise kernel,
-its quantized depthwise weights build to several times their FP32 memory);
+its quantized depthwise weights build to several times their FP32 memory) nor a
+Conv of 16 channels or fewer (slower in FP8 than FP16, by ModelOpt's TensorRT
+rule, and the layers FP8 costs most accuracy in);
 INT4 (weight-only, in blocks along the reduction axis) for the GEMMs. See
 docs/precisions.md for the builds behind this.
 
@@ -35,6 +37,7 @@ from trtptq.runtime.plugins import registered
 WeightAxis = Callable[[gs.Node, int, int], "int | None"]
 #: (node, format name) -> why TensorRT has no kernel for this node in that format, or None: it has one.
 KernelGap = Callable[[gs.Node, str], "str | None"]
+FP8_MIN_CHANNELS = 16  # an FP8 Conv needs more input (per group) and output channels than this
 
 
 @dataclass(frozen=True)
@@ -72,11 +75,18 @@ def _conv_transpose_axis(node: gs.Node, index: int, rank: int) -> int | None:
     return 1 if index == 1 and node.attrs.get("group", 1) == 1 else None  # weights (C_in, C_out/g, k...)
 
 
-def _depthwise_gap(node: gs.Node, fmt: str) -> str | None:
+def _conv_fp8_gap(node: gs.Node, fmt: str) -> str | None:
+    """Convolutions FP8 does not pay for: depthwise (no 8-bit kernel in TensorRT-RTX) and 16 channels or fewer (FP8
+    kernels slower than FP16 there, per ModelOpt's TensorRT rule; and the costliest in accuracy, docs/precisions.md)."""
     weight = node.inputs[1] if len(node.inputs) > 1 else None
-    depthwise = node.attrs.get("group", 1) > 1 and isinstance(weight, gs.Constant) and weight.shape[1] == 1
-    if fmt == FP8.name and depthwise:
+    if fmt != FP8.name or not isinstance(weight, gs.Constant) or len(weight.shape) < 3:
+        return None
+    out_channels, in_channels = weight.shape[:2]  # (C_out, C_in/group, k...)
+    if node.attrs.get("group", 1) > 1 and in_channels == 1:
         return "no FP8 kernel for depthwise Conv (TensorRT runs FP8 in GEMMs; an 8-bit depthwise builds larger than FP32)"
+    if min(out_channels, in_channels) <= FP8_MIN_CHANNELS:
+        return (f"Conv with {in_channels} input / {out_channels} output channels per group: FP8 is slower than FP16 at "
+                f"{FP8_MIN_CHANNELS} or fewer")
     return None
 
 
@@ -101,7 +111,7 @@ _INT8_ONLY = frozenset({INT8.name})  # no FP8 kernel: TensorRT's FP8 runs in GEM
 
 
 RULES: Mapping[str, OpRule] = MappingProxyType({
-    "Conv": OpRule((0, 1), _conv_axis, fuses_add=True, weighted=True, kernel_gap=_depthwise_gap),
+    "Conv": OpRule((0, 1), _conv_axis, fuses_add=True, weighted=True, kernel_gap=_conv_fp8_gap),
     "ConvTranspose": OpRule((0, 1), _conv_transpose_axis, fuses_add=True, weighted=True),
     "Gemm": OpRule((0, 1), _gemm_axis, weighted=True, formats=_GEMM_FORMATS, block_axis=_gemm_k),
     "MatMul": OpRule((0, 1), _matmul_axis, activations_switch="activation_matmul", weighted=True,
