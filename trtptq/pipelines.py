@@ -201,8 +201,8 @@ def calibrate(model: onnx.ModelProto | str | os.PathLike, data, options: Calibra
     write the calibration state there (`merge` reads it)."""
     qopts = quantize_options or QuantizeOptions()
     proto, name, _, placement = prepare(model, qopts, plugins)
-    ranges, calibration = _calibrate(proto, name, placement, data, options or CalibrationOptions(), qopts, plugins,
-                                     identify=bool(save_state))
+    options = options or CalibrationOptions(method=qopts.range_method)
+    ranges, calibration = _calibrate(proto, name, placement, data, options, qopts, plugins, identify=bool(save_state))
     if save_state:
         calibration.state.save(save_state)
     return ranges
@@ -213,7 +213,8 @@ def calibration_state(model: onnx.ModelProto | str | os.PathLike, data, options:
     """The calibrators' state after `options.shard`'s part of the data, no ranges chosen: save it, merge it."""
     qopts = quantize_options or QuantizeOptions()
     proto, name, _, placement = prepare(model, qopts, plugins)
-    return _collect(proto, name, placement, data, options or CalibrationOptions(), qopts, plugins, identify=True).state
+    options = options or CalibrationOptions(method=qopts.range_method)
+    return _collect(proto, name, placement, data, options, qopts, plugins, identify=True).state
 
 
 def merge(states: Sequence[CalibrationState | str | os.PathLike], method: str | None = None,
@@ -268,6 +269,7 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
     channels = {t: BlockGram(size) for t in inputs.values()}
     stats, calibs = None, {}
     eval_data = None
+    calibration = calibration or CalibrationOptions(method=qopts.range_method)
     if target is not None:
         data, eval_data = _evaluation_split(proto, data, target)
     if ranges is not None:
@@ -276,8 +278,7 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
             logger.warning("INT4 weights take the scales of least weight error (--int4-method rtn): %s needs "
                            "calibration data (--data), not --ranges", qopts.int4_method)
     elif data is not None:
-        ranges, done = _calibrate(proto, name, placement, data, calibration or CalibrationOptions(), qopts, plugins,
-                                  channels=channels)
+        ranges, done = _calibrate(proto, name, placement, data, calibration, qopts, plugins, channels=channels)
         stats, calibs = done.stats, done.calibrators
     else:
         raise TrtptqError("quantize needs calibration data or a ranges file")
@@ -286,7 +287,6 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
     grams = {node: channels[t].gram for node, t in inputs.items() if channels[t].gram is not None}
     if target is None:
         return QuantizeResult(_qdq_model(proto, placement, ranges, grams), ranges, placement, stats, calibs)
-    calibration = calibration or CalibrationOptions()
     limits = _held(proto, placement, eval_data, target, calibration)
     limits = replace(limits, bytes=limits.bytes // 2)  # the search's evaluator and the ranking's, both open
     with Evaluator(proto, eval_data, batch_size=target.batch_size or limits.batch_size, num_samples=target.num_samples,
@@ -339,7 +339,7 @@ def sensitivity(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: R
     data, eval_data = _evaluation_split(proto, data, evaluation)
     if eval_data is None:
         raise TrtptqError("sensitivity needs data to measure on: --eval-data or --data")
-    calibration = calibration or CalibrationOptions()
+    calibration = calibration or CalibrationOptions(method=(options or QuantizeOptions()).range_method)
     result = quantize(proto, data, ranges, options, calibration, plugins=plugins)
     limits = _held(proto, result.plan, eval_data, evaluation, calibration)
     return _sensitivity(proto, result.plan, result.ranges, eval_data, evaluation, name, limits, plugins), result

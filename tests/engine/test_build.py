@@ -69,7 +69,8 @@ def test_cnn_engines(mnist, mnist_int8, tmp_path, which, fp16, expect):
     assert report.precision == expect
     # The model's precision plan, read back by the build: none for the plain FP32 model, else node counts.
     planned = {("fp32", False): None, ("fp32", True): {"INT8": 0, "FP8": 0, "INT4": 0, "FP16": 10, "FP32": 0},
-               ("int8", False): {"INT8": 4, "FP8": 0, "INT4": 0, "FP16": 0, "FP32": 0}, ("int8", True): {"INT8": 4, "FP8": 0, "INT4": 0, "FP16": 6, "FP32": 0}}
+               ("int8", False): {"INT8": 4, "FP8": 0, "INT4": 0, "FP16": 0, "FP32": 0},
+               ("int8", True): {"INT8": 4, "FP8": 0, "INT4": 0, "FP16": 6, "FP32": 0}}
     assert report.plan_counts == planned[which, fp16] and report.kept_float == {}
     if fp16:  # the FP16 ONNX was checked against its FP32 source in ONNX Runtime before the build
         assert report.fp16_check["logits"]["cosine"] > 0.9999

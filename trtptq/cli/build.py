@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.int8 and args.implicit_int8:
         raise TrtptqError("--int8 (Q/DQ) and --implicit-int8 (TensorRT <= 10 calibrates) exclude each other.")
-    calibration = CALIBRATION.parse(args, default_method="entropy" if args.implicit_int8 else "auto")
+    calibration = CALIBRATION.parse(args, default_method="entropy" if args.implicit_int8 else None)
     qopts, ranges = QUANTIZE.parse(args), RANGES.parse(args)
     implicit = (ImplicitInt8(data=args.data, calibration=calibration, cache=args.calibration_cache)
                 if args.implicit_int8 else None)

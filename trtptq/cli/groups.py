@@ -183,8 +183,8 @@ class CalibrationArgs(BaseArgs):
         group.add_argument("--num-samples", type=int, help="use at most this many samples")
         group.add_argument("--method", choices=(*METHODS, "auto"),
                            help="range method (default: auto: collect once, try each method's ranges and their "
-                                "per-tensor mix, keep the one whose outputs are closest to FP32; with --implicit-int8: "
-                                "entropy, TensorRT's)")
+                                "per-tensor mix, keep the one whose outputs are closest to FP32; with --precision fp8: "
+                                "minmax; with --implicit-int8: entropy, TensorRT's)")
         group.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default 99.99)")
         group.add_argument("--num-bins", type=int, default=2048, help="histogram bins, a power of two (default 2048)")
         group.add_argument("--memory-budget", type=size, default=DEFAULT_MEMORY_BUDGET,
@@ -202,12 +202,15 @@ class CalibrationArgs(BaseArgs):
                            help="an existing Ray cluster (auto after `ray start`, ray://head:10001, KubeRay's head "
                                 "service); --data must be readable at the same path on its nodes")
 
-    def parse(self, args: argparse.Namespace, default_method: str = "auto"):
+    def parse(self, args: argparse.Namespace, default_method: str | None = None):
+        """Without --method: `default_method`, or else the --precision's (minmax for fp8, else auto)."""
         from trtptq.calibration.calibrate import CalibrationOptions
         from trtptq.calibration.cluster import Cluster
+        from trtptq.quantization.qdq import range_method
 
         cluster = Cluster(args.workers, args.ray_address) if args.workers is not None or args.ray_address else None
-        return CalibrationOptions(method=args.method or default_method, percentile=args.percentile,
+        method = args.method or default_method or range_method(args.precision)
+        return CalibrationOptions(method=method, percentile=args.percentile,
                                   num_bins=args.num_bins, batch_size=args.batch_size, num_samples=args.num_samples,
                                   memory_budget=args.memory_budget, nonfinite=args.nonfinite, image=IMAGE.parse(args),
                                   runner=args.runner, backend=args.backend, cluster=cluster,

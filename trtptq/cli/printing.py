@@ -124,6 +124,9 @@ def print_build(report, qdq_model) -> None:
     print(f"engine ({report.backend} {report.backend_version}, {report.build_seconds:.1f} s, "
           f"{report.engine_bytes / 2**20:.1f} MiB) -> {report.engine}")
     print(f"precision: {report.summary()}")
+    if report.plan_counts:
+        planned = ", ".join(f"{n} {p}" for p, n in report.plan_counts.items() if n)
+        print(f"precision plan: {planned or 'no node decided'}")
     if report.implicit_int8:
         i = report.implicit_int8
         print(f"implicit INT8: TensorRT {i['algorithm']}, {count(i['batches'], 'batch', 'batches')}"

@@ -22,7 +22,7 @@ from trtptq.core.precision import read_plan
 from trtptq.core.sidecars import report_path
 from trtptq.core.trt import Backend, get_backend
 from trtptq.engine.calibration import passes_for
-from trtptq.engine.config import compute_capabilities, configure, load_timing_cache
+from trtptq.engine.config import check_formats, compute_capabilities, configure, load_timing_cache
 from trtptq.engine.implicit import implicit_int8
 from trtptq.engine.network import mark_outputs, network_tensors, parse_network
 from trtptq.engine.options import BuildOptions
@@ -75,6 +75,7 @@ def build_engine(model_path: str | os.PathLike, output: str | os.PathLike,
             fileio.check_writable(path)
     proto = model_io.load(model_path)
     plan = read_plan(proto)
+    check_formats(plan, opts.compute_capabilities, model_path)
     has_qdq = model_io.has_qdq(proto)
     timing_cache = opts.timing_cache
     if timing_cache and backend.is_rtx:

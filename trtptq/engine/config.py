@@ -8,7 +8,9 @@ import pathlib
 from collections.abc import Sequence
 
 from trtptq.core.errors import TrtptqError
+from trtptq.core.formats import FORMATS, parse_compute_capability
 from trtptq.core.manifest import gpu_compute_capability
+from trtptq.core.precision import PrecisionPlan
 from trtptq.core.shapes import Profile
 from trtptq.core.trt import Backend
 from trtptq.engine.options import BuildOptions
@@ -59,6 +61,21 @@ def _keep_layers_fp32(trt, network, config, patterns, proto) -> None:
         if ops.get(layer.name) in patterns or any(fnmatch.fnmatchcase(layer.name, p) for p in patterns):
             layer.precision = trt.float32
     config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+
+
+def check_formats(plan: PrecisionPlan | None, ccs: Sequence[str], path: os.PathLike) -> None:
+    """One line, before TensorRT parses the model, when its precision plan holds a format a target cannot run
+    (FP8 for 8.6: TensorRT-RTX would refuse it after parsing, in two lines of its own)."""
+    if plan is None or not ccs:
+        return
+    oldest = min(ccs, key=parse_compute_capability)
+    counts = plan.counts()
+    for name, fmt in FORMATS.items():
+        if counts[name] and not fmt.runs_on(parse_compute_capability(oldest)):
+            need = ".".join(map(str, fmt.compute_capability))
+            raise TrtptqError(f"{path} runs {counts[name]} node(s) in {name}, which needs compute capability {need} or "
+                              f"newer: --compute-capability {oldest} cannot run it; build for {need} or newer, or "
+                              "quantize again with --precision int8.")
 
 
 def compute_capabilities(backend: Backend, opts: BuildOptions) -> list[str]:

@@ -47,6 +47,15 @@ BLOCK_SIZES = (32, 64, 128)  # INT4 weight blocks TensorRT takes
 #: calibration activations (their channel statistics, gathered in the calibration collection); gptq = awq's scales,
 #: then GPTQ's rounding with error feedback (the inputs' whole second-moment matrix)
 INT4_METHODS = ("rtn", "awq", "gptq")
+#: the calibration --method a --precision takes when none is given (others: auto). FP8 keeps each tensor's maximum:
+#: E4M3's relative error is about the same at any scale, so a clipped range only loses the values it clips
+#: (measured in docs/precisions.md: scripts/measure_precisions.py).
+RANGE_METHODS = {"fp8": "minmax"}
+
+
+def range_method(precision: str) -> str:
+    """The calibration method for `precision` when the user names none (`RANGE_METHODS`, else auto)."""
+    return RANGE_METHODS.get(precision, "auto")
 
 
 @dataclass
@@ -119,6 +128,10 @@ class QuantizeOptions:
         chosen += [FORMATS[LAYER_PRECISIONS[name]] for _, name in self.layer_precisions
                    if LAYER_PRECISIONS[name] in FORMATS]
         return tuple(dict.fromkeys(chosen))
+
+    @property
+    def range_method(self) -> str:
+        return range_method(self.precision)
 
     @property
     def opset(self) -> int:
@@ -265,6 +278,10 @@ def _place(n: gs.Node, rule: OpRule, fmt: QuantFormat, options: QuantizeOptions,
     decided = result.precision.nodes
     if fmt.name not in rule.formats:
         return
+    gap = rule.missing_kernel(n, fmt.name)
+    if gap:
+        decided[n.name] = NodePrecision(n.op, precision.FP32, gap)
+        return
     sites = [(i, n.inputs[i]) for i in rule.inputs if i < len(n.inputs) and n.inputs[i].name]
     if rule.weight_axis is None:
         sites = [(i, t) for i, t in sites if not isinstance(t, gs.Constant)]
@@ -280,7 +297,7 @@ def _place(n: gs.Node, rule: OpRule, fmt: QuantFormat, options: QuantizeOptions,
         return
     if rule.residual:
         # An input from a single-use, quantized Conv fuses into that Conv's epilogue; quantize the other (residual).
-        fused = [t for _, t in sites if _fuses_into_producer(t, decided, rules)]
+        fused = [t for _, t in sites if _fuses_into_producer(t, fmt, decided, rules)]
         sites = [(i, t) for i, t in sites if fused and t is not fused[0]]
     outputs = [n.outputs[i] for i in rule.outputs if i < len(n.outputs) and n.outputs[i].outputs and _is_float(n.outputs[i])]
     if not sites and not outputs:
@@ -332,13 +349,15 @@ def _exclusion(n: gs.Node, rule: OpRule | None, options: QuantizeOptions) -> str
     return None
 
 
-def _fuses_into_producer(t: gs.Tensor, decided: dict[str, NodePrecision], rules: Mapping[str, OpRule]) -> bool:
+def _fuses_into_producer(t: gs.Tensor, fmt: QuantFormat, decided: dict[str, NodePrecision],
+                         rules: Mapping[str, OpRule]) -> bool:
+    """Whether `t` comes from a single-use op (Conv) running in `fmt` whose epilogue an Add reading `t` fuses into."""
     if len(t.inputs) != 1 or len(t.outputs) != 1:
         return False
     producer = t.inputs[0]
     rule = rules.get(rule_key(producer))
     entry = decided.get(producer.name)
-    return rule is not None and rule.fuses_add and entry is not None and entry.precision == precision.INT8
+    return rule is not None and rule.fuses_add and entry is not None and entry.precision == fmt.name
 
 
 def _warn_unmatched(nodes: list[gs.Node], options: QuantizeOptions) -> None:

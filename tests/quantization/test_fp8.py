@@ -1,0 +1,112 @@
+"""FP8 (E4M3) Q/DQ: placement by TensorRT's FP8 kernels, ONNX Runtime's simulation against an ml_dtypes reference,
+and ranges that do not depend on the order of the calibration batches."""
+
+import ml_dtypes
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from support import float_input, make_model
+from trtptq.calibration.calibrate import CalibrationOptions
+from trtptq.core.precision import FP8, FP32
+from trtptq.pipelines import calibrate, prepare, quantize
+from trtptq.quantization.qdq import QuantizeOptions
+from trtptq.runtime.ort import session
+
+FP8_OPTS = QuantizeOptions(precision="fp8")
+
+
+def _mixed_cnn():
+    """Conv (8 -> 32) -> Relu -> Conv (32 -> 32) -> depthwise Conv -> Add(residual) -> AveragePool -> ConvTranspose,
+    and an attention-like MatMul of two activations: every op whose FP8 support differs."""
+    rng = np.random.default_rng(0)
+    w = {"w0": rng.standard_normal((32, 8, 3, 3)), "w1": rng.standard_normal((32, 32, 3, 3)),
+         "wd": rng.standard_normal((32, 1, 3, 3)), "wt": rng.standard_normal((32, 32, 2, 2))}
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["c0"], name="narrow", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+        helper.make_node("Conv", ["r0", "w1"], ["c1"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu"),
+        helper.make_node("Conv", ["r1", "wd"], ["d"], name="depthwise", pads=[1, 1, 1, 1], group=32),
+        helper.make_node("Add", ["d", "r1"], ["s"], name="residual"),
+        helper.make_node("AveragePool", ["s"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("ConvTranspose", ["p", "wt"], ["y"], name="deconv", strides=[2, 2]),
+        helper.make_node("MatMul", ["q", "k"], ["att"], name="bmm"),
+    ]
+    inputs = [float_input("x", ["N", 8, 8, 8]), float_input("q", ["N", 2, 4, 8]), float_input("k", ["N", 2, 8, 4])]
+    outputs = [float_input("y", ["N", 32, 8, 8]), float_input("att", ["N", 2, 4, 4])]
+    return make_model(nodes, inputs, outputs, {k: v.astype(np.float32) * 0.3 for k, v in w.items()}.items())
+
+
+def test_fp8_placement_follows_tensorrts_fp8_kernels():
+    model = _mixed_cnn()
+    _, _, _, placed = prepare(model, FP8_OPTS)
+    nodes = placed.precision.nodes
+    assert {n: p.precision for n, p in nodes.items()} == {"narrow": FP32, "conv": FP8, "depthwise": FP32,
+                                                         "deconv": FP8, "bmm": FP8}
+    assert nodes["depthwise"].reason.startswith("no FP8 kernel for depthwise Conv")
+    assert nodes["narrow"].reason == ("Conv with 8 input / 32 output channels per group: FP8 is slower than FP16 at "
+                                      "16 or fewer")
+    # The Add after a depthwise Conv left in float fuses into nothing, so it takes no Q/DQ; pooling has no FP8 kernel.
+    assert placed.activations == {"r0": ["conv"], "p": ["deconv"], "q": ["bmm"], "k": ["bmm"]}
+    int8 = prepare(model, QuantizeOptions())[3]  # INT8 takes every one of them
+    assert {n: p.precision for n, p in int8.precision.nodes.items()} == dict.fromkeys(
+        ["narrow", "conv", "depthwise", "residual", "pool", "deconv", "bmm"], "INT8")
+
+
+def test_fp8_residual_add_fuses_into_an_fp8_conv():
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu"),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c2", "x"], ["y"], name="residual")]
+    model = make_model(nodes, [float_input("x", ["N", 32, 6, 6])], [float_input("y", ["N", 32, 6, 6])],
+                       [(w, rng.standard_normal((32, 32, 3, 3)).astype(np.float32)) for w in ("w1", "w2")])
+    placed = prepare(model, FP8_OPTS)[3]
+    assert placed.activations == {"x": ["conv1", "residual"], "r1": ["conv2"]}  # c2 fuses into conv2's epilogue
+    assert {n: p.precision for n, p in placed.precision.nodes.items()} == dict.fromkeys(["conv1", "conv2", "residual"], FP8)
+
+
+def _reference_qdq(x: np.ndarray, scale) -> np.ndarray:
+    """E4M3 Q/DQ in numpy: scale, saturate to +-448, round to nearest even (ml_dtypes' cast), scale back."""
+    return np.clip(x / scale, -448, 448).astype(ml_dtypes.float8_e4m3fn).astype(np.float32) * scale
+
+
+def test_onnx_runtime_fp8_qdq_matches_the_ml_dtypes_reference():
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((24, 5)).astype(np.float32) * np.logspace(-3, 1, 5, dtype=np.float32)  # per-column range
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], [float_input("x", ["N", 24])],
+                       [float_input("y", ["N", 5])], [("w", w)])
+    calib = rng.standard_normal((64, 24)).astype(np.float32)
+    q = quantize(model, data=[{"x": calib}], options=FP8_OPTS,
+                 calibration=CalibrationOptions(method="minmax", show_progress=False))
+    assert q.plan.precision.nodes["mm"].precision == FP8
+    # Beyond the calibrated range (saturates), tiny values (E4M3 subnormals) and exact zeros.
+    x = np.concatenate([rng.standard_normal((16, 24)) * 3, rng.standard_normal((16, 24)) * 1e-4, np.zeros((1, 24))])
+    x = x.astype(np.float32)
+    y = session(q.model, simulate_qdq=True).run(None, {"x": x})[0]
+    amax = float(np.abs(calib).max())
+    w_scale = (np.abs(w).max(axis=0) / 448).astype(np.float32)
+    expected = _reference_qdq(x, np.float32(amax / 448)) @ _reference_qdq(w, w_scale)
+    np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max())
+    stored = {i.name: onnx.numpy_helper.to_array(i) for i in q.model.graph.initializer}
+    assert stored["x_fp8_scale"] == np.float32(amax / 448) and stored["w_fp8_quantized"].dtype == ml_dtypes.float8_e4m3fn
+
+
+@pytest.mark.parametrize("method", ["minmax", "entropy"])  # FP8's default, and one read from the histograms
+def test_fp8_ranges_do_not_depend_on_batch_order(mnist, method):
+    path, images, _ = mnist
+    batches = [{"input": images[i:i + 32]} for i in range(0, 256, 32)]
+    options = CalibrationOptions(method=method, batch_size=32, show_progress=False)
+    forward = calibrate(path, batches, options, FP8_OPTS).amax
+    backward = calibrate(path, batches[::-1], options, FP8_OPTS).amax
+    assert forward == backward and len(forward) == 3  # the first Conv (1 input channel) stays in float
+
+
+def test_fp8_calibrates_with_minmax_unless_told(mnist):
+    path, images, _ = mnist
+    data = [{"input": images[:64]}]
+    assert calibrate(path, data, quantize_options=FP8_OPTS).method == "minmax"
+    told = calibrate(path, data, CalibrationOptions(method="percentile", show_progress=False), FP8_OPTS)
+    assert told.method == "percentile"
