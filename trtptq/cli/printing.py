@@ -16,8 +16,10 @@ def print_auto_choice(ranges, precision_auto: bool = True) -> None:
     """What --method auto kept and how each method scored, and with `precision_auto` what --precision auto kept
     (ranges from `calibrate --precision auto` carry it; a run without it does not use it): printed before the
     results they led to."""
+    from trtptq.autotune.method import PER_TENSOR
+
     scores = ranges.options.get("auto_snr_db")
-    if scores:
+    if scores and len(scores.keys() - {PER_TENSOR}) > 1:  # a --method the user named was not chosen among others
         print(f"--method auto kept {ranges.method}; {_scores(ranges, scores)}")
     if precision_auto:
         print_auto_precision(ranges)
