@@ -187,10 +187,15 @@ def main(argv=None) -> int:
     finally:
         if tmp:
             tmp.cleanup()
+    return report(results, table, a.json)
+
+
+def report(results: dict, table, json_path: str | None) -> int:
+    """Print the results' table (and write them as JSON where asked): the end of every measure_* script."""
     print()
     print(table(results))
-    if a.json:
-        pathlib.Path(a.json).write_text(json.dumps(results, indent=1))
+    if json_path:
+        pathlib.Path(json_path).write_text(json.dumps(results, indent=1))
     return 0
 
 

@@ -23,7 +23,6 @@ The table from a run is in docs/precisions.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import shutil
@@ -40,7 +39,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the checkout: evidence/
 
 from evidence import ocr_models, real_models  # noqa: E402
-from scripts.measure_ocr import cosine  # noqa: E402  (mean per-sample cosine)
+from scripts.measure_ocr import cosine, report  # noqa: E402  (mean per-sample cosine; the table and JSON)
 
 FP8_METHODS = ("minmax", "percentile", "entropy", "mse")
 MODELOPT = "/work/venv-modelopt/bin/python"
@@ -216,11 +215,7 @@ def main(argv=None) -> int:
         work = pathlib.Path(a.keep or tmp).resolve()
         work.mkdir(parents=True, exist_ok=True)
         results = {name: measure(name, a.calib, a.eval, a.seed, work, python) for name in a.models}
-    print()
-    print(table(results))
-    if a.json:
-        pathlib.Path(a.json).write_text(json.dumps(results, indent=1))
-    return 0
+    return report(results, table, a.json)
 
 
 if __name__ == "__main__":
