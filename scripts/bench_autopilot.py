@@ -70,7 +70,7 @@ def job(name: str, model: str, calib: str, evals: str, settings: dict) -> str:
     from trtptq.calibration.calibrate import CalibrationOptions
     from trtptq.evaluation.compare import parse_thresholds
     from trtptq.pipelines import EvaluationOptions, Target, quantize, sensitivity
-    from trtptq.quantization.qdq import QuantizeOptions
+    from trtptq.quantization.options import QuantizeOptions
 
     def opts(method: str) -> CalibrationOptions:
         return CalibrationOptions(method=method, batch_size=settings["batch_size"],

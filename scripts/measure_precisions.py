@@ -128,7 +128,7 @@ def ours(case: Case, work: pathlib.Path, name: str) -> dict[str, tuple[pathlib.P
     from trtptq.calibration.calibrate import CalibrationOptions
     from trtptq.core import model as model_io
     from trtptq.pipelines import quantize, quantize_each_method
-    from trtptq.quantization.qdq import QuantizeOptions
+    from trtptq.quantization.options import QuantizeOptions
 
     calibration = CalibrationOptions(batch_size=16, show_progress=False)
     made = {}

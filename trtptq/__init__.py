@@ -16,12 +16,13 @@ from trtptq.core.version import __version__
 _EXPORTS = {
     "calibrate": "trtptq.pipelines", "quantize": "trtptq.pipelines", "build": "trtptq.pipelines",
     "QuantizeResult": "trtptq.pipelines", "sensitivity": "trtptq.pipelines", "Target": "trtptq.pipelines",
+    "merge": "trtptq.pipelines",
     "EvaluationOptions": "trtptq.pipelines", "SensitivityOptions": "trtptq.autotune.sensitivity",
     "compare": "trtptq.evaluation.compare", "CompareOptions": "trtptq.evaluation.compare",
     "Evaluator": "trtptq.evaluation.evaluator",
     "write_report": "trtptq.evaluation.report",
     "CalibrationOptions": "trtptq.calibration.calibrate", "Ranges": "trtptq.calibration.ranges",
-    "QuantizeOptions": "trtptq.quantization.qdq",
+    "QuantizeOptions": "trtptq.quantization.options",
     "BuildOptions": "trtptq.engine.options", "parse_shapes": "trtptq.core.shapes",
     "BuildReport": "trtptq.core.build_report",
     "ImageOptions": "trtptq.data", "Batches": "trtptq.data",
@@ -43,8 +44,8 @@ if TYPE_CHECKING:
     from trtptq.evaluation.compare import CompareOptions, compare
     from trtptq.evaluation.evaluator import Evaluator
     from trtptq.evaluation.report import write_report
-    from trtptq.pipelines import EvaluationOptions, QuantizeResult, Target, build, calibrate, quantize, sensitivity
-    from trtptq.quantization.qdq import QuantizeOptions
+    from trtptq.pipelines import EvaluationOptions, QuantizeResult, Target, build, calibrate, merge, quantize, sensitivity
+    from trtptq.quantization.options import QuantizeOptions
 
 _RENAMED = {"save_model": "save", "load_model": "load"}
 

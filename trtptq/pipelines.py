@@ -46,7 +46,9 @@ from trtptq.evaluation.evaluator import Evaluator
 from trtptq.evaluation.report import calibration_histograms, write_report
 from trtptq.plugins import BUILTIN, Plugins
 from trtptq.quantization.graph import import_graph
-from trtptq.quantization.qdq import Plan, QuantizeOptions, int4_inputs, plan, quantized_model
+from trtptq.quantization.insert import quantized_model
+from trtptq.quantization.options import QuantizeOptions
+from trtptq.quantization.qdq import Plan, int4_inputs, plan
 from trtptq.quantization.rules import plugin_rules, with_rules
 
 logger = logging.getLogger(__name__)

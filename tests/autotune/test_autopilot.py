@@ -22,7 +22,7 @@ from trtptq.calibration.passes import with_outputs
 from trtptq.core.precision import read_plan
 from trtptq.evaluation.evaluator import Evaluator
 from trtptq.pipelines import EvaluationOptions, Target, prepare, quantize, sensitivity
-from trtptq.quantization.qdq import QuantizeOptions
+from trtptq.quantization.options import QuantizeOptions
 from trtptq.runtime.ort import OrtRunner
 
 FRAGILE = "/2/2.0/Gemm"

@@ -14,7 +14,7 @@ from trtptq.data import Batch, Batches, input_specs, open_source
 from trtptq.evaluation.evaluator import Evaluator
 from trtptq.evaluation.metrics import ErrorStats
 from trtptq.pipelines import prepare
-from trtptq.quantization.qdq import quantized_model
+from trtptq.quantization.insert import quantized_model
 from trtptq.runtime.ort import OrtRunner
 
 

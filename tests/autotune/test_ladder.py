@@ -10,7 +10,8 @@ from trtptq.autotune.gated import GatedModel
 from trtptq.core.precision import read_plan
 from trtptq.evaluation.evaluator import Evaluator
 from trtptq.pipelines import prepare
-from trtptq.quantization.qdq import QuantizeOptions, quantized_model
+from trtptq.quantization.insert import quantized_model
+from trtptq.quantization.options import QuantizeOptions
 
 HYBRID = ("Conv=int8", "MatMul=w4a16", "attn/*=fp16")
 

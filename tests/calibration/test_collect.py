@@ -14,7 +14,8 @@ from trtptq.core.errors import DataError
 from trtptq.data import Batches, IterableSource, input_specs
 from trtptq.pipelines import calibrate
 from trtptq.quantization.graph import import_graph
-from trtptq.quantization.qdq import QuantizeOptions, plan
+from trtptq.quantization.options import QuantizeOptions
+from trtptq.quantization.qdq import plan
 
 
 def _setup(mnist, n=64, batch_size=16):

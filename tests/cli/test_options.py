@@ -16,7 +16,7 @@ from trtptq.engine.options import BuildOptions
 from trtptq.evaluation.compare import CompareOptions
 from trtptq.export.triton import TritonOptions
 from trtptq.pipelines import Target
-from trtptq.quantization.qdq import QuantizeOptions
+from trtptq.quantization.options import QuantizeOptions
 
 # A data script that leaves a mark when anything imports it: where it is --data, no data may have been read.
 SENTINEL = """\

@@ -12,7 +12,7 @@ from trtptq.core.errors import TrtptqError
 from trtptq.engine.build import build_engine
 from trtptq.engine.options import BuildOptions
 from trtptq.pipelines import quantize
-from trtptq.quantization.qdq import QuantizeOptions
+from trtptq.quantization.options import QuantizeOptions
 
 pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed: pip install 'trtptq[rtx]'")
 

@@ -23,7 +23,7 @@ from trtptq.engine.build import build_engine
 from trtptq.engine.calibration import calibration_profile
 from trtptq.engine.options import BuildOptions
 from trtptq.pipelines import calibrate, prepare
-from trtptq.quantization.qdq import QuantizeOptions
+from trtptq.quantization.options import QuantizeOptions
 
 NEEDS_PYCUDA = "needs pycuda (pip install 'trtptq[gpu]' on a machine with the CUDA toolkit)"
 

@@ -18,7 +18,7 @@ from trtptq.autotune.sensitivity import SensitivityOptions
 from trtptq.calibration.calibrate import CalibrationOptions
 from trtptq.evaluation.evaluator import Evaluator
 from trtptq.pipelines import Target, quantize
-from trtptq.quantization.qdq import QuantizeOptions
+from trtptq.quantization.options import QuantizeOptions
 
 pytestmark = pytest.mark.slow
 

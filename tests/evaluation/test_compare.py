@@ -18,7 +18,7 @@ from trtptq.evaluation.evaluator import TaskAccuracy
 from trtptq.evaluation.metrics import EXACT_SNR_DB
 from trtptq.evaluation.report import markdown, write_report
 from trtptq.pipelines import quantize
-from trtptq.quantization.qdq import QuantizeOptions
+from trtptq.quantization.options import QuantizeOptions
 from trtptq.runtime.ort import session
 
 

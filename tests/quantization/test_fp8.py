@@ -11,7 +11,7 @@ from support import float_input, make_model
 from trtptq.calibration.calibrate import CalibrationOptions
 from trtptq.core.precision import FP8, FP32
 from trtptq.pipelines import calibrate, prepare, quantize
-from trtptq.quantization.qdq import QuantizeOptions
+from trtptq.quantization.options import QuantizeOptions
 from trtptq.runtime.ort import session
 
 FP8_OPTS = QuantizeOptions(precision="fp8")

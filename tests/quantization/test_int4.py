@@ -16,7 +16,7 @@ from trtptq.core.formats import INT4
 from trtptq.evaluation.evaluator import Evaluator
 from trtptq.pipelines import quantize
 from trtptq.quantization import weights
-from trtptq.quantization.qdq import QuantizeOptions
+from trtptq.quantization.options import QuantizeOptions
 from trtptq.runtime.ort import session
 
 RNG = np.random.default_rng(0)

@@ -13,7 +13,9 @@ from trtptq.core.model import ensure_opset
 from trtptq.core.precision import read_plan
 from trtptq.quantization.fp16 import to_fp16
 from trtptq.quantization.graph import import_graph
-from trtptq.quantization.qdq import QuantizeOptions, plan, quantized_model
+from trtptq.quantization.insert import quantized_model
+from trtptq.quantization.options import QuantizeOptions
+from trtptq.quantization.qdq import plan
 
 HYBRID = (("Conv", "int8"), ("MatMul", "w4a16"), ("attn/*", "fp16"))
 

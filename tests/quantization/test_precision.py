@@ -11,7 +11,7 @@ from trtptq.core.errors import ModelError
 from trtptq.core.precision import METADATA_KEY, NodePrecision, PrecisionPlan, read_plan, write_plan
 from trtptq.pipelines import quantize
 from trtptq.quantization.fp16 import to_fp16
-from trtptq.quantization.qdq import QuantizeOptions
+from trtptq.quantization.options import QuantizeOptions
 from trtptq.runtime.ort import session
 
 pytestmark = pytest.mark.filterwarnings("ignore:the float32 number:UserWarning")  # onnxconverter-common's FP16 notes

@@ -16,7 +16,9 @@ from trtptq.core.formats import INT8
 from trtptq.core.precision import NodePrecision, read_plan
 from trtptq.pipelines import quantize
 from trtptq.quantization.graph import export_graph, import_graph
-from trtptq.quantization.qdq import QuantizeOptions, insert_qdq, plan
+from trtptq.quantization.insert import insert_qdq
+from trtptq.quantization.options import QuantizeOptions
+from trtptq.quantization.qdq import plan
 from trtptq.quantization.rules import RULES, OpRule, with_rules
 from trtptq.runtime.ort import session
 

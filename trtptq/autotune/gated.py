@@ -29,7 +29,8 @@ from trtptq.core.precision import NodePrecision
 from trtptq.data import InputSpec
 from trtptq.plugins import BUILTIN, Plugins
 from trtptq.quantization.graph import export_graph, import_graph, replace_input
-from trtptq.quantization.qdq import Plan, WeightSite, insert_qdq
+from trtptq.quantization.insert import insert_qdq
+from trtptq.quantization.qdq import Plan, WeightSite
 from trtptq.runtime.ort import OrtRunner
 
 GATE_PREFIX = "trtptq_gate:"

@@ -30,7 +30,8 @@ from trtptq.data import Batch
 from trtptq.evaluation.metrics import snr_db
 from trtptq.plugins import BUILTIN, Plugins
 from trtptq.quantization.graph import export_graph, import_graph
-from trtptq.quantization.qdq import Plan, WeightSite, insert_qdq
+from trtptq.quantization.insert import insert_qdq
+from trtptq.quantization.qdq import Plan, WeightSite
 from trtptq.runtime.ort import OrtRunner
 
 

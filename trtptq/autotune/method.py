@@ -31,7 +31,8 @@ from trtptq.data import Batches
 from trtptq.evaluation.evaluator import Evaluator
 from trtptq.evaluation.metrics import ErrorStats, combined_snr_db, noise_power, snr_db
 from trtptq.plugins import BUILTIN, Plugins
-from trtptq.quantization.qdq import Plan, quantized_model, with_scales
+from trtptq.quantization.insert import quantized_model, with_scales
+from trtptq.quantization.qdq import Plan
 
 PER_TENSOR = "per-tensor"  # the candidate whose every tensor has its own method
 ALL_INT8, ALL_FP8, PER_LAYER = "all-INT8", "all-FP8", "per layer"  # --precision auto's candidates

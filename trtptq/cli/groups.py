@@ -206,7 +206,7 @@ class CalibrationArgs(BaseArgs):
         """Without --method: `default_method`, or else the --precision's (minmax for fp8, else auto)."""
         from trtptq.calibration.calibrate import CalibrationOptions
         from trtptq.calibration.cluster import Cluster
-        from trtptq.quantization.qdq import range_method
+        from trtptq.quantization.options import range_method
 
         cluster = Cluster(args.workers, args.ray_address) if args.workers is not None or args.ray_address else None
         method = args.method or default_method or range_method(args.precision)
@@ -271,7 +271,7 @@ class QuantizeArgs(BaseArgs):
         self.targets = targets
 
     def add_arguments(self, group) -> None:
-        from trtptq.quantization.qdq import BLOCK_SIZES, INT4_METHODS, PRECISIONS
+        from trtptq.quantization.options import BLOCK_SIZES, INT4_METHODS, PRECISIONS
 
         group.add_argument("--precision", choices=list(PRECISIONS), default="int8",
                            help="int8; fp8 (E4M3, compute capability 8.9+); w4a16 (INT4 weights in blocks, float "
@@ -310,7 +310,7 @@ class QuantizeArgs(BaseArgs):
                            help="keep activation x activation MatMuls (attention) in float")
 
     def parse(self, args: argparse.Namespace):
-        from trtptq.quantization.qdq import QuantizeOptions
+        from trtptq.quantization.options import QuantizeOptions
 
         return QuantizeOptions(exclude_nodes=tuple(args.exclude_nodes), exclude_op_types=tuple(args.exclude_op_types),
                                keep_first=args.keep_first, keep_last=args.keep_last,

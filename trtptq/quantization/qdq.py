@@ -1,4 +1,4 @@
-"""Q/DQ placement for TensorRT's explicit quantization, and its insertion.
+"""Q/DQ placement for TensorRT's explicit quantization (insertion: `quantization.insert`).
 
 `plan` walks the graph once, in topological order, and applies each node's
 rule from a rule table (`rules.RULES` by default): which inputs take Q/DQ,
@@ -21,124 +21,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
-from trtptq.core import precision, userfiles
+from trtptq.core import precision
 from trtptq.core.errors import ModelError
-from trtptq.core.formats import FORMATS, INT4, INT8, QuantFormat, parse_compute_capability
-from trtptq.core.options import check_choice, check_names, option_error
+from trtptq.core.formats import FORMATS, INT4, INT8, QuantFormat
 from trtptq.core.precision import NodePrecision, PrecisionPlan
 from trtptq.plugins import is_plugin_op
-from trtptq.quantization import weights as weight_formats
-from trtptq.quantization.graph import export_graph, import_graph, replace_input, weight_values
+from trtptq.quantization.options import LAYER_PRECISIONS, PRECISIONS, QuantizeOptions
 from trtptq.quantization.rules import RULES, OpRule, rule_key
 
 logger = logging.getLogger(__name__)
-AUTO = "auto"
-#: --precision -> the format its nodes take (auto starts from INT8; autotune chooses per layer)
-PRECISIONS = {"int8": INT8.name, "fp8": FORMATS["FP8"].name, "w4a16": INT4.name, AUTO: INT8.name}
-#: --layer-precision's precisions -> the node's precision: a format, or float (FP16: FP16 where the engine is built
-#: with --fp16, FP32: FP32 even there)
-LAYER_PRECISIONS = {**{p: f for p, f in PRECISIONS.items() if p != AUTO}, "fp16": precision.FP16,
-                    "fp32": precision.FP32}
-BLOCK_SIZES = (32, 64, 128)  # INT4 weight blocks TensorRT takes
-#: how INT4 blocks are rounded: rtn = each block's scale of least weight error; awq = of least output error on the
-#: calibration activations (their channel statistics, gathered in the calibration collection); gptq = awq's scales,
-#: then GPTQ's rounding with error feedback (the inputs' whole second-moment matrix)
-INT4_METHODS = ("rtn", "awq", "gptq")
-#: the calibration --method a --precision takes when none is given (others: auto). FP8 keeps each tensor's maximum:
-#: E4M3's relative error is about the same at any scale, so a clipped range only loses the values it clips
-#: (measured in docs/precisions.md: scripts/measure_precisions.py).
-RANGE_METHODS = {"fp8": "minmax"}
-
-
-def range_method(precision: str) -> str:
-    """The calibration method for `precision` when the user names none (`RANGE_METHODS`, else auto)."""
-    return RANGE_METHODS.get(precision, "auto")
-
-
-@dataclass
-class QuantizeOptions:
-    """Where Q/DQ goes, and in which format. Defaults follow TensorRT's placement guidance."""
-
-    exclude_nodes: tuple[str, ...] = ()  # node names or glob patterns kept in float
-    exclude_op_types: tuple[str, ...] = ()  # op types kept in float
-    keep_first: bool = False  # first weighted layer in float
-    keep_last: bool = False  # last weighted layer in float
-    per_channel: bool = True  # per-channel weight scales
-    residual_add: bool = True  # quantize the residual input of Add after Conv
-    pooling: bool = True  # quantize AveragePool/GlobalAveragePool inputs
-    activation_matmul: bool = True  # quantize both inputs of activation x activation MatMul (attention BMMs)
-    embeddings: bool = False  # quantize Gather embedding tables too (INT8 per row; INT4 in blocks along the hidden axis)
-    precision: str = "int8"  # int8 | fp8 | w4a16 (INT4 weights, float activations) | auto (chosen per layer)
-    block_size: int = 128  # INT4 weights: values per scale along the reduction axis
-    int4_method: str = "awq"  # INT4: rtn (weight error) | awq (output error on the calibration data) | gptq
-    compute_capabilities: tuple[str, ...] = ()  # the GPUs the engine must run on, e.g. ("8.6",); () = any format
-    #: (pattern, precision) pairs: nodes of that op type or name glob take that LAYER_PRECISIONS key (the last match
-    #: wins), whatever --precision and auto say (--target may still walk them up its ladder)
-    layer_precisions: tuple[tuple[str, str], ...] = ()
-    #: what auto and --target score candidates by, higher is better: snr (output SNR vs FP32), argmax[:AXIS]
-    #: (argmax agreement with FP32 along a class axis), or FILE.py:FUNCTION (fn(fp32, candidate, labels) -> number)
-    metric: str = userfiles.SNR
-
-    def __post_init__(self) -> None:
-        check_names("--exclude-nodes", self.exclude_nodes)
-        check_names("--exclude-op-types", self.exclude_op_types)
-        check_names("--compute-capability", self.compute_capabilities)
-        check_choice("--precision", self.precision, PRECISIONS)
-        check_choice("--int4-method", self.int4_method, INT4_METHODS)
-        if self.block_size not in BLOCK_SIZES:
-            raise option_error("--block-size", self.block_size, "is not a block size TensorRT takes",
-                               f"use one of {', '.join(map(str, BLOCK_SIZES))}")
-        if self.precision != AUTO:
-            self._check_runs("--precision", "", self.precision)
-        userfiles.metric(self.metric)
-        for pattern, name in self.layer_precisions:
-            if name not in LAYER_PRECISIONS:
-                raise option_error("--layer-precision", f"{pattern}={name}", "names no precision",
-                                   f"use one of {', '.join(LAYER_PRECISIONS)}")
-            if not pattern:
-                raise option_error("--layer-precision", f"={name}", "names no node", "give PATTERN=PRECISION with "
-                                   "PATTERN an op type or a node-name glob, e.g. Conv=int8 or '*attn*=fp16'")
-            if LAYER_PRECISIONS[name] in FORMATS:
-                self._check_runs("--layer-precision", f"{pattern}=", name)
-
-    def _check_runs(self, flag: str, prefix: str, name: str) -> None:
-        """`name` (a --precision) runs on every --compute-capability, or one line that says which does not (the
-        value is `prefix` + name: --layer-precision's pattern)."""
-        targets = [parse_compute_capability(cc) for cc in self.compute_capabilities]
-        fmt = FORMATS[PRECISIONS[name]]
-        if targets and not fmt.runs_on(min(targets)):
-            oldest = ".".join(map(str, min(targets)))
-            runnable = [p for p, f in PRECISIONS.items() if p != AUTO and FORMATS[f].runs_on(min(targets))] or ["int8"]
-            raise option_error(flag, prefix + name, f"({fmt.name}) needs compute capability "
-                               f"{'.'.join(map(str, fmt.compute_capability))} or newer, and --compute-capability "
-                               f"{oldest} cannot run it", f"use {flag} {' or '.join(prefix + p for p in runnable)}, or drop {oldest}")
-
-    @property
-    def formats(self) -> tuple[QuantFormat, ...]:
-        """The formats this run may write: --precision's (with auto every format all the targets run), then those
-        --layer-precision names."""
-        if self.precision != AUTO:
-            chosen = [FORMATS[PRECISIONS[self.precision]]]
-        else:
-            oldest = min((parse_compute_capability(cc) for cc in self.compute_capabilities), default=None)
-            chosen = [f for f in FORMATS.values() if oldest is None or f.runs_on(oldest)]
-        chosen += [FORMATS[LAYER_PRECISIONS[name]] for _, name in self.layer_precisions
-                   if LAYER_PRECISIONS[name] in FORMATS]
-        return tuple(dict.fromkeys(chosen))
-
-    @property
-    def range_method(self) -> str:
-        return range_method(self.precision)
-
-    @property
-    def opset(self) -> int:
-        """The ONNX opset the quantized model needs: the newest of its formats' Q/DQ."""
-        return max(f.opset for f in self.formats)
-
-
 @dataclass
 class WeightSite:
     node: str
@@ -379,119 +272,3 @@ def _warn_unmatched(nodes: list[gs.Node], options: QuantizeOptions) -> None:
 def _similar(word: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(word, choices, n=3, cutoff=0.5)
     return f"; similar: {', '.join(close)}" if close else ""
-
-
-def quantized_model(model: onnx.ModelProto, plan_: Plan, amax: Mapping[str, float],
-                    grams: Mapping[str, np.ndarray] | None = None) -> onnx.ModelProto:
-    """The Q/DQ model of `plan_` with `amax`, carrying its precision plan (a fresh graph each call: insertion edits it).
-
-    `model` must already have the opset its formats need (`QuantizeOptions.opset`; FP8 19, INT4 blocks 21).
-    `grams`: see `insert_qdq`."""
-    graph = insert_qdq(import_graph(model), plan_, amax, grams=grams)
-    return precision.write_plan(export_graph(graph, model), plan_.precision)
-
-
-def _tag(fmt: QuantFormat) -> str:
-    """What tells a Q/DQ pair's names apart per format: INT8's keep the plain names of earlier trtptq models."""
-    return "" if fmt is INT8 else f"_{fmt.name.lower()}"
-
-
-def with_scales(qdq_model: onnx.ModelProto, amax: Mapping[str, float]) -> onnx.ModelProto:
-    """A copy of a Q/DQ model from `insert_qdq` with its activation scales set from `amax`: candidates that differ
-    only in their ranges, without placing and exporting the graph again."""
-    scales = {f"{tensor}{_tag(fmt)}_scale": (tensor, fmt) for tensor in amax for fmt in FORMATS.values() if fmt.activations}
-    out = onnx.ModelProto()
-    out.CopyFrom(qdq_model)
-    for init in out.graph.initializer:
-        if init.name in scales:
-            tensor, fmt = scales[init.name]
-            init.CopyFrom(onnx.numpy_helper.from_array(np.asarray(fmt.scale(amax[tensor]), np.float32), init.name))
-    return out
-
-
-def insert_qdq(graph: gs.Graph, plan_: Plan, amax: Mapping[str, float], suffix: str = "",
-               grams: Mapping[str, np.ndarray] | None = None) -> gs.Graph:
-    """Write Q/DQ pairs for activations (from `amax`) and quantized weights + DQ, each in its node's format, in place.
-
-    `suffix` makes the new names unique when one graph takes several insertions (sensitivity's layer copies).
-    `grams` (node -> its input's second moments, `calibration.channels`) make an INT4 node's blocks take the scales
-    with the least output error (activation-aware): per block (blocks, size, size), or the whole (K, K) matrix, which
-    also rounds by GPTQ; a node without one takes the scales of least weight error.
-    """
-    by_format = {name: _consumers_by_format(plan_, consumers) for name, consumers in plan_.activations.items()}
-    missing = [t for t, groups in by_format.items() if groups and t not in amax]
-    if missing:
-        raise ModelError(f"no range for {len(missing)} tensor(s) to quantize (e.g. {', '.join(missing[:3])}); "
-                         "the ranges come from another model or other options. Re-run calibration.")
-    tensors = graph.tensors()
-    by_name = {n.name: n for n in graph.nodes}
-
-    for name, groups in by_format.items():
-        t = tensors[name]
-        for fmt, consumers in groups.items():
-            scale = fmt.scale(amax[name])
-            base = f"{name}{_tag(fmt)}{suffix}"
-            q_out = gs.Variable(f"{base}_quantized", dtype=fmt.dtype, shape=t.shape)
-            dq_out = gs.Variable(f"{base}_dequantized", dtype=t.dtype or np.float32, shape=t.shape)
-            s_const = gs.Constant(f"{base}_scale", scale)
-            z_const = _constant(f"{base}_zero_point", fmt.zero_point())
-            graph.nodes.append(gs.Node("QuantizeLinear", f"{base}_QuantizeLinear", inputs=[t, s_const, z_const],
-                                       outputs=[q_out]))
-            graph.nodes.append(gs.Node("DequantizeLinear", f"{base}_DequantizeLinear", inputs=[q_out, s_const, z_const],
-                                       outputs=[dq_out]))
-            for c in consumers:
-                replace_input(by_name[c], t, dq_out)
-
-    done: dict[tuple, gs.Variable] = {}
-    for site in plan_.weights:
-        fmt = plan_.format_of(site.node)
-        axis = site.block_axis if fmt is INT4 else site.axis
-        key = (site.tensor, fmt.name, axis)
-        if key not in done:
-            gram = (grams or {}).get(site.node) if fmt is INT4 else None
-            done[key] = _quantize_weight(graph, tensors[site.tensor], fmt, axis, plan_.block_size, suffix, gram)
-        replace_input(by_name[site.node], tensors[site.tensor], done[key])
-    return graph.cleanup().toposort()
-
-
-def _consumers_by_format(plan_: Plan, consumers: list[str]) -> dict[QuantFormat, list[str]]:
-    """The consumers of one tensor grouped by the format they read it in; weight-only (INT4) consumers read it as is."""
-    groups: dict[QuantFormat, list[str]] = {}
-    for c in consumers:
-        fmt = plan_.format_of(c)
-        if fmt.activations:
-            groups.setdefault(fmt, []).append(c)
-    return groups
-
-
-def _quantize_weight(graph: gs.Graph, w: gs.Constant, fmt: QuantFormat, axis: int | None, block_size: int,
-                     suffix: str = "", gram: np.ndarray | None = None) -> gs.Variable:
-    """The weight stored in `fmt` behind a DequantizeLinear: per-tensor, per channel on `axis`, or for a
-    weight-only format (INT4) in blocks of `block_size` along `axis`."""
-    values = np.asarray(weight_values(w), dtype=np.float32)
-    if fmt.activations:
-        q, scale = weight_formats.per_channel(values, fmt, axis)
-    elif gram is not None and gram.ndim == 2:
-        q, scale = weight_formats.gptq(values, fmt, axis, block_size, gram)
-    else:
-        q, scale = weight_formats.blocked(values, fmt, axis, block_size, gram)
-    base = f"{w.name}{_tag(fmt)}{suffix}"
-    out = gs.Variable(f"{base}_dequantized", dtype=np.float32, shape=list(values.shape))
-    attrs = {} if axis is None else {"axis": axis}
-    if not fmt.activations:
-        attrs["block_size"] = block_size
-    graph.nodes.append(gs.Node(
-        "DequantizeLinear", f"{base}_DequantizeLinear", attrs=attrs,
-        inputs=[_constant(f"{base}_quantized", q), gs.Constant(f"{base}_scale", scale),
-                _constant(f"{base}_zero_point", fmt.zero_point(scale.shape))],
-        outputs=[out]))
-    return out
-
-
-def _constant(name: str, values: np.ndarray) -> gs.Constant:
-    """A constant of any format's dtype: INT4 goes through onnx's own packing (gs would write one value per byte)."""
-    if values.dtype.itemsize == 1 and values.dtype.name in ("int4", "uint4"):
-        from onnx_graphsurgeon.ir.tensor import LazyValues
-
-        return gs.Constant(name, LazyValues(onnx.numpy_helper.from_array(values, name)))
-    return gs.Constant(name, values)

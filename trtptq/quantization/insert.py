@@ -1,0 +1,137 @@
+"""Q/DQ insertion: a plan's sites written into the graph, each in its node's format.
+
+One Q/DQ pair per (tensor, format) (INT8's names stay the plain ones of earlier trtptq models; FP8's carry
+`_fp8`), weights per channel (INT8, FP8) or in blocks (INT4, packed by onnx); `with_scales` swaps the
+activation scales of a written model, for candidates that differ only in their ranges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from trtptq.core import precision
+from trtptq.core.errors import ModelError
+from trtptq.core.formats import FORMATS, INT4, INT8, QuantFormat
+from trtptq.quantization import weights as weight_formats
+from trtptq.quantization.graph import export_graph, import_graph, replace_input, weight_values
+from trtptq.quantization.qdq import Plan
+
+
+def quantized_model(model: onnx.ModelProto, plan_: Plan, amax: Mapping[str, float],
+                    grams: Mapping[str, np.ndarray] | None = None) -> onnx.ModelProto:
+    """The Q/DQ model of `plan_` with `amax`, carrying its precision plan (a fresh graph each call: insertion edits it).
+
+    `model` must already have the opset its formats need (`QuantizeOptions.opset`; FP8 19, INT4 blocks 21).
+    `grams`: see `insert_qdq`."""
+    graph = insert_qdq(import_graph(model), plan_, amax, grams=grams)
+    return precision.write_plan(export_graph(graph, model), plan_.precision)
+
+
+def _tag(fmt: QuantFormat) -> str:
+    """What tells a Q/DQ pair's names apart per format: INT8's keep the plain names of earlier trtptq models."""
+    return "" if fmt is INT8 else f"_{fmt.name.lower()}"
+
+
+def with_scales(qdq_model: onnx.ModelProto, amax: Mapping[str, float]) -> onnx.ModelProto:
+    """A copy of a Q/DQ model from `insert_qdq` with its activation scales set from `amax`: candidates that differ
+    only in their ranges, without placing and exporting the graph again."""
+    scales = {f"{tensor}{_tag(fmt)}_scale": (tensor, fmt) for tensor in amax for fmt in FORMATS.values() if fmt.activations}
+    out = onnx.ModelProto()
+    out.CopyFrom(qdq_model)
+    for init in out.graph.initializer:
+        if init.name in scales:
+            tensor, fmt = scales[init.name]
+            init.CopyFrom(onnx.numpy_helper.from_array(np.asarray(fmt.scale(amax[tensor]), np.float32), init.name))
+    return out
+
+
+def insert_qdq(graph: gs.Graph, plan_: Plan, amax: Mapping[str, float], suffix: str = "",
+               grams: Mapping[str, np.ndarray] | None = None) -> gs.Graph:
+    """Write Q/DQ pairs for activations (from `amax`) and quantized weights + DQ, each in its node's format, in place.
+
+    `suffix` makes the new names unique when one graph takes several insertions (sensitivity's layer copies).
+    `grams` (node -> its input's second moments, `calibration.channels`) make an INT4 node's blocks take the scales
+    with the least output error (activation-aware): per block (blocks, size, size), or the whole (K, K) matrix, which
+    also rounds by GPTQ; a node without one takes the scales of least weight error.
+    """
+    by_format = {name: _consumers_by_format(plan_, consumers) for name, consumers in plan_.activations.items()}
+    missing = [t for t, groups in by_format.items() if groups and t not in amax]
+    if missing:
+        raise ModelError(f"no range for {len(missing)} tensor(s) to quantize (e.g. {', '.join(missing[:3])}); "
+                         "the ranges come from another model or other options. Re-run calibration.")
+    tensors = graph.tensors()
+    by_name = {n.name: n for n in graph.nodes}
+
+    for name, groups in by_format.items():
+        t = tensors[name]
+        for fmt, consumers in groups.items():
+            scale = fmt.scale(amax[name])
+            base = f"{name}{_tag(fmt)}{suffix}"
+            q_out = gs.Variable(f"{base}_quantized", dtype=fmt.dtype, shape=t.shape)
+            dq_out = gs.Variable(f"{base}_dequantized", dtype=t.dtype or np.float32, shape=t.shape)
+            s_const = gs.Constant(f"{base}_scale", scale)
+            z_const = _constant(f"{base}_zero_point", fmt.zero_point())
+            graph.nodes.append(gs.Node("QuantizeLinear", f"{base}_QuantizeLinear", inputs=[t, s_const, z_const],
+                                       outputs=[q_out]))
+            graph.nodes.append(gs.Node("DequantizeLinear", f"{base}_DequantizeLinear", inputs=[q_out, s_const, z_const],
+                                       outputs=[dq_out]))
+            for c in consumers:
+                replace_input(by_name[c], t, dq_out)
+
+    done: dict[tuple, gs.Variable] = {}
+    for site in plan_.weights:
+        fmt = plan_.format_of(site.node)
+        axis = site.block_axis if fmt is INT4 else site.axis
+        key = (site.tensor, fmt.name, axis)
+        if key not in done:
+            gram = (grams or {}).get(site.node) if fmt is INT4 else None
+            done[key] = _quantize_weight(graph, tensors[site.tensor], fmt, axis, plan_.block_size, suffix, gram)
+        replace_input(by_name[site.node], tensors[site.tensor], done[key])
+    return graph.cleanup().toposort()
+
+
+def _consumers_by_format(plan_: Plan, consumers: list[str]) -> dict[QuantFormat, list[str]]:
+    """The consumers of one tensor grouped by the format they read it in; weight-only (INT4) consumers read it as is."""
+    groups: dict[QuantFormat, list[str]] = {}
+    for c in consumers:
+        fmt = plan_.format_of(c)
+        if fmt.activations:
+            groups.setdefault(fmt, []).append(c)
+    return groups
+
+
+def _quantize_weight(graph: gs.Graph, w: gs.Constant, fmt: QuantFormat, axis: int | None, block_size: int,
+                     suffix: str = "", gram: np.ndarray | None = None) -> gs.Variable:
+    """The weight stored in `fmt` behind a DequantizeLinear: per-tensor, per channel on `axis`, or for a
+    weight-only format (INT4) in blocks of `block_size` along `axis`."""
+    values = np.asarray(weight_values(w), dtype=np.float32)
+    if fmt.activations:
+        q, scale = weight_formats.per_channel(values, fmt, axis)
+    elif gram is not None and gram.ndim == 2:
+        q, scale = weight_formats.gptq(values, fmt, axis, block_size, gram)
+    else:
+        q, scale = weight_formats.blocked(values, fmt, axis, block_size, gram)
+    base = f"{w.name}{_tag(fmt)}{suffix}"
+    out = gs.Variable(f"{base}_dequantized", dtype=np.float32, shape=list(values.shape))
+    attrs = {} if axis is None else {"axis": axis}
+    if not fmt.activations:
+        attrs["block_size"] = block_size
+    graph.nodes.append(gs.Node(
+        "DequantizeLinear", f"{base}_DequantizeLinear", attrs=attrs,
+        inputs=[_constant(f"{base}_quantized", q), gs.Constant(f"{base}_scale", scale),
+                _constant(f"{base}_zero_point", fmt.zero_point(scale.shape))],
+        outputs=[out]))
+    return out
+
+
+def _constant(name: str, values: np.ndarray) -> gs.Constant:
+    """A constant of any format's dtype: INT4 goes through onnx's own packing (gs would write one value per byte)."""
+    if values.dtype.itemsize == 1 and values.dtype.name in ("int4", "uint4"):
+        from onnx_graphsurgeon.ir.tensor import LazyValues
+
+        return gs.Constant(name, LazyValues(onnx.numpy_helper.from_array(values, name)))
+    return gs.Constant(name, values)
