@@ -49,7 +49,7 @@ def print_auto_precision(ranges) -> None:
     need = max((FORMATS[f] for f in chosen if f in FORMATS), key=lambda f: f.compute_capability, default=None)
     if need is not None and need.compute_capability > min(f.compute_capability for f in FORMATS.values()) \
             and not ranges.options.get("quantize", {}).get("compute_capabilities"):
-        print(f"the engine needs compute capability {'.'.join(map(str, need.compute_capability))} or newer "
+        print(f"the engine needs compute capability {need.needs} or newer "
               f"({need.name}); give --compute-capability for the GPUs it must run on, and auto picks only what they "
               "run")
 

@@ -15,7 +15,7 @@ writes and simulates Q/DQ reads them instead of spelling them out.
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import ml_dtypes
@@ -57,8 +57,14 @@ class QuantFormat:
     def dequantize(self, q: np.ndarray, scale: np.ndarray) -> np.ndarray:
         return q.astype(np.float32) * scale
 
-    def runs_on(self, compute_capability: tuple[int, int]) -> bool:
-        return compute_capability >= self.compute_capability
+    def runs_on(self, compute_capability: tuple[int, int] | None) -> bool:
+        """Whether TensorRT runs this format on that GPU; None (no target named): any format may be written."""
+        return compute_capability is None or compute_capability >= self.compute_capability
+
+    @property
+    def needs(self) -> str:
+        """The oldest GPU that runs it, as --compute-capability spells it ('8.9')."""
+        return cc_text(self.compute_capability)
 
     def zero_point(self, shape: tuple[int, ...] = ()) -> np.ndarray:
         return np.zeros(shape, self.dtype)
@@ -92,6 +98,15 @@ FP8 = QuantFormat("FP8", ml_dtypes.float8_e4m3fn, qmax=448.0, qmin=-448.0, min_s
 INT4 = QuantFormat("INT4", ml_dtypes.int4, qmax=7, qmin=-8, min_scale=1e-8, opset=21, compute_capability=(8, 0),
                    activations=False)
 FORMATS: Mapping[str, QuantFormat] = {f.name: f for f in (INT8, FP8, INT4)}  # GPU minima: TensorRT's support matrix
+
+
+def cc_text(compute_capability: tuple[int, int]) -> str:
+    return ".".join(map(str, compute_capability))
+
+
+def oldest_target(compute_capabilities: Sequence[str]) -> tuple[int, int] | None:
+    """The oldest of the named GPUs, the one every format written must run on; None where none is named."""
+    return min((parse_compute_capability(cc) for cc in compute_capabilities), default=None)
 
 
 def parse_compute_capability(text: str, flag: str = "--compute-capability") -> tuple[int, int]:

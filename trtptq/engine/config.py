@@ -8,7 +8,7 @@ import pathlib
 from collections.abc import Sequence
 
 from trtptq.core.errors import TrtptqError
-from trtptq.core.formats import FORMATS, parse_compute_capability
+from trtptq.core.formats import FORMATS, cc_text, oldest_target
 from trtptq.core.manifest import gpu_compute_capability
 from trtptq.core.precision import PrecisionPlan
 from trtptq.core.shapes import Profile
@@ -66,16 +66,15 @@ def _keep_layers_fp32(trt, network, config, patterns, proto) -> None:
 def check_formats(plan: PrecisionPlan | None, ccs: Sequence[str], path: os.PathLike) -> None:
     """One line, before TensorRT parses the model, when its precision plan holds a format a target cannot run
     (FP8 for 8.6: TensorRT-RTX would refuse it after parsing, in two lines of its own)."""
-    if plan is None or not ccs:
+    if plan is None:
         return
-    oldest = min(ccs, key=parse_compute_capability)
+    target = oldest_target(ccs)
     counts = plan.counts()
     for name, fmt in FORMATS.items():
-        if counts[name] and not fmt.runs_on(parse_compute_capability(oldest)):
-            need = ".".join(map(str, fmt.compute_capability))
-            raise TrtptqError(f"{path} runs {counts[name]} node(s) in {name}, which needs compute capability {need} or "
-                              f"newer: --compute-capability {oldest} cannot run it; build for {need} or newer, or "
-                              "quantize again with --precision int8.")
+        if counts[name] and not fmt.runs_on(target):
+            raise TrtptqError(f"{path} runs {counts[name]} node(s) in {name}, which needs compute capability {fmt.needs} "
+                              f"or newer: --compute-capability {cc_text(target)} cannot run it; build for {fmt.needs} or "
+                              "newer, or quantize again with --precision int8.")
 
 
 def compute_capabilities(backend: Backend, opts: BuildOptions) -> list[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from trtptq.core import precision, userfiles
-from trtptq.core.formats import FORMATS, INT4, INT8, QuantFormat, parse_compute_capability
+from trtptq.core.formats import FORMATS, INT4, INT8, QuantFormat, cc_text, oldest_target
 from trtptq.core.options import check_choice, check_names, option_error
 
 AUTO = "auto"
@@ -81,14 +81,14 @@ class QuantizeOptions:
     def _check_runs(self, flag: str, prefix: str, name: str) -> None:
         """`name` (a --precision) runs on every --compute-capability, or one line that says which does not (the
         value is `prefix` + name: --layer-precision's pattern)."""
-        targets = [parse_compute_capability(cc) for cc in self.compute_capabilities]
+        target = oldest_target(self.compute_capabilities)
         fmt = FORMATS[PRECISIONS[name]]
-        if targets and not fmt.runs_on(min(targets)):
-            oldest = ".".join(map(str, min(targets)))
-            runnable = [p for p, f in PRECISIONS.items() if p != AUTO and FORMATS[f].runs_on(min(targets))] or ["int8"]
-            raise option_error(flag, prefix + name, f"({fmt.name}) needs compute capability "
-                               f"{'.'.join(map(str, fmt.compute_capability))} or newer, and --compute-capability "
-                               f"{oldest} cannot run it", f"use {flag} {' or '.join(prefix + p for p in runnable)}, or drop {oldest}")
+        if not fmt.runs_on(target):
+            oldest = cc_text(target)
+            runnable = [p for p, f in PRECISIONS.items() if p != AUTO and FORMATS[f].runs_on(target)] or ["int8"]
+            raise option_error(flag, prefix + name, f"({fmt.name}) needs compute capability {fmt.needs} or newer, and "
+                               f"--compute-capability {oldest} cannot run it",
+                               f"use {flag} {' or '.join(prefix + p for p in runnable)}, or drop {oldest}")
 
     @property
     def formats(self) -> tuple[QuantFormat, ...]:
@@ -97,8 +97,8 @@ class QuantizeOptions:
         if self.precision != AUTO:
             chosen = [FORMATS[PRECISIONS[self.precision]]]
         else:
-            oldest = min((parse_compute_capability(cc) for cc in self.compute_capabilities), default=None)
-            chosen = [f for f in FORMATS.values() if oldest is None or f.runs_on(oldest)]
+            target = oldest_target(self.compute_capabilities)
+            chosen = [f for f in FORMATS.values() if f.runs_on(target)]
         chosen += [FORMATS[LAYER_PRECISIONS[name]] for _, name in self.layer_precisions
                    if LAYER_PRECISIONS[name] in FORMATS]
         return tuple(dict.fromkeys(chosen))
