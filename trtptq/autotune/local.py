@@ -70,6 +70,7 @@ def _probe(model: onnx.ModelProto, plan: Plan, amax_sets: Mapping[str, Mapping[s
     inputs = {name: [t for t, consumers in plan.activations.items() if name in consumers] for name in nodes}
     own = {name: plan.format_of(name).name for name in nodes}
     takes = {name: {f.name for f in plan.formats_for(name)} | {own[name]} for name in nodes}
+    weights = Plan(block_size=plan.block_size)  # every copy's weights: one quantized weight per (tensor, format)
     for k, (key, amax) in enumerate(amax_sets.items()):
         sites = Plan(block_size=plan.block_size)
         for name in nodes:
@@ -86,14 +87,16 @@ def _probe(model: onnx.ModelProto, plan: Plan, amax_sets: Mapping[str, Mapping[s
             twin = gs.Node(n.op, f"{name}__local{k}", dict(n.attrs), list(n.inputs),
                            [gs.Variable(f"{o.name}__local{k}", dtype=o.dtype or np.float32) for o in n.outputs], domain=n.domain)
             graph.nodes.append(twin)
-            sites.precision.nodes[twin.name] = NodePrecision(n.op, fmt)  # what insertion writes for the copy
+            sites.precision.nodes[twin.name] = weights.precision.nodes[twin.name] = NodePrecision(n.op, fmt)
             for tensor in inputs[name]:
                 sites.add_activation(tensor, twin.name)
-            sites.weights += [WeightSite(twin.name, w.tensor, w.axis, w.block_axis) for w in plan.weights if w.node == name]
+            weights.weights += [WeightSite(twin.name, w.tensor, w.axis, w.block_axis) for w in plan.weights
+                                if w.node == name]
             diff = gs.Variable(f"{twin.name}__error", dtype=twin.outputs[0].dtype)
             graph.nodes.append(gs.Node("Sub", f"{twin.name}__Sub", inputs=[twin.outputs[0], n.outputs[0]], outputs=[diff]))
             noise_of[name][key] = _sum_sq(graph, diff, f"{twin.name}__noise")
         insert_qdq(graph, sites, amax, suffix=f"__local{k}")
+    insert_qdq(graph, weights, {}, suffix="__local")
     sums = {out.name: out for out in graph.outputs}
     graph.outputs = [sums[out] for out in dict.fromkeys(o for name in nodes for o in (signal[name], *noise_of[name].values()))]
     graph.nodes = _as_needed(graph.outputs)

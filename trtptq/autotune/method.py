@@ -1,10 +1,11 @@
 """`--method auto`: every method's ranges from one histogram collection, mixed per tensor, the best model kept.
 
-Each single method's ranges are scored on the model's outputs against FP32;
-then the best of them is refined per tensor: a tensor whose consumer layers
-keep clearly less local error with another method's range (`local.local_snr`:
-all layers, all methods, one run) takes that range. The best of all is kept,
-so auto is never worse than the best single method on the scoring samples.
+Each layer's local error is measured with every method's ranges (`local.local_snr`:
+all layers, all methods, one run); the method whose layers keep the least local
+noise is refined per tensor: a tensor whose consumer layers keep clearly less
+local error with another method's range takes that range. That mix and each
+single method are scored on the model's outputs against FP32, and the best of
+all is kept, so auto is never worse than the best single method on the scoring samples.
 Scoring is where the time goes, so no candidate is scored further than it
 must be: one whose layers' local noise adds up to HOPELESS times the best
 candidate's (10 dB worse) is not scored, and the others run most promising
@@ -70,8 +71,8 @@ def choose_method(model: onnx.ModelProto, plan: Plan, by_method: dict[str, dict[
                   samples: int, memory_budget: int, show_progress: bool = False,
                   plugins: Plugins = BUILTIN, formats: Sequence[QuantFormat] = (),
                   metric: TaskMetric | None = None, observed: dict[str, float] | None = None) -> MethodChoice:
-    """Score each method's ranges on the first `samples` samples, then the best one with the tensors whose local
-    error another method clearly lowers switched to it; keep the best of all.
+    """Score, on the first `samples` samples, the ranges of the method whose layers keep the least local error with
+    the tensors another method clearly improves switched to it, then each method's own; keep the best of all.
 
     No labels needed: the FP32 model is the reference, as in `trtptq compare`; it
     runs once, and every candidate runs in real batches against it. Candidates
@@ -98,8 +99,11 @@ def choose_method(model: onnx.ModelProto, plan: Plan, by_method: dict[str, dict[
                           {f.name: f.name for f in others})
         predicted = {m: sum(noise_power(per[m]) for per in local.values() if m in per) for m in methods}
         floor = min(predicted.values())
-        scores: dict[str, float | None] = dict.fromkeys(methods)  # None: hopeless, or stopped once it could not win
-        candidates = dict(by_method)
+        chosen = per_tensor_methods({n: {m: per[m] for m in methods if m in per} for n, per in local.items()}, plan,
+                                    min(methods, key=predicted.get))
+        # None: hopeless, or stopped once it could not win
+        scores: dict[str, float | None] = dict.fromkeys([*methods, PER_TENSOR])
+        candidates = {**by_method, PER_TENSOR: {t: by_method[m][t] for t, m in chosen.items()}}
         race = _Race(evaluator, metric)
 
         def score(name: str) -> None:
@@ -109,13 +113,10 @@ def choose_method(model: onnx.ModelProto, plan: Plan, by_method: dict[str, dict[
             else:
                 scores[name] = race.score(with_scales(template, candidates[name]), name)
 
-        for method in sorted((m for m in methods if predicted[m] <= HOPELESS * floor), key=predicted.get):
-            score(method)  # the most promising first: the bar the others must reach is high early
-        base = max((m for m in methods if scores[m] is not None), key=lambda m: race.rank(m, scores[m]))
-        chosen = per_tensor_methods({n: {m: per[m] for m in methods if m in per} for n, per in local.items()}, plan,
-                                    base)
-        candidates[PER_TENSOR] = {t: by_method[m][t] for t, m in chosen.items()}
-        score(PER_TENSOR)
+        # The most promising first, so that the bar the others must reach is high early: the mix (the least local
+        # noise by construction), then the single methods by their local noise.
+        for name in [PER_TENSOR, *sorted((m for m in methods if predicted[m] <= HOPELESS * floor), key=predicted.get)]:
+            score(name)
         scored = {name: db for name, db in scores.items() if db is not None}
         best = max(scored, key=lambda m: race.rank(m, scored[m]))  # then dict order: a single method before the mix
         result = MethodChoice(best, candidates[best], scores, chosen)
