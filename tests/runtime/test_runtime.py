@@ -98,3 +98,23 @@ def test_polygraphy_drives_an_engine_without_the_global_switch(mnist, tmp_path):
     assert config.USE_TENSORRT_RTX == switch
     (_, ref), (_, engine) = results.items()
     assert (engine[0]["logits"].argmax(1) == ref[0]["logits"].argmax(1)).mean() > 0.98
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp8", "w4a16"])
+def test_qdq_simulation_keeps_what_the_unoptimized_model_computes(mnist, precision):
+    """`simulate_qdq` keeps ORT's float optimizations (folded weight DQ, fused convolutions, blocked layout): the
+    outputs are the model's with every optimization off, to float rounding. A rewrite that changes the math (ORT
+    dropping a Relu before an FP8 Q; a fusion of INT4 weights that quantizes activations) would break this."""
+    import onnxruntime as ort
+
+    from trtptq.quantization.options import QuantizeOptions
+
+    q = quantize(mnist[0], data=[{"input": mnist[1][:64]}], options=QuantizeOptions(precision=precision),
+                 calibration=CalibrationOptions(method="minmax", show_progress=False))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    plain = ort.InferenceSession(q.model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    x = {"input": mnist[1][1000:1064]}
+    expected = plain.run(None, x)[0]
+    got = session(q.model, simulate_qdq=True).run(None, x)[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())

@@ -24,6 +24,9 @@ _NO_KERNEL = (
     re.compile(r"No Op registered for (?P<op>\w+) with domain_version"),
     re.compile(r"Could not find an implementation for (?P<op>\w+)\(\d+\) node with name '(?P<node>[^']*)'"),
 )
+# ORT rewrites that change what a Q/DQ model computes (beside the Q/DQ fusions "session.disable_quant_qdq" stops):
+# a Relu feeding a QuantizeLinear is dropped, right only for formats without negative values.
+SIMULATION_UNSAFE = ("ReluQuantRewrite",)
 
 
 def default_providers() -> list[str]:
@@ -42,10 +45,11 @@ def session(model: onnx.ModelProto | str | os.PathLike, providers: Sequence[str]
     `simulate_qdq` turns off ORT's Q/DQ fusions so Q/DQ run as float ops, as
     TensorRT defines them: ORT's fused INT8 kernels saturate on CPUs without VNNI, and its MatMulNBits fusion of
     INT4 weights quantizes the activations to INT8 (accuracy level 4: 1.7e-2 error vs 2.4e-6 unfused), which
-    TensorRT's W4A16 does not. The float optimizations stay: constant weights' DequantizeLinear folds into float
-    weights, and convolutions run in ORT's blocked layout (a MobileNetV2 Q/DQ model: 0.80 s vs 1.22 s with every
-    optimization off; outputs equal to float rounding, whose effect on Q/DQ rounding leaves the two 35 dB apart
-    at 22 dB from FP32).
+    TensorRT's W4A16 does not; nor does a Relu before a Q go (ORT's "ReluQuantRewrite" drops it as if the format
+    had no negative values, which FP8's does). The float optimizations stay: constant weights' DequantizeLinear
+    folds into float weights, and convolutions run in ORT's blocked layout (a MobileNetV2 Q/DQ model: 0.80 s vs
+    1.22 s with every optimization off; outputs equal to float rounding, whose effect on Q/DQ rounding leaves the
+    two 35 dB apart at 22 dB from FP32).
     `many_outputs` (intermediate tensors exposed for calibration) keeps to basic
     optimizations: the NCHWc layout of the full level would reorder every exposed
     tensor back, which costs more than it saves (MobileNetV2: 0.59 s vs 1.55 s).
@@ -70,6 +74,7 @@ def session(model: onnx.ModelProto | str | os.PathLike, providers: Sequence[str]
     if in_order:
         opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     providers = list(providers or default_providers())
+    kwargs = {"providers": providers, "disabled_optimizers": list(SIMULATION_UNSAFE) if simulate_qdq else None}
     source = model
     if not isinstance(model, onnx.ModelProto) and plugin_nodes(load_onnx(model), plugins):
         model = load_onnx(model)
@@ -79,11 +84,11 @@ def session(model: onnx.ModelProto | str | os.PathLike, providers: Sequence[str]
             opts.register_custom_ops_library(library)
     try:
         if not isinstance(model, onnx.ModelProto):
-            return ort.InferenceSession(str(model), opts, providers=providers)
+            return ort.InferenceSession(str(model), opts, **kwargs)
         if weights_dir(model) is None and serializable(model):
-            return ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
+            return ort.InferenceSession(model.SerializeToString(), opts, **kwargs)
         with as_file(model) as path:  # weights in data files, or over 2 GB: ONNX Runtime reads them from a path
-            return ort.InferenceSession(str(path), opts, providers=providers)
+            return ort.InferenceSession(str(path), opts, **kwargs)
     except Exception as e:  # onnxruntime's pybind errors share no public base class
         error = _no_kernel_error(source, str(e))
         if error is None:
