@@ -2,15 +2,19 @@
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
+import onnx
 import pytest
+from onnx import helper
 
-from support import assert_one_line_error, trtptq
+from support import assert_one_line_error, float_input, make_model, trtptq
 from trtptq.calibration.calibrate import CalibrationOptions
-from trtptq.calibration.cluster import Cluster
+from trtptq.calibration.cluster import Cluster, connected
 from trtptq.core.errors import DataError, TrtptqError
-from trtptq.pipelines import calibrate
+from trtptq.pipelines import calibrate, quantize
+from trtptq.quantization.options import QuantizeOptions
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +81,27 @@ def test_two_node_cluster_calibrates_as_one_process(digits):
     finally:
         ray.shutdown()
         nodes.shutdown()
+
+
+@pytest.mark.slow
+def test_int4_channel_statistics_of_shards_give_the_weights_of_one_process(tmp_path):
+    """w4a16 with --int4-method awq and gptq on 2 workers: each shard's per-block input statistics (BlockGram) come
+    back beside its state and are summed, so the INT4 weights equal one process's, bit for bit."""
+    pytest.importorskip("ray")
+    rng = np.random.default_rng(0)
+    w1, w2 = (rng.standard_normal((64, 64)) * 0.2).astype(np.float32), rng.standard_normal((64, 32)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="up"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="down")]
+    onnx.save(make_model(nodes, [float_input("x", ["N", 8, 64])], [float_input("y", ["N", 8, 32])],
+                         [("w1", w1), ("w2", w2)]), tmp_path / "mlp.onnx")
+    mixing = rng.standard_normal((64, 64)).astype(np.float32)  # correlated channels: GPTQ's rounding differs from awq's
+    np.savez(tmp_path / "x.npz", x=rng.standard_normal((21, 8, 64)).astype(np.float32) @ mixing)
+    calibration = CalibrationOptions(batch_size=4, show_progress=False)
+    with connected(Cluster(workers=2)):  # one local Ray cluster for every run below
+        for method in ("awq", "gptq"):
+            options = QuantizeOptions(precision="w4a16", block_size=32, int4_method=method)
+            one = quantize(tmp_path / "mlp.onnx", tmp_path / "x.npz", options=options, calibration=calibration)
+            two = quantize(tmp_path / "mlp.onnx", tmp_path / "x.npz", options=options,
+                           calibration=replace(calibration, cluster=Cluster(workers=2)))
+            assert [t.SerializeToString() for t in two.model.graph.initializer] == \
+                   [t.SerializeToString() for t in one.model.graph.initializer]
