@@ -37,9 +37,13 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def connected(cluster: Cluster) -> Iterator:
+def connected(cluster: Cluster | None) -> Iterator:
     """The `ray` module, connected: to `cluster.address`, to an already initialized Ray, or to a local cluster
-    started for this run (and stopped after it)."""
+    started for this run (and stopped after it); None (and no Ray) without a cluster. Steps of one run inside it
+    share its connection."""
+    if cluster is None:
+        yield None
+        return
     import ray
 
     if ray.is_initialized():
