@@ -14,7 +14,6 @@ session on the same batches as one process, so the SNRs are the same numbers.
 from __future__ import annotations
 
 import contextlib
-import operator
 from collections.abc import Mapping, Sequence
 
 import onnx
@@ -40,7 +39,7 @@ def output_snrs(model: onnx.ModelProto, plan: Plan, amax: Mapping[str, float], e
             return list(variants[k * len(variants) // n:(k + 1) * len(variants) // n]),
 
         shared = (model, plan, dict(amax), evaluator.data, evaluator.memory_budget, evaluator.plugins)
-        return map_merge(cluster, _chunk_snrs, shared, chunk, operator.add)  # chunks in order: lists concatenate
+        return map_merge(cluster, _chunk_snrs, shared, chunk, _joined)
     with (contextlib.nullcontext(gated) if gated else GatedModel(model, plan, amax, evaluator.plugins)) as gated, \
             progress(total=len(variants), enabled=show_progress, desc="layer sensitivity", unit="model") as bar:
         snrs = []
@@ -57,3 +56,8 @@ def _chunk_snrs(model: onnx.ModelProto, plan: Plan, amax: dict[str, float], batc
         return []
     with Evaluator(model, batches, memory_budget=memory_budget, plugins=plugins) as evaluator:
         return output_snrs(model, plan, amax, evaluator, variants)
+
+
+def _joined(first: list[float], then: list[float]) -> list[float]:
+    """Two neighbouring chunks' SNRs as one list (the merge tree keeps the chunks in order)."""
+    return first + then
