@@ -51,30 +51,20 @@ def test_cli_workers_rank_as_one_process(mlp, tmp_path):
     assert [layer["node"] for layer in json.loads((tmp_path / "one.json").read_text())["layers"]][:2] == ["fc3", "fc2"]
 
 
-def test_two_node_cluster_ranks_and_falls_back_as_one_process(mlp):
+def test_two_node_cluster_ranks_and_falls_back_as_one_process(mlp, two_nodes):
     """On a two-node cluster (ray.cluster_utils), the variants on both nodes: sensitivity's layers and numbers, and
     --target's ranking, trials and model equal one process's."""
-    ray = pytest.importorskip("ray")
-    from ray.cluster_utils import Cluster as RayCluster
-
     path, data = mlp
-    nodes = RayCluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    nodes.add_node(num_cpus=1)
-    try:
-        nodes.wait_for_nodes()
-        runs = []
-        for cluster in (None, Cluster(address=nodes.address)):
-            calibration = CalibrationOptions(method="minmax", batch_size=8, show_progress=False, cluster=cluster)
-            ranked, _ = sensitivity(path, data, calibration=calibration, evaluation=EvaluationOptions(
-                sensitivity=SensitivityOptions(samples=8, show_progress=False)))
-            target = Target(metrics={"cosine": 0.9999}, sensitivity=SensitivityOptions(samples=8, gain=False,
-                                                                                       show_progress=False))
-            runs.append((ranked, quantize(path, data, calibration=calibration, target=target)))
-        (one, fell), (two, spread) = runs
-        assert two.to_dict() == one.to_dict()
-        assert spread.sensitivity.to_dict() == fell.sensitivity.to_dict()
-        assert spread.fallback.to_dict() == fell.fallback.to_dict() and len(fell.fallback.moved) == 2
-        assert spread.model.SerializeToString() == fell.model.SerializeToString()
-    finally:
-        ray.shutdown()
-        nodes.shutdown()
+    runs = []
+    for cluster in (None, Cluster(address=two_nodes)):
+        calibration = CalibrationOptions(method="minmax", batch_size=8, show_progress=False, cluster=cluster)
+        ranked, _ = sensitivity(path, data, calibration=calibration, evaluation=EvaluationOptions(
+            sensitivity=SensitivityOptions(samples=8, show_progress=False)))
+        target = Target(metrics={"cosine": 0.9999}, sensitivity=SensitivityOptions(samples=8, gain=False,
+                                                                                   show_progress=False))
+        runs.append((ranked, quantize(path, data, calibration=calibration, target=target)))
+    (one, fell), (two, spread) = runs
+    assert two.to_dict() == one.to_dict()
+    assert spread.sensitivity.to_dict() == fell.sensitivity.to_dict()
+    assert spread.fallback.to_dict() == fell.fallback.to_dict() and len(fell.fallback.moved) == 2
+    assert spread.model.SerializeToString() == fell.model.SerializeToString()

@@ -58,29 +58,18 @@ def test_cli_workers_give_the_bytes_of_one_process(digits, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_node_cluster_calibrates_as_one_process(digits):
+def test_two_node_cluster_calibrates_as_one_process(digits, two_nodes):
     """A two-node cluster on this machine (ray.cluster_utils): method auto (histograms merged in a tree, then scored
     on the driver) equals one process; a shard without data is the worker's DataError, raised here as itself."""
-    ray = pytest.importorskip("ray")
-    from ray.cluster_utils import Cluster as RayCluster
-
     path, data = digits
-    nodes = RayCluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    nodes.add_node(num_cpus=1)
-    try:
-        nodes.wait_for_nodes()
-        options = CalibrationOptions(method="auto", batch_size=8, show_progress=False)
-        one = calibrate(path, data, options).to_json()
-        on_nodes = CalibrationOptions(method="auto", batch_size=8, show_progress=False,
-                                      cluster=Cluster(address=nodes.address))
-        assert calibrate(path, data, on_nodes).to_json() == one
-        few = CalibrationOptions(method="entropy", num_samples=1, show_progress=False,
-                                 cluster=Cluster(workers=2, address=nodes.address))
-        with pytest.raises(DataError, match="shard 1/2 of the calibration data holds no samples"):
-            calibrate(path, data, few)
-    finally:
-        ray.shutdown()
-        nodes.shutdown()
+    options = CalibrationOptions(method="auto", batch_size=8, show_progress=False)
+    one = calibrate(path, data, options).to_json()
+    on_nodes = CalibrationOptions(method="auto", batch_size=8, show_progress=False, cluster=Cluster(address=two_nodes))
+    assert calibrate(path, data, on_nodes).to_json() == one
+    few = CalibrationOptions(method="entropy", num_samples=1, show_progress=False,
+                             cluster=Cluster(workers=2, address=two_nodes))
+    with pytest.raises(DataError, match="shard 1/2 of the calibration data holds no samples"):
+        calibrate(path, data, few)
 
 
 @pytest.mark.slow
