@@ -125,3 +125,20 @@ def int8_onnx(mnist, tmp_path_factory):
     out = tmp_path_factory.mktemp("int8") / "int8.onnx"
     onnx.save(model, out)
     return out
+
+
+@pytest.fixture
+def two_nodes():
+    """The address of a two-node Ray cluster simulated on this machine (ray.cluster_utils, one CPU per node); Ray is
+    disconnected and the cluster shut down after the test."""
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    nodes.add_node(num_cpus=1)
+    try:
+        nodes.wait_for_nodes()
+        yield nodes.address
+    finally:
+        ray.shutdown()
+        nodes.shutdown()

@@ -25,6 +25,7 @@ from trtptq.autotune.metric import task_metric
 from trtptq.autotune.sensitivity import Sensitivity, SensitivityOptions, analyze
 from trtptq.calibration.calibrate import AUTO, Calibration, CalibrationOptions, calibrate_tensors, state_ranges
 from trtptq.calibration.channels import BlockGram
+from trtptq.calibration.cluster import Cluster, connected, portable
 from trtptq.calibration.collect import CollectStats
 from trtptq.calibration.ranges import Ranges
 from trtptq.calibration.state import CalibrationState, complete_state, model_identity
@@ -273,40 +274,47 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
     eval_data = None
     calibration = calibration or CalibrationOptions(method=qopts.range_method)
     if target is not None:
-        data, eval_data = _evaluation_split(proto, data, target)
-    if ranges is not None:
-        ranges = ranges if isinstance(ranges, Ranges) else Ranges.load(ranges)
-        if channels:
-            logger.warning("INT4 weights take the scales of least weight error (--int4-method rtn): %s needs "
-                           "calibration data (--data), not --ranges", qopts.int4_method)
-    elif data is not None:
-        ranges, done = _calibrate(proto, name, placement, data, calibration, qopts, plugins, channels=channels)
-        stats, calibs = done.stats, done.calibrators
-    else:
-        raise TrtptqError("quantize needs calibration data or a ranges file")
-    if qopts.precision == AUTO:
-        placement = with_auto_precisions(placement, ranges)
-    grams = {node: channels[t].gram for node, t in inputs.items() if channels[t].gram is not None}
-    if target is None:
-        return QuantizeResult(_qdq_model(proto, placement, ranges, grams), ranges, placement, stats, calibs)
-    limits = _held(proto, placement, eval_data, target, calibration)
-    limits = replace(limits, bytes=limits.bytes // 2)  # the search's evaluator and the ranking's, both open
-    with Evaluator(proto, eval_data, batch_size=target.batch_size or limits.batch_size, num_samples=target.num_samples,
-                   image=target.image, memory_budget=limits.bytes, show_progress=calibration.show_progress,
-                   plugins=plugins) as evaluator:
-        found, sensitivity = fall_back(
-            proto, placement, ranges.amax, evaluator, target.metrics,
-            lambda gated: _sensitivity(proto, placement, ranges, eval_data, target, name, limits, plugins, gated),
-            [f.name for f in qopts.formats], calibration.show_progress, task_metric(qopts.metric))
-    ranges = replace(ranges, options={**ranges.options, "fallback": found.to_dict()})
-    return QuantizeResult(_qdq_model(proto, found.plan, ranges, grams), ranges, found.plan, stats, calibs, found,
-                          sensitivity)
+        data, eval_data = _evaluation_split(proto, data, target, calibration.cluster)
+    with connected(calibration.cluster):  # one Ray session for the calibration and the ranking
+        if ranges is not None:
+            ranges = ranges if isinstance(ranges, Ranges) else Ranges.load(ranges)
+            if channels:
+                logger.warning("INT4 weights take the scales of least weight error (--int4-method rtn): %s needs "
+                               "calibration data (--data), not --ranges", qopts.int4_method)
+        elif data is not None:
+            ranges, done = _calibrate(proto, name, placement, data, calibration, qopts, plugins, channels=channels)
+            stats, calibs = done.stats, done.calibrators
+        else:
+            raise TrtptqError("quantize needs calibration data or a ranges file")
+        if qopts.precision == AUTO:
+            placement = with_auto_precisions(placement, ranges)
+        grams = {node: channels[t].gram for node, t in inputs.items() if channels[t].gram is not None}
+        if target is None:
+            return QuantizeResult(_qdq_model(proto, placement, ranges, grams), ranges, placement, stats, calibs)
+        limits = _held(proto, placement, eval_data, target, calibration)
+        limits = replace(limits, bytes=limits.bytes // 2)  # the search's evaluator and the ranking's, both open
+        with Evaluator(proto, eval_data, batch_size=target.batch_size or limits.batch_size, num_samples=target.num_samples,
+                       image=target.image, memory_budget=limits.bytes, show_progress=calibration.show_progress,
+                       plugins=plugins) as evaluator:
+            found, sensitivity = fall_back(
+                proto, placement, ranges.amax, evaluator, target.metrics,
+                lambda gated: _sensitivity(proto, placement, ranges, eval_data, target, name, limits, plugins, gated,
+                                           calibration.cluster),
+                [f.name for f in qopts.formats], calibration.show_progress, task_metric(qopts.metric))
+        ranges = replace(ranges, options={**ranges.options, "fallback": found.to_dict()})
+        return QuantizeResult(_qdq_model(proto, found.plan, ranges, grams), ranges, found.plan, stats, calibs, found,
+                              sensitivity)
 
 
-def _evaluation_split(proto: onnx.ModelProto, data, evaluation: EvaluationOptions) -> tuple[object, object]:
-    """(calibration data, evaluation data): the evaluation's own, or 1 in HOLDOUT_EVERY samples held out."""
-    if evaluation.data is not None or data is None:
-        return data, evaluation.data if evaluation.data is not None else data
+def _evaluation_split(proto: onnx.ModelProto, data, evaluation: EvaluationOptions,
+                      cluster: Cluster | None = None) -> tuple[object, object]:
+    """(calibration data, evaluation data): the evaluation's own, or 1 in HOLDOUT_EVERY samples held out; paths
+    absolute with a `cluster` (`portable`: its workers read the evaluation data too)."""
+    own = evaluation.data
+    if cluster is not None:
+        data, own = portable(data), portable(own)
+    if own is not None or data is None:
+        return data, own if own is not None else data
     specs = input_specs(proto)
     source = open_source(data, specs, evaluation.image)
     logger.warning("no --eval-data: 1 in %d calibration samples is held out to evaluate on (not calibrated on)",
@@ -323,12 +331,14 @@ def _held(proto: onnx.ModelProto, placement: Plan, eval_data, evaluation: Evalua
 
 
 def _sensitivity(proto: onnx.ModelProto, placement: Plan, ranges: Ranges, eval_data, evaluation: EvaluationOptions,
-                 name: str, limits: Held, plugins: Plugins, gated: GatedModel | None = None) -> Sensitivity:
-    """Rank the INT8 layers on the first `evaluation.sensitivity.samples` evaluation samples, within `limits`."""
+                 name: str, limits: Held, plugins: Plugins, gated: GatedModel | None = None,
+                 cluster: Cluster | None = None) -> Sensitivity:
+    """Rank the INT8 layers on the first `evaluation.sensitivity.samples` evaluation samples, within `limits` (the
+    variants on `cluster`'s workers, if given)."""
     opts = evaluation.sensitivity
     with Evaluator(proto, eval_data, batch_size=evaluation.batch_size or limits.batch_size, num_samples=opts.samples,
                    image=evaluation.image, memory_budget=limits.bytes, plugins=plugins) as evaluator:
-        return analyze(proto, placement, ranges.amax, evaluator, opts, pathlib.Path(name).name, gated)
+        return analyze(proto, placement, ranges.amax, evaluator, opts, pathlib.Path(name).name, gated, cluster)
 
 
 def sensitivity(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Ranges | str | os.PathLike | None = None,
@@ -338,13 +348,15 @@ def sensitivity(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: R
     evaluation = evaluation or EvaluationOptions()
     proto, name = _load(model)
     proto = model_io.ensure_opset(proto)
-    data, eval_data = _evaluation_split(proto, data, evaluation)
+    calibration = calibration or CalibrationOptions(method=(options or QuantizeOptions()).range_method)
+    data, eval_data = _evaluation_split(proto, data, evaluation, calibration.cluster)
     if eval_data is None:
         raise TrtptqError("sensitivity needs data to measure on: --eval-data or --data")
-    calibration = calibration or CalibrationOptions(method=(options or QuantizeOptions()).range_method)
-    result = quantize(proto, data, ranges, options, calibration, plugins=plugins)
-    limits = _held(proto, result.plan, eval_data, evaluation, calibration)
-    return _sensitivity(proto, result.plan, result.ranges, eval_data, evaluation, name, limits, plugins), result
+    with connected(calibration.cluster):  # one Ray session for the calibration and the ranking
+        result = quantize(proto, data, ranges, options, calibration, plugins=plugins)
+        limits = _held(proto, result.plan, eval_data, evaluation, calibration)
+        return (_sensitivity(proto, result.plan, result.ranges, eval_data, evaluation, name, limits, plugins,
+                             cluster=calibration.cluster), result)
 
 
 def _qdq_model(proto: onnx.ModelProto, placement: Plan, ranges: Ranges,

@@ -2,15 +2,19 @@
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
+import onnx
 import pytest
+from onnx import helper
 
-from support import assert_one_line_error, trtptq
+from support import assert_one_line_error, float_input, make_model, trtptq
 from trtptq.calibration.calibrate import CalibrationOptions
-from trtptq.calibration.cluster import Cluster
+from trtptq.calibration.cluster import Cluster, connected
 from trtptq.core.errors import DataError, TrtptqError
-from trtptq.pipelines import calibrate
+from trtptq.pipelines import calibrate, quantize
+from trtptq.quantization.options import QuantizeOptions
 
 
 @pytest.fixture(scope="module")
@@ -54,26 +58,39 @@ def test_cli_workers_give_the_bytes_of_one_process(digits, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_node_cluster_calibrates_as_one_process(digits):
+def test_two_node_cluster_calibrates_as_one_process(digits, two_nodes):
     """A two-node cluster on this machine (ray.cluster_utils): method auto (histograms merged in a tree, then scored
     on the driver) equals one process; a shard without data is the worker's DataError, raised here as itself."""
-    ray = pytest.importorskip("ray")
-    from ray.cluster_utils import Cluster as RayCluster
-
     path, data = digits
-    nodes = RayCluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    nodes.add_node(num_cpus=1)
-    try:
-        nodes.wait_for_nodes()
-        options = CalibrationOptions(method="auto", batch_size=8, show_progress=False)
-        one = calibrate(path, data, options).to_json()
-        on_nodes = CalibrationOptions(method="auto", batch_size=8, show_progress=False,
-                                      cluster=Cluster(address=nodes.address))
-        assert calibrate(path, data, on_nodes).to_json() == one
-        few = CalibrationOptions(method="entropy", num_samples=1, show_progress=False,
-                                 cluster=Cluster(workers=2, address=nodes.address))
-        with pytest.raises(DataError, match="shard 1/2 of the calibration data holds no samples"):
-            calibrate(path, data, few)
-    finally:
-        ray.shutdown()
-        nodes.shutdown()
+    options = CalibrationOptions(method="auto", batch_size=8, show_progress=False)
+    one = calibrate(path, data, options).to_json()
+    on_nodes = CalibrationOptions(method="auto", batch_size=8, show_progress=False, cluster=Cluster(address=two_nodes))
+    assert calibrate(path, data, on_nodes).to_json() == one
+    few = CalibrationOptions(method="entropy", num_samples=1, show_progress=False,
+                             cluster=Cluster(workers=2, address=two_nodes))
+    with pytest.raises(DataError, match="shard 1/2 of the calibration data holds no samples"):
+        calibrate(path, data, few)
+
+
+@pytest.mark.slow
+def test_int4_channel_statistics_of_shards_give_the_weights_of_one_process(tmp_path):
+    """w4a16 with --int4-method awq and gptq on 2 workers: each shard's per-block input statistics (BlockGram) come
+    back beside its state and are summed, so the INT4 weights equal one process's, bit for bit."""
+    pytest.importorskip("ray")
+    rng = np.random.default_rng(0)
+    w1, w2 = (rng.standard_normal((64, 64)) * 0.2).astype(np.float32), rng.standard_normal((64, 32)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="up"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="down")]
+    onnx.save(make_model(nodes, [float_input("x", ["N", 8, 64])], [float_input("y", ["N", 8, 32])],
+                         [("w1", w1), ("w2", w2)]), tmp_path / "mlp.onnx")
+    mixing = rng.standard_normal((64, 64)).astype(np.float32)  # correlated channels: GPTQ's rounding differs from awq's
+    np.savez(tmp_path / "x.npz", x=rng.standard_normal((21, 8, 64)).astype(np.float32) @ mixing)
+    calibration = CalibrationOptions(batch_size=4, show_progress=False)
+    with connected(Cluster(workers=2)):  # one local Ray cluster for every run below
+        for method in ("awq", "gptq"):
+            options = QuantizeOptions(precision="w4a16", block_size=32, int4_method=method)
+            one = quantize(tmp_path / "mlp.onnx", tmp_path / "x.npz", options=options, calibration=calibration)
+            two = quantize(tmp_path / "mlp.onnx", tmp_path / "x.npz", options=options,
+                           calibration=replace(calibration, cluster=Cluster(workers=2)))
+            assert [t.SerializeToString() for t in two.model.graph.initializer] == \
+                   [t.SerializeToString() for t in one.model.graph.initializer]

@@ -16,7 +16,6 @@ layer, on `samples` samples (the FP32 reference runs once).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -25,8 +24,9 @@ import onnx
 
 from trtptq.autotune.gated import GatedModel
 from trtptq.autotune.local import first_samples, local_snr
+from trtptq.autotune.variants import output_snrs
+from trtptq.calibration.cluster import Cluster
 from trtptq.core.fileio import write_text
-from trtptq.core.log import progress
 from trtptq.core.options import check_count
 from trtptq.evaluation.evaluator import Evaluator
 from trtptq.quantization.qdq import Plan
@@ -76,30 +76,25 @@ class Sensitivity:
 
 
 def analyze(model: onnx.ModelProto, plan: Plan, amax: dict[str, float], evaluator: Evaluator,
-            options: SensitivityOptions | None = None, name: str = "", gated: GatedModel | None = None) -> Sensitivity:
+            options: SensitivityOptions | None = None, name: str = "", gated: GatedModel | None = None,
+            cluster: Cluster | None = None) -> Sensitivity:
     """Rank `plan`'s quantized layers by the damage their format does there, measured on `evaluator`'s data; `gated`: an open
-    session of the same plan and ranges to reuse (the fallback search's), else one is made. Every run takes one of
+    session of the same plan and ranges to reuse (the fallback search's), else one is made; `cluster`: the full-model
+    variants spread over its workers instead (`variants.output_snrs`), with the same numbers. Every run takes one of
     the evaluator's batches: their size sets what it holds (`budget.held`)."""
     opts = options or SensitivityOptions()
     nodes = plan.quantized_nodes
     local = local_snr(model, plan, {"own": amax}, nodes,
                       first_samples(evaluator.batches(), opts.samples, evaluator.data.fixed_batch), opts.show_progress,
                       evaluator.plugins)
-    evaluations = 1
-    layers = []
-    with (contextlib.nullcontext(gated) if gated else GatedModel(model, plan, amax, evaluator.plugins)) as gated, \
-            progress(total=len(nodes), enabled=opts.show_progress, desc="layer sensitivity", unit="layer") as bar:
-        full = evaluator.evaluate(gated.variant(gated.quantized(nodes), "quantized")).snr_db
-        for node in nodes:
-            alone = evaluator.evaluate(gated.variant(gated.quantized([node]), node)).snr_db
-            gain = None
-            if opts.gain:
-                others = gated.quantized([n for n in nodes if n != node])
-                gain = evaluator.evaluate(gated.variant(others, node)).snr_db - full
-            evaluations += 1 + opts.gain
-            entry = plan.precision.nodes[node]
-            layers.append(LayerSensitivity(node, entry.op, entry.precision, round(local[node]["own"], 3),
-                                           round(alone, 3), None if gain is None else round(gain, 3)))
-            bar.update(1)
+    own = {node: plan.precision.nodes[node].precision for node in nodes}
+    alone = [{node: own[node]} for node in nodes]
+    others = [{n: p for n, p in own.items() if n != node} for node in nodes] if opts.gain else []
+    full, *snrs = output_snrs(model, plan, amax, evaluator, [own, *alone, *others], gated, cluster, opts.show_progress)
+    gains = [snr - full for snr in snrs[len(nodes):]] or [None] * len(nodes)
+    layers = [LayerSensitivity(node, plan.precision.nodes[node].op, own[node], round(local[node]["own"], 3),
+                               round(snr, 3), None if gain is None else round(gain, 3))
+              for node, snr, gain in zip(nodes, snrs, gains)]
     layers.sort(key=lambda layer: (layer.alone_snr_db, -(layer.gain_db or 0.0), layer.local_snr_db))
-    return Sensitivity(name or model.graph.name, round(full, 3), evaluator.num_samples, evaluations, layers)
+    return Sensitivity(name or model.graph.name, round(full, 3), evaluator.num_samples, 1 + len(alone) + len(others),
+                       layers)

@@ -8,14 +8,13 @@ the `open_pass` of a TensorRT engine from the engine stage).
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 
 import onnx
 
 from trtptq.calibration.channels import BlockGram
-from trtptq.calibration.cluster import Cluster, map_merge
+from trtptq.calibration.cluster import Cluster, map_merge, portable
 from trtptq.calibration.collect import CollectStats, OpenPass, collect
 from trtptq.calibration.ranges import Ranges
 from trtptq.calibration.state import CalibrationState
@@ -23,7 +22,6 @@ from trtptq.calibrators import METHODS, Calibrator, HistogramCalibrator, make_ca
 from trtptq.core.options import DEFAULT_MEMORY_BUDGET, check_choice, check_count, option_error
 from trtptq.core.trt import RUNNERS
 from trtptq.data import Batches, ImageOptions, Shard, input_specs, open_source
-from trtptq.data.sources import source_path
 from trtptq.plugins import BUILTIN, Plugins
 
 #: (FP32 model, batches) -> a context giving the OpenPass that runs it; default: ONNX Runtime.
@@ -130,11 +128,8 @@ def calibrate_tensors(model: onnx.ModelProto, tensors, data, options: Calibratio
     """
     options = options or CalibrationOptions()
     if options.cluster is not None:
-        if channels:
-            raise option_error("--workers", options.cluster.workers or options.cluster.address,
-                               "cannot gather the channel statistics of --int4-method awq/gptq yet",
-                               "use --int4-method rtn with a cluster, or calibrate in one process")
-        return _on_cluster(model, tensors, data, options, passes, model_name, plugins, ranges_options, model_id)
+        return _on_cluster(model, tensors, data, options, passes, model_name, plugins, ranges_options, model_id,
+                           channels or {})
     specs = input_specs(model)
     batches = Batches(open_source(data, specs, options.image), specs, options.batch_size, options.num_samples,
                       options.shard)
@@ -154,32 +149,39 @@ def calibrate_tensors(model: onnx.ModelProto, tensors, data, options: Calibratio
 
 
 def _on_cluster(model: onnx.ModelProto, tensors, data, options: CalibrationOptions, passes: Passes | None,
-                model_name: str, plugins: Plugins, ranges_options: dict | None, model_id: str) -> Calibration:
-    """`calibrate_tensors` with one Ray task per shard; the merged state is that of one process over all the data."""
-    if isinstance(data, (str, os.PathLike)):  # workers do not share the driver's working directory
-        path, function = source_path(data)
-        data = f"{path.resolve()}:{function}" if path.suffix == ".py" else str(path.resolve())
-    shared = (model, list(tensors), data, passes, model_name or model.graph.name, plugins, ranges_options, model_id)
-    state, stats = map_merge(options.cluster, _calibrate_shard, shared,
-                             lambda k, n: (replace(options, cluster=None, shard=Shard(k, n), show_progress=False),),
-                             _merge_shards, gpus=1 if options.runner == "tensorrt" else 0)  # an engine per worker's GPU
+                model_name: str, plugins: Plugins, ranges_options: dict | None, model_id: str,
+                channels: Mapping[str, BlockGram]) -> Calibration:
+    """`calibrate_tensors` with one Ray task per shard; the merged state is that of one process over all the data,
+    and `channels` get every shard's statistics (in shard order, `BlockGram.add`)."""
+    shared = (model, list(tensors), portable(data), passes, model_name or model.graph.name, plugins, ranges_options,
+              model_id, {t: BlockGram(g.block_size) for t, g in channels.items()})
+    state, stats, grams = map_merge(options.cluster, _calibrate_shard, shared,
+                                    lambda k, n: (replace(options, cluster=None, shard=Shard(k, n), show_progress=False),),
+                                    _merge_shards, gpus=1 if options.runner == "tensorrt" else 0)  # an engine per GPU
+    for t, gram in grams.items():
+        channels[t].add(gram)
     specs = input_specs(model)
     batches = Batches(open_source(data, specs, options.image), specs, options.batch_size, options.num_samples)
     return Calibration(state, stats, batches, options)
 
 
+_ShardResult = tuple[CalibrationState, CollectStats, dict[str, BlockGram]]  # what one shard's task gives back
+
+
 def _calibrate_shard(model: onnx.ModelProto, tensors: list[str], data, passes: Passes | None, model_name: str,
-                     plugins: Plugins, ranges_options: dict | None, model_id: str,
-                     options: CalibrationOptions) -> tuple[CalibrationState, CollectStats]:
+                     plugins: Plugins, ranges_options: dict | None, model_id: str, channels: dict[str, BlockGram],
+                     options: CalibrationOptions) -> _ShardResult:
     """One task: calibrate one shard (`options.shard`), reading it where the task runs."""
-    done = calibrate_tensors(model, tensors, data, options, passes, model_name, plugins, ranges_options, model_id)
-    return done.state, done.stats
+    done = calibrate_tensors(model, tensors, data, options, passes, model_name, plugins, ranges_options, model_id,
+                             channels)
+    return done.state, done.stats, channels
 
 
-def _merge_shards(a: tuple[CalibrationState, CollectStats],
-                  b: tuple[CalibrationState, CollectStats]) -> tuple[CalibrationState, CollectStats]:
+def _merge_shards(a: _ShardResult, b: _ShardResult) -> _ShardResult:
+    for t, gram in a[2].items():
+        gram.add(b[2][t])
     return a[0].merge(b[0]), CollectStats(max(a[1].passes, b[1].passes), a[1].batches + b[1].batches,
-                                          a[1].samples + b[1].samples)
+                                          a[1].samples + b[1].samples), a[2]
 
 
 def state_ranges(state: CalibrationState, method: str | None = None, percentile: float | None = None) -> Ranges:

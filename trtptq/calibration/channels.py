@@ -7,6 +7,12 @@ reduction axis (the activation's last), so each block needs the
 (block_size, block_size) corner of E[x x^T] on its diagonal: K * block_size
 numbers per tensor, whatever the data set's size. GPTQ needs all of E[x x^T]
 (K * K numbers: `BlockGram(None)`).
+
+Sums are kept in float64 from float64 products (a product of two float32 values
+is exact there), so how the rows are batched or sharded moves a sum only by
+float64 rounding: shards' statistics merge by addition (`add`) into the
+float32 `gram` of one process over all the rows, unless an entry lies within
+that rounding (about 1e-16 relative) of a float32 rounding boundary.
 """
 
 from __future__ import annotations
@@ -26,11 +32,19 @@ class BlockGram:
     def observe(self, x: np.ndarray) -> None:
         """Fold one batch in; rows with a non-finite value are skipped (calibration warns about them itself)."""
         rows = np.asarray(x, np.float32).reshape(-1, x.shape[-1])
-        rows = rows[np.isfinite(rows).all(axis=1)]
+        rows = rows[np.isfinite(rows).all(axis=1)].astype(np.float64)  # float32 products are exact in float64
         blocks = rows.reshape(len(rows), -1, self.block_size or rows.shape[1]).transpose(1, 0, 2)  # (blocks, rows, size)
-        gram = (blocks.transpose(0, 2, 1) @ blocks).astype(np.float64)
+        gram = blocks.transpose(0, 2, 1) @ blocks
         self.total = gram if self.total is None else self.total + gram
         self.rows += len(rows)
+
+    def add(self, other: BlockGram) -> None:
+        """Fold in another's rows (another shard's, for the same tensor and block size), in place."""
+        if other.block_size != self.block_size:
+            raise ValueError(f"cannot add statistics of blocks of {other.block_size} to blocks of {self.block_size}")
+        if other.total is not None:
+            self.total = other.total.copy() if self.total is None else self.total + other.total
+        self.rows += other.rows
 
     @property
     def gram(self) -> np.ndarray | None:

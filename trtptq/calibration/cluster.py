@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from trtptq.core.errors import TrtptqError
 from trtptq.core.options import check_count
+from trtptq.data.sources import source_path
 
 
 @dataclass(frozen=True)
@@ -35,9 +37,13 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def connected(cluster: Cluster) -> Iterator:
+def connected(cluster: Cluster | None) -> Iterator:
     """The `ray` module, connected: to `cluster.address`, to an already initialized Ray, or to a local cluster
-    started for this run (and stopped after it)."""
+    started for this run (and stopped after it); None (and no Ray) without a cluster. Steps of one run inside it
+    share its connection."""
+    if cluster is None:
+        yield None
+        return
     import ray
 
     if ray.is_initialized():
@@ -51,6 +57,15 @@ def connected(cluster: Cluster) -> Iterator:
         yield ray
     finally:
         ray.shutdown()
+
+
+def portable(data):
+    """`data` as a worker reads it: a path (or loader script) made absolute, as workers do not share the driver's
+    working directory; anything else as it is (pickled to the workers)."""
+    if not isinstance(data, (str, os.PathLike)):
+        return data
+    path, function = source_path(data)
+    return f"{path.resolve()}:{function}" if path.suffix == ".py" else str(path.resolve())
 
 
 def map_merge(cluster: Cluster, task: Callable, shared: Sequence, shards: Callable[[int, int], Sequence],

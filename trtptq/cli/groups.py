@@ -197,7 +197,8 @@ class CalibrationArgs(BaseArgs):
                                 "(needs pycuda and a GPU that --backend's engines run on)")
         group.add_argument("--workers", type=int, metavar="N",
                            help="calibrate on N shards of the data at once, as Ray tasks (a local Ray cluster for the "
-                                "run, or --ray-address's); ranges identical to one process. Needs trtptq[cluster]")
+                                "run, or --ray-address's), and spread sensitivity's and --target's per-layer models "
+                                "over N workers; results identical to one process. Needs trtptq[cluster]")
         group.add_argument("--ray-address", metavar="ADDR",
                            help="an existing Ray cluster (auto after `ray start`, ray://head:10001, KubeRay's head "
                                 "service); --data must be readable at the same path on its nodes")

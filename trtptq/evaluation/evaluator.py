@@ -160,7 +160,7 @@ class Evaluator:
             data = evaluation_batches(specs, open_source(data, specs, image), batch_size, num_samples)
         self.reference = reference
         self.data = data
-        self._budget, self._show, self.plugins = memory_budget, show_progress, plugins
+        self.memory_budget, self._show, self.plugins = memory_budget, show_progress, plugins
         self._spill: _Spill | None = None
         self._meta: list[tuple[int, np.ndarray | None, str]] = []  # per batch: size, labels, origin
         self._outputs: list[str] = []
@@ -256,7 +256,7 @@ class Evaluator:
         """Run the reference over the data once: inputs and outputs kept per batch."""
         if self._spill is not None:
             return self._spill
-        spill, meta, names = _Spill(self._budget), [], [s.name for s in self.data.specs]
+        spill, meta, names = _Spill(self.memory_budget), [], [s.name for s in self.data.specs]
         try:
             with open_runner(self.reference, "fp32", self.plugins) as runner:
                 outputs = list(runner.output_names)

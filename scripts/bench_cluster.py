@@ -1,0 +1,114 @@
+"""Sensitivity's per-layer models and INT4 awq calibration on Ray workers, side by side with one process.
+
+1. sensitivity: a MobileNetV2-shaped model (random weights, 64 quantized layers: 129 full-model evaluations),
+   `sensitivity` in this process, then with --workers 1, 2 (a local Ray cluster started for each run, its start
+   included): wall seconds, the ratio to one process, and whether the ranking file is the same.
+2. int4: a 4-layer MLP of 768 channels in w4a16 with --int4-method awq and gptq, one process against 2 workers:
+   whether the INT4 weights are the same bytes.
+
+On a 2-core machine the honest speed-up is at most 2x (each worker's ONNX Runtime already uses every core), and a
+shared one makes the times noise: 01:18 UTC, 2026-12-07, load average 9 on 2 cores: one process 204 s, --workers 1
+139 s, --workers 2 153 s (Ray's start included), every ranking identical; awq/gptq weights identical at 1 and 2.
+
+    python scripts/bench_cluster.py                   # both parts
+    python scripts/bench_cluster.py --parts int4 --workers 2 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import tempfile
+import time
+from dataclasses import replace
+
+import numpy as np
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # scripts/ and the checkout
+
+from bench_calibration import images, mobilenet_v2  # noqa: E402
+
+
+def sensitivity(tmp: str, samples: int, counts: list[int]) -> None:
+    from trtptq.autotune.sensitivity import SensitivityOptions
+    from trtptq.calibration.calibrate import CalibrationOptions
+    from trtptq.calibration.cluster import Cluster
+    from trtptq.pipelines import EvaluationOptions, sensitivity
+
+    model, data = f"{tmp}/mobilenetv2.onnx", f"{tmp}/images.npz"
+    mobilenet_v2(model)
+    np.savez(data, input=images(5 * samples))  # 1 in 5 held out to evaluate on: `samples` of them
+    calibration = CalibrationOptions(method="minmax", batch_size=8, show_progress=False)
+    evaluation = EvaluationOptions(sensitivity=SensitivityOptions(samples=samples, show_progress=False))
+    print(f"MobileNetV2-shaped, {samples} samples, {os.cpu_count()} CPUs")
+    print(f"{'run':<18} {'wall s':>7} {'/one':>6} {'ranking':<10}")
+    start = time.perf_counter()
+    one, _ = sensitivity(model, data, calibration=calibration, evaluation=evaluation)
+    base = time.perf_counter() - start
+    print(f"{'one process':<18} {base:7.1f} {1:6.2f} {len(one.layers)} layers, {one.evaluations} evaluations")
+    for count in counts:
+        start = time.perf_counter()
+        spread, _ = sensitivity(model, data, calibration=replace(calibration, cluster=Cluster(workers=count)),
+                                evaluation=evaluation)
+        seconds = time.perf_counter() - start
+        same = "identical" if spread.to_dict() == one.to_dict() else "DIFFERENT"
+        print(f"{f'--workers {count}':<18} {seconds:7.1f} {seconds / base:6.2f} {same:<10}")
+
+
+def int4(tmp: str, counts: list[int]) -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from trtptq.calibration.calibrate import CalibrationOptions
+    from trtptq.calibration.cluster import Cluster
+    from trtptq.pipelines import quantize
+    from trtptq.quantization.options import QuantizeOptions
+
+    rng = np.random.default_rng(0)
+    width, model, data = 768, f"{tmp}/mlp.onnx", f"{tmp}/tokens.npz"
+    nodes, inits, x = [], [], "x"
+    for k in range(4):
+        inits.append(numpy_helper.from_array((rng.standard_normal((width, width)) / width ** 0.5).astype(np.float32),
+                                             f"w{k}"))
+        nodes.append(helper.make_node("MatMul", [x, f"w{k}"], [f"y{k}"], name=f"fc{k}"))
+        x = f"y{k}"
+    tensor = helper.make_tensor_value_info
+    graph = helper.make_graph(nodes, "mlp", [tensor("x", TensorProto.FLOAT, ["N", 64, width])],
+                              [tensor(x, TensorProto.FLOAT, ["N", 64, width])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), model)
+    mixing = rng.standard_normal((width, width)).astype(np.float32) / width ** 0.5
+    np.savez(data, x=rng.standard_normal((32, 64, width)).astype(np.float32) @ mixing)
+    calibration = CalibrationOptions(batch_size=4, show_progress=False)
+    print(f"{'method':<6} {'run':<12} {'wall s':>7} {'INT4 weights':<12}")
+    for method in ("awq", "gptq"):
+        options = QuantizeOptions(precision="w4a16", block_size=128, int4_method=method)
+        start = time.perf_counter()
+        one = quantize(model, data, options=options, calibration=calibration).model
+        print(f"{method:<6} {'one process':<12} {time.perf_counter() - start:7.1f}")
+        for count in counts:
+            start = time.perf_counter()
+            spread = quantize(model, data, options=options,
+                              calibration=replace(calibration, cluster=Cluster(workers=count))).model
+            same = [t.SerializeToString() for t in spread.graph.initializer] == \
+                   [t.SerializeToString() for t in one.graph.initializer]
+            print(f"{method:<6} {f'--workers {count}':<12} {time.perf_counter() - start:7.1f} "
+                  f"{'identical' if same else 'DIFFERENT':<12}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--parts", nargs="+", default=["sensitivity", "int4"], choices=["sensitivity", "int4"])
+    p.add_argument("--workers", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--samples", type=int, default=16, help="evaluation samples of each sensitivity model")
+    a = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
+        for part in a.parts:
+            print(f"\n== {part}")
+            sensitivity(tmp, a.samples, a.workers) if part == "sensitivity" else int4(tmp, a.workers)
+
+
+if __name__ == "__main__":
+    main()
