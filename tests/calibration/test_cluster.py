@@ -1,5 +1,6 @@
 """Calibration on Ray: a local cluster started for the run, and a two-node cluster, equal to one process."""
 
+import pathlib
 import subprocess
 import sys
 from dataclasses import replace
@@ -94,3 +95,24 @@ def test_int4_channel_statistics_of_shards_give_the_weights_of_one_process(tmp_p
                            calibration=replace(calibration, cluster=Cluster(workers=2)))
             assert [t.SerializeToString() for t in two.model.graph.initializer] == \
                    [t.SerializeToString() for t in one.model.graph.initializer]
+
+
+@pytest.mark.slow
+def test_ray_start_cluster_is_found_and_workers_start_their_own(digits, tmp_path):
+    """A cluster from `ray start --head`, reached with `--ray-address auto` as on its head node, gives the ranges of one
+    process; `--workers` beside it still starts a cluster of its own (Ray's default would join the running one)."""
+    pytest.importorskip("ray")
+    ray_cli = str(pathlib.Path(sys.executable).parent / "ray")
+    path, data = digits
+    common = [path, "--data", data, "--method", "entropy", "--batch-size", "8", "--no-progress"]
+    assert trtptq("calibrate", *common, "-o", tmp_path / "one.json").returncode == 0
+    start = subprocess.run([ray_cli, "start", "--head", "--port", "6391", "--num-cpus", "2", "--include-dashboard",
+                            "false", "--disable-usage-stats"], capture_output=True, text=True)
+    try:
+        assert start.returncode == 0, start.stderr
+        for flags, out in ((["--ray-address", "auto"], "found.json"), (["--workers", "2"], "own.json")):
+            r = trtptq("calibrate", *common, *flags, "-o", tmp_path / out)
+            assert r.returncode == 0, r.stderr
+            assert (tmp_path / out).read_bytes() == (tmp_path / "one.json").read_bytes(), flags
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True)

@@ -52,7 +52,9 @@ def connected(cluster: Cluster | None) -> Iterator:
     if cluster.address:
         ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
     else:
-        ray.init(num_cpus=cluster.workers, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        # "local": a cluster of its own even where `ray start` left one to find (ray.init's default would join it)
+        ray.init(address="local", num_cpus=cluster.workers, include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR")
     try:
         yield ray
     finally:
