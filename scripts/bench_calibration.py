@@ -137,6 +137,8 @@ def job_fp32(model: str, data: str, batch: int):
 
 
 def job_trtptq(model: str, data: str, batch: int, method: str, out: str):
+    import onnxruntime  # noqa: F401 - trtptq imports it lazily; imported here, untimed, as the other jobs do
+
     from trtptq import CalibrationOptions, quantize
     from trtptq.core import model as model_io
 

@@ -4,7 +4,8 @@ Only the tensors that will be quantized are exposed as outputs, each batch's
 tensors are folded into their calibrators and dropped, and when one pass would
 hold more than the memory budget the tensors are split over several passes
 (sized from the first batch's real shapes: calibration/passes.py).
-Memory is bounded by one batch, never by the size of the data set.
+Memory is bounded by one batch (by one run of a few samples, on the CPU), never by
+the size of the data set.
 
 What runs the model is an `OpenPass`: given the tensors of one pass, a context
 that yields a function from a feed to their values. ONNX Runtime's is the
@@ -31,17 +32,17 @@ from trtptq.core.log import progress
 from trtptq.core.options import DEFAULT_MEMORY_BUDGET
 from trtptq.data import Batches
 from trtptq.plugins import BUILTIN, Plugins
-from trtptq.runtime.ort import session
+from trtptq.runtime.ort import default_providers, session
 
 logger = logging.getLogger(__name__)
 
 PassRun = Callable[[dict], list]  # feed -> the group's tensors, in order
-# Bytes of exposed tensors one ONNX Runtime run may produce, about one L3 cache: where the model's batch axis is free,
-# each batch runs that many samples at a time, so the calibrators bin each tensor from the cache it was just written
-# to instead of from memory (MobileNetV2, --batch-size 16, 27 MB of tensors a sample: 2x faster, 3.5x less memory).
-# Ranges do not depend on how the samples are batched.
-_RUN_BYTES = 32 << 20
 OpenPass = Callable[[list[str]], contextlib.AbstractContextManager[PassRun]]  # the tensors of one pass -> a runner for them
+# Bytes of exposed tensors one ONNX Runtime run on the CPU may produce, about one L3 cache: where the model's batch
+# axis is free, a batch runs that many samples at a time, so the calibrators bin each tensor from the cache it was
+# just written to instead of from memory (MobileNetV2 at --batch-size 16, 27 MB of tensors a sample: 2x faster, 3.5x
+# less memory). Ranges do not depend on how the samples are batched.
+_RUN_BYTES = 32 << 20
 
 
 @dataclass
@@ -72,7 +73,8 @@ def collect(model: onnx.ModelProto, batches: Batches, calibrators: dict[str, Cal
     groups = split_passes(sizes, memory_budget)
     warned: set[str] = set()
     total_batches = samples = 0
-    split = open_pass is None and not batches.fixed_batch  # ONNX Runtime's runs, on a free batch axis
+    split = (open_pass is None and not batches.fixed_batch  # ONNX Runtime's runs on the CPU, on a free batch axis
+             and set(providers or default_providers()) <= {"CPUExecutionProvider"})
     open_pass = open_pass or ort_passes(model, providers, plugins)
     # One pool for the run, shut down at its end: each batch's tensors are binned on it side by side (calibrators are
     # independent), or a lone tensor's parts are.
