@@ -25,7 +25,7 @@ _PART = 1 << 20  # elements per pool task: numpy releases the GIL while a task b
 _CHUNK = 1 << 17  # elements per step within a part: the chunk and its bin indices stay in the core's L2
 # np.bincount's loop adds 1 to counts[bin] element after element; ReLU's zeros put long runs into one bin, each add
 # waiting on the one before. Element i counts in copy i % _LANES of the histogram instead (summed at the end): the
-# runs become independent, and counting is about a quarter faster on MobileNetV2's activations.
+# runs become independent: counting is a quarter faster on MobileNetV2's activations, binning with the offset pass ~10 %.
 _LANES = 4
 
 
