@@ -73,7 +73,9 @@ def collect(model: onnx.ModelProto, batches: Batches, calibrators: dict[str, Cal
     groups = split_passes(sizes, memory_budget)
     warned: set[str] = set()
     total_batches = samples = 0
-    split = (open_pass is None and not batches.fixed_batch  # ONNX Runtime's runs on the CPU, on a free batch axis
+    # Runs of a few samples: ONNX Runtime on the CPU, a free batch axis, and no channel statistics (float sums that
+    # keep the user's batches; histograms are exact counts).
+    split = (open_pass is None and not batches.fixed_batch and not channels
              and set(providers or default_providers()) <= {"CPUExecutionProvider"})
     open_pass = open_pass or ort_passes(model, providers, plugins)
     # One pool for the run, shut down at its end: each batch's tensors are binned on it side by side (calibrators are
