@@ -40,8 +40,8 @@ PassRun = Callable[[dict], list]  # feed -> the group's tensors, in order
 OpenPass = Callable[[list[str]], contextlib.AbstractContextManager[PassRun]]  # the tensors of one pass -> a runner for them
 # Bytes of exposed tensors one ONNX Runtime run on the CPU may produce, about one L3 cache: where the model's batch
 # axis is free, a batch runs that many samples at a time, so the calibrators bin each tensor from the cache it was
-# just written to instead of from memory (MobileNetV2 at --batch-size 16, 27 MB of tensors a sample: 2x faster, 3.5x
-# less memory). Ranges do not depend on how the samples are batched.
+# just written to instead of from memory (MobileNetV2 at --batch-size 16, 27 MB of tensors a sample: 1.7x faster,
+# 3.5x less memory). Ranges do not depend on how the samples are batched.
 _RUN_BYTES = 32 << 20
 
 
