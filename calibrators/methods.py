@@ -56,30 +56,31 @@ def entropy_amax(hist: AbsHistogram, num_quantized_bins: int = 128) -> float:
     xlogx = np.where(h > 0, h * np.log(np.where(h > 0, h, 1.0)), 0.0)
     cum = np.concatenate([[0.0], np.cumsum(h)])
     cum_xlogx = np.concatenate([[0.0], np.cumsum(xlogx)])
-    cum_nz = np.concatenate([[0], np.cumsum(h > 0)])
+    cum_nz = np.concatenate([[0.0], np.cumsum(h > 0, dtype=np.float64)])  # exact counts, as floats for the division
 
     i = np.arange(levels, n + 1)[:, None]  # candidates (rows): bins kept
-    merged = i // levels
-    lo = np.arange(levels) * merged
-    hi = np.where(np.arange(levels) == levels - 1, i, lo + merged)
-    level_sum = cum[hi] - cum[lo]  # Q's mass per level (unfolded bins)
-    level_nz = cum_nz[hi] - cum_nz[lo]  # non-zero bins of P per level, before the fold
+    # Level j covers bins [bounds[j], bounds[j + 1]): `merged` bins each, the last level up to i.
+    bounds = np.arange(levels + 1) * (i // levels)
+    bounds[:, -1] = i[:, 0]
+    level_sum = np.diff(cum[bounds], axis=1)  # Q's mass per level (unfolded bins)
+    level_nz = np.diff(cum_nz[bounds], axis=1)  # non-zero bins of P per level, before the fold
     last = i[:, 0] - 1
     tail = total - cum[last + 1]  # clipped mass, folded into bin i-1
     folded = h[last] + tail
     level_nz[:, -1] += (h[last] == 0) & (tail > 0)
     # sum over P's non-zero bins of P log P (unnormalized), the last kept bin replaced by the folded one.
     p_logp = cum_xlogx[last] + np.where(folded > 0, folded * np.log(np.where(folded > 0, folded, 1.0)), 0.0)
-    # P's mass per level: Q's plus the tail in the last level.
-    p_mass = level_sum.copy()
-    p_mass[:, -1] += tail
     q_norm = cum[i]  # total mass of Q
     with np.errstate(divide="ignore", invalid="ignore"):
-        q_value = level_sum / np.maximum(level_nz, 1) / q_norm  # normalized Q of each non-zero bin in a level
-        # A level whose bins are all empty but whose P bin got the tail: Q is 0 there; a tiny floor, not a division by zero.
-        log_q = np.log(np.where(q_value > 0, q_value, 1e-12))
-    p_logq = np.where(p_mass > 0, p_mass * log_q, 0.0).sum(axis=1)
-    kl = (p_logp[:, None][:, 0] - total * np.log(total) - p_logq) / total
+        log_q = level_sum / np.maximum(level_nz, 1.0) / q_norm  # normalized Q of each non-zero bin in a level
+    # A level whose bins are all empty but whose P bin got the tail: Q is 0 there; a tiny floor, not a division by zero.
+    np.copyto(log_q, 1e-12, where=~(log_q > 0))
+    np.log(log_q, out=log_q)
+    p_mass = level_sum  # P's mass per level: Q's plus the tail in the last level
+    p_mass[:, -1] += tail
+    # P log Q per level; where P's mass is 0 the product is (+-)0, as the sum needs (log Q is finite).
+    p_logq = np.multiply(p_mass, log_q, out=log_q).sum(axis=1)
+    kl = (p_logp - total * np.log(total) - p_logq) / total
     return float(min((int(np.argmin(kl)) + levels) * hist.width, hist.amax))
 
 

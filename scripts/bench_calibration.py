@@ -7,6 +7,7 @@ graph optimizations off (Q/DQ as float ops, as TensorRT defines them).
 
     python scripts/bench_calibration.py                 # 64 and 256 images, entropy/minmax/percentile
     python scripts/bench_calibration.py --samples 64 --methods entropy
+    python scripts/bench_calibration.py --tools trtptq --repeat 5 --batch-size 1 --no-accuracy   # a loaded machine
     python scripts/bench_calibration.py --model resnet50 --samples 64 128 --methods entropy minmax --no-accuracy
 """
 
@@ -136,6 +137,8 @@ def job_fp32(model: str, data: str, batch: int):
 
 
 def job_trtptq(model: str, data: str, batch: int, method: str, out: str):
+    import onnxruntime  # noqa: F401 - trtptq imports it lazily; imported here, untimed, as the other jobs do
+
     from trtptq import CalibrationOptions, quantize
     from trtptq.core import model as model_io
 
@@ -174,6 +177,29 @@ def job_ort(model: str, data: str, batch: int, method: str, out: str):
     return work
 
 
+def _cpu_s() -> float:
+    """CPU seconds this process has used (user + system, all threads): less sensitive than wall time to other load."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg()) + " (1/5/15 min)"
+
+
+def _median(runs: list[dict], key: str) -> float:
+    return float(np.median([r[key] for r in runs]))
+
+
+def _row(n: int, method: str, tool: str, runs: list[dict], base: list[dict]) -> str:
+    """Medians of a job's runs; /FP32 is the median of each round's ratio (a round's runs share one moment's load)."""
+    ratios = [r["wall_s"] / b["wall_s"] for r, b in zip(runs, base)]
+    spread = f"{min(ratios):.2f}-{max(ratios):.2f}" if len(ratios) > 1 else ""
+    cpu = float(np.median([r["cpu_s"] / b["cpu_s"] for r, b in zip(runs, base)]))
+    return (f"{n:>7} {method:<10} {tool:<7} {_median(runs, 'wall_s'):7.2f} {np.median(ratios):6.2f} {spread:>11} "
+            f"{_median(runs, 'cpu_s'):6.2f} {cpu:8.2f} {_median(runs, 'peak_rss_mib'):9.0f}")
+
+
 def measure(*args: str) -> dict:
     """Run one job in a fresh process: seconds of work and the process's peak RSS (MiB)."""
     proc = subprocess.run([sys.executable, __file__, "--job", *args], capture_output=True, text=True)
@@ -209,40 +235,51 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--model", choices=list(MODELS), default="mobilenetv2", help="architecture (random weights)")
     p.add_argument("--no-accuracy", action="store_true", help="skip the MNIST accuracy comparison")
+    p.add_argument("--tools", nargs="+", default=["trtptq", "ort"], choices=["trtptq", "ort"])
+    p.add_argument("--repeat", type=int, default=1, help="runs of each job, in rounds; the table shows medians")
     p.add_argument("--job", nargs="+", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.job:
         kind, *rest = a.job
         work = {"fp32": job_fp32, "trtptq": job_trtptq, "ort": job_ort}[kind](rest[0], rest[1], int(rest[2]), *rest[3:])
-        start = time.perf_counter()
+        cpu, start = _cpu_s(), time.perf_counter()
         work()
-        seconds = time.perf_counter() - start
-        print(json.dumps({"wall_s": seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+        seconds, cpu = time.perf_counter() - start, _cpu_s() - cpu
+        print(json.dumps({"wall_s": seconds, "cpu_s": cpu,
+                          "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
         return
 
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         model = f"{tmp}/{a.model}.onnx"
         MODELS[a.model](model)
-        print(f"{a.model}-shaped model (random weights), 224x224, batch {a.batch_size}, {os.cpu_count()} CPUs\n")
-        print(f"{'samples':>7} {'method':<10} {'tool':<7} {'time s':>7} {'/FP32':>6} {'peak MiB':>9}   ratio ORT/trtptq (time, memory)")
+        print(f"{a.model}-shaped model (random weights), 224x224, batch {a.batch_size}, {os.cpu_count()} CPUs, "
+              f"medians of {a.repeat} run(s), load average {_load()}\n")
+        print(f"{'samples':>7} {'method':<10} {'tool':<7} {'time s':>7} {'/FP32':>6} {'(range)':>11} {'cpu s':>6} "
+              f"{'cpu/FP32':>8} {'peak MiB':>9}   ratio ORT/trtptq (time, memory)")
+        jobs = [(m, tool) for m in a.methods for tool in a.tools]
         for n in a.samples:
             data = f"{tmp}/calib_{n}.npz"
             np.savez(data, input=images(n))
-            base = measure("fp32", model, data, str(a.batch_size))
-            print(f"{n:>7} {'FP32 pass':<10} {'ort':<7} {base['wall_s']:7.1f} {1:6.2f} {base['peak_rss_mib']:9.0f}")
-            for m in a.methods:
-                res = {tool: measure(tool, model, data, str(a.batch_size), m, f"{tmp}/{tool}_{m}_{n}.onnx")
-                       for tool in ("trtptq", "ort")}
-                for tool, r in res.items():
-                    if "error" in r:
-                        print(f"{n:>7} {m:<10} {tool:<7} failed: {r['error']}")
-                        continue
-                    ratio = ""
-                    if tool == "ort" and "error" not in res["trtptq"]:
-                        t = res["trtptq"]
-                        ratio = f"   {r['wall_s'] / t['wall_s']:.1f}x, {r['peak_rss_mib'] / t['peak_rss_mib']:.1f}x"
-                    print(f"{n:>7} {m:<10} {tool:<7} {r['wall_s']:7.1f} {r['wall_s'] / base['wall_s']:6.2f} "
-                          f"{r['peak_rss_mib']:9.0f}{ratio}")
+            runs: dict = {}
+            for _ in range(a.repeat):  # rounds side by side: a round's jobs share the machine's load of the moment
+                runs.setdefault("fp32", []).append(measure("fp32", model, data, str(a.batch_size)))
+                for m, tool in jobs:
+                    runs.setdefault((m, tool), []).append(
+                        measure(tool, model, data, str(a.batch_size), m, f"{tmp}/{tool}_{m}_{n}.onnx"))
+            base = runs["fp32"]
+            print(_row(n, "FP32 pass", "ort", base, base))
+            for m, tool in jobs:
+                r = runs[(m, tool)]
+                if "error" in r[0]:
+                    print(f"{n:>7} {m:<10} {tool:<7} failed: {r[0]['error']}")
+                    continue
+                ratio = ""
+                if tool == "ort" and "error" not in runs.get((m, "trtptq"), [{"error": ""}])[0]:
+                    t = runs[(m, "trtptq")]
+                    ratio = (f"   {_median(r, 'wall_s') / _median(t, 'wall_s'):.1f}x, "
+                             f"{_median(r, 'peak_rss_mib') / _median(t, 'peak_rss_mib'):.1f}x")
+                print(_row(n, m, tool, r, base) + ratio)
+        print(f"\nload average at the end {_load()} ({os.cpu_count()} CPUs)")
         if a.no_accuracy:
             return
         print("\nAccuracy: pretrained MNIST CNN, 256 calibration digits, top-1 on 4000 test digits")

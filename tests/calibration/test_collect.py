@@ -37,6 +37,33 @@ def test_many_passes_give_the_same_ranges_as_one(mnist):
     assert {t: c.compute_amax() for t, c in one.items()} == {t: c.compute_amax() for t, c in many.items()}
 
 
+
+def test_a_batch_run_a_few_samples_at_a_time_gives_the_same_histograms(mnist, monkeypatch):
+    """Where one run's tensors would overflow the cache, ONNX Runtime runs each batch a few samples at a time."""
+    import trtptq.calibration.collect as collect_module
+
+    model, batches, tensors = _setup(mnist)
+    whole = {t: make_calibrator("entropy") for t in tensors}
+    collect(model, batches, whole, show_progress=False)
+    feeds = []
+
+    def counting(*args):
+        runner = ort_passes(*args)
+
+        @contextlib.contextmanager
+        def open_pass(group):
+            with runner(group) as run:
+                yield lambda feed: feeds.append(len(feed["input"])) or run(feed)
+        return open_pass
+
+    monkeypatch.setattr(collect_module, "ort_passes", counting)
+    monkeypatch.setattr(collect_module, "_RUN_BYTES", 1)  # one sample per run
+    split = {t: make_calibrator("entropy") for t in tensors}
+    stats = collect(model, batches, split, show_progress=False)
+    assert feeds == [1] * 64 and (stats.batches, stats.samples) == (4, 64)
+    for t in tensors:
+        assert all(np.array_equal(v, split[t].state()[k]) for k, v in whole[t].state().items())
+
 def test_binning_pool_lives_for_one_run(mnist):
     """Large tensors are binned on a pool that collect() owns: busy during the run, shut down at its end."""
     model, batches, tensors = _setup(mnist, n=256, batch_size=256)  # conv outputs of 5M+ elements: several chunks
@@ -87,19 +114,21 @@ def test_nan_in_activations_is_named(mnist, caplog):
 
 
 def test_one_pass_binning_matches_the_histogram_of_the_whole_tensor():
-    """Chunks of ever larger values coarsen the bins while one tensor is binned: the counts are those of binning
-    every |x| at the final width at once, and a NaN anywhere leaves the histogram as it was."""
+    """The parts of one tensor are binned each at its own width (ever larger values here) and coarsened as they
+    merge: the counts are those of binning every |x| at the final width at once, and a NaN anywhere leaves the
+    histogram as it was."""
     from trtptq.calibrators import AbsHistogram
 
     rng = np.random.default_rng(0)
-    x = np.concatenate([rng.standard_normal(70_000).astype(np.float32) * 10.0 ** k for k in range(-3, 4)])
+    # 2 parts of 2**20 elements, chunks of 2**17 and a ragged tail
+    x = np.concatenate([rng.standard_normal(200_001).astype(np.float32) * 10.0 ** k for k in range(-3, 4)])
     hist = AbsHistogram()
     hist.observe(x)
     expected = np.bincount((np.abs(x) * np.float32(2.0 ** -hist.exponent)).astype(np.int64), minlength=hist.num_bins)
     assert np.array_equal(hist.counts, expected)
     assert (hist.minimum, hist.maximum, hist.count) == (float(x.min()), float(x.max()), x.size)
     before = hist.state()
-    x[400_000] = np.nan
+    x[1_200_000] = np.nan
     with pytest.raises(NonFiniteError):
         hist.observe(x)
     assert np.array_equal(hist.state()["counts"], before["counts"]) and hist.count == before["count"]
