@@ -133,7 +133,7 @@ def test_minilm_default_holds_accuracy_or_says_what_to_do(minilm, minilm_eval, c
 
 def test_minilm_target_holds_task_accuracy(minilm, minilm_eval):
     """--target cosine=0.99 on held-out fortunes (not the topic sentences scored here) keeps a few layers in float
-    and lands within 1 point of FP32's kNN topic accuracy (to one sentence)."""
+    and lands within about 1 point of FP32's kNN topic accuracy."""
     model, model_dir = minilm
     calib, evaluator, fp32, labels = minilm_eval
     held = real_models.encode(model_dir, [t for f in real_models.CALIBRATION_FILES
@@ -143,6 +143,7 @@ def test_minilm_target_holds_task_accuracy(minilm, minilm_eval):
                                     sensitivity=SensitivityOptions(samples=16, gain=False, show_progress=False)))
     knn, cos = _knn(evaluator, result.model, fp32, labels)
     assert result.fallback.met and 0 < len(result.fallback.moved) < len(result.plan.precision.nodes)
-    # One sentence (1/236) is the resolution: two float summation orders of the same Q/DQ model (ORT with and
-    # without its float optimizations) land one sentence apart here (79.2 vs 78.8 %), by Q rounding flips.
-    assert knn >= real_models.knn_accuracy(fp32, labels) - 0.01 - 1 / len(labels)
+    # Within 1 point, give or take the spread of the simulation itself: two float summation orders of the same Q/DQ
+    # model (ORT with and without its float optimizations) score 79.2 and 78.8 % here (2 of the 472 sentences), by
+    # Q rounding flips that grow layer by layer.
+    assert knn >= real_models.knn_accuracy(fp32, labels) - 0.015
