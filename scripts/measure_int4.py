@@ -25,6 +25,7 @@ nvidia-modelopt[onnx] 0.47 (default: /work/venv-modelopt/bin/python).
 from __future__ import annotations
 
 import argparse
+import math
 import pathlib
 import shutil
 import subprocess
@@ -112,13 +113,72 @@ def layer_table(model: onnx.ModelProto, calib: dict, held: dict, blocks: list[in
     return table
 
 
-def scores(evaluator: Evaluator, model, fp32: np.ndarray, labels: np.ndarray) -> tuple[float, float, float]:
-    """(5-NN accuracy, share of sentences whose 5-NN topic is FP32's, mean cosine to FP32)."""
+def embeddings(evaluator: Evaluator, model) -> np.ndarray:
+    """Unit-norm sentence embeddings of every evaluation sentence (FP32's for `model` None)."""
     out = evaluator.outputs(model)
-    unit = out / np.linalg.norm(out, axis=1, keepdims=True)
-    predicted = real_models.knn_predictions(unit, labels)
-    return (float(np.mean(predicted == labels)), float(np.mean(predicted == real_models.knn_predictions(fp32, labels))),
-            float(np.mean(np.sum(unit * fp32, axis=1))))
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def resampled_sets(labels: np.ndarray, count: int, per_topic: int, seed: int) -> list[np.ndarray]:
+    """`count` evaluation sets drawn like the standard one (`per_topic` sentences of each topic, all of a topic that
+    has fewer), each at random from all the topic's sentences: how much the 5-NN accuracy moves with the sentences."""
+    rng = np.random.default_rng(seed)
+    pools = [np.flatnonzero(labels == k) for k in range(labels.max() + 1)]
+    return [np.sort(np.concatenate([rng.choice(p, min(per_topic, len(p)), replace=False) for p in pools]))
+            for _ in range(count)]
+
+
+def correct(unit: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Whether each sentence of `rows` gets its topic from its 5 nearest neighbours among `rows` (leave-one-out)."""
+    return real_models.knn_predictions(unit[rows], labels[rows]) == labels[rows]
+
+
+def mcnemar(ours: np.ndarray, theirs: np.ndarray) -> tuple[int, int, float]:
+    """Paired sentences: (only ours right, only theirs right, exact two-sided McNemar p-value)."""
+    b, c = int(np.sum(ours & ~theirs)), int(np.sum(~ours & theirs))
+    tail = sum(math.comb(b + c, k) for k in range(min(b, c) + 1)) / 2 ** (b + c) if b + c else 1.0
+    return b, c, min(1.0, 2 * tail)
+
+
+def task_tables(evaluator: Evaluator, runs: list[tuple[str, pathlib.Path, float]], labels: np.ndarray,
+                standard: np.ndarray, fp32_bytes: int, resamples: int, seed: int) -> list[str]:
+    """The task table on the standard sentences, and the noise table: 5-NN accuracy on all the topic sentences and
+    on resampled evaluation sets, each model against FP32 and against the last run (ModelOpt's, when it ran)."""
+    fp32 = embeddings(evaluator, None)
+    units = {label: embeddings(evaluator, path) for label, path, _ in runs}
+    sets = resampled_sets(labels, resamples, 60, seed)
+    everything = np.arange(len(labels))
+    table = ["| model | block | 5-NN accuracy | 5-NN as FP32's | cosine to FP32 | file | of FP32 | quantize (s) |",
+             "|---|---|---|---|---|---|---|---|",
+             f"| FP32 | | {100 * correct(fp32, labels, standard).mean():.1f} % | 100 % | 1 | "
+             f"{fp32_bytes / 2**20:.1f} MiB | 100 % | |"]
+    for label, path, seconds in runs:
+        unit = units[label]
+        same = real_models.knn_predictions(unit[standard], labels[standard]) == \
+            real_models.knn_predictions(fp32[standard], labels[standard])
+        cos = float(np.mean(np.sum(unit[standard] * fp32[standard], axis=1)))
+        size = path.stat().st_size
+        table.append(f"| {label} | {path.stem.rsplit('_', 1)[-1]} | {100 * correct(unit, labels, standard).mean():.1f} % "
+                     f"| {100 * same.mean():.1f} % | {cos:.4f} | {size / 2**20:.1f} MiB | {100 * size / fp32_bytes:.1f} % "
+                     f"| {'reused' if seconds != seconds else f'{seconds:.1f}'} |")
+    last = runs[-1][0]
+    table += ["", f"Noise: 5-NN accuracy on all {len(labels)} topic sentences; on {resamples} evaluation sets drawn like "
+              "the standard one (mean, 2.5-97.5 % of the sets); the paired difference to "
+              f"{last} on the same sets; McNemar on the standard sentences (only this one right / only {last} right, p).",
+              "", f"| model | block | all {len(labels)} | resampled sets | minus {last} on each set | McNemar vs it |",
+              "|---|---|---|---|---|---|"]
+    accuracy = {label: np.array([correct(unit, labels, rows).mean() for rows in sets])
+                for label, unit in {"FP32": fp32, **units}.items()}
+    blocks = {label: path.stem.rsplit("_", 1)[-1] for label, path, _ in runs} | {"FP32": ""}
+    for label, unit in {"FP32": fp32, **units}.items():
+        diff = 100 * (accuracy[label] - accuracy[last])
+        b, c, p = mcnemar(correct(unit, labels, standard), correct(units[last], labels, standard))
+        a = 100 * accuracy[label]
+        table.append(f"| {label} | {blocks[label]} | {100 * correct(unit, labels, everything).mean():.1f} % | "
+                     f"{a.mean():.1f} % ({np.percentile(a, 2.5):.1f}-{np.percentile(a, 97.5):.1f}) | "
+                     f"{diff.mean():+.1f} ({np.percentile(diff, 2.5):+.1f} to {np.percentile(diff, 97.5):+.1f}) | "
+                     f"{b} / {c}, p = {p:.2f} |")
+    return table
 
 
 def timed(cmd: list[str], cwd: pathlib.Path) -> float:
@@ -133,10 +193,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--blocks", nargs="+", type=int, default=[32, 64, 128])
     parser.add_argument("--methods", nargs="+", default=["rtn", "awq", "gptq"])
+    parser.add_argument("--embeddings", choices=["int4", "fp32", "both"], default="int4",
+                        help="trtptq's word-embedding table: INT4 (--embeddings), FP32 (as ModelOpt leaves it), or both")
     parser.add_argument("--modelopt", default="/work/venv-modelopt/bin/python",
                         help="the Python of a venv with nvidia-modelopt[onnx]; '' to skip it")
     parser.add_argument("--keep", type=pathlib.Path, help="keep the data and models here (ModelOpt's is reused)")
     parser.add_argument("--no-task", action="store_true", help="the weight and layer tables only (a few minutes)")
+    parser.add_argument("--per-topic", type=int, default=200,
+                        help="topic sentences embedded for the noise table (the standard set: the first 60 of each)")
+    parser.add_argument("--resamples", type=int, default=200, help="evaluation sets drawn for the noise table")
+    parser.add_argument("--seed", type=int, default=0, help="of the resampled evaluation sets")
     args = parser.parse_args()
     model_dir = real_models.minilm_dir()
     if model_dir is None:
@@ -157,38 +223,34 @@ def main() -> None:
     fp32_path = work / "minilm.onnx"
     onnx.save(model, fp32_path)
     np.savez(work / "calib.npz", **calib)
-    fp32_bytes = fp32_path.stat().st_size
+    tables = {"int4": [("INT4 embeddings", ["--embeddings"])], "fp32": [("FP32 embeddings", [])]}
+    tables["both"] = tables["int4"] + tables["fp32"]
     runs: list[tuple[str, pathlib.Path, float]] = []
     for block in args.blocks:
         for method in args.methods:
-            out = work / f"trtptq_{method}_{block}.onnx"
-            seconds = timed([sys.executable, "-m", "trtptq", "quantize", str(fp32_path), "--data", "calib.npz",
-                             "--precision", "w4a16", "--block-size", str(block), "--int4-method", method,
-                             "--embeddings", "--batch-size", "16", "-o", out.name], work)
-            runs.append((f"trtptq {method}, INT4 embeddings", out, seconds))
+            for table, flags in tables[args.embeddings]:
+                out = work / f"trtptq_{method}_{'emb' if flags else 'noemb'}_{block}.onnx"
+                seconds = timed([sys.executable, "-m", "trtptq", "quantize", str(fp32_path), "--data", "calib.npz",
+                                 "--precision", "w4a16", "--block-size", str(block), "--int4-method", method,
+                                 *flags, "--batch-size", "16", "-o", out.name], work)
+                runs.append((f"trtptq {method}, {table}", out, seconds))
     if args.modelopt:
         out = work / "modelopt_awq_clip_128.onnx"
         seconds = float("nan")
         if not out.exists():
-            seconds = timed([args.modelopt, "-m", "modelopt.onnx.quantization", "--onnx_path", str(fp32_path),
+            source = work / "minilm_for_modelopt.onnx"  # ModelOpt rewrites its input model in place
+            shutil.copyfile(fp32_path, source)
+            seconds = timed([args.modelopt, "-m", "modelopt.onnx.quantization", "--onnx_path", str(source),
                              "--quantize_mode", "int4", "--calibration_data_path", "calib.npz",
                              "--calibration_eps", "cpu", "--high_precision_dtype", "fp32", "--log_level", "WARNING",
                              "--output_path", out.name], work)
         runs.append(("ModelOpt int4 (awq_clip), FP32 embeddings", out, seconds))
+    texts, labels = real_models.topic_data(args.per_topic)
+    standard = np.concatenate([np.flatnonzero(labels == k)[:60] for k in range(labels.max() + 1)])  # topic_data(60)'s
     with Evaluator(model, [real_models.encode(model_dir, texts)], show_progress=False) as evaluator:
-        fp32 = evaluator.outputs()
-        print("## Task: MiniLM topic 5-NN on 472 sentences\n")
-        print("| model | block | 5-NN accuracy | 5-NN as FP32's | cosine to FP32 | file | of FP32 | quantize (s) |")
-        print("|---|---|---|---|---|---|---|---|")
-        print(f"| FP32 | | {100 * real_models.knn_accuracy(fp32, labels):.1f} % | 100 % | 1 | "
-              f"{fp32_bytes / 2**20:.1f} MiB | 100 % | |")
-        for label, path, seconds in runs:
-            knn, same, cos = scores(evaluator, path, fp32, labels)
-            block = path.stem.rsplit("_", 1)[-1]
-            size = path.stat().st_size
-            print(f"| {label} | {block} | {100 * knn:.1f} % | {100 * same:.1f} % | {cos:.4f} | {size / 2**20:.1f} MiB | "
-                  f"{100 * size / fp32_bytes:.1f} % | {'reused' if seconds != seconds else f'{seconds:.1f}'} |",
-                  flush=True)
+        print(f"## Task: MiniLM topic 5-NN on {len(standard)} sentences\n")
+        print("\n".join(task_tables(evaluator, runs, labels, standard, fp32_path.stat().st_size, args.resamples,
+                                    args.seed)), flush=True)
     if args.keep is None:
         shutil.rmtree(work)
 

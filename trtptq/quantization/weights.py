@@ -8,6 +8,8 @@ the block size (ONNX's blocked `DequantizeLinear`, opset 21).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from trtptq.core.formats import QuantFormat
@@ -96,3 +98,28 @@ def gptq(values: np.ndarray, fmt: QuantFormat, axis: int, block_size: int,
         w[end:] -= upper[start:end, end:].T @ errors
     q = q.reshape(np.moveaxis(values, axis, 0).shape).astype(fmt.dtype)
     return np.moveaxis(q, 0, axis), scale
+
+
+class Int4Weights:
+    """How one run rounds its INT4 weights, each weight once however many models carry it (auto's local copies and
+    candidates, the ladder's gated model, the written one), so a layer that ends up in INT4 has the same weights
+    whichever way it got there.
+
+    `grams` (weight tensor -> the second moments of the inputs it multiplies, `calibration.channels`): per block
+    (blocks, size, size), `blocked`'s activation-aware scales (awq); the whole (K, K) matrix, `gptq`; a weight without
+    one takes the scales of least weight error (rtn).
+    """
+
+    def __init__(self, grams: Mapping[str, np.ndarray] | None = None) -> None:
+        self.grams = dict(grams or {})
+        self._done: dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def quantize(self, name: str, values: np.ndarray, fmt: QuantFormat, axis: int,
+                 block_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Weight `name` (its `values`) in `fmt`, blocks of `block_size` along `axis`: (quantized values, scales)."""
+        key = (name, axis, block_size)
+        if key not in self._done:
+            gram = self.grams.get(name)
+            self._done[key] = (gptq(values, fmt, axis, block_size, gram) if gram is not None and gram.ndim == 2
+                               else blocked(values, fmt, axis, block_size, gram))
+        return self._done[key]
