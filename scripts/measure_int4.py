@@ -195,20 +195,21 @@ def task_tables(evaluator: Evaluator, runs: list[tuple[str, pathlib.Path, float]
     last = runs[-1][0]
     table += ["", f"Noise: 5-NN accuracy on all {len(labels)} topic sentences; on {resamples} evaluation sets drawn like "
               "the standard one (mean, 2.5-97.5 % of the sets); the paired difference to "
-              f"{last} on the same sets; McNemar on the standard sentences (only this one right / only {last} right, p).",
-              "", f"| model | block | all {len(labels)} | resampled sets | minus {last} on each set | McNemar vs it |",
-              "|---|---|---|---|---|---|"]
+              f"{last} on the same sets; McNemar's exact test against it on the standard and on all sentences (sentences "
+              f"only this model gets right / only {last} gets right, two-sided p).",
+              "", f"| model | block | all {len(labels)} | resampled sets | minus {last} on each set | McNemar vs it, "
+              f"standard | McNemar vs it, all {len(labels)} |", "|---|---|---|---|---|---|---|"]
     accuracy = {label: np.array([correct(unit, labels, rows).mean() for rows in sets])
                 for label, unit in {"FP32": fp32, **units}.items()}
     blocks = {label: path.stem.rsplit("_", 1)[-1] for label, path, _ in runs} | {"FP32": ""}
     for label, unit in {"FP32": fp32, **units}.items():
         diff = 100 * (accuracy[label] - accuracy[last])
-        b, c, p = mcnemar(correct(unit, labels, standard), correct(units[last], labels, standard))
+        tests = [mcnemar(correct(unit, labels, rows), correct(units[last], labels, rows)) for rows in (standard, everything)]
         a = 100 * accuracy[label]
         table.append(f"| {label} | {blocks[label]} | {100 * correct(unit, labels, everything).mean():.1f} % | "
                      f"{a.mean():.1f} % ({np.percentile(a, 2.5):.1f}-{np.percentile(a, 97.5):.1f}) | "
                      f"{diff.mean():+.1f} ({np.percentile(diff, 2.5):+.1f} to {np.percentile(diff, 97.5):+.1f}) | "
-                     f"{b} / {c}, p = {p:.2f} |")
+                     + " | ".join(f"{b} / {c}, p = {p:.2f}" for b, c, p in tests) + " |")
     return table
 
 
@@ -228,7 +229,7 @@ def main() -> None:
                         help="trtptq's word-embedding table: INT4 (--embeddings), FP32 (as ModelOpt leaves it), or both")
     parser.add_argument("--modelopt", default="/work/venv-modelopt/bin/python",
                         help="the Python of a venv with nvidia-modelopt[onnx]; '' to skip it")
-    parser.add_argument("--keep", type=pathlib.Path, help="keep the data and models here (ModelOpt's is reused)")
+    parser.add_argument("--keep", type=pathlib.Path, help="keep the data and models here (models found there are reused)")
     parser.add_argument("--no-task", action="store_true", help="the weight and layer tables only (a few minutes)")
     parser.add_argument("--per-topic", type=int, default=200,
                         help="topic sentences embedded for the noise table (the standard set: the first 60 of each)")
@@ -271,9 +272,10 @@ def main() -> None:
         for method in args.methods:
             for table, flags in tables[args.embeddings]:
                 out = work / f"trtptq_{method}_{'emb' if flags else 'noemb'}_{block}.onnx"
-                seconds = timed([sys.executable, "-m", "trtptq", "quantize", str(fp32_path), "--data", "calib.npz",
-                                 "--precision", "w4a16", "--block-size", str(block), "--int4-method", method,
-                                 *flags, "--batch-size", "16", "-o", out.name], work)
+                command = [sys.executable, "-m", "trtptq", "quantize", str(fp32_path), "--data", "calib.npz",
+                           "--precision", "w4a16", "--block-size", str(block), "--int4-method", method, *flags,
+                           "--batch-size", "16", "-o", out.name]
+                seconds = float("nan") if out.exists() else timed(command, work)  # nan: reused from --keep
                 runs.append((f"trtptq {method}, {table}", out, seconds))
     if modelopt is not None:
         runs.append(("ModelOpt int4 (awq_clip), FP32 embeddings", theirs, modelopt_seconds))
