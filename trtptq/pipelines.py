@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import onnx
+import onnx_graphsurgeon as gs
 
 from trtptq.autotune.budget import Held, held
 from trtptq.autotune.fallback import METRIC_TARGET, Fallback, fall_back
@@ -141,11 +142,15 @@ def _qopts_dict(q: QuantizeOptions) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(q).items()}
 
 
-def _calibrate(proto: onnx.ModelProto, name: str, graph, placement: Plan, data, options: CalibrationOptions,
+def _calibrate(proto: onnx.ModelProto, name: str, graph: gs.Graph, placement: Plan, data, options: CalibrationOptions,
                qopts: QuantizeOptions, plugins: Plugins, identify: bool = False) -> tuple[Ranges, Calibration, Plan]:
     """Calibrate the plan's activations, fold from the same run the channel statistics of the inputs its INT4 weights
     may multiply (the plan returned rounds its INT4 weights with them), and choose the ranges (`_choose`)."""
     inputs = int4_inputs(graph, placement, qopts) if qopts.int4_method != "rtn" else {}
+    if inputs and options.cluster is not None and qopts.precision == AUTO:  # INT4 is only a candidate: run as before
+        logger.warning("--workers: INT4 layers --precision auto chooses take the scales of least weight error "
+                       "(--int4-method rtn): a cluster does not gather channel statistics yet")
+        inputs = {}
     size = None if qopts.int4_method == "gptq" else placement.block_size  # GPTQ: the whole second-moment matrix
     channels = {t: BlockGram(size) for t in inputs.values()}
     calibration = _collect(proto, name, placement, data, options, qopts, plugins, identify, channels)
