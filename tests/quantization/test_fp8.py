@@ -74,12 +74,14 @@ def _reference_qdq(x: np.ndarray, scale) -> np.ndarray:
 
 
 def test_onnx_runtime_fp8_qdq_matches_the_ml_dtypes_reference():
-    """Through the Relu too: ORT's optimizer would drop a Relu before an FP8 QuantizeLinear (`SIMULATION_UNSAFE`)."""
+    """Through a Clip (ReLU6) too: ORT's optimizer would fold it into an FP8 QuantizeLinear and fail
+    (`SIMULATION_UNSAFE`; the Relu case: tests/runtime)."""
     rng = np.random.default_rng(1)
     w = rng.standard_normal((24, 5)).astype(np.float32) * np.logspace(-3, 1, 5, dtype=np.float32)  # per-column range
-    model = make_model([helper.make_node("Relu", ["x"], ["r"], name="relu"),
+    model = make_model([helper.make_node("Mul", ["x", "one"], ["m"], name="mul"),  # ORT rewrites a Clip with a producer
+                        helper.make_node("Clip", ["m", "lo", "hi"], ["r"], name="relu6"),
                         helper.make_node("MatMul", ["r", "w"], ["y"], name="mm")], [float_input("x", ["N", 24])],
-                       [float_input("y", ["N", 5])], [("w", w)])
+                       [float_input("y", ["N", 5])], [("w", w), ("one", np.float32(1)), ("lo", np.float32(0)), ("hi", np.float32(6))])
     calib = rng.standard_normal((64, 24)).astype(np.float32)
     q = quantize(model, data=[{"x": calib}], options=FP8_OPTS,
                  calibration=CalibrationOptions(method="minmax", show_progress=False))
@@ -88,9 +90,9 @@ def test_onnx_runtime_fp8_qdq_matches_the_ml_dtypes_reference():
     x = np.concatenate([rng.standard_normal((16, 24)) * 3, rng.standard_normal((16, 24)) * 1e-4, np.zeros((1, 24))])
     x = x.astype(np.float32)
     y = session(q.model, simulate_qdq=True).run(None, {"x": x})[0]
-    amax = float(calib.max())  # after the Relu
+    amax = float(np.clip(calib, 0, 6).max())  # after the Clip
     w_scale = (np.abs(w).max(axis=0) / 448).astype(np.float32)
-    expected = _reference_qdq(np.maximum(x, 0), np.float32(amax / 448)) @ _reference_qdq(w, w_scale)
+    expected = _reference_qdq(np.clip(x, 0, 6), np.float32(amax / 448)) @ _reference_qdq(w, w_scale)
     np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max())
     stored = {i.name: onnx.numpy_helper.to_array(i) for i in q.model.graph.initializer}
     assert stored["r_fp8_scale"] == np.float32(amax / 448) and stored["w_fp8_quantized"].dtype == ml_dtypes.float8_e4m3fn

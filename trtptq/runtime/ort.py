@@ -25,8 +25,9 @@ _NO_KERNEL = (
     re.compile(r"Could not find an implementation for (?P<op>\w+)\(\d+\) node with name '(?P<node>[^']*)'"),
 )
 # ORT rewrites that change what a Q/DQ model computes (beside the Q/DQ fusions "session.disable_quant_qdq" stops):
-# a Relu feeding a QuantizeLinear is dropped, right only for formats without negative values.
-SIMULATION_UNSAFE = ("ReluQuantRewrite",)
+# a Relu or Clip feeding a QuantizeLinear is folded into its range, right only for INT8 (FP8: the Relu is dropped,
+# the Clip rewrite fails on FP8's zero point).
+SIMULATION_UNSAFE = ("ReluQuantRewrite", "ClipQuantRewrite")
 
 
 def default_providers() -> list[str]:
@@ -45,12 +46,12 @@ def session(model: onnx.ModelProto | str | os.PathLike, providers: Sequence[str]
     `simulate_qdq` turns off ORT's Q/DQ fusions so Q/DQ run as float ops, as
     TensorRT defines them: ORT's fused INT8 kernels saturate on CPUs without VNNI, and its MatMulNBits fusion of
     INT4 weights quantizes the activations to INT8 (accuracy level 4: 1.7e-2 error vs 2.4e-6 unfused), which
-    TensorRT's W4A16 does not; nor does a Relu before a Q go (ORT's "ReluQuantRewrite" drops it as if the format
-    had no negative values, which FP8's does). The float optimizations stay: constant weights' DequantizeLinear
-    folds into float weights, and convolutions run in ORT's blocked layout (a MobileNetV2 Q/DQ model: 0.80 s vs
-    1.22 s with every optimization off; outputs equal to float rounding, whose effect on Q/DQ rounding leaves the
-    two 35 dB apart at 22 dB from FP32). A model whose weights stay in external data keeps them quantized: folded,
-    they would be FP32 copies of a model too large for that.
+    TensorRT's W4A16 does not; nor are a Relu or Clip before a Q folded into its range (`SIMULATION_UNSAFE`).
+    The float optimizations stay: constant weights' DequantizeLinear folds into float weights, and convolutions
+    run in ORT's blocked layout (a MobileNetV2 Q/DQ model: 0.80 s vs 1.22 s with every optimization off; outputs
+    equal to float rounding, whose effect on Q/DQ rounding leaves the two 35 dB apart at 22 dB from FP32). A
+    model whose weights stay in external data keeps them quantized: folded, they would be FP32 copies of a model
+    too large for that.
     `many_outputs` (intermediate tensors exposed for calibration) keeps to basic
     optimizations: the NCHWc layout of the full level would reorder every exposed
     tensor back, which costs more than it saves (MobileNetV2: 0.59 s vs 1.55 s).
