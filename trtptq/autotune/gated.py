@@ -47,7 +47,8 @@ class GatedModel:
         rungs = rungs if rungs is not None else {node: (p,) for node, p in self.own.items()}
         self._gates = {(node, p): f"{GATE_PREFIX}{node}:{p}" for node, ps in rungs.items()
                        for p in (precision.FP32, *ps)}  # FP32: the float input's gate
-        self._runner = OrtRunner(_gated(model, plan, amax, self._gates), simulate_qdq=True, plugins=plugins)
+        self._runner = OrtRunner(_gated(model, plan, amax, self._gates), simulate_qdq=True, plugins=plugins,
+                                 fold_weights=False)
         gc.collect()  # the graph it was built from is a cycle of nodes and tensors: free its weight copies now
 
     def __enter__(self) -> GatedModel:

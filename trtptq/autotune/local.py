@@ -47,7 +47,7 @@ def local_snr(model: onnx.ModelProto, plan: Plan, amax_sets: Mapping[str, Mappin
     signal, noise_of, probe = _probe(model, plan, amax_sets, nodes, formats or {})
     gc.collect()  # the probe's graph is a cycle of nodes and tensors: free its weight copies before the session opens
     sums = dict.fromkeys([*signal.values(), *(n for per in noise_of.values() for n in per.values())], 0.0)
-    with OrtRunner(probe, simulate_qdq=True, in_order=True, plugins=plugins) as runner, \
+    with OrtRunner(probe, simulate_qdq=True, in_order=True, plugins=plugins, fold_weights=False) as runner, \
             progress(enabled=show_progress, desc="local errors", unit="batch") as bar:
         for batch in itertools.chain([first] if first is not None else [], batches):
             for name, value in runner.run(batch.feed).items():

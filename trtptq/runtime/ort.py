@@ -25,8 +25,8 @@ _NO_KERNEL = (
     re.compile(r"Could not find an implementation for (?P<op>\w+)\(\d+\) node with name '(?P<node>[^']*)'"),
 )
 # ORT rewrites that change what a Q/DQ model computes (beside the Q/DQ fusions "session.disable_quant_qdq" stops):
-# a Relu or Clip feeding a QuantizeLinear is folded into its range, right only for INT8 (FP8: the Relu is dropped,
-# the Clip rewrite fails on FP8's zero point).
+# a Relu or Clip feeding a QuantizeLinear folded into its range, right only for INT8 (FP8: the Relu is dropped,
+# MNIST's logits off by 96; the Clip rewrite fails on FP8's zero point).
 SIMULATION_UNSAFE = ("ReluQuantRewrite", "ClipQuantRewrite")
 
 
@@ -38,7 +38,8 @@ def default_providers() -> list[str]:
 
 
 def session(model: onnx.ModelProto | str | os.PathLike, providers: Sequence[str] | None = None,
-            simulate_qdq: bool = False, many_outputs: bool = False, in_order: bool = False, plugins: Plugins = BUILTIN):
+            simulate_qdq: bool = False, many_outputs: bool = False, in_order: bool = False, plugins: Plugins = BUILTIN,
+            fold_weights: bool = True):
     """An InferenceSession; a node ONNX Runtime has no kernel for is a one-line ModelError naming it.
 
     Plugin nodes run through `plugins` (their numpy reference or custom-op library; see runtime.plugins).
@@ -47,11 +48,13 @@ def session(model: onnx.ModelProto | str | os.PathLike, providers: Sequence[str]
     TensorRT defines them: ORT's fused INT8 kernels saturate on CPUs without VNNI, and its MatMulNBits fusion of
     INT4 weights quantizes the activations to INT8 (accuracy level 4: 1.7e-2 error vs 2.4e-6 unfused), which
     TensorRT's W4A16 does not; nor are a Relu or Clip before a Q folded into its range (`SIMULATION_UNSAFE`).
-    The float optimizations stay: constant weights' DequantizeLinear folds into float weights, and convolutions
-    run in ORT's blocked layout (a MobileNetV2 Q/DQ model: 0.80 s vs 1.22 s with every optimization off; outputs
-    equal to float rounding, whose effect on Q/DQ rounding leaves the two 35 dB apart at 22 dB from FP32). A
-    model whose weights stay in external data keeps them quantized: folded, they would be FP32 copies of a model
-    too large for that.
+    The float optimizations stay: constant weights' DequantizeLinear folds into FP32 weights, and convolutions run
+    in ORT's blocked layout (a MobileNetV2 Q/DQ model: 0.12 s vs 0.19 s for 16 samples with every optimization
+    off); outputs equal the unoptimized model's to float rounding, whose effect on Q/DQ rounding grows layer by
+    layer (MobileNetV2: the two 35 dB apart at 22 dB from FP32). `fold_weights=False` keeps the weights
+    quantized, for a model holding several copies of its layers (the gated model, the local-error probe: their
+    folded copies would outgrow the FP32 model; MobileNetV2 --target peaks at 1.23x a calibration instead of
+    1.27x); a model whose weights stay in external data never folds (a 3 GB model's FP32 copy).
     `many_outputs` (intermediate tensors exposed for calibration) keeps to basic
     optimizations: the NCHWc layout of the full level would reorder every exposed
     tensor back, which costs more than it saves (MobileNetV2: 0.59 s vs 1.55 s).
@@ -78,9 +81,8 @@ def session(model: onnx.ModelProto | str | os.PathLike, providers: Sequence[str]
     providers = list(providers or default_providers())
     source = model
     proto = model if isinstance(model, onnx.ModelProto) else load_onnx(model)
-    disabled = list(SIMULATION_UNSAFE) if simulate_qdq else []
-    if simulate_qdq and (weights_dir(proto) is not None or not serializable(proto)):
-        disabled.append("ConstantFolding")  # weights kept in their data file stay quantized, not unfolded to FP32
+    fold = fold_weights and weights_dir(proto) is None and serializable(proto)
+    disabled = [*SIMULATION_UNSAFE, *(() if fold else ("ConstantFolding",))] if simulate_qdq else []
     kwargs = {"providers": providers, "disabled_optimizers": disabled or None}
     if not isinstance(model, onnx.ModelProto) and plugin_nodes(proto, plugins):
         model = proto
@@ -124,16 +126,17 @@ class OrtRunner:
     """An ONNX model in ONNX Runtime behind the runtime interface (`trtptq.runtime.runner.Runner`).
 
     The session is created on enter, so runners are cheap to make and hold
-    memory only while in use. `simulate_qdq` / `many_outputs` / `in_order` / `plugins` as in `session`.
+    memory only while in use. `simulate_qdq` / `many_outputs` / `in_order` / `plugins` / `fold_weights` as in
+    `session`.
     """
 
     def __init__(self, model: onnx.ModelProto | str | os.PathLike, *, simulate_qdq: bool = False,
                  many_outputs: bool = False, in_order: bool = False, providers: Sequence[str] | None = None,
-                 name: str | None = None, plugins: Plugins = BUILTIN):
+                 name: str | None = None, plugins: Plugins = BUILTIN, fold_weights: bool = True):
         self.model = model
         self.name = name or (model.graph.name if isinstance(model, onnx.ModelProto) else pathlib.Path(model).stem)
         self._options = {"simulate_qdq": simulate_qdq, "many_outputs": many_outputs, "in_order": in_order,
-                         "providers": providers, "plugins": plugins}
+                         "providers": providers, "plugins": plugins, "fold_weights": fold_weights}
         self._session = None
         self._outputs: list[str] = []
 
