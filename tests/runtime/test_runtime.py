@@ -118,3 +118,11 @@ def test_qdq_simulation_keeps_what_the_unoptimized_model_computes(mnist, precisi
     expected = plain.run(None, x)[0]
     got = session(q.model, simulate_qdq=True).run(None, x)[0]
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def test_sessions_take_the_cpus_omp_num_threads_gives(mnist, monkeypatch):
+    """Ray sets OMP_NUM_THREADS to a task's CPUs; ONNX Runtime would ignore it and take every core of the node."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert session(mnist[0]).get_session_options().intra_op_num_threads == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert session(mnist[0]).get_session_options().intra_op_num_threads == 0  # ORT's default: every core

@@ -69,6 +69,11 @@ def session(model: onnx.ModelProto | str | os.PathLike, providers: Sequence[str]
     # Our callers do numpy work between runs (metrics, calibrators): idle ORT workers spinning for the next run
     # would take that core (MNIST compare on 2 cores: 3.5 s -> 2.1 s without spinning).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # ONNX Runtime ignores OMP_NUM_THREADS and takes every core; Ray sets it to each task's CPUs, so N workers on a
+    # node share its cores instead of each taking them all (the same cap for anyone who sets it).
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:
+        opts.intra_op_num_threads = int(threads)
     if simulate_qdq:
         opts.add_session_config_entry("session.disable_quant_qdq", "1")
         if in_order:  # the blocked layout's reordered copies would outlive the layers an in-order model frees early
