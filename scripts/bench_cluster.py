@@ -6,9 +6,10 @@
 2. int4: a 4-layer MLP of 768 channels in w4a16 with --int4-method awq and gptq, one process against 2 workers:
    whether the INT4 weights are the same bytes.
 
-On a 2-core machine the honest speed-up is at most 2x (each worker's ONNX Runtime already uses every core), and a
-shared one makes the times noise: 01:18 UTC, 2026-12-07, load average 9 on 2 cores: one process 204 s, --workers 1
-139 s, --workers 2 153 s (Ray's start included), every ranking identical; awq/gptq weights identical at 1 and 2.
+On a 2-core machine there is no speed-up to show: one process's ONNX Runtime already uses both cores, and each
+Ray task runs on the one CPU Ray gives it (OMP_NUM_THREADS). 03:03 UTC, 2026-12-07, quiet (load 0.9), 8 samples
+per model: one process 31.0 s, --workers 1 51.5 s (one core, Ray's start included), --workers 2 30.0 s (0.97x),
+every ranking identical. The gain is in nodes: N machines rank about N times as fast, less Ray's start.
 
     python scripts/bench_cluster.py                   # both parts
     python scripts/bench_cluster.py --parts int4 --workers 2 4
