@@ -86,8 +86,10 @@ def session(model: onnx.ModelProto | str | os.PathLike, providers: Sequence[str]
     providers = list(providers or default_providers())
     source = model
     proto = model if isinstance(model, onnx.ModelProto) else load_onnx(model)
-    fold = fold_weights and weights_dir(proto) is None and serializable(proto)
-    disabled = [*SIMULATION_UNSAFE, *(() if fold else ("ConstantFolding",))] if simulate_qdq else []
+    disabled = []
+    if simulate_qdq:  # only here: serializable() measures the whole model, which other sessions need not pay for
+        fold = fold_weights and weights_dir(proto) is None and serializable(proto)
+        disabled = [*SIMULATION_UNSAFE, *(() if fold else ("ConstantFolding",))]
     kwargs = {"providers": providers, "disabled_optimizers": disabled or None}
     if not isinstance(model, onnx.ModelProto) and plugin_nodes(proto, plugins):
         model = proto
