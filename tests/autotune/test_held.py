@@ -7,7 +7,7 @@ import pytest
 
 from trtptq.autotune.budget import HELD_FLOOR, held
 from trtptq.autotune.local import _probe, local_snr
-from trtptq.autotune.method import choose_method
+from trtptq.autotune.method import _Race, choose_method
 from trtptq.calibration.calibrate import AUTO, CalibrationOptions, calibrate_tensors
 from trtptq.calibration.passes import with_outputs
 from trtptq.data import Batch, Batches, input_specs, open_source
@@ -96,3 +96,41 @@ def test_auto_races_its_candidates_and_keeps_the_exact_best(mnist):
     for method, db in full.items():
         assert db <= best + 0.002
         assert choice.scores[method] is None or choice.scores[method] == pytest.approx(db, abs=0.002)
+
+
+class _Counting(Evaluator):
+    """An evaluator that counts the batches candidates ran (what stopping early saves)."""
+
+    ran = 0
+
+    def pairs(self, *args, **kwargs):
+        for pair in super().pairs(*args, **kwargs):
+            self.ran += 1
+            yield pair
+
+
+def test_the_race_runs_the_best_ones_worst_batches_first_and_scores_do_not_depend_on_the_order(mnist):
+    """After the first full run, candidates see the batches the best one erred most on first, so a loser passes
+    the bar sooner; per-batch sums added in batch order give the same score whatever order a candidate ran in."""
+    path, images, _ = mnist
+    proto, _, _, plan = prepare(path)
+    amax = calibrate_tensors(proto, list(plan.activations), [{"input": images[:64]}],
+                             CalibrationOptions(method="minmax", show_progress=False)).ranges().amax
+    good = quantized_model(proto, plan, amax)
+    bad = quantized_model(proto, plan, {t: a * 1.5 for t, a in amax.items()})  # coarser steps: a loser, not by far
+    with _Counting(proto, [{"input": images[:64]}], batch_size=4) as evaluator:
+        race = _Race(evaluator)
+        first = race.score(good, "good")
+        per_batch = [ErrorStats(detailed=False) for _ in range(evaluator.num_batches)]
+        for stats, (_, reference, outputs) in zip(per_batch, evaluator.pairs(good)):
+            (name,) = evaluator.output_names
+            stats.update(reference[name], outputs[name])
+        assert race.worst_first == sorted(range(len(per_batch)), key=lambda k: -per_batch[k].err_sq)
+        assert race.worst_first != list(range(len(per_batch)))  # else this test would show nothing
+        assert race.score(good, "again") == first  # a tie does not stop: it ran through, worst batches first
+        ran = {}
+        for order in (race.worst_first, None):
+            race.worst_first, evaluator.ran = order, 0
+            assert race.score(bad, "bad") is None
+            ran[order is None] = evaluator.ran
+        assert ran[False] < ran[True] < evaluator.num_batches

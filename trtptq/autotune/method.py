@@ -20,6 +20,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
 
 from trtptq.autotune.budget import held
@@ -165,13 +166,16 @@ class _Race:
     """Candidates scored in turn (output SNR vs FP32 in dB, outputs combined as `evaluation.metrics` does, to 3
     decimals); one whose error so far already caps its score below the best one's stops there, as None: the
     reference's signal over the whole set is known once one candidate ran through, and the error of the batches
-    left can only lower the score. The best is exact. With a task `metric`, every candidate runs through and
-    scores its value (to 6 decimals), and its output SNR breaks ties (a task metric on a few samples often ties)."""
+    left can only lower the score. Candidates after the first run the batches the best one erred most on first,
+    so a loser's error passes the bar sooner; the sums are kept per batch and added in batch order, so a score
+    does not depend on the order it ran in. The best is exact. With a task `metric`, every candidate runs through
+    and scores its value (to 6 decimals), and its output SNR breaks ties (a task metric on a few samples often ties)."""
 
     def __init__(self, evaluator: Evaluator, metric: TaskMetric | None = None):
         self.evaluator, self.metric = evaluator, metric
         self.best = -math.inf
         self.signal: dict[str, float] = {}  # output -> sum ref^2 over the set
+        self.worst_first: list[int] | None = None  # batch order: the best candidate's largest errors first
         self.ran: list[str] = []
         self.snr: dict[str, float | None] = {}  # with a metric: each candidate's output SNR, the tie-breaker
 
@@ -187,16 +191,23 @@ class _Race:
             value = round(score.value(), 6)
             self.best = max(self.best, value)
             return value
-        stats = {output: ErrorStats(detailed=False) for output in self.evaluator.output_names}
-        with contextlib.closing(self.evaluator.pairs(candidate, name)) as pairs:
-            for _, reference, outputs in pairs:
-                for output, s in stats.items():
-                    s.update(reference[output], outputs[output])
-                if self.signal and _combined_db(self.signal, {o: s.err_sq for o, s in stats.items()}) < self.best:
+        names = self.evaluator.output_names
+        order = self.worst_first or list(range(self.evaluator.num_batches))
+        error, signal = np.zeros((len(order), len(names))), np.zeros((len(order), len(names)))
+        with contextlib.closing(self.evaluator.pairs(candidate, name, order)) as pairs:
+            for k, (_, reference, outputs) in zip(order, pairs):
+                for j, output in enumerate(names):
+                    stats = ErrorStats(detailed=False)
+                    stats.update(reference[output], outputs[output])
+                    error[k, j], signal[k, j] = stats.err_sq, stats.ref_sq
+                if self.signal and _combined_db(self.signal, dict(zip(names, error.sum(0)))) < self.best:
                     return None
-        self.signal = {output: s.ref_sq for output, s in stats.items()}
-        db = _combined_db(self.signal, {o: s.err_sq for o, s in stats.items()})
-        self.best = max(self.best, db)
+        self.signal = dict(zip(names, signal.sum(0)))
+        db = _combined_db(self.signal, dict(zip(names, error.sum(0))))
+        if db > self.best:
+            self.best = db
+            noise = error / np.maximum(signal.sum(0), np.finfo(float).tiny)  # each output's share of its own signal
+            self.worst_first = np.argsort(-noise.sum(1), kind="stable").tolist()
         return db
 
 

@@ -12,6 +12,7 @@ files themselves (`as_file`): calibrating, quantizing, comparing and building ne
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import pathlib
 import tempfile
@@ -194,9 +195,11 @@ def with_node_names(model: onnx.ModelProto) -> onnx.ModelProto:
     taken = {n.name for n in out.graph.node}
     for i, n in enumerate(out.graph.node):
         if not n.name:
-            n.name = next(c for c in (f"{n.op_type}_{i}", *(f"{n.op_type}_{i}_{k}" for k in range(1, 1000))) if c not in taken)
+            n.name = next(c for c in (f"{n.op_type}_{i}" + (f"_{k}" if k else "") for k in itertools.count())
+                          if c not in taken)
             taken.add(n.name)
     return out
+
 
 def save(model: onnx.ModelProto, path: str | os.PathLike) -> pathlib.Path:
     """Write atomically; a model over 2 GB, or one whose weights are in data files, keeps its weights in

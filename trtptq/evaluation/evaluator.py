@@ -205,8 +205,10 @@ class Evaluator:
         for batch, _ in self._entries():
             yield batch
 
-    def pairs(self, candidate: Candidate, name: str | None = None) -> Iterator[tuple[Batch, dict, dict]]:
-        """(batch, reference outputs, candidate outputs) per batch; the candidate runs while this is iterated."""
+    def pairs(self, candidate: Candidate, name: str | None = None,
+              order: Sequence[int] | None = None) -> Iterator[tuple[Batch, dict, dict]]:
+        """(batch, reference outputs, candidate outputs) per batch, in `order` (batch indices; default: as the
+        reference saw them); the candidate runs while this is iterated."""
         self._cache()
         with open_runner(candidate, name, self.plugins) as runner:
             missing = [n for n in self._outputs if n not in runner.output_names]
@@ -215,7 +217,7 @@ class Evaluator:
                                   f"outputs are {', '.join(self._outputs)}.")
             bar = progress(total=len(self._meta), enabled=self._show, desc=f"evaluating {runner.name}", unit="batch")
             with bar:
-                for batch, reference in self._entries():
+                for batch, reference in self._entries(order):
                     yield batch, reference, runner.run(batch.feed)
                     bar.update(1)
 
@@ -270,10 +272,11 @@ class Evaluator:
         self._spill, self._meta, self._outputs = spill, meta, outputs
         return spill
 
-    def _entries(self) -> Iterator[tuple[Batch, dict[str, np.ndarray]]]:
+    def _entries(self, order: Sequence[int] | None = None) -> Iterator[tuple[Batch, dict[str, np.ndarray]]]:
         spill = self._cache()
         names = [s.name for s in self.data.specs]
-        for k, (size, labels, origin) in enumerate(self._meta):
+        for k in range(len(self._meta)) if order is None else order:
+            size, labels, origin = self._meta[k]
             arrays = spill[k]
             yield Batch(dict(zip(names, arrays)), labels, size, origin), dict(zip(self._outputs, arrays[len(names):]))
 

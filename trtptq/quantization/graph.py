@@ -52,6 +52,7 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
                 t.values = _FileValues(model, kept[t.name])
                 t.data_location = None  # once read, a weight is exported with its values (unread: as its reference)
     outputs = {t.name for t in graph.outputs}
+    kept = []
     for node in graph.nodes:
         value = node.attrs.get("value") if node.op == "Constant" else None
         out = node.outputs[0] if node.outputs else None
@@ -60,6 +61,11 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
             # keep their tensor, and no second tensor of the same name exists (gs warns on every lookup if one does).
             node.outputs.clear()
             out.to_constant(value.values)
+        else:
+            kept.append(node)
+    # The detached Constant nodes go here, not in cleanup: gs formats every node it removes into a log message,
+    # values and all, logged or not (PP-OCRv4's detector: 342 of them, 0.4 s per import).
+    graph.nodes = kept
     return graph.cleanup().toposort()
 
 
