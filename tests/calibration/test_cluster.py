@@ -98,21 +98,37 @@ def test_int4_channel_statistics_of_shards_give_the_weights_of_one_process(tmp_p
 
 
 @pytest.mark.slow
-def test_ray_start_cluster_is_found_and_workers_start_their_own(digits, tmp_path):
-    """A cluster from `ray start --head`, reached with `--ray-address auto` as on its head node, gives the ranges of one
-    process; `--workers` beside it still starts a cluster of its own (Ray's default would join the running one)."""
+def test_ray_start_cluster_is_found_by_each_address_form_and_workers_start_their_own(digits, tmp_path, monkeypatch):
+    """A cluster from `ray start --head`, reached as `auto` (on its head node), as its GCS host:port and through its
+    client server (ray://), gives the ranges of one process; `--workers` beside it still starts a cluster of its
+    own (Ray's default would join the running one)."""
     pytest.importorskip("ray")
+    # One authentication mode for the head and every client: a token left in ~/.ray by another cluster would
+    # otherwise switch this head to token authentication and refuse the ray:// client.
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     ray_cli = str(pathlib.Path(sys.executable).parent / "ray")
     path, data = digits
     common = [path, "--data", data, "--method", "entropy", "--batch-size", "8", "--no-progress"]
     assert trtptq("calibrate", *common, "-o", tmp_path / "one.json").returncode == 0
-    start = subprocess.run([ray_cli, "start", "--head", "--port", "6391", "--num-cpus", "2", "--include-dashboard",
-                            "false", "--disable-usage-stats"], capture_output=True, text=True)
+    start = subprocess.run([ray_cli, "start", "--head", "--port", "6391", "--ray-client-server-port", "6392",
+                            "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"],
+                           capture_output=True, text=True)
     try:
         assert start.returncode == 0, start.stderr
-        for flags, out in ((["--ray-address", "auto"], "found.json"), (["--workers", "2"], "own.json")):
-            r = trtptq("calibrate", *common, *flags, "-o", tmp_path / out)
+        for flags in (["--ray-address", "auto"], ["--ray-address", "127.0.0.1:6391"],
+                      ["--ray-address", "ray://127.0.0.1:6392"], ["--workers", "2"]):
+            r = trtptq("calibrate", *common, *flags, "-o", tmp_path / "ray.json")
             assert r.returncode == 0, r.stderr
-            assert (tmp_path / out).read_bytes() == (tmp_path / "one.json").read_bytes(), flags
+            assert (tmp_path / "ray.json").read_bytes() == (tmp_path / "one.json").read_bytes(), flags
     finally:
         subprocess.run([ray_cli, "stop", "--force"], capture_output=True)
+
+
+@pytest.mark.parametrize("address", ["ray://127.0.0.1:1", "127.0.0.1:1"])
+def test_an_address_nothing_answers_at_is_one_line_at_once(digits, tmp_path, address):
+    """Ray would retry a GCS address for minutes (a ray:// one for 30 s) and end in a traceback."""
+    pytest.importorskip("ray")
+    path, data = digits
+    r = trtptq("calibrate", path, "--data", data, "--ray-address", address, "-o", tmp_path / "r.json", timeout=60)
+    assert_one_line_error(r, f"--ray-address {address}: nothing answers at 127.0.0.1:1", "ray://host:10001")
+    assert not (tmp_path / "r.json").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -50,7 +51,15 @@ def connected(cluster: Cluster | None) -> Iterator:
         yield ray
         return
     if cluster.address:
-        ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
+        _check_reachable(cluster.address)
+        try:
+            ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
+        except ConnectionError as e:  # ray.init's for no cluster there, a client that timed out, a refused token
+            raise TrtptqError(f"--ray-address {cluster.address}: cannot reach a Ray cluster there ({e}). Check it "
+                              "with `ray status` on the head; a ray:// address names the head's client server port "
+                              "(`ray start --head --ray-client-server-port`, 10001 by default); a cluster with "
+                              "token authentication needs RAY_AUTH_MODE=token (and its token) where trtptq runs."
+                              ) from None
     else:
         # "local": a cluster of its own even where `ray start` left one to find (ray.init's default would join it)
         ray.init(address="local", num_cpus=cluster.workers, include_dashboard=False, log_to_driver=False,
@@ -59,6 +68,20 @@ def connected(cluster: Cluster | None) -> Iterator:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str) -> None:
+    """A host:port address (ray:// or the head's GCS) that nothing answers at, refused in one line now: Ray itself
+    retries a GCS address for minutes and a client one for 30 s before it says so."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto", or a form only Ray reads
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as e:
+        raise TrtptqError(f"--ray-address {address}: nothing answers at {host}:{port} ({e.strerror or e}). Give the "
+                          "head's GCS address (host:6379 by default, as `ray start --head` prints it), its client "
+                          "server as ray://host:10001, or auto on a node of the cluster.") from None
 
 
 def portable(data):
