@@ -132,3 +132,17 @@ def test_one_pass_binning_matches_the_histogram_of_the_whole_tensor():
     with pytest.raises(NonFiniteError):
         hist.observe(x)
     assert np.array_equal(hist.state()["counts"], before["counts"]) and hist.count == before["count"]
+
+
+def test_a_non_contiguous_feed_gives_the_ranges_of_a_contiguous_one(mnist):
+    """A feed that is not C-contiguous (images transposed from HWC without a copy, a column-major array): the model
+    input's range was read through ONNX Runtime's view of a contiguous copy already freed (1e22 on the PP-OCRv4
+    detector's pages, and then every --method auto candidate at 0 dB)."""
+    path, images, _ = mnist
+    column_major = np.asfortranarray(images[:64])
+    assert not column_major.flags.c_contiguous and np.array_equal(column_major, images[:64])
+    options = CalibrationOptions(method="minmax", batch_size=16, show_progress=False)
+    ranges = {name: calibrate(path, [{"input": feed}], options).amax
+              for name, feed in (("contiguous", images[:64]), ("column-major", column_major))}
+    assert "input" in ranges["contiguous"]  # the model input is one of the calibrated tensors
+    assert ranges["column-major"] == ranges["contiguous"]

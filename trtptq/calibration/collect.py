@@ -121,8 +121,13 @@ def ort_passes(model: onnx.ModelProto, providers: Sequence[str] | None, plugins:
     import onnxruntime as ort
 
     def run(sess, group: list[str], feed: dict) -> list[np.ndarray]:
-        inputs = {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a)) for name, a in feed.items()}
-        return [value.numpy() for value in sess.run_with_ort_values(group, inputs)]
+        arrays = {name: np.ascontiguousarray(a) for name, a in feed.items()}
+        inputs = {name: ort.OrtValue.ortvalue_from_numpy(a) for name, a in arrays.items()}
+        values = sess.run_with_ort_values(group, inputs)
+        # A model input asked for comes back as ORT's view of the buffer it was given, which for a non-contiguous
+        # feed is a copy freed with `inputs`: hand back that copy itself (the list keeps it alive). A transposed
+        # HWC image read through the dangling view gave an input range of 1e22.
+        return [arrays[name] if name in arrays else value.numpy() for name, value in zip(group, values)]
 
     @contextlib.contextmanager
     def open_pass(group: list[str]) -> Iterator[PassRun]:
