@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import helper
 
-from support import assert_one_line_error, float_input, make_model, trtptq
+from support import assert_one_line_error, float_input, gpu_compute_capability, make_model, trtptq
 from trtptq.calibration.calibrate import CalibrationOptions
 from trtptq.calibration.cluster import Cluster, connected
 from trtptq.core.errors import DataError, TrtptqError
@@ -122,6 +122,19 @@ def test_ray_start_cluster_is_found_by_each_address_form_and_workers_start_their
             assert (tmp_path / "ray.json").read_bytes() == (tmp_path / "one.json").read_bytes(), flags
     finally:
         subprocess.run([ray_cli, "stop", "--force"], capture_output=True)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(gpu_compute_capability() is not None, reason="this machine has a GPU: the GPU test runs instead")
+def test_tensorrt_runner_on_a_cluster_without_gpus_is_one_line(digits, tmp_path):
+    """Each --runner tensorrt task asks Ray for a GPU; on a cluster with none Ray would keep it pending forever."""
+    pytest.importorskip("ray")
+    path, data = digits
+    r = trtptq("calibrate", path, "--data", data, "--runner", "tensorrt", "--workers", "2", "-o", tmp_path / "r.json",
+               timeout=120)
+    assert_one_line_error(r, "--runner tensorrt runs an FP32 engine on a GPU of its own in each Ray task",
+                          "this machine (--workers) has no GPU", "leave --runner out")
+    assert not (tmp_path / "r.json").exists()
 
 
 @pytest.mark.parametrize("address", ["ray://127.0.0.1:1", "127.0.0.1:1"])

@@ -7,6 +7,8 @@ gives one clear error. The tests that run engines or move data through pycuda
 are marked gpu and skip with the reason where that cannot happen.
 """
 
+from dataclasses import replace
+
 import numpy as np
 import onnx
 import pytest
@@ -151,6 +153,22 @@ def test_tensorrt_runner_gives_onnxruntimes_ranges(mnist):
     assert ranges["tensorrt"].keys() == ranges["onnxruntime"].keys()
     for name, amax in ranges["onnxruntime"].items():  # calibration engines are built without TF32
         assert ranges["tensorrt"][name] == pytest.approx(amax, rel=1e-3), name
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(not has_pycuda(), reason=NEEDS_PYCUDA)
+@pytest.mark.skipif(not engines_run_here(), reason=NO_ENGINE_GPU)
+def test_tensorrt_runner_on_ray_workers_gives_one_process_ranges(mnist):
+    """--workers 2 --runner tensorrt: each Ray task takes the GPU (one at a time on a one-GPU machine) and builds its
+    own FP32 engine; minmax ranges merge to those of one process."""
+    pytest.importorskip("ray")
+    from trtptq.calibration.cluster import Cluster
+
+    data = [{"input": mnist[1][:256]}]
+    opts = CalibrationOptions(method="minmax", batch_size=32, runner="tensorrt", show_progress=False)
+    one = calibrate(mnist[0], data, opts).amax
+    assert calibrate(mnist[0], data, replace(opts, cluster=Cluster(workers=2))).amax == one
 
 
 @pytest.mark.gpu

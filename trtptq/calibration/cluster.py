@@ -99,7 +99,13 @@ def map_merge(cluster: Cluster, task: Callable, shared: Sequence, shards: Callab
     (with `gpus` GPUs of its own), merged pairwise in a tree of tasks: the driver receives one result. `shared`
     goes into the object store once. A user error raised in a task is raised here, as itself."""
     with connected(cluster) as ray:
-        count = cluster.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        resources = ray.cluster_resources()
+        if resources.get("GPU", 0) < gpus:  # Ray would keep such tasks pending, forever
+            name = f"the Ray cluster at {cluster.address}" if cluster.address else "this machine (--workers)"
+            raise TrtptqError(f"--runner tensorrt runs an FP32 engine on a GPU of its own in each Ray task, and "
+                              f"{name} has no GPU; leave --runner out to calibrate in ONNX Runtime on the CPUs, or "
+                              "give a cluster whose nodes have GPUs.")
+        count = cluster.workers or max(1, int(resources.get("CPU", 1)))
         refs = [ray.put(value) for value in shared]
         remote_task, remote_merge = ray.remote(num_cpus=1, num_gpus=gpus)(task), ray.remote(num_cpus=1)(merge)
         level = [remote_task.remote(*refs, *shards(k, count)) for k in range(count)]
