@@ -90,9 +90,14 @@ def task_scores(kind: str, out: np.ndarray, truth) -> dict[str, float]:
     return ocr_models.det_f1(out, truth)
 
 
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
+def sample_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The cosine of each sample's output in `a` to the same sample's in `b`."""
     a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
-    return float(np.mean(np.sum(a * b, 1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)))
+    return np.sum(a * b, 1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean(sample_cosines(a, b)))
 
 
 def quantize(model: pathlib.Path, calib: pathlib.Path, method: str, out: pathlib.Path, batch_size: int,

@@ -166,16 +166,17 @@ def ours(case: Case, work: pathlib.Path, name: str, int4: bool = False) -> dict[
     return made
 
 
-def modelopt(case: Case, work: pathlib.Path, name: str, python: str,
-             int4: bool = False) -> dict[str, tuple[pathlib.Path, float]]:
-    """ModelOpt's Q/DQ models on the same calibration samples (`int4`: its INT4 AWQ too): label -> (file, quantize
-    seconds)."""
+def modelopt(case: Case, work: pathlib.Path, name: str, python: str, int4: bool = False,
+             modes: tuple[tuple[str, str], ...] = (("int8", "entropy"), ("fp8", "entropy"), ("fp8", "max"))
+             ) -> dict[str, tuple[pathlib.Path, float]]:
+    """ModelOpt's Q/DQ models on the same calibration samples, one per (mode, calibration method) of `modes` (`int4`:
+    its INT4 AWQ too): label -> (file, quantize seconds)."""
     calib = work / f"{name}.calib.npz"
     np.savez(calib, **case.calib)
     source = work / f"{name}.modelopt.fp32.onnx"  # a copy: ModelOpt rewrites the model it is given, in place
     shutil.copyfile(case.path, source)
     made = {}
-    for mode, method in (("int8", "entropy"), ("fp8", "entropy"), ("fp8", "max"), *[("int4", "awq_clip")] * int4):
+    for mode, method in (*modes, *[("int4", "awq_clip")] * int4):
         out = work / f"{name}.modelopt.{mode}.{method}.onnx"
         cmd = [python, "-m", "modelopt.onnx.quantization", "--onnx_path", str(source), "--quantize_mode", mode,
                "--calibration_method", method, "--calibration_data_path", str(calib), "--calibration_eps", "cpu",
@@ -219,28 +220,40 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", choices=list(CASES), default=list(CASES))
+def cases_parser(description: str, models: list[str]) -> argparse.ArgumentParser:
+    """The options of a measurement over CASES (this script's, scripts/measure_fp8_rounding.py's)."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--models", nargs="+", choices=list(CASES), default=models)
     p.add_argument("--calib", type=int, help="calibration samples (default mnist 256, others 128)")
     p.add_argument("--eval", type=int, help="evaluation samples (default mnist 1000, minilm 480, rec/cls 300)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--modelopt", default=MODELOPT, help=f"the Python of ModelOpt's venv (default {MODELOPT})")
     p.add_argument("--no-modelopt", action="store_true", help="trtptq's rows only")
-    p.add_argument("--int4", action="store_true", help="INT4 weights too: trtptq w4a16 (awq) and ModelOpt int4 (awq_clip)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--keep", help="keep the .npz data and the Q/DQ models in this folder")
-    a = p.parse_args(argv)
+    return p
+
+
+def measure_cases(a: argparse.Namespace, measure_one: Callable[..., dict], make_table: Callable[[dict], str]) -> int:
+    """Run `measure_one(name, calib, eval, seed, work folder, ModelOpt's Python or None)` for each of `a.models` and
+    report the results (exit status 2 where ModelOpt's venv is missing)."""
     python = None if a.no_modelopt else a.modelopt
     if python and not pathlib.Path(python).exists():
         print(f"no ModelOpt venv at {python}: give --modelopt PYTHON or --no-modelopt", file=sys.stderr)
         return 2
     os.environ.setdefault("OMP_NUM_THREADS", "2")
-    with tempfile.TemporaryDirectory(prefix="trtptq-precisions-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="trtptq-measure-") as tmp:
         work = pathlib.Path(a.keep or tmp).resolve()
         work.mkdir(parents=True, exist_ok=True)
-        results = {name: measure(name, a.calib, a.eval, a.seed, work, python, a.int4) for name in a.models}
-    return report(results, table, a.json)
+        results = {name: measure_one(name, a.calib, a.eval, a.seed, work, python) for name in a.models}
+    return report(results, make_table, a.json)
+
+
+def main(argv=None) -> int:
+    p = cases_parser(__doc__.split("\n\n")[0], list(CASES))
+    p.add_argument("--int4", action="store_true", help="INT4 weights too: trtptq w4a16 (awq) and ModelOpt int4 (awq_clip)")
+    a = p.parse_args(argv)
+    return measure_cases(a, lambda *args: measure(*args, a.int4), table)
 
 
 if __name__ == "__main__":
