@@ -112,14 +112,16 @@ def modelopt_weights(path: pathlib.Path) -> dict[str, np.ndarray]:
 def layer_table(model: onnx.ModelProto, calib: dict, held: dict, blocks: list[int],
                 modelopt: dict[str, np.ndarray] | None = None) -> list[str]:
     """Output SQNR of x @ W per MatMul on held-out sentences' activations (mean over the 36), each method's weights
-    from statistics of the calibration sentences' activations (the padding rows too, as calibration sees them);
+    from statistics of the calibration sentences' activations; the rows of real tokens only (attention_mask 1), as
+    trtptq's calibration takes them (`--padding-mask`: padded positions reach no output);
     `modelopt`: ModelOpt's AWQ weights (`modelopt_weights`, blocks of 128) for a column of their own."""
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
     gemms = [(n.name, n.input[0], inits[n.input[1]]) for n in model.graph.node
              if n.op_type == "MatMul" and n.input[1] in inits]
     names = sorted({x for _, x, _ in gemms})
     run = session(with_outputs(model, names), many_outputs=True)
-    rows = {name: dict(zip(names, (v.reshape(-1, v.shape[-1]) for v in run.run(names, feed))))
+    rows = {name: dict(zip(names, (v.reshape(-1, v.shape[-1])[feed["attention_mask"].reshape(-1) != 0]
+                                   for v in run.run(names, feed))))
             for name, feed in (("calib", calib), ("held", held))}
     extra = " ModelOpt AWQ (awq_clip) |" if modelopt else ""
     table = [f"| block | ModelOpt RTN |{extra} trtptq rtn | trtptq awq | trtptq gptq |",

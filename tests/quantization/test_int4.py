@@ -208,3 +208,44 @@ def test_minilm_w4a16_quarter_size_within_a_point(minilm, topics):
         fp32, int4 = evaluator.outputs(), evaluator.outputs(result.model)
     unit = int4 / np.linalg.norm(int4, axis=1, keepdims=True)
     assert real_models.knn_accuracy(unit, labels) >= real_models.knn_accuracy(fp32, labels) - 0.01
+
+
+@pytest.fixture(scope="module")
+def padded():
+    """(x, attention_mask) -> MatMul(x, w), zeroed at padded positions, as an encoder's masked pooling does; the
+    padded rows of x are large in a few channels (a padding token's own activations), the real rows are not."""
+    w = (RNG.standard_normal((HIDDEN, OUT)) * RNG.uniform(0.2, 2, (HIDDEN, 1))).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["xw"], name="proj"),
+             helper.make_node("Cast", ["attention_mask"], ["keep"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["keep", "last"], ["keep3"]),
+             helper.make_node("Mul", ["xw", "keep3"], ["y"])]
+    mask = helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["N", 8])
+    model = make_model(nodes, [float_input("x", ["N", 8, HIDDEN]), mask], [float_input("y", ["N", 8, OUT])],
+                       [("w", w), ("last", np.array([-1], np.int64))])
+    mask = (np.arange(8) < RNG.integers(2, 8, (32, 1))).astype(np.int64)
+    x = RNG.standard_normal((32, 8, HIDDEN)).astype(np.float32)
+    x[..., :16] += 40 * (mask == 0)[..., None]
+    return model, w, {"x": x, "attention_mask": mask}
+
+
+@pytest.mark.parametrize("method", ["awq", "gptq"])
+def test_int4_statistics_leave_padded_rows_out(padded, method):
+    """awq/gptq weigh each weight's error by the statistics of the rows it multiplies; rows at padded positions (the
+    model's attention_mask is 0 there) reach no output, so they are left out: the weights are those of the real
+    rows' statistics, found by the input's name (auto) or given; `none` counts every row and rounds otherwise."""
+    model, w, feed = padded
+    x, real = feed["x"], feed["attention_mask"].reshape(-1) != 0
+    grams = {}
+    for key, rows in (("real", x.reshape(-1, HIDDEN)[real]), ("all", x.reshape(-1, HIDDEN))):
+        stats = BlockGram(None if method == "gptq" else 32)
+        stats.observe(rows)
+        grams[key] = stats.gram
+    expected = {key: weights.Int4Weights({"w": gram}).quantize("w", w, INT4, 0, 32) for key, gram in grams.items()}
+    assert not np.array_equal(expected["real"][1], expected["all"][1])
+    for mask, key in (("auto", "real"), ("attention_mask", "real"), ("none", "all")):
+        options = QuantizeOptions(precision="w4a16", block_size=32, int4_method=method, padding_mask=mask)
+        q = quantize(model, [feed], options=options).model
+        np.testing.assert_array_equal(_initializer(q, "w_int4_scale"), expected[key][1])
+        np.testing.assert_array_equal(_initializer(q, "w_int4_quantized"), expected[key][0])
+    with pytest.raises(TrtptqError, match="--padding-mask mask is not an input of the model .*; name the input"):
+        quantize(model, [feed], options=QuantizeOptions(precision="w4a16", padding_mask="mask"))

@@ -48,6 +48,9 @@ class QuantizeOptions:
     precision: str = "int8"  # int8 | fp8 | w4a16 (INT4 weights, float activations) | auto (chosen per layer)
     block_size: int = 128  # INT4 weights: values per scale along the reduction axis
     int4_method: str = "awq"  # INT4: rtn (weight error) | awq (output error on the calibration data) | gptq
+    #: INT4 awq/gptq statistics: the model input that is zero at padded positions (those rows are left out), auto (an
+    #: integer input named *mask*, such as attention_mask, if the model has one) or none (every row)
+    padding_mask: str = "auto"
     compute_capabilities: tuple[str, ...] = ()  # the GPUs the engine must run on, e.g. ("8.6",); () = any format
     #: (pattern, precision) pairs: nodes of that op type or name glob take that LAYER_PRECISIONS key (the last match
     #: wins), whatever --precision and auto say (--target may still walk them up its ladder)
