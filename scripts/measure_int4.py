@@ -4,8 +4,8 @@ and time against ModelOpt's INT4 AWQ, side by side in one run.
 1. Weight SQNR (mean over the weights, dB) of MiniLM's 36 MatMul weights and its word-embedding table at blocks of
    32/64/128: ModelOpt's RTN (its `find_scales`: amax / 7, round to nearest), the signed-extreme scale alone (the
    block's extreme onto -8 or 7), and trtptq's `rtn` (signed-extreme with the per-block clip search); then each
-   MatMul's output SQNR (x @ W on held-out sentences' activations) for ModelOpt's RTN, ModelOpt's AWQ (the weights
-   of its INT4 model, blocks of 128) and trtptq rtn/awq/gptq.
+   MatMul's output SQNR (x @ W on held-out sentences' activations, the real tokens' rows: padded positions reach no
+   output) for ModelOpt's RTN, ModelOpt's AWQ (the weights of its INT4 model, blocks of 128) and trtptq rtn/awq/gptq.
 2. Task: leave-one-out 5-NN topic accuracy of the sentence embeddings on 472 labelled fortunes (8 topics), the
    share of sentences whose 5-NN topic is FP32's (paired: less noisy than the accuracy, where one sentence is 0.2
    points), and the mean cosine to FP32, for `trtptq quantize --precision w4a16` (run as a user would, timed: rtn,
@@ -133,9 +133,9 @@ def layer_table(model: onnx.ModelProto, calib: dict, held: dict, blocks: list[in
             for gram in stats.values():
                 gram.observe(rows["calib"][x])
             reference, held_x = rows["held"][x] @ w, rows["held"][x]
-            ours = {"rtn": trtptq_rtn(w, block),
-                    "awq": dequantized(*weights.blocked(w, INT4, 0, block, stats[block].gram), block),
-                    "gptq": dequantized(*weights.gptq(w, INT4, 0, block, stats[None].gram), block)}
+            ours = {"rtn": trtptq_rtn(w, block),  # awq and gptq as quantize rounds them from their statistics
+                    **{method: dequantized(*weights.Int4Weights({node: stats[size].gram}).quantize(node, w, INT4, 0, block),
+                                           block) for method, size in (("awq", block), ("gptq", None))}}
             theirs = {"awq_clip": modelopt[node]} if modelopt and block == 128 else {}
             for label, approx in {"modelopt": modelopt_rtn(w, block), **theirs, **ours}.items():
                 db.setdefault(label, []).append(sqnr(reference, held_x @ approx))

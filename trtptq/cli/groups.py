@@ -280,9 +280,9 @@ class QuantizeArgs(BaseArgs):
         group.add_argument("--block-size", type=int, choices=BLOCK_SIZES, default=128,
                            help="INT4 weights: values per scale along the reduction axis")
         group.add_argument("--int4-method", choices=INT4_METHODS, default="awq",
-                           help="INT4 blocks: awq (scales of least output error on the calibration data; the "
-                                "default), rtn (least weight error, no data needed) or gptq (awq's scales, GPTQ's "
-                                "rounding with error feedback; slower)")
+                           help="INT4 blocks: awq (scales of least output error on the calibration data, GPTQ's "
+                                "rounding inside each block; the default), rtn (least weight error, no data needed) "
+                                "or gptq (awq's scales, GPTQ's rounding across blocks: K x K statistics; slower)")
         group.add_argument("--padding-mask", default="auto", metavar="INPUT|auto|none",
                            help="INT4 awq/gptq: the model input that is zero at padded positions, whose rows the "
                                 "statistics leave out; auto (default): an integer input named *mask* "

@@ -18,8 +18,9 @@ LAYER_PRECISIONS = {**{p: f for p, f in PRECISIONS.items() if p != AUTO}, "fp16"
                     "fp32": precision.FP32}
 BLOCK_SIZES = (32, 64, 128)  # INT4 weight blocks TensorRT takes
 #: how INT4 blocks are rounded: rtn = each block's scale of least weight error; awq = of least output error on the
-#: calibration activations (their channel statistics, gathered in the calibration collection); gptq = awq's scales,
-#: then GPTQ's rounding with error feedback (the inputs' whole second-moment matrix)
+#: calibration activations (their channel statistics, gathered in the calibration collection), then GPTQ's rounding
+#: with error feedback inside each block; gptq = awq's scales, GPTQ's rounding across blocks (the inputs' whole
+#: second-moment matrix)
 INT4_METHODS = ("rtn", "awq", "gptq")
 #: the calibration --method a --precision takes when none is given (others: auto). FP8 keeps each tensor's maximum:
 #: E4M3's relative error is about the same at any scale, so a clipped range only loses the values it clips
