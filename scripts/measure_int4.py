@@ -18,6 +18,10 @@ and time against ModelOpt's INT4 AWQ, side by side in one run.
    (--per-topic, default up to 200 a topic: 1214), on --resamples evaluation sets drawn like the standard one (60
    a topic) from them, the paired difference to ModelOpt on each set, and McNemar's exact test on the standard
    sentences.
+4. Retrieval against FP32's on all the topic sentences: the share of each sentence's 5 nearest neighbours kept,
+   the error of the similarities each sentence ranks by, the share of the error common to every sentence, and the
+   5-NN accuracy that random errors of each model's size give FP32's embeddings (what the accuracy reads by chance
+   at that fidelity).
 
     python scripts/measure_int4.py                                   # everything (ModelOpt: 6-10 minutes)
     python scripts/measure_int4.py --modelopt ''                     # without ModelOpt
@@ -212,6 +216,45 @@ def task_tables(evaluator: Evaluator, runs: list[tuple[str, pathlib.Path, float]
                      f"{a.mean():.1f} % ({np.percentile(a, 2.5):.1f}-{np.percentile(a, 97.5):.1f}) | "
                      f"{diff.mean():+.1f} ({np.percentile(diff, 2.5):+.1f} to {np.percentile(diff, 97.5):+.1f}) | "
                      + " | ".join(f"{b} / {c}, p = {p:.2f}" for b, c, p in tests) + " |")
+    return table + ["", retrieval_intro(len(labels), resamples)] + retrieval_table(fp32, units, labels, resamples, seed)
+
+
+def retrieval_intro(count: int, draws: int) -> str:
+    return (f"Retrieval on all {count} sentences: the share of each sentence's 5 nearest neighbours that are FP32's, "
+            "the error of the cosine similarities each sentence ranks the others by (RMS over pairs, less each "
+            "sentence's mean shift, which no ranking sees), the share of the embeddings' error common to all "
+            f"sentences, and the 5-NN accuracy of FP32's embeddings with random errors of the model's size (each "
+            f"sentence's error norm, random direction; {draws} draws: mean, 2.5-97.5 %).")
+
+
+def retrieval_table(fp32: np.ndarray, units: dict[str, np.ndarray], labels: np.ndarray, draws: int,
+                    seed: int) -> list[str]:
+    """How close each model's retrieval is to FP32's, and what the 5-NN accuracy reads at its fidelity by chance."""
+    others = ~np.eye(len(fp32), dtype=bool)
+    reference = fp32 @ fp32.T
+    nearest = np.argsort(-np.where(others, reference, -np.inf), axis=1, kind="stable")[:, :5]
+    rng = np.random.default_rng(seed)
+    everything = np.arange(len(labels))
+    table = ["| model | 5 nearest as FP32's | similarity error per sentence | common error | 5-NN, all | "
+             "5-NN with random errors of its size |", "|---|---|---|---|---|---|"]
+    for label, unit in units.items():
+        sim = unit @ unit.T
+        mine = np.argsort(-np.where(others, sim, -np.inf), axis=1, kind="stable")[:, :5]
+        kept = np.mean((mine[:, :, None] == nearest[:, None, :]).any(axis=2))
+        shift = np.where(others, sim - reference, 0.0)
+        shift -= shift.sum(axis=1, keepdims=True) / (len(fp32) - 1)
+        error = unit - fp32
+        common = np.sum(error.mean(axis=0) ** 2) / np.mean(np.sum(error ** 2, axis=1))
+        size = np.linalg.norm(error, axis=1, keepdims=True)
+        chance = []
+        for _ in range(draws):
+            noise = rng.standard_normal(fp32.shape)
+            noise -= np.sum(noise * fp32, axis=1, keepdims=True) * fp32  # across the sphere, as errors of a unit vector
+            noisy = fp32 + noise / np.linalg.norm(noise, axis=1, keepdims=True) * size
+            chance.append(100 * correct(noisy / np.linalg.norm(noisy, axis=1, keepdims=True), labels, everything).mean())
+        table.append(f"| {label} | {100 * kept:.1f} % | {np.sqrt(np.mean(shift[others] ** 2)):.4f} | {100 * common:.0f} % | "
+                     f"{100 * correct(unit, labels, everything).mean():.1f} % | {np.mean(chance):.1f} % "
+                     f"({np.percentile(chance, 2.5):.1f}-{np.percentile(chance, 97.5):.1f}) |")
     return table
 
 
