@@ -4,8 +4,8 @@ and time against ModelOpt's INT4 AWQ, side by side in one run.
 1. Weight SQNR (mean over the weights, dB) of MiniLM's 36 MatMul weights and its word-embedding table at blocks of
    32/64/128: ModelOpt's RTN (its `find_scales`: amax / 7, round to nearest), the signed-extreme scale alone (the
    block's extreme onto -8 or 7), and trtptq's `rtn` (signed-extreme with the per-block clip search); then each
-   MatMul's output SQNR (x @ W on held-out sentences' activations) for ModelOpt's RTN, ModelOpt's AWQ (the weights
-   of its INT4 model, blocks of 128) and trtptq rtn/awq/gptq.
+   MatMul's output SQNR (x @ W on held-out sentences' activations, the real tokens' rows: padded positions reach no
+   output) for ModelOpt's RTN, ModelOpt's AWQ (the weights of its INT4 model, blocks of 128) and trtptq rtn/awq/gptq.
 2. Task: leave-one-out 5-NN topic accuracy of the sentence embeddings on 472 labelled fortunes (8 topics), the
    share of sentences whose 5-NN topic is FP32's (paired: less noisy than the accuracy, where one sentence is 0.2
    points), and the mean cosine to FP32, for `trtptq quantize --precision w4a16` (run as a user would, timed: rtn,
@@ -18,6 +18,10 @@ and time against ModelOpt's INT4 AWQ, side by side in one run.
    (--per-topic, default up to 200 a topic: 1214), on --resamples evaluation sets drawn like the standard one (60
    a topic) from them, the paired difference to ModelOpt on each set, and McNemar's exact test on the standard
    sentences.
+4. Retrieval against FP32's on all the topic sentences: the share of each sentence's 5 nearest neighbours kept,
+   the error of the similarities each sentence ranks by, the share of the error common to every sentence, and the
+   5-NN accuracy that random errors of each model's size give FP32's embeddings (what the accuracy reads by chance
+   at that fidelity).
 
     python scripts/measure_int4.py                                   # everything (ModelOpt: 6-10 minutes)
     python scripts/measure_int4.py --modelopt ''                     # without ModelOpt
@@ -112,14 +116,16 @@ def modelopt_weights(path: pathlib.Path) -> dict[str, np.ndarray]:
 def layer_table(model: onnx.ModelProto, calib: dict, held: dict, blocks: list[int],
                 modelopt: dict[str, np.ndarray] | None = None) -> list[str]:
     """Output SQNR of x @ W per MatMul on held-out sentences' activations (mean over the 36), each method's weights
-    from statistics of the calibration sentences' activations (the padding rows too, as calibration sees them);
+    from statistics of the calibration sentences' activations; the rows of real tokens only (attention_mask 1), as
+    trtptq's calibration takes them (`--padding-mask`: padded positions reach no output);
     `modelopt`: ModelOpt's AWQ weights (`modelopt_weights`, blocks of 128) for a column of their own."""
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
     gemms = [(n.name, n.input[0], inits[n.input[1]]) for n in model.graph.node
              if n.op_type == "MatMul" and n.input[1] in inits]
     names = sorted({x for _, x, _ in gemms})
     run = session(with_outputs(model, names), many_outputs=True)
-    rows = {name: dict(zip(names, (v.reshape(-1, v.shape[-1]) for v in run.run(names, feed))))
+    rows = {name: dict(zip(names, (v.reshape(-1, v.shape[-1])[feed["attention_mask"].reshape(-1) != 0]
+                                   for v in run.run(names, feed))))
             for name, feed in (("calib", calib), ("held", held))}
     extra = " ModelOpt AWQ (awq_clip) |" if modelopt else ""
     table = [f"| block | ModelOpt RTN |{extra} trtptq rtn | trtptq awq | trtptq gptq |",
@@ -131,9 +137,9 @@ def layer_table(model: onnx.ModelProto, calib: dict, held: dict, blocks: list[in
             for gram in stats.values():
                 gram.observe(rows["calib"][x])
             reference, held_x = rows["held"][x] @ w, rows["held"][x]
-            ours = {"rtn": trtptq_rtn(w, block),
-                    "awq": dequantized(*weights.blocked(w, INT4, 0, block, stats[block].gram), block),
-                    "gptq": dequantized(*weights.gptq(w, INT4, 0, block, stats[None].gram), block)}
+            ours = {"rtn": trtptq_rtn(w, block),  # awq and gptq as quantize rounds them from their statistics
+                    **{method: dequantized(*weights.Int4Weights({node: stats[size].gram}).quantize(node, w, INT4, 0, block),
+                                           block) for method, size in (("awq", block), ("gptq", None))}}
             theirs = {"awq_clip": modelopt[node]} if modelopt and block == 128 else {}
             for label, approx in {"modelopt": modelopt_rtn(w, block), **theirs, **ours}.items():
                 db.setdefault(label, []).append(sqnr(reference, held_x @ approx))
@@ -210,6 +216,45 @@ def task_tables(evaluator: Evaluator, runs: list[tuple[str, pathlib.Path, float]
                      f"{a.mean():.1f} % ({np.percentile(a, 2.5):.1f}-{np.percentile(a, 97.5):.1f}) | "
                      f"{diff.mean():+.1f} ({np.percentile(diff, 2.5):+.1f} to {np.percentile(diff, 97.5):+.1f}) | "
                      + " | ".join(f"{b} / {c}, p = {p:.2f}" for b, c, p in tests) + " |")
+    return table + ["", retrieval_intro(len(labels), resamples)] + retrieval_table(fp32, units, labels, resamples, seed)
+
+
+def retrieval_intro(count: int, draws: int) -> str:
+    return (f"Retrieval on all {count} sentences: the share of each sentence's 5 nearest neighbours that are FP32's, "
+            "the error of the cosine similarities each sentence ranks the others by (RMS over pairs, less each "
+            "sentence's mean shift, which no ranking sees), the share of the embeddings' error common to all "
+            f"sentences, and the 5-NN accuracy of FP32's embeddings with random errors of the model's size (each "
+            f"sentence's error norm, random direction; {draws} draws: mean, 2.5-97.5 %).")
+
+
+def retrieval_table(fp32: np.ndarray, units: dict[str, np.ndarray], labels: np.ndarray, draws: int,
+                    seed: int) -> list[str]:
+    """How close each model's retrieval is to FP32's, and what the 5-NN accuracy reads at its fidelity by chance."""
+    others = ~np.eye(len(fp32), dtype=bool)
+    reference = fp32 @ fp32.T
+    nearest = np.argsort(-np.where(others, reference, -np.inf), axis=1, kind="stable")[:, :5]
+    rng = np.random.default_rng(seed)
+    everything = np.arange(len(labels))
+    table = ["| model | 5 nearest as FP32's | similarity error per sentence | common error | 5-NN, all | "
+             "5-NN with random errors of its size |", "|---|---|---|---|---|---|"]
+    for label, unit in units.items():
+        sim = unit @ unit.T
+        mine = np.argsort(-np.where(others, sim, -np.inf), axis=1, kind="stable")[:, :5]
+        kept = np.mean((mine[:, :, None] == nearest[:, None, :]).any(axis=2))
+        shift = np.where(others, sim - reference, 0.0)
+        shift -= shift.sum(axis=1, keepdims=True) / (len(fp32) - 1)
+        error = unit - fp32
+        common = np.sum(error.mean(axis=0) ** 2) / np.mean(np.sum(error ** 2, axis=1))
+        size = np.linalg.norm(error, axis=1, keepdims=True)
+        chance = []
+        for _ in range(draws):
+            noise = rng.standard_normal(fp32.shape)
+            noise -= np.sum(noise * fp32, axis=1, keepdims=True) * fp32  # across the sphere, as errors of a unit vector
+            noisy = fp32 + noise / np.linalg.norm(noise, axis=1, keepdims=True) * size
+            chance.append(100 * correct(noisy / np.linalg.norm(noisy, axis=1, keepdims=True), labels, everything).mean())
+        table.append(f"| {label} | {100 * kept:.1f} % | {np.sqrt(np.mean(shift[others] ** 2)):.4f} | {100 * common:.0f} % | "
+                     f"{100 * correct(unit, labels, everything).mean():.1f} % | {np.mean(chance):.1f} % "
+                     f"({np.percentile(chance, 2.5):.1f}-{np.percentile(chance, 97.5):.1f}) |")
     return table
 
 

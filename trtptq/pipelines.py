@@ -25,7 +25,7 @@ from trtptq.autotune.method import choose_method
 from trtptq.autotune.metric import task_metric
 from trtptq.autotune.sensitivity import Sensitivity, SensitivityOptions, analyze
 from trtptq.calibration.calibrate import AUTO, Calibration, CalibrationOptions, calibrate_tensors, state_ranges
-from trtptq.calibration.channels import BlockGram
+from trtptq.calibration.channels import BlockGram, padding_mask
 from trtptq.calibration.cluster import Cluster, connected, portable
 from trtptq.calibration.collect import CollectStats
 from trtptq.calibration.ranges import Ranges
@@ -149,7 +149,8 @@ def _calibrate(proto: onnx.ModelProto, name: str, graph: gs.Graph, placement: Pl
     may multiply (the plan returned rounds its INT4 weights with them), and choose the ranges (`_choose`)."""
     inputs = int4_inputs(graph, placement, qopts) if qopts.int4_method != "rtn" else {}
     size = None if qopts.int4_method == "gptq" else placement.block_size  # GPTQ: the whole second-moment matrix
-    channels = {t: BlockGram(size) for t in inputs.values()}
+    mask = padding_mask(proto, qopts.padding_mask)
+    channels = {t: BlockGram(size, mask) for t in inputs.values()}
     calibration = _collect(proto, name, placement, data, options, qopts, plugins, identify, channels)
     grams = {w: channels[t].gram for w, t in inputs.items() if channels[t].gram is not None}
     placement = replace(placement, int4=Int4Weights(grams))

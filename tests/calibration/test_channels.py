@@ -26,5 +26,22 @@ def test_shards_in_other_batches_give_the_gram_of_one_pass(block_size):
         merged.add(first)
         merged.add(second)
         assert merged.rows == one.rows and np.array_equal(merged.gram, one.gram)
-    with pytest.raises(ValueError, match="blocks of 64 to blocks of"):
+    with pytest.raises(ValueError, match="blocks of 64 .* to blocks of"):
         one.add(BlockGram(64))
+
+
+def test_padded_rows_are_left_out_where_the_mask_lines_up():
+    """Rows where the mask input is 0 are not counted, for (batch, tokens, channels) and for the same rows flattened
+    to 2-D; a tensor of another shape (the mask does not line up with its rows) keeps every row."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 6, 32)).astype(np.float32)
+    feed = {"attention_mask": (np.arange(6) < np.array([[6], [3], [1], [4]])).astype(np.int64)}
+    real = BlockGram(32)
+    real.observe(x.reshape(-1, 32)[feed["attention_mask"].reshape(-1) == 1])
+    for shape in (x.shape, (24, 32)):
+        masked = BlockGram(32, "attention_mask")
+        masked.observe(x.reshape(shape), feed)
+        assert masked.rows == real.rows == 14 and np.array_equal(masked.gram, real.gram)
+    other = BlockGram(32, "attention_mask")
+    other.observe(x.reshape(2, 12, 32), feed)
+    assert other.rows == 24

@@ -154,7 +154,7 @@ def _on_cluster(model: onnx.ModelProto, tensors, data, options: CalibrationOptio
     """`calibrate_tensors` with one Ray task per shard; the merged state is that of one process over all the data,
     and `channels` get every shard's statistics (in shard order, `BlockGram.add`)."""
     shared = (model, list(tensors), portable(data), passes, model_name or model.graph.name, plugins, ranges_options,
-              model_id, {t: BlockGram(g.block_size) for t, g in channels.items()})
+              model_id, {t: BlockGram(g.block_size, g.mask) for t, g in channels.items()})
     state, stats, grams = map_merge(options.cluster, _calibrate_shard, shared,
                                     lambda k, n: (replace(options, cluster=None, shard=Shard(k, n), show_progress=False),),
                                     _merge_shards, gpus=1 if options.runner == "tensorrt" else 0)  # an engine per GPU

@@ -13,26 +13,68 @@ is exact there), so how the rows are batched or sharded moves a sum only by
 float64 rounding: shards' statistics merge by addition (`add`) into the
 float32 `gram` of one process over all the rows, unless an entry lies within
 that rounding (about 1e-16 relative) of a float32 rounding boundary.
+
+Padding is not data: a transformer fed fixed-length batches computes every
+padded position too, but the attention mask keeps those rows out of every
+real token's output and out of the pooling. With a padding mask (a model
+input such as `attention_mask`, zero at padded positions) the statistics
+take only the real tokens' rows: all-MiniLM-L6-v2's calibration sentences,
+padded to 64 tokens, are 60 % padding, and statistics with it weigh those
+rows most (held-out layer output SQNR on real tokens, awq at blocks of 128:
+21.95 dB from every row, 22.44 dB from the real ones).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
+import onnx
+
+from trtptq.core.options import option_error
+from trtptq.data import input_specs
+
+#: `padding_mask` "auto": a rank-2 integer or boolean model input whose name says mask (Hugging Face's attention_mask)
+MASK_NAME = "mask"
+
+
+def padding_mask(model: onnx.ModelProto, name: str) -> str | None:
+    """The model input that marks padded positions (zero) for `name`: "auto" (a rank-2 integer or boolean input
+    whose name holds `MASK_NAME`, if exactly one does), "none" (None: every row counts) or an input's name."""
+    specs = {s.name: s for s in input_specs(model)}
+    masks = [s.name for s in specs.values() if MASK_NAME in s.name.lower() and len(s.shape) == 2
+             and (np.issubdtype(s.dtype, np.integer) or s.dtype == np.bool_)]
+    if name == "auto":
+        return masks[0] if len(masks) == 1 else None
+    if name == "none":
+        return None
+    if name not in specs:
+        raise option_error("--padding-mask", name, f"is not an input of the model (inputs: {', '.join(specs)})",
+                           "name the input that is zero at padded positions, or give auto or none")
+    return name
 
 
 class BlockGram:
     """Running E[x x^T] within each run of `block_size` channels along x's last axis (rows: every other index);
-    `block_size` None: one run of all channels, the whole matrix."""
+    `block_size` None: one run of all channels, the whole matrix. `mask`: the model input that is zero at padded
+    positions (`padding_mask`); a row counts only where it is nonzero, for tensors whose rows it lines up with."""
 
-    def __init__(self, block_size: int | None) -> None:
+    def __init__(self, block_size: int | None, mask: str | None = None) -> None:
         self.block_size = block_size
+        self.mask = mask
         self.total: np.ndarray | None = None  # (channels / block_size, block_size, block_size), float64
         self.rows = 0
 
-    def observe(self, x: np.ndarray) -> None:
-        """Fold one batch in; rows with a non-finite value are skipped (calibration warns about them itself)."""
+    def observe(self, x: np.ndarray, feed: Mapping[str, np.ndarray] | None = None) -> None:
+        """Fold one batch in (`feed`: the model inputs it came from, for the mask); rows with a non-finite value are
+        skipped (calibration warns about them itself), and padded rows where the mask lines up with x's: x of shape
+        (*mask's shape, channels), or (mask's size, channels) as a MatMul flattened to 2-D reads it."""
         rows = np.asarray(x, np.float32).reshape(-1, x.shape[-1])
-        rows = rows[np.isfinite(rows).all(axis=1)].astype(np.float64)  # float32 products are exact in float64
+        keep = np.isfinite(rows).all(axis=1)
+        mask = None if feed is None or self.mask is None else np.asarray(feed[self.mask])
+        if mask is not None and (x.shape[:-1] == mask.shape or (x.ndim == 2 and len(rows) == mask.size)):
+            keep &= mask.reshape(-1) != 0
+        rows = rows[keep].astype(np.float64)  # float32 products are exact in float64
         blocks = rows.reshape(len(rows), -1, self.block_size or rows.shape[1]).transpose(1, 0, 2)  # (blocks, rows, size)
         gram = blocks.transpose(0, 2, 1) @ blocks
         self.total = gram if self.total is None else self.total + gram
@@ -40,8 +82,9 @@ class BlockGram:
 
     def add(self, other: BlockGram) -> None:
         """Fold in another's rows (another shard's, for the same tensor and block size), in place."""
-        if other.block_size != self.block_size:
-            raise ValueError(f"cannot add statistics of blocks of {other.block_size} to blocks of {self.block_size}")
+        if (other.block_size, other.mask) != (self.block_size, self.mask):
+            raise ValueError(f"cannot add statistics of blocks of {other.block_size} (mask {other.mask}) to blocks of "
+                             f"{self.block_size} (mask {self.mask})")
         if other.total is not None:
             self.total = other.total.copy() if self.total is None else self.total + other.total
         self.rows += other.rows

@@ -99,7 +99,7 @@ def collect(model: onnx.ModelProto, batches: Batches, calibrators: dict[str, Cal
                                 task.result()
                         for name, value in zip(group, values):
                             if channels and name in channels:
-                                channels[name].observe(value)
+                                channels[name].observe(value, feed)
                         # Drop every output now: one array left alive keeps its whole ONNX Runtime arena alive, and
                         # after the last batch that is the previous pass's arena beside the next one (MiniLM at
                         # length 384, 64 MiB budget: +317 MiB over the floor instead of +68).

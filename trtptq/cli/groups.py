@@ -280,9 +280,13 @@ class QuantizeArgs(BaseArgs):
         group.add_argument("--block-size", type=int, choices=BLOCK_SIZES, default=128,
                            help="INT4 weights: values per scale along the reduction axis")
         group.add_argument("--int4-method", choices=INT4_METHODS, default="awq",
-                           help="INT4 blocks: awq (scales of least output error on the calibration data; the "
-                                "default), rtn (least weight error, no data needed) or gptq (awq's scales, GPTQ's "
-                                "rounding with error feedback; slower)")
+                           help="INT4 blocks: awq (scales of least output error on the calibration data, GPTQ's "
+                                "rounding inside each block; the default), rtn (least weight error, no data needed) "
+                                "or gptq (awq's scales, GPTQ's rounding across blocks: K x K statistics; slower)")
+        group.add_argument("--padding-mask", default="auto", metavar="INPUT|auto|none",
+                           help="INT4 awq/gptq: the model input that is zero at padded positions, whose rows the "
+                                "statistics leave out; auto (default): an integer input named *mask* "
+                                "(attention_mask) if the model has one; none: every row")
         group.add_argument("--embeddings", action="store_true",
                            help="quantize Gather embedding tables too: INT8 per row, or with w4a16 INT4 in blocks "
                                 "along the hidden axis")
@@ -318,7 +322,8 @@ class QuantizeArgs(BaseArgs):
                                per_channel=not args.per_tensor_weights, residual_add=not args.no_residual_add,
                                pooling=not args.no_pooling, activation_matmul=not args.no_activation_matmul,
                                precision=args.precision, block_size=args.block_size,
-                               int4_method=args.int4_method, embeddings=args.embeddings,
+                               int4_method=args.int4_method, padding_mask=args.padding_mask,
+                               embeddings=args.embeddings,
                                compute_capabilities=tuple(args.compute_capability),
                                layer_precisions=tuple(_pair("--layer-precision", item) for item in args.layer_precision),
                                metric=args.metric)

@@ -18,8 +18,9 @@ LAYER_PRECISIONS = {**{p: f for p, f in PRECISIONS.items() if p != AUTO}, "fp16"
                     "fp32": precision.FP32}
 BLOCK_SIZES = (32, 64, 128)  # INT4 weight blocks TensorRT takes
 #: how INT4 blocks are rounded: rtn = each block's scale of least weight error; awq = of least output error on the
-#: calibration activations (their channel statistics, gathered in the calibration collection); gptq = awq's scales,
-#: then GPTQ's rounding with error feedback (the inputs' whole second-moment matrix)
+#: calibration activations (their channel statistics, gathered in the calibration collection), then GPTQ's rounding
+#: with error feedback inside each block; gptq = awq's scales, GPTQ's rounding across blocks (the inputs' whole
+#: second-moment matrix)
 INT4_METHODS = ("rtn", "awq", "gptq")
 #: the calibration --method a --precision takes when none is given (others: auto). FP8 keeps each tensor's maximum:
 #: E4M3's relative error is about the same at any scale, so a clipped range only loses the values it clips
@@ -48,6 +49,9 @@ class QuantizeOptions:
     precision: str = "int8"  # int8 | fp8 | w4a16 (INT4 weights, float activations) | auto (chosen per layer)
     block_size: int = 128  # INT4 weights: values per scale along the reduction axis
     int4_method: str = "awq"  # INT4: rtn (weight error) | awq (output error on the calibration data) | gptq
+    #: INT4 awq/gptq statistics: the model input that is zero at padded positions (those rows are left out), auto (an
+    #: integer input named *mask*, such as attention_mask, if the model has one) or none (every row)
+    padding_mask: str = "auto"
     compute_capabilities: tuple[str, ...] = ()  # the GPUs the engine must run on, e.g. ("8.6",); () = any format
     #: (pattern, precision) pairs: nodes of that op type or name glob take that LAYER_PRECISIONS key (the last match
     #: wins), whatever --precision and auto say (--target may still walk them up its ladder)

@@ -76,32 +76,57 @@ def _levels(blocks: np.ndarray, scale: np.ndarray, fmt: QuantFormat) -> np.ndarr
 
 
 def gptq(values: np.ndarray, fmt: QuantFormat, axis: int, block_size: int,
-         hessian: np.ndarray, damping: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+         hessian: np.ndarray, damping: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
     """`values` in `fmt` in blocks along `axis`, rounded by GPTQ: each index along `axis` is rounded in turn and its
-    error pushed onto the indices not yet rounded, through the inputs' second moments `hessian` (K, K = E[x x^T]
-    over the reduction axis); the scales are `blocked`'s activation-aware ones (from the blocks on its diagonal).
+    error pushed onto the indices not yet rounded, through the inputs' second moments `hessian`; the scales are
+    `blocked`'s activation-aware ones (from the blocks on its diagonal).
 
-    `damping` (of the mean diagonal, GPTQ's 1 %) keeps the inverse finite for dead or collinear channels.
+    `hessian`: the whole (K, K) E[x x^T] over the reduction axis (errors spread to every later index), or only its
+    blocks on the diagonal (K / block_size, block_size, block_size: errors spread inside their block, all blocks
+    at once: awq's statistics, at about awq's cost; MiniLM's 36 weights, held-out real tokens' output SQNR at blocks
+    of 128: 22.94 dB, against 22.44 dB for the clip search alone and 24.15 dB with the whole matrix).
+    `damping` (of the mean diagonal) keeps the inverse finite for dead or collinear channels, and keeps the rounding
+    from fitting the calibration rows: with the whole matrix there, 23.84 / 23.97 / 24.15 / 24.09 / 23.77 dB at
+    0.1 / 1 / 10 / 30 / 100 % (GPTQ's paper: 1 %; MiniLM's last attention output projection fell below rtn's at 1 %,
+    18.0 vs 18.7 dB; at 10 %, 18.7).
     """
     k = values.shape[axis]
     n = k // block_size
-    blocks = hessian.reshape(n, block_size, n, block_size).diagonal(axis1=0, axis2=2)  # (bs, bs, blocks)
-    _, scale = blocked(values, fmt, axis, block_size, np.ascontiguousarray(np.moveaxis(blocks, -1, 0)))
-    h = hessian.astype(np.float64) + damping * np.mean(np.diag(hessian)) * np.eye(k)
-    upper = np.linalg.cholesky(np.linalg.inv(h)).T  # GPTQ's: row i holds how index i's error spreads to the later ones
-    w = np.moveaxis(np.asarray(values, np.float64), axis, 0).reshape(k, -1).copy()
-    steps = np.repeat(np.moveaxis(scale, axis, 0).reshape(n, -1), block_size, axis=0).astype(np.float64)
+    whole = hessian.ndim == 2
+    diagonal = (np.moveaxis(hessian.reshape(n, block_size, n, block_size).diagonal(axis1=0, axis2=2), -1, 0)
+                if whole else hessian)
+    _, scale = blocked(values, fmt, axis, block_size, np.ascontiguousarray(diagonal))
+    damp = damping * np.mean(np.diagonal(diagonal, axis1=1, axis2=2))  # the whole matrix's mean diagonal
+    w = np.moveaxis(np.asarray(values, np.float64), axis, 0).reshape(n, block_size, -1).copy()
+    steps = np.moveaxis(scale, axis, 0).reshape(n, -1).astype(np.float64)
     q = np.empty_like(w)
-    for start in range(0, k, block_size):  # lazy batches: errors spread inside the block, then at once beyond it
-        end = start + block_size
-        errors = np.empty((block_size, w.shape[1]))
-        for i in range(start, end):
-            q[i] = np.clip(np.rint(w[i] / steps[i]), fmt.qmin, fmt.qmax)
-            errors[i - start] = (w[i] - q[i] * steps[i]) / upper[i, i]
-            w[i + 1:end] -= np.outer(upper[i, i + 1:end], errors[i - start])
-        w[end:] -= upper[start:end, end:].T @ errors
+    if whole:
+        # GPTQ's factor: row i holds how index i's error spreads to the later ones
+        upper = np.linalg.cholesky(np.linalg.inv(hessian.astype(np.float64) + damp * np.eye(k))).T
+        rows = w.reshape(k, -1)  # a view: updates beyond a block reach the blocks not yet rounded
+        for b in range(n):  # lazy batches: errors spread inside the block, then at once beyond it
+            start, end = b * block_size, (b + 1) * block_size
+            errors = _round_blocks(w[b:b + 1], steps[b:b + 1], upper[None, start:end, start:end], fmt, q[b:b + 1])
+            rows[end:] -= upper[start:end, end:].T @ errors[0]
+    else:  # small factorizations, one per block: BLAS threads cost more than they give there (as in `blocked`)
+        with threadpool_limits(1, user_api="blas"):
+            upper = np.linalg.cholesky(np.linalg.inv(diagonal.astype(np.float64) + damp * np.eye(block_size)))
+        _round_blocks(w, steps, upper.transpose(0, 2, 1), fmt, q)
     q = q.reshape(np.moveaxis(values, axis, 0).shape).astype(fmt.dtype)
     return np.moveaxis(q, 0, axis), scale
+
+
+def _round_blocks(w: np.ndarray, steps: np.ndarray, upper: np.ndarray, fmt: QuantFormat,
+                  q: np.ndarray) -> np.ndarray:
+    """GPTQ inside blocks, all at once: `w` (blocks, size, N) rounded row by row into `q` at `steps` (blocks, N), each
+    row's error spread onto its block's later rows through `upper` (blocks, size, size), in place; returns the errors
+    (divided by the factor's diagonal) for the caller to spread beyond the blocks."""
+    errors = np.empty_like(w)
+    for i in range(w.shape[1]):
+        q[:, i] = np.clip(np.rint(w[:, i] / steps), fmt.qmin, fmt.qmax)
+        errors[:, i] = (w[:, i] - q[:, i] * steps) / upper[:, i, i, None]
+        w[:, i + 1:] -= upper[:, i, i + 1:, None] * errors[:, i, None, :]
+    return errors
 
 
 class Int4Weights:
@@ -110,8 +135,8 @@ class Int4Weights:
     whichever way it got there.
 
     `grams` (weight tensor -> the second moments of the inputs it multiplies, `calibration.channels`): per block
-    (blocks, size, size), `blocked`'s activation-aware scales (awq); the whole (K, K) matrix, `gptq`; a weight without
-    one takes the scales of least weight error (rtn).
+    (blocks, size, size), `blocked`'s activation-aware scales and GPTQ's rounding inside each block (awq); the whole
+    (K, K) matrix, GPTQ across blocks too (gptq); a weight without one takes the scales of least weight error (rtn).
     """
 
     def __init__(self, grams: Mapping[str, np.ndarray] | None = None) -> None:
@@ -124,6 +149,6 @@ class Int4Weights:
         key = (name, axis, block_size)
         if key not in self._done:
             gram = self.grams.get(name)
-            self._done[key] = (gptq(values, fmt, axis, block_size, gram) if gram is not None and gram.ndim == 2
-                               else blocked(values, fmt, axis, block_size, gram))
+            self._done[key] = (blocked(values, fmt, axis, block_size) if gram is None
+                               else gptq(values, fmt, axis, block_size, gram))
         return self._done[key]
