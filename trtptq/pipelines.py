@@ -126,12 +126,15 @@ def _load(model: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.ModelProto, 
 def prepare(model: onnx.ModelProto | str | os.PathLike, options: QuantizeOptions | None = None,
             plugins: Plugins = BUILTIN):
     """Load (at the opset the formats need: 13 for INT8, 19 FP8, 21 INT4 blocks), import once and place Q/DQ (plugin
-    ops by their rules): (model, name, graph, plan)."""
+    ops by their rules): (model, name, graph, plan). For a model with external data, the models the run builds to
+    measure share one copy of its quantized weights in a file beside the model's (`WeightFile`); the model it
+    returns has its own (`_qdq_model`)."""
     options = options or QuantizeOptions()
     proto, name = _load(model)
     proto = model_io.ensure_opset(proto, options.opset)
     graph = import_graph(proto)
-    return proto, name, graph, plan(graph, options, with_rules(plugin_rules(graph, plugins)))
+    placement = plan(graph, options, with_rules(plugin_rules(graph, plugins)))
+    return proto, name, graph, replace(placement, weight_file=model_io.WeightFile.beside(proto))
 
 
 def _from_json(cls, fields: dict):
@@ -398,7 +401,7 @@ def sensitivity(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: R
 
 def _qdq_model(proto: onnx.ModelProto, placement: Plan, ranges: Ranges) -> onnx.ModelProto:
     """The Q/DQ model for `ranges` (INT4 weights rounded as the plan says), with its precision plan, checked."""
-    qdq = quantized_model(proto, placement, ranges.amax)
+    qdq = quantized_model(proto, replace(placement, weight_file=None), ranges.amax)  # its weights outlive the run's file
     model_io.check(qdq, "the quantized model")
     return qdq
 
