@@ -313,22 +313,13 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
         raise TrtptqError(f"--target metric={target.metrics[METRIC_TARGET]:g} needs --metric (argmax[:AXIS] or "
                           "FILE.py:FUNCTION): the score whose minimum it sets.")
     proto, name, graph, placement = prepare(model, qopts, plugins)
-    stats, calibs = None, {}
     eval_data = None
     calibration = calibration or CalibrationOptions(method=qopts.range_method)
     if target is not None:
         data, eval_data = _evaluation_split(proto, data, target, calibration.cluster)
     with connected(calibration.cluster):  # one Ray session for the calibration and the ranking
-        if ranges is not None:
-            ranges = ranges if isinstance(ranges, Ranges) else Ranges.load(ranges)
-            placement = _int4_from_ranges(graph, placement, qopts, ranges)
-        elif data is not None:
-            ranges, done, placement = _calibrate(proto, name, graph, placement, data, calibration, qopts, plugins)
-            stats, calibs = done.stats, done.calibrators
-        else:
-            raise TrtptqError("quantize needs calibration data or a ranges file")
-        if qopts.precision == AUTO:
-            placement = with_auto_precisions(placement, ranges)
+        ranges, placement, stats, calibs = _ranges_and_plan(proto, name, graph, placement, data, ranges, qopts,
+                                                            calibration, plugins)
         if target is None:
             return QuantizeResult(_qdq_model(proto, placement, ranges), ranges, placement, stats, calibs)
         limits = _held(proto, placement, eval_data, target, calibration)
@@ -344,6 +335,24 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
         ranges = replace(ranges, options={**ranges.options, "fallback": found.to_dict()})
         return QuantizeResult(_qdq_model(proto, found.plan, ranges), ranges, found.plan, stats, calibs, found,
                               sensitivity)
+
+
+def _ranges_and_plan(proto: onnx.ModelProto, name: str, graph: gs.Graph, placement: Plan, data,
+                     ranges: Ranges | str | os.PathLike | None, qopts: QuantizeOptions, calibration: CalibrationOptions,
+                     plugins: Plugins) -> tuple[Ranges, Plan, CollectStats | None, dict[str, Calibrator]]:
+    """The ranges (given, or calibrated on `data`) and the plan they go with (its INT4 statistics, the formats
+    --precision auto chose): (ranges, plan, collection stats, calibrators)."""
+    if ranges is not None:
+        ranges = ranges if isinstance(ranges, Ranges) else Ranges.load(ranges)
+        placement, stats, calibs = _int4_from_ranges(graph, placement, qopts, ranges), None, {}
+    elif data is not None:
+        ranges, done, placement = _calibrate(proto, name, graph, placement, data, calibration, qopts, plugins)
+        stats, calibs = done.stats, done.calibrators
+    else:
+        raise TrtptqError("quantize needs calibration data or a ranges file")
+    if qopts.precision == AUTO:
+        placement = with_auto_precisions(placement, ranges)
+    return ranges, placement, stats, calibs
 
 
 def _evaluation_split(proto: onnx.ModelProto, data, evaluation: EvaluationOptions,
@@ -384,19 +393,25 @@ def _sensitivity(proto: onnx.ModelProto, placement: Plan, ranges: Ranges, eval_d
 def sensitivity(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Ranges | str | os.PathLike | None = None,
                 options: QuantizeOptions | None = None, calibration: CalibrationOptions | None = None,
                 evaluation: EvaluationOptions | None = None, plugins: Plugins = BUILTIN) -> tuple[Sensitivity, QuantizeResult]:
-    """Quantize (from `data` or `ranges`), then rank every INT8 layer by the damage it does (`trtptq sensitivity`)."""
+    """Quantize (from `data` or `ranges`), then rank every INT8 layer by the damage it does (`trtptq sensitivity`).
+
+    The quantized model is built after the ranking, so that it is not held beside the ranking's sessions."""
     evaluation = evaluation or EvaluationOptions()
+    qopts = options or QuantizeOptions()
     proto, name = _load(model)
     proto = model_io.ensure_opset(proto)
-    calibration = calibration or CalibrationOptions(method=(options or QuantizeOptions()).range_method)
+    calibration = calibration or CalibrationOptions(method=qopts.range_method)
     data, eval_data = _evaluation_split(proto, data, evaluation, calibration.cluster)
     if eval_data is None:
         raise TrtptqError("sensitivity needs data to measure on: --eval-data or --data")
     with connected(calibration.cluster):  # one Ray session for the calibration and the ranking
-        result = quantize(proto, data, ranges, options, calibration, plugins=plugins)
-        limits = _held(proto, result.plan, eval_data, evaluation, calibration)
-        return (_sensitivity(proto, result.plan, result.ranges, eval_data, evaluation, name, limits, plugins,
-                             cluster=calibration.cluster), result)
+        proto, own_name, graph, placement = prepare(proto, qopts, plugins)
+        ranges, placement, stats, calibs = _ranges_and_plan(proto, own_name, graph, placement, data, ranges, qopts,
+                                                            calibration, plugins)
+        limits = _held(proto, placement, eval_data, evaluation, calibration)
+        ranked = _sensitivity(proto, placement, ranges, eval_data, evaluation, name, limits, plugins,
+                              cluster=calibration.cluster)
+        return ranked, QuantizeResult(_qdq_model(proto, placement, ranges), ranges, placement, stats, calibs)
 
 
 def _qdq_model(proto: onnx.ModelProto, placement: Plan, ranges: Ranges) -> onnx.ModelProto:
