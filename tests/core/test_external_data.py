@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx.external_data_helper import uses_external_data
 
@@ -100,6 +101,9 @@ def test_sessions_from_a_model_with_external_weights(external, tmp_path, monkeyp
     assert not options.enable_cpu_mem_arena
     inline = session(_inline(path)).get_session_options()
     assert inline.enable_cpu_mem_arena
+    # a probe (Q/DQ, in order) runs without graph optimizations: each weight's DequantizeLinear just before its layer
+    probe = session(model, simulate_qdq=True, in_order=True).get_session_options()
+    assert probe.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     monkeypatch.setattr(model_io, "PROTOBUF_LIMIT", 1000)  # over 2 GB itself: saved whole to a temp folder
     np.testing.assert_array_equal(session(model).run(None, feed)[0], expected)
 
