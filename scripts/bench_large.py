@@ -41,6 +41,7 @@ def commands(tmp: pathlib.Path, method: str) -> dict[str, list[str]]:
         "calibrate": ["calibrate", model, "--data", calib, "--method", method, "-o", str(tmp / "ranges.json")],
         "quantize": ["quantize", model, "--ranges", str(tmp / "ranges.json"), "-o", str(tmp / "q.onnx")],
         "quantize+calibrate": ["quantize", model, "--data", calib, "--method", method, "-o", str(tmp / "q2.onnx")],
+        "quantize-auto": ["quantize", model, "--data", calib, "-o", str(tmp / "q3.onnx")],  # the default: --method auto
         "sensitivity": ["sensitivity", model, "--ranges", str(tmp / "ranges.json"), "--eval-data", evals,
                         "-o", str(tmp / "sensitivity.json")],
         "compare": ["compare", model, str(tmp / "q.onnx"), "--data", evals],
@@ -67,7 +68,7 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=8, help="calibration samples (evaluation: half as many)")
     p.add_argument("--method", default="minmax", help="calibration method (auto scores every method: slower)")
     p.add_argument("--commands", nargs="+", default=["calibrate", "quantize", "sensitivity", "compare", "build"],
-                   help="of: calibrate quantize quantize+calibrate sensitivity compare build build-fp32 "
+                   help="of: calibrate quantize quantize+calibrate quantize-auto sensitivity compare build build-fp32 "
                         "(quantize, sensitivity, compare and build need the ranges or model of the ones before)")
     args = p.parse_args()
     weights = weight_bytes(args.hidden, args.layers)

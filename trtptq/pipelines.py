@@ -24,7 +24,7 @@ from trtptq.autotune.gated import GatedModel
 from trtptq.autotune.method import choose_method
 from trtptq.autotune.metric import task_metric
 from trtptq.autotune.sensitivity import Sensitivity, SensitivityOptions, analyze
-from trtptq.calibration.calibrate import AUTO, Calibration, CalibrationOptions, calibrate_tensors, state_ranges
+from trtptq.calibration.calibrate import AUTO, Calibration, CalibrationOptions, calibrate_tensors, state_as, state_ranges
 from trtptq.calibration.channels import BlockGram, padding_mask
 from trtptq.calibration.cluster import Cluster, connected, portable
 from trtptq.calibration.collect import CollectStats
@@ -126,12 +126,15 @@ def _load(model: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.ModelProto, 
 def prepare(model: onnx.ModelProto | str | os.PathLike, options: QuantizeOptions | None = None,
             plugins: Plugins = BUILTIN):
     """Load (at the opset the formats need: 13 for INT8, 19 FP8, 21 INT4 blocks), import once and place Q/DQ (plugin
-    ops by their rules): (model, name, graph, plan)."""
+    ops by their rules): (model, name, graph, plan). For a model with external data, the models the run builds to
+    measure share one copy of its quantized weights in a file beside the model's (`WeightFile`); the model it
+    returns has its own (`_qdq_model`)."""
     options = options or QuantizeOptions()
     proto, name = _load(model)
     proto = model_io.ensure_opset(proto, options.opset)
     graph = import_graph(proto)
-    return proto, name, graph, plan(graph, options, with_rules(plugin_rules(graph, plugins)))
+    placement = plan(graph, options, with_rules(plugin_rules(graph, plugins)))
+    return proto, name, graph, replace(placement, weight_file=model_io.WeightFile.beside(proto))
 
 
 def _from_json(cls, fields: dict):
@@ -147,23 +150,54 @@ def _calibrate(proto: onnx.ModelProto, name: str, graph: gs.Graph, placement: Pl
                qopts: QuantizeOptions, plugins: Plugins, identify: bool = False) -> tuple[Ranges, Calibration, Plan]:
     """Calibrate the plan's activations, fold from the same run the channel statistics of the inputs its INT4 weights
     may multiply (the plan returned rounds its INT4 weights with them), and choose the ranges (`_choose`)."""
-    inputs = int4_inputs(graph, placement, qopts) if qopts.int4_method != "rtn" else {}
-    size = None if qopts.int4_method == "gptq" else placement.block_size  # GPTQ: the whole second-moment matrix
-    mask = padding_mask(proto, qopts.padding_mask)
-    channels = {t: BlockGram(size, mask) for t in inputs.values()}
-    calibration = _collect(proto, name, placement, data, options, qopts, plugins, identify, channels)
-    grams = {w: channels[t].gram for w, t in inputs.items() if channels[t].gram is not None}
-    placement = replace(placement, int4=Int4Weights(grams))
+    calibration = _collect(proto, name, graph, placement, data, options, qopts, plugins, identify)
+    placement = _with_int4(graph, placement, qopts, calibration.state.channels)
     return _choose(proto, placement, calibration.state, calibration.batches, options, qopts, plugins), calibration, placement
 
 
-def _collect(proto: onnx.ModelProto, name: str, placement: Plan, data, options: CalibrationOptions,
-             qopts: QuantizeOptions, plugins: Plugins, identify: bool = False,
-             channels: dict[str, BlockGram] | None = None) -> Calibration:
-    """`identify`: the state names the model by its hash (for a state that will be saved and merged)."""
+def _collect(proto: onnx.ModelProto, name: str, graph: gs.Graph, placement: Plan, data, options: CalibrationOptions,
+             qopts: QuantizeOptions, plugins: Plugins, identify: bool = False) -> Calibration:
+    """The plan's activations and INT4 channel statistics (`_int4_channels`) over `data`; `identify`: the state names
+    the model by its hash (for a state that will be saved and merged)."""
     return calibrate_tensors(proto, list(placement.activations), data, options, passes_for(options, build_engine), name,
                              plugins, {"quantize": _qopts_dict(qopts)}, model_identity(proto) if identify else "",
-                             channels)
+                             _int4_channels(proto, graph, placement, qopts))
+
+
+def _int4_channels(proto: onnx.ModelProto, graph: gs.Graph, placement: Plan, qopts: QuantizeOptions
+                   ) -> dict[str, BlockGram]:
+    """Empty statistics of the inputs the plan's INT4 weights may multiply, as awq (blocks) or gptq (the whole
+    second-moment matrix) reads them, leaving out the rows --padding-mask marks as padding; none for rtn."""
+    inputs = int4_inputs(graph, placement, qopts) if qopts.int4_method != "rtn" else {}
+    size = None if qopts.int4_method == "gptq" else placement.block_size
+    mask = padding_mask(proto, qopts.padding_mask) if inputs else None
+    return {t: BlockGram(size, mask) for t in inputs.values()}
+
+
+def _with_int4(graph: gs.Graph, placement: Plan, qopts: QuantizeOptions, channels: dict[str, BlockGram]) -> Plan:
+    """The plan rounding its INT4 weights with the statistics in `channels` (a weight without them: rtn)."""
+    inputs = int4_inputs(graph, placement, qopts) if qopts.int4_method != "rtn" else {}
+    grams = {w: channels[t].gram for w, t in inputs.items() if t in channels and channels[t].gram is not None}
+    return replace(placement, int4=Int4Weights(grams))
+
+
+def _int4_from_ranges(proto: onnx.ModelProto, graph: gs.Graph, placement: Plan, qopts: QuantizeOptions,
+                      ranges: Ranges) -> Plan:
+    """The plan rounding its INT4 weights with the statistics the ranges carry (`calibrate`/`merge` write them beside
+    the file). Refused where the ranges were calibrated for this --int4-method and lack them; where they were
+    calibrated otherwise, rtn with a warning."""
+    wanted = _int4_channels(proto, graph, placement, qopts)
+    if all(t in ranges.channels and (ranges.channels[t].block_size, ranges.channels[t].mask) == (g.block_size, g.mask)
+           for t, g in wanted.items()):
+        return _with_int4(graph, placement, qopts, ranges.channels)
+    if ranges.options.get("quantize", {}).get("int4_method") == qopts.int4_method:
+        raise TrtptqError(f"the ranges were calibrated with --int4-method {qopts.int4_method}, but its channel "
+                          "statistics are not beside the ranges file (RANGES.int4.npz, which calibrate and merge write "
+                          "with it); copy that file beside it, calibrate again, or give --int4-method rtn.")
+    logger.warning("INT4 weights take the scales of least weight error (--int4-method rtn): %s needs channel "
+                   "statistics, which ranges calibrated with other quantize options lack; calibrate with these "
+                   "options (or give --data)", qopts.int4_method)
+    return placement
 
 
 def _choose(proto: onnx.ModelProto, placement: Plan, state: CalibrationState, batches: Batches,
@@ -224,9 +258,9 @@ def calibration_state(model: onnx.ModelProto | str | os.PathLike, data, options:
                       quantize_options: QuantizeOptions | None = None, plugins: Plugins = BUILTIN) -> CalibrationState:
     """The calibrators' state after `options.shard`'s part of the data, no ranges chosen: save it, merge it."""
     qopts = quantize_options or QuantizeOptions()
-    proto, name, _, placement = prepare(model, qopts, plugins)
+    proto, name, graph, placement = prepare(model, qopts, plugins)
     options = options or CalibrationOptions(method=qopts.range_method)
-    return _collect(proto, name, placement, data, options, qopts, plugins, identify=True).state
+    return _collect(proto, name, graph, placement, data, options, qopts, plugins, identify=True).state
 
 
 def merge(states: Sequence[CalibrationState | str | os.PathLike], method: str | None = None,
@@ -234,32 +268,39 @@ def merge(states: Sequence[CalibrationState | str | os.PathLike], method: str | 
           options: CalibrationOptions | None = None, plugins: Plugins = BUILTIN,
           save_state: str | os.PathLike | None = None) -> Ranges:
     """The ranges of merged calibration states (files or objects), bit-identical to one `calibrate` over all
-    their data. `method` (default: the states'): any method from histograms; "auto" scores the candidates
-    on `model` and the first samples of `data` (all of it, as one calibration would), with `options`.
-    `save_state`: also write the merged state there."""
+    their data, with their INT4 channel statistics. `method` (default: the states'): any method from histograms;
+    "auto", and any method of states calibrated with --precision auto, score the candidates on `model` and the first
+    samples of `data` (all of it, as one calibration would), with `options`. `save_state`: also write the merged
+    state there."""
     loaded = [s if isinstance(s, CalibrationState) else CalibrationState.load(s) for s in states]
     state = complete_state(loaded, [str(s) if not isinstance(s, CalibrationState) else f"state {k}"
                                     for k, s in enumerate(states)])
     if save_state:
         state.save(save_state)
     method = method or state.method
-    if method != AUTO or model is None or data is None:
+    qopts = _from_json(QuantizeOptions, state.options.get("quantize", {}))
+    auto_precision = qopts.precision == AUTO and len(qopts.formats) > 1
+    if (method != AUTO and not auto_precision) or ((model is None or data is None) and method == AUTO):
         return state_ranges(state, method, percentile)
-    if state.method != AUTO:
+    if model is None or data is None:
+        raise TrtptqError("these states were calibrated with --precision auto, whose formats are chosen on the model: "
+                          "give merge --model MODEL --data DATA (the calibration data, all of it).")
+    if method == AUTO and state.method != AUTO:
         raise option_error("--method", AUTO, f"needs states calibrated with --method auto, not {state.method}",
                            "give --method entropy, percentile, mse or minmax, or calibrate the shards with --method auto")
-    if percentile is not None:
-        state = replace(state, options={**state.options, "percentile": percentile})
-    qopts = _from_json(QuantizeOptions, state.options.get("quantize", {}))
-    proto, _, _, placement = prepare(model, qopts, plugins)
+    state = state_as(state, method, percentile) if method != AUTO else state if percentile is None else \
+        replace(state, options={**state.options, "percentile": percentile})
+    proto, _, graph, placement = prepare(model, qopts, plugins)
     if model_identity(proto) != state.model_id:
         raise TrtptqError(f"--model {model if not isinstance(model, onnx.ModelProto) else proto.graph.name} is not the "
                           f"model the states were calibrated on ({state.model}); give that model.")
-    options = replace(options or CalibrationOptions(), method=AUTO, num_bins=state.options["num_bins"],
-                      percentile=state.options["percentile"], image=_from_json(ImageOptions, state.data["image"]))
+    options = replace(options or CalibrationOptions(), method=method, num_bins=state.options.get("num_bins", 2048),
+                      percentile=state.options.get("percentile", 99.99),
+                      image=_from_json(ImageOptions, state.data["image"]))
     specs = input_specs(proto)
     batches = Batches(open_source(data, specs, options.image), specs, state.options["batch_size"],
                       state.data["num_samples"])
+    placement = _with_int4(graph, placement, qopts, state.channels)
     return _choose(proto, placement, state, batches, options, qopts, plugins)
 
 
@@ -276,24 +317,13 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
         raise TrtptqError(f"--target metric={target.metrics[METRIC_TARGET]:g} needs --metric (argmax[:AXIS] or "
                           "FILE.py:FUNCTION): the score whose minimum it sets.")
     proto, name, graph, placement = prepare(model, qopts, plugins)
-    stats, calibs = None, {}
     eval_data = None
     calibration = calibration or CalibrationOptions(method=qopts.range_method)
     if target is not None:
         data, eval_data = _evaluation_split(proto, data, target, calibration.cluster)
     with connected(calibration.cluster):  # one Ray session for the calibration and the ranking
-        if ranges is not None:
-            ranges = ranges if isinstance(ranges, Ranges) else Ranges.load(ranges)
-            if qopts.int4_method != "rtn" and int4_inputs(graph, placement, qopts):
-                logger.warning("INT4 weights take the scales of least weight error (--int4-method rtn): %s needs "
-                               "calibration data (--data), not --ranges", qopts.int4_method)
-        elif data is not None:
-            ranges, done, placement = _calibrate(proto, name, graph, placement, data, calibration, qopts, plugins)
-            stats, calibs = done.stats, done.calibrators
-        else:
-            raise TrtptqError("quantize needs calibration data or a ranges file")
-        if qopts.precision == AUTO:
-            placement = with_auto_precisions(placement, ranges)
+        ranges, placement, stats, calibs = _ranges_and_plan(proto, name, graph, placement, data, ranges, qopts,
+                                                            calibration, plugins)
         if target is None:
             return QuantizeResult(_qdq_model(proto, placement, ranges), ranges, placement, stats, calibs)
         limits = _held(proto, placement, eval_data, target, calibration)
@@ -309,6 +339,24 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
         ranges = replace(ranges, options={**ranges.options, "fallback": found.to_dict()})
         return QuantizeResult(_qdq_model(proto, found.plan, ranges), ranges, found.plan, stats, calibs, found,
                               sensitivity)
+
+
+def _ranges_and_plan(proto: onnx.ModelProto, name: str, graph: gs.Graph, placement: Plan, data,
+                     ranges: Ranges | str | os.PathLike | None, qopts: QuantizeOptions, calibration: CalibrationOptions,
+                     plugins: Plugins) -> tuple[Ranges, Plan, CollectStats | None, dict[str, Calibrator]]:
+    """The ranges (given, or calibrated on `data`) and the plan they go with (its INT4 statistics, the formats
+    --precision auto chose): (ranges, plan, collection stats, calibrators)."""
+    if ranges is not None:
+        ranges = ranges if isinstance(ranges, Ranges) else Ranges.load(ranges)
+        placement, stats, calibs = _int4_from_ranges(proto, graph, placement, qopts, ranges), None, {}
+    elif data is not None:
+        ranges, done, placement = _calibrate(proto, name, graph, placement, data, calibration, qopts, plugins)
+        stats, calibs = done.stats, done.calibrators
+    else:
+        raise TrtptqError("quantize needs calibration data or a ranges file")
+    if qopts.precision == AUTO:
+        placement = with_auto_precisions(placement, ranges)
+    return ranges, placement, stats, calibs
 
 
 def _evaluation_split(proto: onnx.ModelProto, data, evaluation: EvaluationOptions,
@@ -349,24 +397,30 @@ def _sensitivity(proto: onnx.ModelProto, placement: Plan, ranges: Ranges, eval_d
 def sensitivity(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Ranges | str | os.PathLike | None = None,
                 options: QuantizeOptions | None = None, calibration: CalibrationOptions | None = None,
                 evaluation: EvaluationOptions | None = None, plugins: Plugins = BUILTIN) -> tuple[Sensitivity, QuantizeResult]:
-    """Quantize (from `data` or `ranges`), then rank every INT8 layer by the damage it does (`trtptq sensitivity`)."""
+    """Quantize (from `data` or `ranges`), then rank every INT8 layer by the damage it does (`trtptq sensitivity`).
+
+    The quantized model is built after the ranking, so that it is not held beside the ranking's sessions."""
     evaluation = evaluation or EvaluationOptions()
+    qopts = options or QuantizeOptions()
     proto, name = _load(model)
     proto = model_io.ensure_opset(proto)
-    calibration = calibration or CalibrationOptions(method=(options or QuantizeOptions()).range_method)
+    calibration = calibration or CalibrationOptions(method=qopts.range_method)
     data, eval_data = _evaluation_split(proto, data, evaluation, calibration.cluster)
     if eval_data is None:
         raise TrtptqError("sensitivity needs data to measure on: --eval-data or --data")
     with connected(calibration.cluster):  # one Ray session for the calibration and the ranking
-        result = quantize(proto, data, ranges, options, calibration, plugins=plugins)
-        limits = _held(proto, result.plan, eval_data, evaluation, calibration)
-        return (_sensitivity(proto, result.plan, result.ranges, eval_data, evaluation, name, limits, plugins,
-                             cluster=calibration.cluster), result)
+        proto, own_name, graph, placement = prepare(proto, qopts, plugins)
+        ranges, placement, stats, calibs = _ranges_and_plan(proto, own_name, graph, placement, data, ranges, qopts,
+                                                            calibration, plugins)
+        limits = _held(proto, placement, eval_data, evaluation, calibration)
+        ranked = _sensitivity(proto, placement, ranges, eval_data, evaluation, name, limits, plugins,
+                              cluster=calibration.cluster)
+        return ranked, QuantizeResult(_qdq_model(proto, placement, ranges), ranges, placement, stats, calibs)
 
 
 def _qdq_model(proto: onnx.ModelProto, placement: Plan, ranges: Ranges) -> onnx.ModelProto:
     """The Q/DQ model for `ranges` (INT4 weights rounded as the plan says), with its precision plan, checked."""
-    qdq = quantized_model(proto, placement, ranges.amax)
+    qdq = quantized_model(proto, replace(placement, weight_file=None), ranges.amax)  # its weights outlive the run's file
     model_io.check(qdq, "the quantized model")
     return qdq
 
@@ -380,9 +434,10 @@ def quantize_each_method(model: onnx.ModelProto | str | os.PathLike, data, metho
     Every result carries the histogram calibrators, so a report can draw each method's threshold on them.
     """
     qopts = options or QuantizeOptions()
-    proto, name, _, placement = prepare(model, qopts, plugins)
+    proto, name, graph, placement = prepare(model, qopts, plugins)
     options = replace(calibration or CalibrationOptions(), method=AUTO)
-    done = _collect(proto, name, placement, data, options, qopts, plugins)
+    done = _collect(proto, name, graph, placement, data, options, qopts, plugins)
+    placement = _with_int4(graph, placement, qopts, done.state.channels)
     by_method = done.amax_by_method()
     results = {}
     for method in methods:

@@ -3,18 +3,19 @@
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
-from support import assert_one_line_error, trtptq
+from support import assert_one_line_error, float_input, make_model, trtptq
 from trtptq.calibration.calibrate import CalibrationOptions
 from trtptq.calibration.state import CalibrationState
 from trtptq.core.errors import TrtptqError
 from trtptq.data import Shard
-from trtptq.pipelines import calibrate, calibration_state, merge
+from trtptq.pipelines import calibrate, calibration_state, merge, quantize
+from trtptq.quantization.options import QuantizeOptions
 
 
-def _options(method="entropy", shard=None, **kw):
-    return CalibrationOptions(method=method, batch_size=8, shard=shard or Shard(), show_progress=False, **kw)
+def _options(method="entropy", shard=None, batch_size=8, **kw):
+    return CalibrationOptions(method=method, batch_size=batch_size, shard=shard or Shard(), show_progress=False, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +125,84 @@ def test_cli_shards_merge_and_refusals(calib, tmp_path):
     assert_one_line_error(r, "--shard 2/2 is not a shard", "0 <= K < N")
     r = trtptq("merge", data, "-o", tmp_path / "bad.json")
     assert_one_line_error(r, "is not a trtptq calibration state")
+
+
+@pytest.fixture(scope="module")
+def mlp(tmp_path_factory):
+    """x -> MatMul fc1 -> Relu -> MatMul fc2 with heavy-tailed inputs (Student's t): on an Ampere target
+    --precision auto puts fc1 in INT4, and awq's, gptq's and rtn's INT4 weights all differ."""
+    folder = tmp_path_factory.mktemp("int4-state")
+    rng = np.random.default_rng(0)
+    w1 = (rng.standard_normal((128, 64)) / np.sqrt(128)).astype(np.float32)
+    w2 = (rng.standard_normal((64, 32)) / 8).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")]
+    onnx.save(make_model(nodes, [float_input("x", ["N", 8, 128])], [float_input("y", ["N", 8, 32])],
+                         [("w1", w1), ("w2", w2)]), folder / "mlp.onnx")
+    np.savez(folder / "x.npz", x=rng.standard_t(1.2, (23, 8, 128)).astype(np.float32))
+    return folder / "mlp.onnx", folder / "x.npz"
+
+
+def _initializers(model: onnx.ModelProto) -> list[bytes]:
+    return [t.SerializeToString() for t in model.graph.initializer]
+
+
+@pytest.mark.parametrize("int4_method", ["awq", "gptq"])
+def test_int4_statistics_of_shards_give_the_weights_of_one_quantize(mlp, tmp_path, int4_method):
+    """w4a16 awq/gptq: each shard's state carries the channel statistics of the INT4 weights' inputs, merged (in any
+    order) into the ranges, saved beside them (RANGES.int4.npz) and read back by quantize --ranges: the INT4 weights
+    of one quantize over all the data, bit for bit, for 1 to 3 shards; rtn's differ."""
+    path, data = mlp
+    options = QuantizeOptions(precision="w4a16", block_size=32, int4_method=int4_method)
+    one = quantize(path, data, options=options, calibration=_options("minmax", batch_size=None)).model
+    rtn = quantize(path, data, options=QuantizeOptions(precision="w4a16", block_size=32, int4_method="rtn"),
+                   calibration=_options("minmax")).model
+    assert _initializers(rtn) != _initializers(one)
+    for count in (1, 2, 3):
+        parts = [calibration_state(path, data, _options("minmax", Shard(k, count)), options) for k in range(count)]
+        for k, part in enumerate(parts):
+            part.save(tmp_path / f"{k}.state")
+        assert all(len(CalibrationState.load(tmp_path / f"{k}.state").channels) == 2 for k in range(count))
+        merge([tmp_path / f"{k}.state" for k in reversed(range(count))]).save(tmp_path / "ranges.json")
+        assert (tmp_path / "ranges.int4.npz").exists()
+        sharded = quantize(path, ranges=tmp_path / "ranges.json", options=options).model
+        assert _initializers(sharded) == _initializers(one), count
+
+
+def test_cli_int4_auto_precision_from_shards_and_refusals(mlp, tmp_path):
+    """--precision auto (INT8 or INT4 per layer) with gptq, by the CLI: shards, merge with --model/--data (the format
+    choice sees the merged statistics), quantize --ranges: the model file of one quantize over all the data. States
+    with other statistics, ranges without their statistics file, or with another run's, are refused in one line."""
+    path, data = mlp
+    common = ["--data", data, "--precision", "auto", "--compute-capability", "8.6", "--block-size", "32",
+              "--int4-method", "gptq", "--batch-size", "4", "--no-progress"]
+    r = trtptq("quantize", path, *common, "-o", tmp_path / "one.onnx")
+    assert r.returncode == 0 and "INT4" in r.stdout, r.stderr
+    for k in range(2):
+        r = trtptq("calibrate", path, *common, "--shard", f"{k}/2", "--save-state", tmp_path / f"part-{k}.state")
+        assert r.returncode == 0, r.stderr
+    r = trtptq("merge", tmp_path / "part-1.state", tmp_path / "part-0.state", "--method", "minmax",
+               "-o", tmp_path / "ranges.json")
+    assert_one_line_error(r, "--precision auto", "give merge --model MODEL --data DATA")
+    r = trtptq("merge", tmp_path / "part-1.state", tmp_path / "part-0.state", "--model", path, "--data", data,
+               "-o", tmp_path / "ranges.json")
+    assert r.returncode == 0, r.stderr
+    r = trtptq("quantize", path, "--ranges", tmp_path / "ranges.json", *common[2:], "-o", tmp_path / "sharded.onnx")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "sharded.onnx").read_bytes() == (tmp_path / "one.onnx").read_bytes()
+
+    awq = [a if a != "gptq" else "awq" for a in common]
+    r = trtptq("calibrate", path, *awq, "--shard", "1/2", "--save-state", tmp_path / "awq.state")
+    assert r.returncode == 0, r.stderr
+    r = trtptq("merge", tmp_path / "part-0.state", tmp_path / "awq.state", "-o", tmp_path / "bad.json")
+    assert_one_line_error(r, "part-0.state and", "awq.state", "differ in")
+    assert not (tmp_path / "bad.json").exists()
+    calibrate(path, data, _options("minmax", batch_size=4), QuantizeOptions(precision="int8")).save(
+        tmp_path / "other.json")
+    (tmp_path / "ranges.int4.npz").replace(tmp_path / "other.int4.npz")  # another run's statistics
+    r = trtptq("quantize", path, "--ranges", tmp_path / "other.json", *common[2:], "-o", tmp_path / "bad.onnx")
+    assert_one_line_error(r, "other.int4.npz belongs to another ranges file than", "other.json")
+    (tmp_path / "other.int4.npz").unlink()
+    r = trtptq("quantize", path, "--ranges", tmp_path / "ranges.json", *common[2:], "-o", tmp_path / "bad.onnx")
+    assert_one_line_error(r, "calibrated with --int4-method gptq", "RANGES.int4.npz", "--int4-method rtn")
+    assert not (tmp_path / "bad.onnx").exists()

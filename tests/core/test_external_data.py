@@ -4,8 +4,12 @@ Small generated transformers (evidence/large_transformer.py) take the same path 
 external data keeps its weights in the file; a model over 2 GB itself is simulated by a lower PROTOBUF_LIMIT.
 """
 
+import gc
+from dataclasses import replace
+
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx.external_data_helper import uses_external_data
 
@@ -15,7 +19,7 @@ from trtptq.autotune.sensitivity import SensitivityOptions
 from trtptq.calibration.calibrate import CalibrationOptions
 from trtptq.core import model as model_io
 from trtptq.core.errors import ModelError
-from trtptq.pipelines import EvaluationOptions, quantize, sensitivity
+from trtptq.pipelines import EvaluationOptions, prepare, quantize, sensitivity
 from trtptq.quantization.fp16 import to_fp16
 from trtptq.quantization.graph import import_graph, weight_values
 from trtptq.runtime.ort import session
@@ -88,8 +92,18 @@ def test_sessions_from_a_model_with_external_weights(external, tmp_path, monkeyp
     model = model_io.load(path)
     monkeypatch.chdir(tmp_path)
     expected = session(path).run(None, feed)[0]
-    np.testing.assert_array_equal(session(model).run(None, feed)[0], expected)
+    mapped = session(model)
+    np.testing.assert_array_equal(mapped.run(None, feed)[0], expected)
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".trtptq-")]  # the hidden file is gone
+    # the MatMuls read the mapped weights (no prepacked copy), and no arena keeps a run's largest tensors
+    options = mapped.get_session_options()
+    assert options.get_session_config_entry("session.disable_prepacking") == "1"
+    assert not options.enable_cpu_mem_arena
+    inline = session(_inline(path)).get_session_options()
+    assert inline.enable_cpu_mem_arena
+    # a probe (Q/DQ, in order) runs without graph optimizations: each weight's DequantizeLinear just before its layer
+    probe = session(model, simulate_qdq=True, in_order=True).get_session_options()
+    assert probe.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     monkeypatch.setattr(model_io, "PROTOBUF_LIMIT", 1000)  # over 2 GB itself: saved whole to a temp folder
     np.testing.assert_array_equal(session(model).run(None, feed)[0], expected)
 
@@ -151,3 +165,37 @@ def test_sensitivity_ranks_a_model_with_external_weights(external, tmp_path, mon
     gated = _gated(model_io.load(path), result.plan, result.ranges.amax, gates)
     floats = {t.name: t for t in gated.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2}
     assert floats and all(uses_external_data(t) for t in floats.values())  # the FP32 weights by reference, not copied
+
+
+def test_the_models_a_run_measures_share_one_file_of_quantized_weights(external, tmp_path, monkeypatch):
+    """A model with external data: the models a run builds to measure (here the gated model, twice) refer to one
+    hidden file of quantized weights beside its data, each weight written once at a page-aligned offset, with the
+    values a model holding them in memory has; the model a run returns holds its own, and the file goes with the
+    run. A model without external data has no such file."""
+    path, feed = external
+    monkeypatch.chdir(tmp_path)
+    result = quantize(path, data=[feed], calibration=MINMAX)
+    weight_file = result.plan.weight_file
+    assert weight_file is not None and weight_file.path is None  # created at its first weight
+    gates = {(n, p): f"g:{n}:{p}" for n in result.plan.quantized_nodes for p in ("FP32", result.plan.format_of(n).name)}
+    gated = _gated(model_io.load(path), result.plan, result.ranges.amax, gates)
+    size = weight_file.path.stat().st_size
+    assert weight_file.path.parent == path.parent.resolve() and weight_file.path.name.startswith(".trtptq-")
+    _gated(model_io.load(path), result.plan, result.ranges.amax, gates)
+    assert weight_file.path.stat().st_size == size  # the second model wrote nothing
+    in_memory = _gated(model_io.load(path), replace(result.plan, weight_file=None), result.ranges.amax, gates)
+    quantized = [t for t in in_memory.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2]
+    referenced = {t.name: t for t in gated.graph.initializer}
+    assert len(quantized) == 8
+    for t in quantized:
+        ref = referenced[t.name]
+        assert uses_external_data(ref) and ref.external_data[0].value == weight_file.path.name
+        assert int(ref.external_data[1].value) % 4096 == 0  # offset: ONNX Runtime maps it
+        np.testing.assert_array_equal(model_io.values(gated, ref), onnx.numpy_helper.to_array(t))
+    returned = {t.name: t for t in result.model.graph.initializer}
+    assert not uses_external_data(returned[quantized[0].name])
+    file = weight_file.path
+    del result, weight_file
+    gc.collect()
+    assert not file.exists()
+    assert prepare(_inline(path))[3].weight_file is None

@@ -106,7 +106,7 @@ def _gated(model: onnx.ModelProto, plan: Plan, amax: Mapping[str, float], gates:
     by_name = {n.name: n for n in graph.nodes}
     inputs = {node: [t for t, consumers in plan.activations.items() if node in consumers] for node, _ in gates}
     weights = {node: {w.tensor: w for w in plan.weights if w.node == node} for node, _ in gates}
-    taps = Plan(block_size=plan.block_size, int4=plan.int4)
+    taps = Plan(block_size=plan.block_size, int4=plan.int4, weight_file=plan.weight_file)
     terms: dict[tuple[str, str], list[gs.Tensor]] = {}  # (node, input tensor) -> its gated terms
     for (node, p), gate_name in gates.items():
         fmt = FORMATS.get(p)

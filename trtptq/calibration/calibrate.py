@@ -124,7 +124,8 @@ def calibrate_tensors(model: onnx.ModelProto, tensors, data, options: Calibratio
     nodes run in ONNX Runtime through `plugins` (a TensorRT runner has them in its engine).
     `ranges_options`: what the ranges file records beside the calibration options (the quantize options);
     `model_id`: the model's identity in the state (`state.model_identity`), where the state will be saved.
-    `channels` (tensor -> statistics, a subset of `tensors`) are folded from the same values, in place.
+    `channels` (tensor -> statistics, a subset of `tensors`) are folded from the same values, in place; the state
+    holds them.
     """
     options = options or CalibrationOptions()
     if options.cluster is not None:
@@ -144,7 +145,7 @@ def calibrate_tensors(model: onnx.ModelProto, tensors, data, options: Calibratio
         model=model_name or model.graph.name, model_id=model_id, method=options.method,
         options={**options.calibrator_options(), "batch_size": batches.batch_size, **(ranges_options or {})},
         data=options.data_options(), calibrators=calibs, samples=stats.samples,
-        shards=(options.shard.index,), num_shards=options.shard.count)
+        shards=(options.shard.index,), num_shards=options.shard.count, channels=dict(channels or {}))
     return Calibration(state, stats, batches, options)
 
 
@@ -152,20 +153,20 @@ def _on_cluster(model: onnx.ModelProto, tensors, data, options: CalibrationOptio
                 model_name: str, plugins: Plugins, ranges_options: dict | None, model_id: str,
                 channels: Mapping[str, BlockGram]) -> Calibration:
     """`calibrate_tensors` with one Ray task per shard; the merged state is that of one process over all the data,
-    and `channels` get every shard's statistics (in shard order, `BlockGram.add`)."""
+    and `channels` get every shard's statistics (summed in shard order, as the state merges them)."""
     shared = (model, list(tensors), portable(data), passes, model_name or model.graph.name, plugins, ranges_options,
               model_id, {t: BlockGram(g.block_size, g.mask) for t, g in channels.items()})
-    state, stats, grams = map_merge(options.cluster, _calibrate_shard, shared,
-                                    lambda k, n: (replace(options, cluster=None, shard=Shard(k, n), show_progress=False),),
-                                    _merge_shards, gpus=1 if options.runner == "tensorrt" else 0)  # an engine per GPU
-    for t, gram in grams.items():
+    state, stats = map_merge(options.cluster, _calibrate_shard, shared,
+                             lambda k, n: (replace(options, cluster=None, shard=Shard(k, n), show_progress=False),),
+                             _merge_shards, gpus=1 if options.runner == "tensorrt" else 0)  # an engine per GPU
+    for t, gram in state.channels.items():
         channels[t].add(gram)
     specs = input_specs(model)
     batches = Batches(open_source(data, specs, options.image), specs, options.batch_size, options.num_samples)
-    return Calibration(state, stats, batches, options)
+    return Calibration(replace(state, channels=dict(channels)), stats, batches, options)
 
 
-_ShardResult = tuple[CalibrationState, CollectStats, dict[str, BlockGram]]  # what one shard's task gives back
+_ShardResult = tuple[CalibrationState, CollectStats]  # what one shard's task gives back
 
 
 def _calibrate_shard(model: onnx.ModelProto, tensors: list[str], data, passes: Passes | None, model_name: str,
@@ -174,18 +175,21 @@ def _calibrate_shard(model: onnx.ModelProto, tensors: list[str], data, passes: P
     """One task: calibrate one shard (`options.shard`), reading it where the task runs."""
     done = calibrate_tensors(model, tensors, data, options, passes, model_name, plugins, ranges_options, model_id,
                              channels)
-    return done.state, done.stats, channels
+    return done.state, done.stats
 
 
 def _merge_shards(a: _ShardResult, b: _ShardResult) -> _ShardResult:
-    for t, gram in a[2].items():
-        gram.add(b[2][t])
     return a[0].merge(b[0]), CollectStats(max(a[1].passes, b[1].passes), a[1].batches + b[1].batches,
-                                          a[1].samples + b[1].samples), a[2]
+                                          a[1].samples + b[1].samples)
 
 
 def state_ranges(state: CalibrationState, method: str | None = None, percentile: float | None = None) -> Ranges:
-    """The ranges `calibrate --method method [--percentile p]` writes for the state's data, file bytes alike.
+    """The ranges `calibrate --method method [--percentile p]` writes for the state's data, file bytes alike."""
+    return state_as(state, method, percentile).ranges()
+
+
+def state_as(state: CalibrationState, method: str | None = None, percentile: float | None = None) -> CalibrationState:
+    """The state `calibrate --method method [--percentile p]` would have reached on the state's data.
 
     Histograms (a state of method auto, entropy, percentile or mse) give every method; extremes (minmax) only
     minmax. Method "auto" scores candidates on the model, so it is the pipelines' (`pipelines.merge`).
@@ -203,5 +207,4 @@ def state_ranges(state: CalibrationState, method: str | None = None, percentile:
     calibrators = {t: Calibrator.from_state({**c.state(), "method": method, "options": own})
                    for t, c in state.calibrators.items()}
     rest = {k: v for k, v in state.options.items() if k not in ("num_bins", "percentile")}
-    return replace(state, method=method, options={**options.calibrator_options(), **rest},
-                   calibrators=calibrators).ranges()
+    return replace(state, method=method, options={**options.calibrator_options(), **rest}, calibrators=calibrators)

@@ -80,6 +80,13 @@ class BlockGram:
         self.total = gram if self.total is None else self.total + gram
         self.rows += len(rows)
 
+    def merged(self, other: BlockGram) -> BlockGram:
+        """Both one's and the other's rows, as a new statistic (neither changes)."""
+        both = BlockGram(self.block_size, self.mask)
+        both.add(self)
+        both.add(other)
+        return both
+
     def add(self, other: BlockGram) -> None:
         """Fold in another's rows (another shard's, for the same tensor and block size), in place."""
         if (other.block_size, other.mask) != (self.block_size, self.mask):
@@ -97,3 +104,23 @@ class BlockGram:
             return None
         gram = (self.total / self.rows).astype(np.float32)
         return gram if self.block_size else gram[0]
+
+
+def channel_arrays(channels: Mapping[str, BlockGram]) -> tuple[dict, dict[str, np.ndarray]]:
+    """Statistics as a file holds them: a JSON-able header (tensors, block sizes, padding masks, rows) and one float64
+    array of sums per tensor (`channel_<k>`; empty before any row), to read back with `load_channels`."""
+    header = {"tensors": list(channels), "block_sizes": [g.block_size for g in channels.values()],
+              "masks": [g.mask for g in channels.values()], "rows": [g.rows for g in channels.values()]}
+    empty = np.zeros(0, np.float64)
+    return header, {f"channel_{k}": empty if g.total is None else g.total for k, g in enumerate(channels.values())}
+
+
+def load_channels(header: Mapping, arrays: Mapping[str, np.ndarray]) -> dict[str, BlockGram]:
+    """The statistics `channel_arrays` wrote."""
+    channels = {}
+    masks = header.get("masks", [None] * len(header["tensors"]))
+    for k, (name, size, mask, rows) in enumerate(zip(header["tensors"], header["block_sizes"], masks, header["rows"])):
+        gram = channels[name] = BlockGram(size, mask)
+        total = arrays[f"channel_{k}"]
+        gram.total, gram.rows = (total if total.size else None), int(rows)
+    return channels

@@ -1,19 +1,28 @@
-"""Calibration results: the ranges JSON file and TensorRT's calibration cache text."""
+"""Calibration results: the ranges JSON file (with, for INT4 awq/gptq, its channel statistics beside it) and
+TensorRT's calibration cache text."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import math
 import os
 import pathlib
+import zipfile
 from dataclasses import asdict, dataclass, field, fields
 
+import numpy as np
+
+from trtptq.calibration.channels import BlockGram, channel_arrays, load_channels
 from trtptq.core import fileio
 from trtptq.core.errors import TrtptqError
 from trtptq.core.formats import INT8
+from trtptq.core.sidecars import int4_statistics_path
 
 FORMAT = "trtptq-ranges"
 VERSION = 1
+STATISTICS_FORMAT = "trtptq-int4-statistics"
 
 
 @dataclass
@@ -33,7 +42,8 @@ _FIELDS = tuple(f.name for f in fields(TensorRange))  # every tensor's entry in 
 
 @dataclass
 class Ranges:
-    """tensor -> amax (and statistics), plus how they were chosen."""
+    """tensor -> amax (and statistics), plus how they were chosen; `channels`: the statistics of the inputs INT4
+    awq/gptq weights multiply (activation tensor -> BlockGram), saved beside the file (`int4_statistics_path`)."""
 
     method: str
     options: dict
@@ -41,6 +51,7 @@ class Ranges:
     model: str = ""
     num_samples: int = 0
     trt_algorithm: str = "EntropyCalibration2"
+    channels: dict[str, BlockGram] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def amax(self) -> dict[str, float]:
@@ -55,13 +66,26 @@ class Ranges:
         return json.dumps(body, indent=1)
 
     def save(self, path: str | os.PathLike) -> pathlib.Path:
-        return fileio.write_text(path, self.to_json() + "\n")
+        """The JSON file, and the channel statistics beside it (a stale statistics file there is removed): the
+        statistics first, naming the JSON text they belong to."""
+        text = self.to_json() + "\n"
+        statistics = int4_statistics_path(path)
+        if self.channels:
+            header, arrays = channel_arrays(self.channels)
+            header |= {"format": STATISTICS_FORMAT, "version": VERSION, "ranges_sha256": _digest(text)}
+            buf = io.BytesIO()
+            np.savez(buf, header=np.frombuffer(json.dumps(header).encode(), np.uint8), **arrays)
+            fileio.write_bytes(statistics, buf.getvalue())
+        else:
+            statistics.unlink(missing_ok=True)
+        return fileio.write_text(path, text)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Ranges:
         path = pathlib.Path(path)
         try:
-            body = json.loads(path.read_text())
+            text = path.read_text()
+            body = json.loads(text)
         except FileNotFoundError:
             raise TrtptqError(f"ranges file {path} does not exist; write it with `trtptq calibrate`.") from None
         except (OSError, ValueError) as e:
@@ -73,7 +97,8 @@ class Ranges:
                               "write it again with `trtptq calibrate`.")
         tensors = {name: _tensor_range(path, name, entry) for name, entry in body["tensors"].items()}
         return cls(body["method"], body.get("options", {}), tensors, body.get("model", ""),
-                   body.get("num_samples", 0), body.get("trt_algorithm", "EntropyCalibration2"))
+                   body.get("num_samples", 0), body.get("trt_algorithm", "EntropyCalibration2"),
+                   _load_statistics(path, _digest(text)))
 
     def trt_cache(self, trt_version: int | None = None) -> str:
         """TensorRT's calibration cache: header, then `tensor: <big-endian float32 scale in hex>`.
@@ -87,6 +112,33 @@ class Ranges:
 
     def save_trt_cache(self, path: str | os.PathLike, trt_version: int | None = None) -> pathlib.Path:
         return fileio.write_text(path, self.trt_cache(trt_version))
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _load_statistics(path: pathlib.Path, digest: str) -> dict[str, BlockGram]:
+    """The channel statistics beside ranges file `path` (none if there is no such file), refused unless written with
+    that file's text (`digest`)."""
+    statistics = int4_statistics_path(path)
+    if not statistics.exists():
+        return {}
+    fix = f"delete it, or write both again with `trtptq calibrate` or `trtptq merge` (-o {path})"
+    try:
+        with np.load(statistics, allow_pickle=False) as z:
+            header = json.loads(bytes(z["header"]).decode())
+            arrays = {k: z[k] for k in z.files if k != "header"}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise TrtptqError(f"{statistics} (beside ranges file {path}) is not a trtptq INT4 statistics file "
+                          f"({type(e).__name__}: {e}); {fix}.") from None
+    if not isinstance(header, dict) or header.get("format") != STATISTICS_FORMAT or header.get("version") != VERSION:
+        raise TrtptqError(f"{statistics} (beside ranges file {path}) is not a version {VERSION} trtptq INT4 statistics "
+                          f"file; {fix}.")
+    if header.get("ranges_sha256") != digest:
+        raise TrtptqError(f"{statistics} belongs to another ranges file than {path} (another run wrote one of them); "
+                          f"{fix}.")
+    return load_channels(header, arrays)
 
 
 def _tensor_range(path: pathlib.Path, name: str, entry: object) -> TensorRange:

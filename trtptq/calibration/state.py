@@ -3,7 +3,9 @@
 A state is one .npz (no pickle): a JSON header (model name and identity, method, options, tensors, shards,
 samples) and, per field of the calibrators' states, one array over the tensors (histogram counts as a
 tensors x bins matrix). Histograms of power-of-two bins merge exactly, so the ranges of merged states are
-bit-identical to those of one calibration over all the data, in any grouping or order.
+bit-identical to those of one calibration over all the data, in any grouping or order. Version 2 adds the
+channel statistics of the inputs INT4 awq/gptq weights multiply (`channels.BlockGram`, float64 sums), where the
+quantize options need them; they are summed in shard order, whatever order the states are given in.
 """
 
 from __future__ import annotations
@@ -15,18 +17,19 @@ import os
 import pathlib
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
 
+from trtptq.calibration.channels import BlockGram, channel_arrays, load_channels
 from trtptq.calibration.ranges import Ranges, TensorRange
 from trtptq.calibrators import CALIBRATORS, Calibrator, amax_by_method
 from trtptq.core import fileio
 from trtptq.core.errors import TrtptqError
 
 FORMAT = "trtptq-calibration-state"
-VERSION = 1
+VERSION = 2  # 2: INT4 channel statistics (version 1 states had none, and are read as such)
 _HEADER = "header"  # the .npz member holding the JSON header, as UTF-8 bytes
 
 
@@ -45,7 +48,9 @@ class CalibrationState:
 
     `method`: the calibrators' (or "auto": histograms that every method reads). `options`: what the ranges
     file records (calibrator options, batch size, quantize options); `data`: what else decides the samples
-    (the sample cap, the NaN policy, image preprocessing). Both must match for states to merge.
+    (the sample cap, the NaN policy, image preprocessing). Both must match for states to merge. `channels`: the
+    statistics of the inputs INT4 awq/gptq weights multiply (activation tensor -> BlockGram), where the options
+    need them.
     """
 
     model: str
@@ -57,6 +62,7 @@ class CalibrationState:
     samples: int
     shards: tuple[int, ...] = (0,)
     num_shards: int = 1
+    channels: dict[str, BlockGram] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # As the file holds them (tuples as lists), so a state made here and one loaded compare equal.
@@ -71,7 +77,8 @@ class CalibrationState:
         the shard count agree and no shard is in both."""
         self._check_mergeable(other, where)
         return replace(self, calibrators={t: c.merge(other.calibrators[t]) for t, c in self.calibrators.items()},
-                       samples=self.samples + other.samples, shards=tuple(sorted((*self.shards, *other.shards))))
+                       samples=self.samples + other.samples, shards=tuple(sorted((*self.shards, *other.shards))),
+                       channels={t: g.merged(other.channels[t]) for t, g in self.channels.items()})
 
     def amax_by_method(self, percentile: float) -> dict[str, dict[str, float]]:
         """method -> tensor -> amax, every method read from the same histograms (method "auto")."""
@@ -90,6 +97,7 @@ class CalibrationState:
             model=pathlib.Path(self.model).name,
             num_samples=self.samples,
             trt_algorithm=CALIBRATORS[method if method in CALIBRATORS else "entropy"].trt_algorithm,
+            channels=self.channels,
         )
 
     def save(self, path: str | os.PathLike) -> pathlib.Path:
@@ -99,10 +107,11 @@ class CalibrationState:
                   "calibrator": states[0]["method"] if states else None,
                   "calibrator_options": states[0].get("options") if states else None,
                   "samples": self.samples, "shards": list(self.shards), "num_shards": self.num_shards}
+        header["channels"], channels = channel_arrays(self.channels)
         fields = [k for k in (states[0] if states else {}) if k not in ("method", "options")]
         arrays = {k: _column([s[k] for s in states]) for k in fields}
         buf = io.BytesIO()
-        np.savez(buf, **{_HEADER: np.frombuffer(json.dumps(header).encode(), np.uint8)}, **arrays)
+        np.savez(buf, **{_HEADER: np.frombuffer(json.dumps(header).encode(), np.uint8)}, **arrays, **channels)
         return fileio.write_bytes(path, buf.getvalue())
 
     @classmethod
@@ -119,17 +128,19 @@ class CalibrationState:
             raise TrtptqError(f"{path} is not a trtptq calibration state ({type(e).__name__}: {e}); {fix}.") from None
         if not isinstance(header, dict) or header.get("format") != FORMAT:
             raise TrtptqError(f"{path} is not a trtptq calibration state; {fix}.")
-        if header.get("version") != VERSION:
+        if header.get("version") not in (1, VERSION):
             raise TrtptqError(f"calibration state {path} has version {header.get('version')}, this trtptq reads "
-                              f"version {VERSION}; calibrate again with this trtptq.")
+                              f"versions 1 to {VERSION}; calibrate again with this trtptq.")
         tensors = header["tensors"]
+        channels = load_channels(header.get("channels", {"tensors": [], "block_sizes": [], "rows": []}), arrays)
+        arrays = {k: v for k, v in arrays.items() if not k.startswith("channel_")}
         calibrators = {}
         for k, name in enumerate(tensors):
             state = {f: v[k] for f, v in arrays.items()}
             state.update(method=header["calibrator"], options=header["calibrator_options"])
             calibrators[name] = Calibrator.from_state(state)
         return cls(header["model"], header["model_id"], header["method"], header["options"], header["data"],
-                   calibrators, int(header["samples"]), tuple(header["shards"]), int(header["num_shards"]))
+                   calibrators, int(header["samples"]), tuple(header["shards"]), int(header["num_shards"]), channels)
 
     def _check_mergeable(self, other: CalibrationState, where: str) -> None:
         where = f"cannot merge {where}: " if where else "cannot merge these calibration states: "
@@ -139,6 +150,9 @@ class CalibrationState:
                   ("method", self.method, other.method, f"{self.method} vs {other.method}"),
                   ("options", self.options, other.options, _differences(self.options, other.options)),
                   ("data options", self.data, other.data, _differences(self.data, other.data)),
+                  ("INT4 channel statistics", {t: (g.block_size, g.mask) for t, g in self.channels.items()},
+                   {t: (g.block_size, g.mask) for t, g in other.channels.items()},
+                   f"{_statistics(self) or 'none'} vs {_statistics(other) or 'none'}"),
                   ("shard count", self.num_shards, other.num_shards, f"{self.num_shards} vs {other.num_shards}")]
         for what, mine, theirs, detail in checks:
             if mine != theirs:
@@ -150,10 +164,11 @@ class CalibrationState:
 
 
 def merge_states(states: Sequence[CalibrationState], names: Sequence[str] | None = None) -> CalibrationState:
-    """All states as one, merged pairwise in a tree (as a cluster would); `names` (e.g. their files) for errors."""
+    """All states as one, merged pairwise in a tree (as a cluster would) in shard order, so that the float sums of
+    the channel statistics do not depend on the order they are given in; `names` (e.g. their files) for errors."""
     if not states:
         raise TrtptqError("no calibration states to merge; give the files `trtptq calibrate --save-state` wrote.")
-    level = list(zip(states, names or [f"state {k}" for k in range(len(states))]))
+    level = sorted(zip(states, names or [f"state {k}" for k in range(len(states))]), key=lambda s: s[0].shards)
     while len(level) > 1:
         pairs = [(a.merge(b, f"{an} and {bn}"), f"{an} + {bn}") for (a, an), (b, bn) in zip(level[::2], level[1::2])]
         level = pairs + level[len(pairs) * 2:]
@@ -177,6 +192,13 @@ def _column(values: list) -> np.ndarray:
     if any(v is None for v in values):
         return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
     return np.array(values)
+
+
+def _statistics(state: CalibrationState) -> str:
+    """Which channel statistics a state holds, as a line names them (empty: none)."""
+    sizes = sorted({g.block_size or 0 for g in state.channels.values()})
+    kinds = ", ".join(f"blocks of {s}" if s else "whole matrices (gptq)" for s in sizes)
+    return f"{len(state.channels)} tensors, {kinds}" if state.channels else ""
 
 
 def _differences(a: dict, b: dict) -> str:

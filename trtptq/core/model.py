@@ -6,7 +6,8 @@ data files, the model records the folder they are in (metadata
 (`values`). A 3 GB model is then a few kilobytes of graph in memory, far under
 protobuf's 2 GB limit, and ONNX Runtime or TensorRT read the weights from the
 files themselves (`as_file`): calibrating, quantizing, comparing and building never hold them twice
-(docs/calibration.md, "Models over 2 GB", has the measurements and the exceptions).
+(docs/calibration.md, "Models over 2 GB", has the measurements and the exceptions). The quantized weights of the
+models one run builds to measure (`WeightFile`) go to a hidden data file beside them, once, for the same reason.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import itertools
 import os
 import pathlib
 import tempfile
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Hashable, Iterator
 
 import numpy as np
 import onnx
@@ -291,3 +293,58 @@ def activations(model: onnx.ModelProto) -> list[str]:
     names = [n for n in dict.fromkeys(names) if n not in constants]
     floats = float_tensors(model, set(names))
     return [n for n in names if n in floats]
+
+
+class WeightFile:
+    """Large tensors the models of one run share (the quantized weights of --method auto's probe and candidates, of
+    sensitivity's gated model), each computed once and written to a hidden data file (`.trtptq-*.data`) in the
+    folder of the source model's own data: every model refers to it, and ONNX Runtime maps it, as it maps the FP32
+    weights, instead of each model and each session holding a copy in memory. The file is created at the first
+    tensor and removed with this object (or at exit); only models that do not outlive it may refer to it.
+    """
+
+    def __init__(self, folder: pathlib.Path):
+        self.folder = folder
+        self.path: pathlib.Path | None = None
+        self._file = None
+        self._tensors: dict[Hashable, tuple[onnx.TensorProto, object]] = {}
+
+    def __reduce__(self):
+        """Sent to another process (a Ray worker), an empty one for the same folder: it writes its own file."""
+        return WeightFile, (self.folder,)
+
+    @classmethod
+    def beside(cls, model: onnx.ModelProto) -> WeightFile | None:
+        """One for `model`'s weights folder; None for a model without external data (its weights are in memory
+        anyway) or a folder this process cannot write to (the tensors then stay in each model, as before)."""
+        folder = weights_dir(model)
+        return cls(folder) if folder is not None and os.access(folder, os.W_OK) else None
+
+    def tensor(self, key: Hashable, name: str, make: Callable[[], tuple[np.ndarray, object]]) -> tuple[onnx.TensorProto, object]:
+        """(A reference named `name` to the values `make` returns, whatever else it returns beside them); `make` runs
+        once per `key`, its values written to the file."""
+        if key not in self._tensors:
+            values, extra = make()
+            self._tensors[key] = (self._write(values), extra)
+        reference, extra = self._tensors[key]
+        out = onnx.TensorProto()
+        out.CopyFrom(reference)
+        out.name = name
+        return out, extra
+
+    def _write(self, values: np.ndarray) -> onnx.TensorProto:
+        if self._file is None:
+            fd, name = tempfile.mkstemp(prefix=".trtptq-", suffix=".data", dir=self.folder)
+            self._file, self.path = os.fdopen(fd, "wb"), pathlib.Path(name)
+            weakref.finalize(self, _remove, self._file, self.path)
+        packed = onnx.numpy_helper.from_array(values)  # onnx's own layout (INT4 packed two to a byte)
+        self._file.write(bytes(-self._file.tell() % _ALIGN))
+        offset = self._file.tell()
+        self._file.write(packed.raw_data)
+        self._file.flush()
+        return external_tensor("", packed.data_type, packed.dims, self.path.name, offset, len(packed.raw_data))
+
+
+def _remove(file, path: pathlib.Path) -> None:
+    file.close()
+    path.unlink(missing_ok=True)

@@ -1,4 +1,5 @@
-"""Where the files that travel with an engine go: one function per file, for the library, the CLI and readers alike."""
+"""Where the files that travel with an engine or a ranges file go: one function per file, for the library, the CLI and
+readers alike."""
 
 from __future__ import annotations
 
@@ -24,3 +25,10 @@ def int8_model_path(engine: str | os.PathLike) -> pathlib.Path:
 def fp16_model_path(engine: str | os.PathLike) -> pathlib.Path:
     """ENGINE.fp16.onnx: the FP16 model a strongly typed TensorRT builds `--fp16` from."""
     return _beside(engine, ".fp16.onnx")
+
+
+def int4_statistics_path(ranges: str | os.PathLike) -> pathlib.Path:
+    """RANGES.int4.npz (ranges.json -> ranges.int4.npz): the INT4 awq/gptq channel statistics of a calibration, which
+    `quantize --ranges` reads to round INT4 weights as a run with the data would."""
+    ranges = pathlib.Path(ranges)
+    return ranges.with_name(ranges.stem + ".int4.npz")

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from trtptq.core import precision
 from trtptq.core.errors import ModelError
@@ -101,22 +102,30 @@ def _consumers_by_format(plan_: Plan, consumers: list[str]) -> dict[QuantFormat,
 def _quantize_weight(graph: gs.Graph, w: gs.Constant, fmt: QuantFormat, axis: int | None, plan_: Plan,
                      suffix: str = "") -> gs.Variable:
     """The weight stored in `fmt` behind a DequantizeLinear: per-tensor, per channel on `axis`, or for a
-    weight-only format (INT4) in the plan's blocks along `axis`, rounded as `plan_.int4` says."""
-    values = np.asarray(weight_values(w), dtype=np.float32)
+    weight-only format (INT4) in the plan's blocks along `axis`, rounded as `plan_.int4` says; where the plan has a
+    weight file, the quantized values are computed once for all the models made of it and read from that file."""
     block_size = plan_.block_size
-    if fmt.activations:
-        q, scale = weight_formats.per_channel(values, fmt, axis)
-    else:
-        q, scale = plan_.int4.quantize(w.name, values, fmt, axis, block_size)
+
+    def quantized() -> tuple[np.ndarray, np.ndarray]:
+        values = np.asarray(weight_values(w), dtype=np.float32)
+        if fmt.activations:
+            return weight_formats.per_channel(values, fmt, axis)
+        return plan_.int4.quantize(w.name, values, fmt, axis, block_size)
+
     base = f"{w.name}{_tag(fmt)}{suffix}"
-    out = gs.Variable(f"{base}_dequantized", dtype=np.float32, shape=list(values.shape))
+    if plan_.weight_file is not None:
+        reference, scale = plan_.weight_file.tensor((w.name, fmt.name, axis, block_size), f"{base}_quantized", quantized)
+        q = gs.Constant(f"{base}_quantized", LazyValues(reference))
+    else:
+        values, scale = quantized()
+        q = _constant(f"{base}_quantized", values)
+    out = gs.Variable(f"{base}_dequantized", dtype=np.float32, shape=list(w.shape))
     attrs = {} if axis is None else {"axis": axis}
     if not fmt.activations:
         attrs["block_size"] = block_size
     graph.nodes.append(gs.Node(
         "DequantizeLinear", f"{base}_DequantizeLinear", attrs=attrs,
-        inputs=[_constant(f"{base}_quantized", q), gs.Constant(f"{base}_scale", scale),
-                _constant(f"{base}_zero_point", fmt.zero_point(scale.shape))],
+        inputs=[q, gs.Constant(f"{base}_scale", scale), _constant(f"{base}_zero_point", fmt.zero_point(scale.shape))],
         outputs=[out]))
     return out
 
@@ -124,7 +133,5 @@ def _quantize_weight(graph: gs.Graph, w: gs.Constant, fmt: QuantFormat, axis: in
 def _constant(name: str, values: np.ndarray) -> gs.Constant:
     """A constant of any format's dtype: INT4 goes through onnx's own packing (gs would write one value per byte)."""
     if values.dtype.itemsize == 1 and values.dtype.name in ("int4", "uint4"):
-        from onnx_graphsurgeon.ir.tensor import LazyValues
-
         return gs.Constant(name, LazyValues(onnx.numpy_helper.from_array(values, name)))
     return gs.Constant(name, values)

@@ -26,6 +26,7 @@ import onnx_graphsurgeon as gs
 from trtptq.core import precision
 from trtptq.core.errors import ModelError
 from trtptq.core.formats import FORMATS, INT4, INT8, QuantFormat
+from trtptq.core.model import WeightFile
 from trtptq.core.precision import NodePrecision, PrecisionPlan
 from trtptq.plugins import is_plugin_op
 from trtptq.quantization.options import AUTO, LAYER_PRECISIONS, PRECISIONS, QuantizeOptions
@@ -53,6 +54,9 @@ class Plan:
     #: how its INT4 weights are rounded (from the calibration's channel statistics), shared by every plan derived
     #: from this one: the same weights in every model made of it
     int4: Int4Weights = field(default_factory=Int4Weights, compare=False, repr=False)
+    #: where the quantized weights of the models made of it go, shared by all of them (None: into each model):
+    #: for the models a run builds to measure, of a model with external data (`core.model.WeightFile`)
+    weight_file: WeightFile | None = field(default=None, compare=False, repr=False)
 
     @property
     def kept(self) -> dict[str, str]:

@@ -86,6 +86,17 @@ def session(model: onnx.ModelProto | str | os.PathLike, providers: Sequence[str]
     providers = list(providers or default_providers())
     source = model
     proto = model if isinstance(model, onnx.ModelProto) else load_onnx(model)
+    if weights_dir(proto) is not None:
+        # Weights in data files: ONNX Runtime maps them, and the MatMuls read the mapped pages, unless it prepacks
+        # them (an anonymous copy of every weight: 2.1x a 3 GB model's weights at its peak instead of 1.0x); its arena
+        # would keep the largest transient tensors (a Q/DQ weight's FP32 copy, hundreds of MB) after each run.
+        opts.add_session_config_entry("session.disable_prepacking", "1")
+        opts.enable_cpu_mem_arena = False
+        if simulate_qdq and in_order:
+            # In ONNX Runtime's order with its extended optimizations, the DequantizeLinear of every quantized weight
+            # ran ahead of the layers and their FP32 copies all stayed alive (a 1 GiB model's local-error probe:
+            # +0.8 GiB); with none, each runs just before its layer and is freed after it.
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     disabled = []
     if simulate_qdq:  # only here: serializable() measures the whole model, which other sessions need not pay for
         fold = fold_weights and weights_dir(proto) is None and serializable(proto)
