@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from trtptq.calibration.channels import BlockGram
+from trtptq.calibration.channels import BlockGram, channel_arrays, load_channels
 
 
 @pytest.mark.parametrize("block_size", [32, None])
@@ -45,3 +45,19 @@ def test_padded_rows_are_left_out_where_the_mask_lines_up():
     other = BlockGram(32, "attention_mask")
     other.observe(x.reshape(2, 12, 32), feed)
     assert other.rows == 24
+
+
+def test_a_file_keeps_each_statistics_padding_mask_and_sums_with_another_mask_are_refused():
+    """A saved state (and a ranges file's .int4.npz) reads back the mask its rows were chosen by: statistics with
+    the padded rows and without them must not be added up."""
+    rng = np.random.default_rng(0)
+    x, mask = rng.standard_normal((2, 6, 64)).astype(np.float32), np.array([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 0, 0]])
+    masked = BlockGram(32, "attention_mask")
+    masked.observe(x, {"attention_mask": mask})
+    header, arrays = channel_arrays({"t": masked})
+    back = load_channels(header, arrays)["t"]
+    assert (back.mask, back.rows) == ("attention_mask", 7) and np.array_equal(back.gram, masked.gram)
+    every = BlockGram(32)
+    every.observe(x)
+    with pytest.raises(ValueError, match="mask attention_mask"):
+        back.add(every)
