@@ -215,7 +215,7 @@ def _choose(proto: onnx.ModelProto, placement: Plan, state: CalibrationState, ba
     choice = choose_method(proto, placement, by_method, batches, options.auto_samples, options.memory_budget,
                            options.show_progress, plugins, qopts.formats if auto_precision else (), metric,
                            {t: c.amax for t, c in state.calibrators.items()})
-    extra = {"auto_snr_db": choice.scores, "auto_methods": choice.per_tensor}
+    extra = {"auto_snr_db": choice.scores, "auto_kept": choice.kept, "auto_methods": choice.per_tensor}
     if auto_precision:
         extra |= {"auto_format_scores": choice.format_scores,
                   "auto_precisions": {node: asdict(p) for node, p in choice.precisions.items()}}

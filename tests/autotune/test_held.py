@@ -5,7 +5,7 @@ import numpy as np
 import onnx
 import pytest
 
-from trtptq.autotune.budget import HELD_FLOOR, held
+from trtptq.autotune.budget import HELD_FLOOR, LOCAL_SAMPLES, held
 from trtptq.autotune.local import _probe, local_snr
 from trtptq.autotune.method import _Race, choose_method
 from trtptq.calibration.calibrate import AUTO, CalibrationOptions, calibrate_tensors
@@ -79,6 +79,10 @@ def test_the_search_runs_take_what_the_calibration_pass_held(resnet_block):
     assert per_pass[64, 2**40].batch_size > per_pass[64, 1].batch_size > per_pass[1, 2**40].batch_size
     fixed = _sized(resnet_block, side, batch=4)
     assert held(fixed, prepare(fixed)[3], _batches(fixed, 8, None, side), 2**40).batch_size is None
+    # local errors: large activations settle in the fewest samples, small ones take the most
+    assert {h.local_samples for h in per_pass.values()} == {LOCAL_SAMPLES[0]}
+    small = _sized(resnet_block, 16)
+    assert held(small, prepare(small)[3], _batches(small, 64, 1, 16), 2**40).local_samples == LOCAL_SAMPLES[1]
 
 
 def test_auto_races_its_candidates_and_keeps_the_exact_best(mnist):

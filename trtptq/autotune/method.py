@@ -4,8 +4,10 @@ Each layer's local error is measured with every method's ranges (`local.local_sn
 all layers, all methods, one run); the method whose layers keep the least local
 noise is refined per tensor: a tensor whose consumer layers keep clearly less
 local error with another method's range takes that range. That mix and each
-single method are scored on the model's outputs against FP32, and the best of
-all is kept, so auto is never worse than the best single method on the scoring samples.
+single method are scored on the model's outputs against FP32; where the outputs
+prefer another single method than the mix was built on, the mix rebuilt around it
+is scored too. The best of all is kept, so auto is never worse than the best single
+method on the scoring samples.
 Scoring is where the time goes, so no candidate is scored further than it
 must be: one whose layers' local noise adds up to HOPELESS times the best
 candidate's (10 dB worse) is not scored, and the others run most promising
@@ -39,7 +41,6 @@ from trtptq.quantization.qdq import Plan
 PER_TENSOR = "per-tensor"  # the candidate whose every tensor has its own method
 ALL_INT8, ALL_FP8, PER_LAYER = "all-INT8", "all-FP8", "per layer"  # --precision auto's candidates
 HOPELESS = 10.0  # a candidate whose layers' summed local noise is this many times the best's is not scored
-LOCAL_SAMPLES = 8  # samples the local errors are measured on: per-element statistics over whole layers settle fast
 MARGIN_DB = 1.0  # how much less local noise another method must leave at a tensor's consumers to replace the best
 
 
@@ -53,6 +54,7 @@ class MethodChoice:
     #: candidate's score (ALL_INT8, ALL_FP8, PER_LAYER) as `scores`
     precisions: dict[str, NodePrecision] = field(default_factory=dict)
     format_scores: dict[str, float | None] = field(default_factory=dict)
+    kept: str = ""  # the candidate kept, as `scores` names it ("per-tensor on mse" where `method` is PER_TENSOR)
 
 
 def per_tensor_methods(local: dict[str, dict[str, float]], plan: Plan, base: str, margin_db: float = MARGIN_DB
@@ -96,15 +98,15 @@ def choose_method(model: onnx.ModelProto, plan: Plan, by_method: dict[str, dict[
     with Evaluator(model, batches.source, batch_size=limits.batch_size, num_samples=limit, memory_budget=limits.bytes,
                    plugins=plugins) as evaluator:
         local = local_snr(model, plan, sets, plan.quantized_nodes,
-                          first_samples(evaluator.batches(), LOCAL_SAMPLES, batches.fixed_batch), show_progress, plugins,
+                          first_samples(evaluator.batches(), limits.local_samples, batches.fixed_batch), show_progress, plugins,
                           {f.name: f.name for f in others})
         predicted = {m: sum(noise_power(per[m]) for per in local.values() if m in per) for m in methods}
-        floor = min(predicted.values())
-        chosen = per_tensor_methods({n: {m: per[m] for m in methods if m in per} for n, per in local.items()}, plan,
-                                    min(methods, key=predicted.get))
+        floor, base = min(predicted.values()), min(methods, key=predicted.get)
+        by_node = {n: {m: per[m] for m in methods if m in per} for n, per in local.items()}
+        mixes = {PER_TENSOR: per_tensor_methods(by_node, plan, base)}
         # None: hopeless, or stopped once it could not win
         scores: dict[str, float | None] = dict.fromkeys([*methods, PER_TENSOR])
-        candidates = {**by_method, PER_TENSOR: {t: by_method[m][t] for t, m in chosen.items()}}
+        candidates = {**by_method, PER_TENSOR: {t: by_method[m][t] for t, m in mixes[PER_TENSOR].items()}}
         race = _Race(evaluator, metric)
 
         def score(name: str) -> None:
@@ -118,18 +120,28 @@ def choose_method(model: onnx.ModelProto, plan: Plan, by_method: dict[str, dict[
         # noise by construction), then the single methods by their local noise.
         for name in [PER_TENSOR, *sorted((m for m in methods if predicted[m] <= HOPELESS * floor), key=predicted.get)]:
             score(name)
-        scored = {name: db for name, db in scores.items() if db is not None}
-        best = max(scored, key=lambda m: race.rank(m, scored[m]))  # then dict order: a single method before the mix
-        result = MethodChoice(best, candidates[best], scores, chosen)
+        best = race.best_of(scores)
+        if best in methods and best != base:
+            # The outputs prefer another method than the local noise did (it weighs clipping and rounding alike, the
+            # outputs do not): the mix around the method they prefer races too.
+            mix = per_tensor_methods(by_node, plan, best)
+            amax = {t: by_method[m][t] for t, m in mix.items()}
+            if amax not in candidates.values():  # else it is a candidate already scored (no tensor switched)
+                name = f"{PER_TENSOR} on {best}"
+                mixes[name], candidates[name], scores[name] = mix, amax, None
+                score(name)
+                best = race.best_of(scores)
+        result = MethodChoice(PER_TENSOR if best in mixes else best, candidates[best], scores,
+                              mixes.get(best, mixes[PER_TENSOR]), kept=best)
         if others:
-            _choose_formats(model, plan, local, result, fp8_amax, formats, race)
+            _choose_formats(model, plan, local, result, fp8_amax, formats, race, best)
     return result
 
 
 def _choose_formats(model: onnx.ModelProto, plan: Plan, local: dict[str, dict[str, float]], choice: MethodChoice,
-                    fp8_amax: dict[str, float], formats: Sequence[QuantFormat], race: _Race) -> None:
-    """Race the per-layer formats (`autotune.formats`) and all-FP8 against the INT8 choice; the best one into
-    `choice` (its precisions, ranges and format scores)."""
+                    fp8_amax: dict[str, float], formats: Sequence[QuantFormat], race: _Race, raced: str) -> None:
+    """Race the per-layer formats (`autotune.formats`) and all-FP8 against the INT8 choice (the candidate `raced`);
+    the best one into `choice` (its precisions, ranges and format scores)."""
     inputs = {n: [t for t, consumers in plan.activations.items() if n in consumers] for n in plan.quantized_nodes}
     method = {n: choice.per_tensor.get(ts[0], choice.method) if choice.method == PER_TENSOR and ts else choice.method
               for n, ts in inputs.items()}
@@ -141,7 +153,7 @@ def _choose_formats(model: onnx.ModelProto, plan: Plan, local: dict[str, dict[st
     candidates = {ALL_INT8: dict.fromkeys(free, INT8.name), ALL_FP8: everywhere,
                   PER_LAYER: {n: p.precision for n, p in per_layer.items()}}
     choice.format_scores = {ALL_INT8: race.best}
-    race.snr[ALL_INT8] = race.snr.get(choice.method)
+    race.snr[ALL_INT8] = race.snr.get(raced)
     amax_of = {ALL_INT8: choice.amax}
     for name in (ALL_FP8, PER_LAYER):
         if not candidates[name] or candidates[name] in [candidates[k] for k in amax_of]:
@@ -151,7 +163,7 @@ def _choose_formats(model: onnx.ModelProto, plan: Plan, local: dict[str, dict[st
                          for t, consumers in plan.activations.items()}
         choice.format_scores[name] = race.score(quantized_model(model, mixed, amax_of[name]), name)
     scored = {name: db for name, db in choice.format_scores.items() if db is not None}
-    best = max(scored, key=lambda m: race.rank(m, scored[m]))  # then all-INT8, all-FP8, the mix
+    best = race.best_of(choice.format_scores)  # on ties all-INT8, all-FP8, the mix
     if best == PER_LAYER:
         choice.precisions = per_layer
     else:
@@ -182,6 +194,11 @@ class _Race:
     def rank(self, name: str, score: float) -> tuple[float, float]:
         """What orders candidates: the score, then (with a metric) the output SNR."""
         return score, self.snr.get(name) or -math.inf
+
+    def best_of(self, scores: dict[str, float | None]) -> str:
+        """The best scored candidate; on ties the first in `scores`' order."""
+        scored = {name: db for name, db in scores.items() if db is not None}
+        return max(scored, key=lambda m: self.rank(m, scored[m]))
 
     def score(self, candidate: onnx.ModelProto, name: str) -> float | None:
         self.ran.append(name)

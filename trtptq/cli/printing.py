@@ -20,7 +20,7 @@ def print_auto_choice(ranges, precision_auto: bool = True) -> None:
 
     scores = ranges.options.get("auto_snr_db")
     if scores and len(scores.keys() - {PER_TENSOR}) > 1:  # a --method the user named was not chosen among others
-        print(f"--method auto kept {ranges.method}; {_scores(ranges, scores)}")
+        print(f"--method auto kept {ranges.options.get('auto_kept', ranges.method)}; {_scores(ranges, scores)}")
     if precision_auto:
         print_auto_precision(ranges)
 
