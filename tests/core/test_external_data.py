@@ -87,6 +87,19 @@ def test_save_over_the_protobuf_limit_moves_inline_weights_out(external, tmp_pat
                if t.dims and np.prod(t.dims) * 4 >= 1024)
 
 
+@pytest.mark.parametrize("limit_over_size", [0.9, 1.1, 4.0])
+def test_serializable_measures_only_near_the_limit_and_agrees_with_protobuf(external, monkeypatch, limit_over_size):
+    """Raw and typed weights and a Constant node's tensor count toward the bound; near the limit it measures."""
+    model = _inline(external[0])
+    typed = onnx.helper.make_tensor("typed", onnx.TensorProto.FLOAT, [4096], np.ones(4096, np.float32).tolist())
+    model.graph.initializer.append(typed)
+    model.graph.node.append(onnx.helper.make_node("Constant", [], ["c"], value=onnx.numpy_helper.from_array(
+        np.ones(4096, np.float32))))
+    size = model.ByteSize()
+    monkeypatch.setattr(model_io, "PROTOBUF_LIMIT", int(size * limit_over_size))
+    assert model_io.serializable(model) == (size < model_io.PROTOBUF_LIMIT)
+
+
 def test_sessions_from_a_model_with_external_weights(external, tmp_path, monkeypatch):
     path, feed = external
     model = model_io.load(path)
