@@ -116,16 +116,25 @@ def gptq(values: np.ndarray, fmt: QuantFormat, axis: int, block_size: int,
     return np.moveaxis(q, 0, axis), scale
 
 
+LAZY_ROWS = 16  # rows rounded between two spreads of their errors onto the rest of the block (GPTQ's lazy batches)
+
+
 def _round_blocks(w: np.ndarray, steps: np.ndarray, upper: np.ndarray, fmt: QuantFormat,
                   q: np.ndarray) -> np.ndarray:
     """GPTQ inside blocks, all at once: `w` (blocks, size, N) rounded row by row into `q` at `steps` (blocks, N), each
     row's error spread onto its block's later rows through `upper` (blocks, size, size), in place; returns the errors
-    (divided by the factor's diagonal) for the caller to spread beyond the blocks."""
+    (divided by the factor's diagonal) for the caller to spread beyond the blocks. A row's error reaches the rows of
+    its run of LAZY_ROWS at once and the block's later rows a run at a time, in one batched product (the same sums,
+    added in another order: a block of 128 rows touches its later rows 8 times instead of 127)."""
     errors = np.empty_like(w)
-    for i in range(w.shape[1]):
-        q[:, i] = np.clip(np.rint(w[:, i] / steps), fmt.qmin, fmt.qmax)
-        errors[:, i] = (w[:, i] - q[:, i] * steps) / upper[:, i, i, None]
-        w[:, i + 1:] -= upper[:, i, i + 1:, None] * errors[:, i, None, :]
+    size = w.shape[1]
+    for start in range(0, size, LAZY_ROWS):
+        end = min(start + LAZY_ROWS, size)
+        for i in range(start, end):
+            q[:, i] = np.clip(np.rint(w[:, i] / steps), fmt.qmin, fmt.qmax)
+            errors[:, i] = (w[:, i] - q[:, i] * steps) / upper[:, i, i, None]
+            w[:, i + 1:end] -= upper[:, i, i + 1:end, None] * errors[:, i, None, :]
+        w[:, end:] -= upper[:, start:end, end:].transpose(0, 2, 1) @ errors[:, start:end]
     return errors
 
 
