@@ -20,6 +20,10 @@ from trtptq.core.formats import QuantFormat
 #: Finer or wider grids gain under 0.03 dB on MiniLM's weights; scales only below the signed-extreme one lose 0.3 dB
 #: on uniform blocks.
 CLIP_RATIOS = np.linspace(0.6, 1.2, 21)
+#: ...searched coarse to fine: every COARSE-th ratio, then the ones around each block's best of those (12 costs
+#: instead of 22, a third less time; MiniLM's 37 weights at blocks of 32 and 128: the whole grid's scale in 94-95 %
+#: of blocks, weight SQNR 0.002-0.006 dB lower on average, 0.011 at most).
+COARSE = 3
 
 
 def per_channel(values: np.ndarray, fmt: QuantFormat, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -51,21 +55,36 @@ def blocked(values: np.ndarray, fmt: QuantFormat, axis: int, block_size: int,
     unit = np.maximum(hi, -lo) / -fmt.qmin
     best = np.maximum(extreme, fmt.min_scale).astype(np.float32)
     least = np.full(best.shape, np.inf)
+
+    def cost(candidate: np.ndarray) -> np.ndarray:
+        """Each block's error at its scale in `candidate`."""
+        scale = np.maximum(candidate, fmt.min_scale).astype(np.float32)[..., None]
+        error = _levels(blocks, scale, fmt)
+        error *= scale
+        error -= blocks
+        if gram is None:
+            return np.einsum("...i,...i->...", error, error)
+        weighted = np.moveaxis(np.moveaxis(error, -2, 0) @ gram, 0, -2)  # batched per block: BLAS, not einsum
+        return np.einsum("...i,...i->...", weighted, error)
+
+    def keep(candidate: np.ndarray) -> np.ndarray:
+        nonlocal best, least
+        found = cost(candidate)
+        better = found < least
+        best = np.where(better, np.maximum(candidate, fmt.min_scale).astype(np.float32), best)
+        least = np.where(better, found, least)
+        return found
+
     # One small GEMM per block and candidate (blocks x (size x size)): BLAS threads cost more than they give there
     # (MiniLM's --precision auto with awq on 2 shared cores: 37.5 s with OpenBLAS's threads, 18.3 s with one).
     with threadpool_limits(1, user_api="blas"):
-        for candidate in (extreme, *(unit * ratio for ratio in CLIP_RATIOS)):
-            scale = np.maximum(candidate, fmt.min_scale).astype(np.float32)[..., None]
-            error = _levels(blocks, scale, fmt)
-            error *= scale
-            error -= blocks
-            if gram is None:
-                cost = np.einsum("...i,...i->...", error, error)
-            else:
-                weighted = np.moveaxis(np.moveaxis(error, -2, 0) @ gram, 0, -2)  # batched per block: BLAS, not einsum
-                cost = np.einsum("...i,...i->...", weighted, error)
-            better = cost < least
-            best, least = np.where(better, scale[..., 0], best), np.where(better, cost, least)
+        keep(extreme)
+        # the grid coarse first (every COARSE-th ratio), then each block's neighbours of its best coarse ratio
+        coarse = np.arange(0, len(CLIP_RATIOS), COARSE)
+        found = np.stack([keep(unit * CLIP_RATIOS[k]) for k in coarse])
+        nearest = coarse[np.argmin(found, axis=0)]
+        for step in (k for k in range(1 - COARSE, COARSE) if k):
+            keep(unit * CLIP_RATIOS[np.clip(nearest + step, 0, len(CLIP_RATIOS) - 1)])
     q = _levels(blocks, best[..., None], fmt).astype(fmt.dtype).reshape(*blocks.shape[:-2], -1)
     return np.moveaxis(q, -1, axis), np.moveaxis(best, -1, axis)
 
