@@ -127,10 +127,10 @@ def gptq(values: np.ndarray, fmt: QuantFormat, axis: int, block_size: int,
             start, end = b * block_size, (b + 1) * block_size
             errors = _round_blocks(w[b:b + 1], steps[b:b + 1], upper[None, start:end, start:end], fmt, q[b:b + 1])
             rows[end:] -= upper[start:end, end:].T @ errors[0]
-    else:  # small factorizations, one per block: BLAS threads cost more than they give there (as in `blocked`)
+    else:  # small factorizations and products, per block: BLAS threads cost more than they give (as in `blocked`)
         with threadpool_limits(1, user_api="blas"):
             upper = np.linalg.cholesky(np.linalg.inv(diagonal.astype(np.float64) + damp * np.eye(block_size)))
-        _round_blocks(w, steps, upper.transpose(0, 2, 1), fmt, q)
+            _round_blocks(w, steps, upper.transpose(0, 2, 1), fmt, q)
     q = q.reshape(np.moveaxis(values, axis, 0).shape).astype(fmt.dtype)
     return np.moveaxis(q, 0, axis), scale
 
