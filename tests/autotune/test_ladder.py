@@ -7,11 +7,12 @@ import onnx
 from support import hybrid_model, trtptq
 from trtptq.autotune.fallback import LADDER, rungs
 from trtptq.autotune.gated import GatedModel
-from trtptq.core.precision import read_plan
+from trtptq.core.precision import NodePrecision, read_plan
 from trtptq.evaluation.evaluator import Evaluator
 from trtptq.pipelines import prepare
 from trtptq.quantization.insert import quantized_model
 from trtptq.quantization.options import QuantizeOptions
+from trtptq.runtime.ort import OrtRunner
 
 HYBRID = ("Conv=int8", "MatMul=w4a16", "attn/*=fp16")
 
@@ -40,6 +41,25 @@ def test_the_gated_model_gives_each_rung_and_float(tmp_path):
         assert evaluator.evaluate(gated.variant({}, "float")).snr_db >= 100
         fp16 = evaluator.evaluate(gated.variant(dict.fromkeys(placement.quantized_nodes, "FP16"), "fp16")).snr_db
         assert 50 < fp16 < 100 and fp16 > own
+
+
+def test_each_rung_of_the_gated_model_is_its_qdq_model_bit_for_bit():
+    """A variant (each layer alone in each format it can take, the plan's own mix, float) gives the outputs of the
+    Q/DQ model of that mix, run as the gated model is (Q/DQ simulated, weights quantized), to the last bit."""
+    options = QuantizeOptions(block_size=32, layer_precisions=(("MatMul", "w4a16"),))
+    proto, _, _, placement = prepare(hybrid_model(), options)
+    amax = dict.fromkeys(placement.activations, 3.0)
+    nodes = placement.precision.nodes
+    ladders = {n: tuple(f.name for f in placement.formats_for(n)) for n in placement.quantized_nodes}
+    assert ladders["stem"] == ("INT8", "FP8") and ladders["embed"] == ("INT8", "FP8", "INT4")
+    mixes = [{n: nodes[n].precision for n in ladders}, {}, *({n: p} for n, ps in ladders.items() for p in ps)]
+    feed = {"x": np.random.default_rng(0).standard_normal((8, 1, 8, 8)).astype(np.float32)}
+    with GatedModel(proto, placement, amax, rungs=ladders) as gated:
+        for mix in mixes:
+            chosen = {n: NodePrecision(nodes[n].op, mix.get(n, "FP32")) for n in ladders}
+            with OrtRunner(quantized_model(proto, placement.with_precisions(chosen), amax), simulate_qdq=True,
+                           fold_weights=False) as qdq:
+                assert np.array_equal(gated.variant(mix, "mix").run(feed)["logits"], qdq.run(feed)["logits"]), mix
 
 
 def test_hybrid_held_to_a_one_percent_budget(tmp_path):
