@@ -8,7 +8,6 @@ every stage that runs, quantizes, converts or builds the model.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -19,7 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 import onnx
 import onnx_graphsurgeon as gs
 
-from trtptq.autotune.budget import HELD_FLOOR, Held, held
+from trtptq.autotune.budget import Held, held
 from trtptq.autotune.fallback import METRIC_TARGET, Fallback, fall_back
 from trtptq.autotune.gated import GatedModel
 from trtptq.autotune.method import choose_method
@@ -45,7 +44,7 @@ from trtptq.engine.build import build_engine
 from trtptq.engine.calibration import passes_for
 from trtptq.engine.options import BuildOptions
 from trtptq.evaluation.compare import CompareOptions, CompareResult, check_metrics, compare
-from trtptq.evaluation.evaluator import Evaluator, Reference
+from trtptq.evaluation.evaluator import Evaluator
 from trtptq.evaluation.report import calibration_histograms, write_report
 from trtptq.plugins import BUILTIN, Plugins
 from trtptq.quantization.graph import import_graph
@@ -151,24 +150,18 @@ def _calibrate(proto: onnx.ModelProto, name: str, graph: gs.Graph, placement: Pl
                qopts: QuantizeOptions, plugins: Plugins, identify: bool = False) -> tuple[Ranges, Calibration, Plan]:
     """Calibrate the plan's activations, fold from the same run the channel statistics of the inputs its INT4 weights
     may multiply (the plan returned rounds its INT4 weights with them), and choose the ranges (`_choose`)."""
-    # What auto scores against: the FP32 outputs of the samples it scores on, kept from the calibration's own run.
-    searched = (options.method == AUTO or qopts.precision == AUTO) and _writes_activations(placement)
-    with contextlib.closing(Reference(options.auto_samples, HELD_FLOOR)) if searched else \
-            contextlib.nullcontext() as kept:
-        calibration = _collect(proto, name, graph, placement, data, options, qopts, plugins, identify, kept)
-        placement = _with_int4(graph, placement, qopts, calibration.state.channels)
-        ranges = _choose(proto, placement, calibration.state, calibration.batches, options, qopts, plugins, kept)
-    return ranges, calibration, placement
+    calibration = _collect(proto, name, graph, placement, data, options, qopts, plugins, identify)
+    placement = _with_int4(graph, placement, qopts, calibration.state.channels)
+    return _choose(proto, placement, calibration.state, calibration.batches, options, qopts, plugins), calibration, placement
 
 
 def _collect(proto: onnx.ModelProto, name: str, graph: gs.Graph, placement: Plan, data, options: CalibrationOptions,
-             qopts: QuantizeOptions, plugins: Plugins, identify: bool = False, keep: Reference | None = None
-             ) -> Calibration:
+             qopts: QuantizeOptions, plugins: Plugins, identify: bool = False) -> Calibration:
     """The plan's activations and INT4 channel statistics (`_int4_channels`) over `data`; `identify`: the state names
-    the model by its hash (for a state that will be saved and merged); `keep`: takes the first samples' outputs."""
+    the model by its hash (for a state that will be saved and merged)."""
     return calibrate_tensors(proto, list(placement.activations), data, options, passes_for(options, build_engine), name,
                              plugins, {"quantize": _qopts_dict(qopts)}, model_identity(proto) if identify else "",
-                             _int4_channels(proto, graph, placement, qopts), keep)
+                             _int4_channels(proto, graph, placement, qopts))
 
 
 def _int4_channels(proto: onnx.ModelProto, graph: gs.Graph, placement: Plan, qopts: QuantizeOptions
@@ -208,8 +201,7 @@ def _int4_from_ranges(proto: onnx.ModelProto, graph: gs.Graph, placement: Plan, 
 
 
 def _choose(proto: onnx.ModelProto, placement: Plan, state: CalibrationState, batches: Batches,
-            options: CalibrationOptions, qopts: QuantizeOptions, plugins: Plugins, kept: Reference | None = None
-            ) -> Ranges:
+            options: CalibrationOptions, qopts: QuantizeOptions, plugins: Plugins) -> Ranges:
     """The state's ranges; for method "auto", every method's ranges and their per-tensor mix are scored against
     FP32 on the first of `batches` and the best kept; for --precision auto, each layer's format is chosen as well
     (the ranges carry the choice, `with_auto_precisions` applies it)."""
@@ -222,7 +214,7 @@ def _choose(proto: onnx.ModelProto, placement: Plan, state: CalibrationState, ba
     metric = task_metric(qopts.metric)
     choice = choose_method(proto, placement, by_method, batches, options.auto_samples, options.memory_budget,
                            options.show_progress, plugins, qopts.formats if auto_precision else (), metric,
-                           {t: c.amax for t, c in state.calibrators.items()}, kept)
+                           {t: c.amax for t, c in state.calibrators.items()})
     extra = {"auto_snr_db": choice.scores, "auto_kept": choice.kept, "auto_methods": choice.per_tensor}
     if auto_precision:
         extra |= {"auto_format_scores": choice.format_scores,

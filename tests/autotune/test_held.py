@@ -1,9 +1,6 @@
 """Memory and time held by the search: local errors summed in one run, the runs sized to the calibration's pass,
 candidates raced. Peak RSS and time against a plain calibration are measured by scripts/bench_autopilot.py."""
 
-import contextlib
-import pathlib
-
 import numpy as np
 import onnx
 import pytest
@@ -14,7 +11,7 @@ from trtptq.autotune.method import _Race, choose_method
 from trtptq.calibration.calibrate import AUTO, CalibrationOptions, calibrate_tensors
 from trtptq.calibration.passes import with_outputs
 from trtptq.data import Batch, Batches, input_specs, open_source
-from trtptq.evaluation.evaluator import Evaluator, Reference
+from trtptq.evaluation.evaluator import Evaluator
 from trtptq.evaluation.metrics import ErrorStats
 from trtptq.pipelines import prepare
 from trtptq.quantization.insert import quantized_model
@@ -141,30 +138,3 @@ def test_the_race_runs_the_best_ones_worst_batches_first_and_scores_do_not_depen
             assert race.score(bad, "bad") is None
             ran[order is None] = evaluator.ran
         assert ran[False] < ran[True] < evaluator.num_batches
-
-
-def test_auto_scores_against_the_outputs_its_calibration_run_kept(mnist):
-    """The calibration's FP32 run keeps the first samples' inputs and outputs (spilled past its budget) for auto's
-    evaluator: the same batches, labels and outputs as the evaluator's own run, so the same scores, and the FP32
-    model does not run again."""
-    path, images, labels = mnist
-    proto, _, _, plan = prepare(path)
-    data = [{"input": images[:64], "labels": labels[:64]}]
-    options = CalibrationOptions(method=AUTO, batch_size=4, show_progress=False)
-    with contextlib.closing(Reference(18, 4 * 2**10)) as kept:  # 18 of 64 samples; 4 KiB in memory, the rest spilled
-        calibration = calibrate_tensors(proto, list(plan.activations), data, options, keep=kept)
-        assert kept.samples == 18
-        spilled = pathlib.Path(kept._spill._dir.name)
-        assert len(list(spilled.iterdir())) > 0
-        with Evaluator(proto, data, num_samples=18, batch_size=4) as own, \
-                Evaluator(proto, data, num_samples=18, kept=kept) as reused:
-            assert [b.size for b in reused.batches()] == [4, 4, 4, 4, 2]
-            np.testing.assert_array_equal(reused.labels, own.labels)
-            np.testing.assert_array_equal(np.concatenate([b.feed["input"] for b in reused.batches()]), images[:18])
-            np.testing.assert_allclose(reused.outputs(), own.outputs(), rtol=1e-5, atol=1e-5)
-        choice = choose_method(proto, plan, calibration.amax_by_method(), calibration.batches, 18,
-                               options.memory_budget, kept=kept)
-    alone = choose_method(proto, plan, calibration.amax_by_method(), calibration.batches, 18, options.memory_budget)
-    assert choice.kept == alone.kept and choice.amax == alone.amax
-    assert choice.scores == pytest.approx(alone.scores, abs=1e-3)
-    assert not spilled.exists()

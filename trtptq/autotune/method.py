@@ -32,7 +32,7 @@ from trtptq.autotune.metric import TaskMetric
 from trtptq.core.formats import FORMATS, FP8, INT8, QuantFormat
 from trtptq.core.precision import NodePrecision
 from trtptq.data import Batches
-from trtptq.evaluation.evaluator import Evaluator, Reference
+from trtptq.evaluation.evaluator import Evaluator
 from trtptq.evaluation.metrics import ErrorStats, combined_snr_db, noise_power, snr_db
 from trtptq.plugins import BUILTIN, Plugins
 from trtptq.quantization.insert import quantized_model, with_scales
@@ -73,8 +73,7 @@ def per_tensor_methods(local: dict[str, dict[str, float]], plan: Plan, base: str
 def choose_method(model: onnx.ModelProto, plan: Plan, by_method: dict[str, dict[str, float]], batches: Batches,
                   samples: int, memory_budget: int, show_progress: bool = False,
                   plugins: Plugins = BUILTIN, formats: Sequence[QuantFormat] = (),
-                  metric: TaskMetric | None = None, observed: dict[str, float] | None = None,
-                  kept: Reference | None = None) -> MethodChoice:
+                  metric: TaskMetric | None = None, observed: dict[str, float] | None = None) -> MethodChoice:
     """Score, on the first `samples` samples, the ranges of the method whose layers keep the least local error with
     the tensors another method clearly improves switched to it, then each method's own; keep the best of all.
 
@@ -87,8 +86,7 @@ def choose_method(model: onnx.ModelProto, plan: Plan, by_method: dict[str, dict[
     With `formats` beyond INT8 (--precision auto), the same local run measures each layer in each of them
     (FP8 at `observed`, each tensor's largest |value| in the calibration data), `autotune.formats` chooses per
     layer, and the mix races all-INT8 (the best ranges found) and all-FP8: the best of the three is kept.
-    `metric` (--metric) scores the candidates in place of output SNR. `kept`: the reference's outputs on those
-    samples, kept from the calibration's run (else the FP32 model runs them once more).
+    `metric` (--metric) scores the candidates in place of output SNR.
     """
     methods = list(by_method)
     others = [f for f in formats if f is not INT8]
@@ -98,7 +96,7 @@ def choose_method(model: onnx.ModelProto, plan: Plan, by_method: dict[str, dict[
     limits = held(model, plan, batches, memory_budget)
     template = quantized_model(model, plan, by_method[methods[0]])
     with Evaluator(model, batches.source, batch_size=limits.batch_size, num_samples=limit, memory_budget=limits.bytes,
-                   plugins=plugins, kept=kept) as evaluator:
+                   plugins=plugins) as evaluator:
         local = local_snr(model, plan, sets, plan.quantized_nodes,
                           first_samples(evaluator.batches(), limits.local_samples, batches.fixed_batch), show_progress, plugins,
                           {f.name: f.name for f in others})

@@ -15,7 +15,7 @@ import onnx
 
 from trtptq.calibration.channels import BlockGram
 from trtptq.calibration.cluster import Cluster, map_merge, portable
-from trtptq.calibration.collect import CollectStats, Keep, OpenPass, collect
+from trtptq.calibration.collect import CollectStats, OpenPass, collect
 from trtptq.calibration.ranges import Ranges
 from trtptq.calibration.state import CalibrationState
 from trtptq.calibrators import METHODS, Calibrator, HistogramCalibrator, make_calibrator
@@ -116,7 +116,7 @@ class Calibration:
 def calibrate_tensors(model: onnx.ModelProto, tensors, data, options: CalibrationOptions | None = None,
                       passes: Passes | None = None, model_name: str = "", plugins: Plugins = BUILTIN,
                       ranges_options: dict | None = None, model_id: str = "",
-                      channels: Mapping[str, BlockGram] | None = None, keep: Keep | None = None) -> Calibration:
+                      channels: Mapping[str, BlockGram] | None = None) -> Calibration:
     """Run the FP32 `model` over `data` (the options' shard of it) and fold each named tensor into its calibrator.
 
     Method "auto" collects one histogram per tensor, from which every method's
@@ -125,8 +125,7 @@ def calibrate_tensors(model: onnx.ModelProto, tensors, data, options: Calibratio
     `ranges_options`: what the ranges file records beside the calibration options (the quantize options);
     `model_id`: the model's identity in the state (`state.model_identity`), where the state will be saved.
     `channels` (tensor -> statistics, a subset of `tensors`) are folded from the same values, in place; the state
-    holds them. `keep` takes the model's outputs of the first samples where one process runs them in ONNX Runtime
-    (`collect`); on a cluster it gets none.
+    holds them.
     """
     options = options or CalibrationOptions()
     if options.cluster is not None:
@@ -141,7 +140,7 @@ def calibrate_tensors(model: onnx.ModelProto, tensors, data, options: Calibratio
     if calibs:
         with (passes(model, batches) if passes else contextlib.nullcontext(None)) as open_pass:
             stats = collect(model, batches, calibs, options.memory_budget, options.nonfinite, options.providers,
-                            options.show_progress, open_pass, plugins, channels, keep)
+                            options.show_progress, open_pass, plugins, channels)
     state = CalibrationState(
         model=model_name or model.graph.name, model_id=model_id, method=options.method,
         options={**options.calibrator_options(), "batch_size": batches.batch_size, **(ranges_options or {})},

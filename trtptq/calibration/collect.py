@@ -30,16 +30,13 @@ from trtptq.calibrators import Calibrator, NonFiniteError
 from trtptq.core.errors import DataError
 from trtptq.core.log import progress
 from trtptq.core.options import DEFAULT_MEMORY_BUDGET
-from trtptq.data import Batch, Batches
+from trtptq.data import Batches
 from trtptq.plugins import BUILTIN, Plugins
 from trtptq.runtime.ort import default_providers, session
 
 logger = logging.getLogger(__name__)
 
 PassRun = Callable[[dict], list]  # feed -> the group's tensors, in order
-#: Takes a run's batch and the model's outputs for it (of the FP32 run the calibration makes anyway); False once it
-#: has all it wants. The search's reference (`evaluation.evaluator.Reference`) is one.
-Keep = Callable[[Batch, dict[str, np.ndarray]], bool]
 OpenPass = Callable[[list[str]], contextlib.AbstractContextManager[PassRun]]  # the tensors of one pass -> a runner for them
 # Bytes of exposed tensors one ONNX Runtime run on the CPU may produce, about one L3 cache: where the model's batch
 # axis is free, a batch runs that many samples at a time, so the calibrators bin each tensor from the cache it was
@@ -59,7 +56,7 @@ def collect(model: onnx.ModelProto, batches: Batches, calibrators: dict[str, Cal
             memory_budget: int = DEFAULT_MEMORY_BUDGET, nonfinite: str = "error",
             providers: Sequence[str] | None = None, show_progress: bool = True,
             open_pass: OpenPass | None = None, plugins: Plugins = BUILTIN,
-            channels: Mapping[str, BlockGram] | None = None, keep: Keep | None = None) -> CollectStats:
+            channels: Mapping[str, BlockGram] | None = None) -> CollectStats:
     """Fold every batch's value of each named tensor into `calibrators[name]`, in place.
 
     `nonfinite`: "error" stops at the first NaN/Inf naming the tensor and data;
@@ -67,8 +64,6 @@ def collect(model: onnx.ModelProto, batches: Batches, calibrators: dict[str, Cal
     `open_pass`: what runs the model (default: ONNX Runtime with `providers`, plugin nodes run by `plugins`);
     `memory_budget` bounds the activations of one pass, whatever runs it.
     `channels`: per-channel statistics folded from the same values (INT4 weights' inputs, for the clip search).
-    `keep`: handed each run's model outputs (the first pass's, run by ONNX Runtime, asked for beside the tensors)
-    until it has enough.
     """
     if nonfinite not in ("error", "ignore"):
         raise ValueError(f"nonfinite must be 'error' or 'ignore', got {nonfinite!r}")
@@ -82,7 +77,6 @@ def collect(model: onnx.ModelProto, batches: Batches, calibrators: dict[str, Cal
     # keep the user's batches; histograms are exact counts).
     split = (open_pass is None and not batches.fixed_batch and not channels
              and set(providers or default_providers()) <= {"CPUExecutionProvider"})
-    outputs = [o.name for o in model.graph.output] if keep is not None and open_pass is None else []
     open_pass = open_pass or ort_passes(model, providers, plugins)
     # One pool for the run, shut down at its end: each batch's tensors are binned on it side by side (calibrators are
     # independent), or a lone tensor's parts are.
@@ -91,18 +85,11 @@ def collect(model: onnx.ModelProto, batches: Batches, calibrators: dict[str, Cal
         for k, group in enumerate(groups):
             bar.set_description(f"calibrating (pass {k + 1}/{len(groups)})" if len(groups) > 1 else "calibrating")
             step = max(1, _RUN_BYTES * first.size // max(sum(sizes[name] for name in group), 1)) if split else None
-            extra = [o for o in outputs if o not in group] if k == 0 else []
-            with open_pass(group + extra) as run:
+            with open_pass(group) as run:
                 n_batches = n_samples = 0
-                keeping = bool(outputs) and k == 0
                 for batch in batches:
-                    for part in _runs(batch, step):
-                        feed = part.feed
+                    for feed in _runs(batch, step):
                         values = run(feed)
-                        if keeping:
-                            named = dict(zip(group + extra, values))
-                            keeping = keep(part, {o: named[o] for o in outputs})
-                        del values[len(group):]
                         if len(group) == 1:
                             _observe(calibrators[group[0]], group[0], values[0], batch, nonfinite, warned, pool)
                         else:
@@ -150,13 +137,11 @@ def ort_passes(model: onnx.ModelProto, providers: Sequence[str] | None, plugins:
     return open_pass
 
 
-def _runs(batch: Batch, step: int | None) -> list[Batch]:
-    """The batch, or its samples `step` at a time (views along the batch axis: no copies)."""
+def _runs(batch, step: int | None) -> list[dict]:
+    """The batch's feed, or its samples `step` at a time (views along the batch axis: no copies)."""
     if step is None or step >= batch.size:
-        return [batch]
-    return [Batch({name: a[i:i + step] for name, a in batch.feed.items()},
-                  None if batch.labels is None else batch.labels[i:i + step], min(step, batch.size - i), batch.origin)
-            for i in range(0, batch.size, step)]
+        return [batch.feed]
+    return [{name: a[i:i + step] for name, a in batch.feed.items()} for i in range(0, batch.size, step)]
 
 
 def _observe(calib: Calibrator, name: str, value: np.ndarray, batch, nonfinite: str, warned: set[str],

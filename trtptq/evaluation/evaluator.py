@@ -137,51 +137,18 @@ class _Spill:
             self._dir = None
 
 
-class Reference:
-    """The FP32 outputs of the first `num_samples` samples, taken from a run made anyway (calibration's: its `keep`),
-    for an `Evaluator` over those samples to start from instead of running the model again. Inputs and outputs are
-    kept as the evaluator keeps them: in memory up to `memory_budget` bytes (the calibration is at its peak while
-    they arrive), the rest on disk."""
-
-    def __init__(self, num_samples: int, memory_budget: int):
-        self.num_samples = num_samples
-        self._spill = _Spill(memory_budget)
-        self._meta: list[tuple[int, np.ndarray | None, str]] = []
-        self._inputs: list[str] = []
-        self._outputs: list[str] = []
-
-    @property
-    def samples(self) -> int:
-        return sum(size for size, _, _ in self._meta)
-
-    def __call__(self, batch: Batch, outputs: Mapping[str, np.ndarray]) -> bool:
-        """Keep `batch` (cut to the samples still wanted) and the model's `outputs` for it; False once it has all."""
-        n = min(batch.size, self.num_samples - self.samples)
-        if n > 0:
-            self._inputs, self._outputs = list(batch.feed), list(outputs)
-            cut = (lambda a: a) if n == batch.size else (lambda a: a[:n])
-            self._spill.append([cut(batch.feed[i]) for i in self._inputs] + [cut(outputs[o]) for o in self._outputs])
-            self._meta.append((n, None if batch.labels is None else cut(batch.labels), batch.origin))
-        return self.samples < self.num_samples
-
-    def close(self) -> None:
-        self._spill.close()
-        self._meta = []
-
-
 class Evaluator:
     """The reference's outputs on an evaluation set, computed once; candidates measured against them.
 
     `data`: a `Batches`, or anything `open_source` takes (then batched by
     `evaluation_batches` with the reference model's inputs; the reference must
-    be an ONNX model). The reference runs on first use, unless `kept` holds its outputs on the data already (a
-    `Reference` that took them from the calibration's run: its batches are then the evaluator's; closing it stays its
-    owner's job). Use as a context manager (or call `close()`): it owns its spill folder.
+    be an ONNX model). The reference runs on first use. Use as a context
+    manager (or call `close()`): it owns the spill folder.
     """
 
     def __init__(self, reference: Candidate, data, *, batch_size: int | None = None, num_samples: int | None = None,
                  image: ImageOptions | None = None, memory_budget: int = DEFAULT_CACHE_BUDGET,
-                 show_progress: bool = False, plugins: Plugins = BUILTIN, kept: Reference | None = None):
+                 show_progress: bool = False, plugins: Plugins = BUILTIN):
         if memory_budget < 0:
             raise ValueError(f"memory_budget must be >= 0 bytes, got {memory_budget}")
         if not isinstance(data, Batches):
@@ -197,9 +164,6 @@ class Evaluator:
         self._spill: _Spill | None = None
         self._meta: list[tuple[int, np.ndarray | None, str]] = []  # per batch: size, labels, origin
         self._outputs: list[str] = []
-        self._kept = kept if kept is not None and kept.samples else None
-        if self._kept is not None and self._kept._inputs != [s.name for s in self.data.specs]:
-            raise ValueError(f"the kept reference's inputs {self._kept._inputs} are not the data's")
 
     def __enter__(self) -> Evaluator:
         return self
@@ -209,9 +173,10 @@ class Evaluator:
 
     def close(self) -> None:
         """Drop the cached inputs and outputs and remove the spill folder; the next use runs the reference again."""
-        if self._spill is not None and (self._kept is None or self._spill is not self._kept._spill):
+        if self._spill is not None:
             self._spill.close()
-        self._spill, self._meta, self._outputs = None, [], []
+            self._spill = None
+        self._meta, self._outputs = [], []
 
     @property
     def output_names(self) -> list[str]:
@@ -292,9 +257,6 @@ class Evaluator:
     def _cache(self) -> _Spill:
         """Run the reference over the data once: inputs and outputs kept per batch."""
         if self._spill is not None:
-            return self._spill
-        if self._kept is not None:
-            self._spill, self._meta, self._outputs = self._kept._spill, self._kept._meta, self._kept._outputs
             return self._spill
         spill, meta, names = _Spill(self.memory_budget), [], [s.name for s in self.data.specs]
         try:
