@@ -162,14 +162,13 @@ def _choose_formats(model: onnx.ModelProto, plan: Plan, local: dict[str, dict[st
         amax_of[name] = {t: fp8_amax[t] if any(mixed.format_of(c) is FP8 for c in consumers) else choice.amax[t]
                          for t, consumers in plan.activations.items()}
         choice.format_scores[name] = race.score(quantized_model(model, mixed, amax_of[name]), name)
-    scored = {name: db for name, db in choice.format_scores.items() if db is not None}
     best = race.best_of(choice.format_scores)  # on ties all-INT8, all-FP8, the mix
     if best == PER_LAYER:
         choice.precisions = per_layer
     else:
         others = "".join(f"; {k} {'not scored (could not win)' if v is None else f'{v:.1f}'}"
                          for k, v in choice.format_scores.items() if k != best)
-        why = f"--precision auto: {best} scored best ({scored[best]:.1f}{others})"
+        why = f"--precision auto: {best} scored best ({choice.format_scores[best]:.1f}{others})"
         choice.precisions = {n: NodePrecision(plan.precision.nodes[n].op, p, why) for n, p in candidates[best].items()}
     choice.amax = amax_of[best]
 

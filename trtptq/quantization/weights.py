@@ -56,23 +56,20 @@ def blocked(values: np.ndarray, fmt: QuantFormat, axis: int, block_size: int,
     best = np.maximum(extreme, fmt.min_scale).astype(np.float32)
     least = np.full(best.shape, np.inf)
 
-    def cost(candidate: np.ndarray) -> np.ndarray:
-        """Each block's error at its scale in `candidate`."""
-        scale = np.maximum(candidate, fmt.min_scale).astype(np.float32)[..., None]
-        error = _levels(blocks, scale, fmt)
-        error *= scale
+    def keep(candidate: np.ndarray) -> np.ndarray:
+        """Each block's error at its scale in `candidate`; where it is the least so far, that scale becomes best."""
+        nonlocal best, least
+        scale = np.maximum(candidate, fmt.min_scale).astype(np.float32)
+        error = _levels(blocks, scale[..., None], fmt)
+        error *= scale[..., None]
         error -= blocks
         if gram is None:
-            return np.einsum("...i,...i->...", error, error)
-        weighted = np.moveaxis(np.moveaxis(error, -2, 0) @ gram, 0, -2)  # batched per block: BLAS, not einsum
-        return np.einsum("...i,...i->...", weighted, error)
-
-    def keep(candidate: np.ndarray) -> np.ndarray:
-        nonlocal best, least
-        found = cost(candidate)
+            found = np.einsum("...i,...i->...", error, error)
+        else:
+            weighted = np.moveaxis(np.moveaxis(error, -2, 0) @ gram, 0, -2)  # batched per block: BLAS, not einsum
+            found = np.einsum("...i,...i->...", weighted, error)
         better = found < least
-        best = np.where(better, np.maximum(candidate, fmt.min_scale).astype(np.float32), best)
-        least = np.where(better, found, least)
+        best, least = np.where(better, scale, best), np.where(better, found, least)
         return found
 
     # One small GEMM per block and candidate (blocks x (size x size)): BLAS threads cost more than they give there
