@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -29,7 +29,7 @@ from trtptq.autotune.budget import held
 from trtptq.autotune.formats import choose_formats
 from trtptq.autotune.local import first_samples, local_snr
 from trtptq.autotune.metric import TaskMetric
-from trtptq.core.formats import FORMATS, FP8, INT8, QuantFormat
+from trtptq.core.formats import FORMATS, FP8, INT4, INT8, QuantFormat
 from trtptq.core.precision import NodePrecision
 from trtptq.data import Batches
 from trtptq.evaluation.evaluator import Evaluator
@@ -37,6 +37,7 @@ from trtptq.evaluation.metrics import ErrorStats, combined_snr_db, noise_power, 
 from trtptq.plugins import BUILTIN, Plugins
 from trtptq.quantization.insert import quantized_model, with_scales
 from trtptq.quantization.qdq import Plan
+from trtptq.quantization.weights import Int4Weights
 
 PER_TENSOR = "per-tensor"  # the candidate whose every tensor has its own method
 ALL_INT8, ALL_FP8, PER_LAYER = "all-INT8", "all-FP8", "per layer"  # --precision auto's candidates
@@ -85,7 +86,9 @@ def choose_method(model: onnx.ModelProto, plan: Plan, by_method: dict[str, dict[
 
     With `formats` beyond INT8 (--precision auto), the same local run measures each layer in each of them
     (FP8 at `observed`, each tensor's largest |value| in the calibration data), `autotune.formats` chooses per
-    layer, and the mix races all-INT8 (the best ranges found) and all-FP8: the best of the three is kept.
+    layer, and the mix races all-INT8 (the best ranges found) and all-FP8: the best of the three is kept. All-FP8
+    races first where its layers keep less local noise than any INT8 ranges do. INT4 copies measure round-to-nearest
+    weights (`Int4Weights` without statistics); the candidates carry the plan's own INT4 rounding.
     `metric` (--metric) scores the candidates in place of output SNR.
     """
     methods = list(by_method)
@@ -97,7 +100,9 @@ def choose_method(model: onnx.ModelProto, plan: Plan, by_method: dict[str, dict[
     template = quantized_model(model, plan, by_method[methods[0]])
     with Evaluator(model, batches.source, batch_size=limits.batch_size, num_samples=limit, memory_budget=limits.bytes,
                    plugins=plugins) as evaluator:
-        local = local_snr(model, plan, sets, plan.quantized_nodes,
+        # INT4 copies at round-to-nearest weights: the activation-aware rounding costs 4x as much (MiniLM: 0.66 s of
+        # a 9 s auto), only the layers that take INT4 need it, and it can only make them better than measured
+        local = local_snr(model, replace(plan, int4=Int4Weights()) if INT4 in others else plan, sets, plan.quantized_nodes,
                           first_samples(evaluator.batches(), limits.local_samples, batches.fixed_batch), show_progress, plugins,
                           {f.name: f.name for f in others})
         predicted = {m: sum(noise_power(per[m]) for per in local.values() if m in per) for m in methods}
@@ -108,9 +113,16 @@ def choose_method(model: onnx.ModelProto, plan: Plan, by_method: dict[str, dict[
         scores: dict[str, float | None] = dict.fromkeys([*methods, PER_TENSOR])
         candidates = {**by_method, PER_TENSOR: {t: by_method[m][t] for t, m in mixes[PER_TENSOR].items()}}
         race = _Race(evaluator, metric)
+        early: dict[str, tuple[dict[str, float], float | None]] = {}
+        everywhere = _all_fp8(plan, formats)
+        if everywhere and _noise(local, everywhere, base) < floor:
+            # all-FP8 keeps less local noise than any INT8 ranges: it runs first, so that its score is the bar the
+            # INT8 candidates must reach (those that fall short stop after a batch or two); the tensors no FP8 layer
+            # reads take the ranges of least local noise
+            early[ALL_FP8] = _score_formats(model, plan, everywhere, fp8_amax, by_method[base], race, ALL_FP8)
 
         def score(name: str) -> None:
-            same = next((other for other in race.ran if candidates[other] == candidates[name]), None)
+            same = next((other for other in race.ran if candidates.get(other) == candidates[name]), None)
             if same is not None:
                 scores[name], race.snr[name] = scores[same], race.snr.get(same)
             else:
@@ -120,7 +132,7 @@ def choose_method(model: onnx.ModelProto, plan: Plan, by_method: dict[str, dict[
         # noise by construction), then the single methods by their local noise.
         for name in [PER_TENSOR, *sorted((m for m in methods if predicted[m] <= HOPELESS * floor), key=predicted.get)]:
             score(name)
-        best = race.best_of(scores)
+        best = race.best_of(scores) or base  # none scored: all fell short of all-FP8; INT8 keeps the least noise
         if best in methods and best != base:
             # The outputs prefer another method than the local noise did (it weighs clipping and rounding alike, the
             # outputs do not): the mix around the method they prefer races too.
@@ -130,18 +142,41 @@ def choose_method(model: onnx.ModelProto, plan: Plan, by_method: dict[str, dict[
                 name = f"{PER_TENSOR} on {best}"
                 mixes[name], candidates[name], scores[name] = mix, amax, None
                 score(name)
-                best = race.best_of(scores)
+                best = race.best_of(scores) or best
         result = MethodChoice(PER_TENSOR if best in mixes else best, candidates[best], scores,
                               mixes.get(best, mixes[PER_TENSOR]), kept=best)
         if others:
-            _choose_formats(model, plan, local, result, fp8_amax, formats, race, best)
+            _choose_formats(model, plan, local, result, fp8_amax, formats, race, best, early)
     return result
 
 
+def _all_fp8(plan: Plan, formats: Sequence[QuantFormat]) -> dict[str, str]:
+    """node -> FP8 for each node whose precision is not pinned and that takes FP8 (empty: FP8 is not a format)."""
+    return {n: FP8.name for n in plan.quantized_nodes
+            if FP8 in formats and not plan.precision.nodes[n].pinned and FP8 in plan.formats_for(n)}
+
+
+def _noise(local: dict[str, dict[str, float]], formats: dict[str, str], method: str) -> float:
+    """The local noise summed over the layers, each in its format in `formats`, the others in INT8 at `method`."""
+    return sum(noise_power(per[formats[n]] if formats.get(n) in per else per[method])
+               for n, per in local.items() if method in per)
+
+
+def _score_formats(model: onnx.ModelProto, plan: Plan, precisions: dict[str, str], fp8_amax: dict[str, float],
+                   int8_amax: dict[str, float], race: _Race, name: str) -> tuple[dict[str, float], float | None]:
+    """Race the plan with `precisions` (node -> format) applied: the tensors an FP8 layer reads take `fp8_amax`, the
+    others `int8_amax`. (its ranges, its score)"""
+    mixed = plan.with_precisions({n: NodePrecision(plan.precision.nodes[n].op, p) for n, p in precisions.items()})
+    amax = {t: fp8_amax[t] if any(mixed.format_of(c) is FP8 for c in consumers) else int8_amax[t]
+            for t, consumers in plan.activations.items()}
+    return amax, race.score(quantized_model(model, mixed, amax), name)
+
+
 def _choose_formats(model: onnx.ModelProto, plan: Plan, local: dict[str, dict[str, float]], choice: MethodChoice,
-                    fp8_amax: dict[str, float], formats: Sequence[QuantFormat], race: _Race, raced: str) -> None:
-    """Race the per-layer formats (`autotune.formats`) and all-FP8 against the INT8 choice (the candidate `raced`);
-    the best one into `choice` (its precisions, ranges and format scores)."""
+                    fp8_amax: dict[str, float], formats: Sequence[QuantFormat], race: _Race, raced: str,
+                    early: dict[str, tuple[dict[str, float], float | None]]) -> None:
+    """Race the per-layer formats (`autotune.formats`) and all-FP8 (unless it ran `early`) against the INT8 choice
+    (the candidate `raced`); the best one into `choice` (its precisions, ranges and format scores)."""
     inputs = {n: [t for t, consumers in plan.activations.items() if n in consumers] for n in plan.quantized_nodes}
     method = {n: choice.per_tensor.get(ts[0], choice.method) if choice.method == PER_TENSOR and ts else choice.method
               for n, ts in inputs.items()}
@@ -149,19 +184,18 @@ def _choose_formats(model: onnx.ModelProto, plan: Plan, local: dict[str, dict[st
                  for n, per in local.items() if method[n] in per}
     per_layer = choose_formats(plan, by_format, formats)
     free = [n for n in plan.quantized_nodes if not plan.precision.nodes[n].pinned]
-    everywhere = {n: FP8.name for n in free if FP8 in formats and FP8 in plan.formats_for(n)}
-    candidates = {ALL_INT8: dict.fromkeys(free, INT8.name), ALL_FP8: everywhere,
+    candidates = {ALL_INT8: dict.fromkeys(free, INT8.name), ALL_FP8: _all_fp8(plan, formats),
                   PER_LAYER: {n: p.precision for n, p in per_layer.items()}}
-    choice.format_scores = {ALL_INT8: race.best}
+    choice.format_scores = {ALL_INT8: choice.scores[raced]}
     race.snr[ALL_INT8] = race.snr.get(raced)
     amax_of = {ALL_INT8: choice.amax}
     for name in (ALL_FP8, PER_LAYER):
-        if not candidates[name] or candidates[name] in [candidates[k] for k in amax_of]:
-            continue  # nothing in FP8, or the same mix as one already scored
-        mixed = plan.with_precisions({n: NodePrecision(plan.precision.nodes[n].op, p) for n, p in candidates[name].items()})
-        amax_of[name] = {t: fp8_amax[t] if any(mixed.format_of(c) is FP8 for c in consumers) else choice.amax[t]
-                         for t, consumers in plan.activations.items()}
-        choice.format_scores[name] = race.score(quantized_model(model, mixed, amax_of[name]), name)
+        if name in early:
+            amax_of[name], choice.format_scores[name] = early[name]
+        elif candidates[name] and candidates[name] not in [candidates[k] for k in amax_of]:
+            # (not: nothing in FP8, or the same mix as one already scored)
+            amax_of[name], choice.format_scores[name] = _score_formats(model, plan, candidates[name], fp8_amax,
+                                                                       choice.amax, race, name)
     best = race.best_of(choice.format_scores)  # on ties all-INT8, all-FP8, the mix
     if best == PER_LAYER:
         choice.precisions = per_layer
@@ -194,10 +228,10 @@ class _Race:
         """What orders candidates: the score, then (with a metric) the output SNR."""
         return score, self.snr.get(name) or -math.inf
 
-    def best_of(self, scores: dict[str, float | None]) -> str:
-        """The best scored candidate; on ties the first in `scores`' order."""
+    def best_of(self, scores: dict[str, float | None]) -> str | None:
+        """The best scored candidate (None: none scored); on ties the first in `scores`' order."""
         scored = {name: db for name, db in scores.items() if db is not None}
-        return max(scored, key=lambda m: self.rank(m, scored[m]))
+        return max(scored, key=lambda m: self.rank(m, scored[m]), default=None)
 
     def score(self, candidate: onnx.ModelProto, name: str) -> float | None:
         self.ran.append(name)

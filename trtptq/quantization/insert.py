@@ -78,6 +78,10 @@ def insert_qdq(graph: gs.Graph, plan_: Plan, amax: Mapping[str, float], suffix: 
             for c in consumers:
                 replace_input(by_name[c], t, dq_out)
 
+    if plan_.weight_file is None:  # a model too large for memory rounds them one at a time, as it reads them
+        int4 = {(site.tensor, site.block_axis) for site in plan_.weights if plan_.format_of(site.node) is INT4}
+        plan_.int4.round_all([(w, lambda w=w: np.asarray(weight_values(tensors[w]), np.float32), axis)
+                              for w, axis in sorted(int4)], INT4, plan_.block_size)
     done: dict[tuple, gs.Variable] = {}
     for site in plan_.weights:
         fmt = plan_.format_of(site.node)

@@ -8,7 +8,9 @@ the block size (ONNX's blocked `DequantizeLinear`, opset 21).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -177,3 +179,16 @@ class Int4Weights:
             self._done[key] = (blocked(values, fmt, axis, block_size) if gram is None
                                else gptq(values, fmt, axis, block_size, gram))
         return self._done[key]
+
+    def round_all(self, weights: Sequence[tuple[str, Callable[[], np.ndarray], int]], fmt: QuantFormat,
+                  block_size: int) -> None:
+        """Round the weights (name, values, axis) not rounded yet, one per core at a time: their clip searches and
+        GPTQ are small products that one BLAS thread runs best, and numpy lets go of the interpreter in them
+        (MiniLM's 36 awq weights on 2 cores: 1.1 s one after another, 0.6 s two at a time)."""
+        todo = [(name, values, axis) for name, values, axis in weights if (name, axis, block_size) not in self._done]
+        if not todo:
+            return
+        # one limit around the pool: limits entered and left by each thread would undo each other's (process-wide)
+        with threadpool_limits(1, user_api="blas"), \
+                ThreadPoolExecutor(min(len(todo), os.cpu_count() or 1), thread_name_prefix="trtptq-int4") as pool:
+            list(pool.map(lambda w: self.quantize(w[0], w[1](), fmt, w[2], block_size), todo))
