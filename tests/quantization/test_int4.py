@@ -259,3 +259,25 @@ def test_int4_statistics_leave_padded_rows_out(padded, method):
         np.testing.assert_array_equal(_initializer(q, "w_int4_quantized"), expected[key][0])
     with pytest.raises(TrtptqError, match="--padding-mask mask is not an input of the model .*; name the input"):
         quantize(model, [feed], options=QuantizeOptions(precision="w4a16", padding_mask="mask"))
+
+
+def test_rounding_over_the_cores_gives_one_at_a_times_weights():
+    """`round_all` rounds weights two or more at a time (one BLAS thread each): the same bits as rounding each alone,
+    and BLAS keeps the thread count it had before."""
+    from threadpoolctl import threadpool_info
+
+    x = RNG.standard_normal((256, 128)).astype(np.float32)
+    grams = {}
+    for name in "abcd":
+        stats = BlockGram(32)
+        stats.observe(x * RNG.uniform(0.5, 2.0, 128).astype(np.float32))
+        grams[name] = stats.gram
+    values = {name: RNG.standard_normal((128, 48)).astype(np.float32) for name in [*grams, "rtn"]}
+    before = [pool["num_threads"] for pool in threadpool_info()]
+    together = weights.Int4Weights(grams)
+    together.round_all([(name, lambda v=v: v, 0) for name, v in values.items()], INT4, 32)
+    assert [pool["num_threads"] for pool in threadpool_info()] == before
+    for name, v in values.items():
+        alone = weights.Int4Weights(grams).quantize(name, v, INT4, 0, 32)
+        mine = together.quantize(name, np.zeros_like(v), INT4, 0, 32)  # rounded already: the values are not read
+        assert all(np.array_equal(a, b) for a, b in zip(alone, mine)), name

@@ -101,7 +101,8 @@ def choose_method(model: onnx.ModelProto, plan: Plan, by_method: dict[str, dict[
     with Evaluator(model, batches.source, batch_size=limits.batch_size, num_samples=limit, memory_budget=limits.bytes,
                    plugins=plugins) as evaluator:
         # INT4 copies at round-to-nearest weights: the activation-aware rounding costs 4x as much (MiniLM: 0.66 s of
-        # a 9 s auto), only the layers that take INT4 need it, and it can only make them better than measured
+        # a 9 s auto), only the layers that take INT4 need it, and it keeps less error than measured (MiniLM: 0.7 dB
+        # less noise summed over its 36 layers)
         local = local_snr(model, replace(plan, int4=Int4Weights()) if INT4 in others else plan, sets, plan.quantized_nodes,
                           first_samples(evaluator.batches(), limits.local_samples, batches.fixed_batch), show_progress, plugins,
                           {f.name: f.name for f in others})
