@@ -335,7 +335,8 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
                 proto, placement, ranges.amax, evaluator, target.metrics,
                 lambda gated: _sensitivity(proto, placement, ranges, eval_data, target, name, limits, plugins, gated,
                                            calibration.cluster),
-                [f.name for f in qopts.formats], calibration.show_progress, task_metric(qopts.metric))
+                [f.name for f in qopts.formats], calibration.show_progress, task_metric(qopts.metric),
+                calibration.cluster)
         ranges = replace(ranges, options={**ranges.options, "fallback": found.to_dict()})
         return QuantizeResult(_qdq_model(proto, found.plan, ranges), ranges, found.plan, stats, calibs, found,
                               sensitivity)

@@ -9,6 +9,7 @@ import pytest
 from onnx import helper
 
 from support import float_input, make_model, trtptq
+from trtptq.autotune import variants
 from trtptq.autotune.sensitivity import SensitivityOptions
 from trtptq.calibration.calibrate import CalibrationOptions
 from trtptq.calibration.cluster import Cluster
@@ -51,10 +52,13 @@ def test_cli_workers_rank_as_one_process(mlp, tmp_path):
     assert [layer["node"] for layer in json.loads((tmp_path / "one.json").read_text())["layers"]][:2] == ["fc3", "fc2"]
 
 
-def test_two_node_cluster_ranks_and_falls_back_as_one_process(mlp, two_nodes):
+def test_two_node_cluster_ranks_and_falls_back_as_one_process(mlp, two_nodes, monkeypatch):
     """On a two-node cluster (ray.cluster_utils), the variants on both nodes: sensitivity's layers and numbers, and
-    --target's ranking, trials and model equal one process's."""
+    --target's ranking, trials and model equal one process's; the search's next models ran ahead on the workers."""
     path, data = mlp
+    ahead = []
+    evaluate = variants.Workers.evaluate
+    monkeypatch.setattr(variants.Workers, "evaluate", lambda self, *job: ahead.append(len(job[0])) or evaluate(self, *job))
     runs = []
     for cluster in (None, Cluster(address=two_nodes)):
         calibration = CalibrationOptions(method="minmax", batch_size=8, show_progress=False, cluster=cluster)
@@ -68,3 +72,4 @@ def test_two_node_cluster_ranks_and_falls_back_as_one_process(mlp, two_nodes):
     assert spread.sensitivity.to_dict() == fell.sensitivity.to_dict()
     assert spread.fallback.to_dict() == fell.fallback.to_dict() and len(fell.fallback.moved) == 2
     assert spread.model.SerializeToString() == fell.model.SerializeToString()
+    assert ahead and min(ahead) >= 2  # the doubling prefixes, then each moved layer's rungs, at once

@@ -12,11 +12,16 @@ still meets the targets (its own format again if the ranking's estimate put it
 there wrongly), else stays FP32. A layer --layer-precision placed starts on
 its given rung and moves like the others. Every model tried is one evaluation on the
 evaluation data against the cached FP32 outputs (a gate setting of one session
-per phase); repeats are cached.
+per phase); repeats are cached. On a cluster, the models the next steps may
+ask for run at once on the workers (`variants.Workers`): the next doubling
+prefixes, the next levels of the bisection, every rung of a layer; the search
+then takes the same steps on their results, and finds and records what one
+process does (the models it never asked for are not recorded).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +31,8 @@ import onnx
 from trtptq.autotune.gated import GatedModel
 from trtptq.autotune.metric import TaskMetric
 from trtptq.autotune.sensitivity import Sensitivity
+from trtptq.autotune.variants import Workers, evaluate
+from trtptq.calibration.cluster import Cluster
 from trtptq.core import precision
 from trtptq.core.log import progress
 from trtptq.core.precision import NodePrecision
@@ -81,13 +88,14 @@ def rungs(plan: Plan, node: str, formats: Sequence[str]) -> list[str]:
 
 def fall_back(model: onnx.ModelProto, plan: Plan, amax: dict[str, float], evaluator: Evaluator,
               targets: dict[str, float], rank: Callable[[GatedModel], Sensitivity], formats: Sequence[str] = (),
-              show_progress: bool = True, metric: TaskMetric | None = None) -> tuple[Fallback, Sensitivity | None]:
+              show_progress: bool = True, metric: TaskMetric | None = None, cluster: Cluster | None = None
+              ) -> tuple[Fallback, Sensitivity | None]:
     """Search the fewest layers to move up the ladder (within `formats`, names of the formats the run may write)
     so that every target holds, in the order `rank(gated)` gives (called with the search's session, only when the
     quantized model misses a target); the sensitivity it used, if any, comes back beside the result.
 
     `targets` may hold METRIC_TARGET, the minimum of `metric` (--metric); with a metric, a search that misses
-    keeps the trial it scores best."""
+    keeps the trial it scores best. `cluster`: the models the search may ask for next run ahead on its workers."""
     sensitivity = None
     with GatedModel(model, plan, amax, evaluator.plugins) as gated:
         search = _Search(gated, evaluator, targets, metric)
@@ -95,14 +103,16 @@ def fall_back(model: onnx.ModelProto, plan: Plan, amax: dict[str, float], evalua
         if not start.passed:
             sensitivity = rank(gated)
             order = sensitivity.ranking
-            with progress(total=None, enabled=show_progress, desc="fallback search", unit="model") as search.bar:
-                best = _shortest_prefix(order, search.trial) or max(search.tried.values(), key=lambda t: t.score)
+            with progress(total=None, enabled=show_progress, desc="fallback search", unit="model") as search.bar, \
+                    _workers(cluster, model, plan, amax, evaluator, _own_rungs(gated.own), metric) as search.ahead:
+                best = _shortest_prefix(order, search) or max(search.tried.values(), key=lambda t: t.score)
     if best.passed and best.moved:
         ladders = {node: [gated.own[node], *rungs(plan, node, formats)[:-1]] for node, _ in best.moved}
-        with GatedModel(model, plan, amax, evaluator.plugins,
-                        {**{n: (p,) for n, p in gated.own.items()}, **ladders}) as search.gated, \
-                progress(total=None, enabled=show_progress, desc="precision ladder", unit="model") as search.bar:
-            best = _climb(best, ladders, gated.own, sensitivity.ranking, search.trial)
+        offered = {**_own_rungs(gated.own), **ladders}
+        with GatedModel(model, plan, amax, evaluator.plugins, offered) as search.gated, \
+                progress(total=None, enabled=show_progress, desc="precision ladder", unit="model") as search.bar, \
+                _workers(cluster, model, plan, amax, evaluator, offered, metric) as search.ahead:
+            best = _climb(best, ladders, gated.own, sensitivity.ranking, search)
     elif not best.passed:
         logger.warning("the targets (%s) are not met even with all %d quantized layers in float; keeping the best "
                        "model found", ", ".join(f"{m}={v:g}" for m, v in targets.items()), len(plan.quantized_nodes))
@@ -115,69 +125,122 @@ def fall_back(model: onnx.ModelProto, plan: Plan, amax: dict[str, float], evalua
                     evaluations, trials), sensitivity
 
 
+def _own_rungs(own: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
+    """The gates of a gated model that offers each node its own precision only."""
+    return {node: (p,) for node, p in own.items()}
+
+
+def _workers(cluster: Cluster | None, model: onnx.ModelProto, plan: Plan, amax: dict[str, float],
+             evaluator: Evaluator, offered: Mapping[str, Sequence[str]], metric: TaskMetric | None
+             ) -> contextlib.AbstractContextManager[Workers | None]:
+    """The cluster's workers for a phase of the search (its gated model offering `offered`: node -> precisions);
+    None without a cluster."""
+    return contextlib.nullcontext() if cluster is None else Workers(cluster, model, plan, amax, evaluator, offered,
+                                                                     metric)
+
+
 class _Search:
-    """The trials of one search: each assignment of layers to rungs evaluated once, as a gate setting of a session."""
+    """The trials of one search: each assignment of layers to rungs evaluated once, as a gate setting of a session;
+    with workers (`ahead`), the ones it may ask for next evaluated there ahead of time (`prefetch`)."""
 
     def __init__(self, gated: GatedModel, evaluator: Evaluator, targets: dict[str, float], metric: TaskMetric | None):
         self.gated, self.evaluator, self.metric = gated, evaluator, metric
         self.targets = {m: v for m, v in targets.items() if m != METRIC_TARGET}
         self.minimum = targets.get(METRIC_TARGET)
         self.tried: dict[frozenset, Trial] = {}
+        self.ready: dict[frozenset, Trial] = {}  # evaluated ahead, not asked for yet
         self.bar = None  # the search's progress bar, once there is a search
+        self.ahead: Workers | None = None
+
+    @property
+    def width(self) -> int:
+        """How many trials run at once."""
+        return self.ahead.width if self.ahead is not None else 1
 
     def trial(self, moved: Mapping[str, str]) -> Trial:
         key = frozenset(moved.items())
         if key not in self.tried:
-            mix = {**self.gated.own, **moved}
-            score = self.metric.start() if self.metric else None
-            ev = self.evaluator.evaluate(self.gated.variant(mix, f"{len(moved)} moved"),
-                                         observe=score.update if score else None)
-            checks = check_thresholds(ev.outputs, ev.accuracy, self.targets, "--target") if self.targets else []
-            value = score.value() if score else ev.snr_db
-            if self.minimum is not None:
-                checks.append(ThresholdCheck(METRIC_TARGET, TASK, value, self.minimum))
-            self.tried[key] = Trial(tuple(moved.items()), ev, checks, value)
+            found = self.ready.pop(key, None)
+            if found is None:
+                found = self._trial(moved, *evaluate(self.evaluator, self.gated, {**self.gated.own, **moved},
+                                                     _name(moved), self.metric))
+            self.tried[key] = found
             if self.bar is not None:
                 self.bar.update(1)
         return self.tried[key]
 
+    def prefetch(self, candidates: Sequence[Mapping[str, str]]) -> None:
+        """Evaluate on the workers, all at once, the candidates not evaluated yet (nothing without workers, or for
+        one: the search evaluates it when it asks)."""
+        todo = list({frozenset(m.items()): m for m in candidates
+                     if frozenset(m.items()) not in self.tried and frozenset(m.items()) not in self.ready}.values())
+        if self.ahead is None or len(todo) < 2:
+            return
+        results = self.ahead.evaluate([{**self.gated.own, **m} for m in todo], [_name(m) for m in todo])
+        for moved, (ev, value) in zip(todo, results):
+            self.ready[frozenset(moved.items())] = self._trial(moved, ev, value)
 
-def _shortest_prefix(order: list[str], trial: Callable[[Mapping[str, str]], Trial]) -> Trial | None:
+    def _trial(self, moved: Mapping[str, str], ev: EvaluationResult, value: float) -> Trial:
+        checks = check_thresholds(ev.outputs, ev.accuracy, self.targets, "--target") if self.targets else []
+        if self.minimum is not None:
+            checks.append(ThresholdCheck(METRIC_TARGET, TASK, value, self.minimum))
+        return Trial(tuple(moved.items()), ev, checks, value)
+
+
+def _name(moved: Mapping[str, str]) -> str:
+    return f"{len(moved)} moved"
+
+
+def _shortest_prefix(order: list[str], search: _Search) -> Trial | None:
     """The shortest prefix of `order` whose trial (the prefix in FP32) passes (doubling, then bisection); None if
-    even all fail."""
-    def in_float(k: int) -> Trial:
-        return trial(dict.fromkeys(order[:k], precision.FP32))
+    even all fail. With workers, the next `search.width` doubling prefixes, or the bisection's next levels, run
+    ahead."""
+    def prefix(k: int) -> dict[str, str]:
+        return dict.fromkeys(order[:k], precision.FP32)
 
+    doubling = sorted({min(2 ** i, len(order)) for i in range(len(order).bit_length() + 1)})
     lo, k = 0, 1  # prefixes of length <= lo fail
     while True:
         k = min(k, len(order))
-        if in_float(k).passed:
+        search.prefetch([prefix(j) for j in doubling[doubling.index(k):][:search.width]])
+        if search.trial(prefix(k)).passed:
             break
         if k == len(order):
             return None
         lo, k = k, 2 * k
     hi = k  # passes
     while hi - lo > 1:
+        search.prefetch([prefix(m) for m in _bisections(lo, hi, search.width)])
         mid = (lo + hi) // 2
-        if in_float(mid).passed:
+        if search.trial(prefix(mid)).passed:
             hi = mid
         else:
             lo = mid
-    return in_float(hi)
+    return search.trial(prefix(hi))
+
+
+def _bisections(lo: int, hi: int, count: int) -> list[int]:
+    """The lengths a bisection of (lo, hi) may try next, whole levels of its tree, at most `count` of them."""
+    level, mids = [(lo, hi)], []
+    while level and len(mids) + len(level) <= count:
+        mids += [(a + b) // 2 for a, b in level]
+        level = [part for a, b in level for part in ((a, (a + b) // 2), ((a + b) // 2, b)) if part[1] - part[0] > 1]
+    return mids
 
 
 def _climb(best: Trial, ladders: dict[str, list[str]], own: dict[str, str], ranking: list[str],
-           trial: Callable[[Mapping[str, str]], Trial]) -> Trial:
+           search: _Search) -> Trial:
     """Each layer `best` holds in float, least damaging first, at the lowest rung of its ladder (its own format
-    first) where the targets still hold; FP32 where none does."""
+    first) where the targets still hold; FP32 where none does. With workers, a layer's rungs run at once."""
     moved = dict(best.moved)
     for node in sorted(moved, key=ranking.index, reverse=True):
-        for rung in ladders[node]:
-            candidate = {n: p for n, p in {**moved, node: rung}.items() if p != own[n]}
-            if trial(candidate).passed:
+        candidates = [{n: p for n, p in {**moved, node: rung}.items() if p != own[n]} for rung in ladders[node]]
+        search.prefetch(candidates[:search.width])
+        for candidate in candidates:
+            if search.trial(candidate).passed:
                 moved = candidate
                 break
-    return trial(moved)
+    return search.trial(moved)
 
 
 def _reason(node: str, rung: str, own: str, sensitivity: Sensitivity, targets: dict[str, float]) -> str:

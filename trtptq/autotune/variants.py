@@ -1,4 +1,4 @@
-"""The output SNR of many variants of one gated model: in this process on one session, or spread over a Ray cluster.
+"""Many variants of one gated model evaluated: in this process on one session, or spread over a Ray cluster.
 
 Sensitivity ranks a plan's layers with one evaluation per variant (a mix of
 precisions, `gated.GatedModel`: a feed of gates, not a model). On a cluster
@@ -9,6 +9,9 @@ Only the model, plan, ranges and evaluation batches (once, through Ray's
 object store: the batches are the data's source, read where each task runs),
 the variants (node -> precision) and the SNRs travel. Each task runs the same
 session on the same batches as one process, so the SNRs are the same numbers.
+--target's search asks for a few variants at a time, each few chosen from the
+last results: `Workers` keeps one evaluator and gated session per worker open
+(a Ray actor) across its requests, and returns each variant's whole evaluation.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ from collections.abc import Mapping, Sequence
 import onnx
 
 from trtptq.autotune.gated import GatedModel
-from trtptq.calibration.cluster import Cluster, map_merge
+from trtptq.autotune.metric import TaskMetric, task_metric
+from trtptq.calibration.cluster import Cluster, connected, map_merge, user_errors, workers
 from trtptq.core.log import progress
 from trtptq.data import Batches
-from trtptq.evaluation.evaluator import Evaluator
+from trtptq.evaluation.evaluator import EvaluationResult, Evaluator
 from trtptq.plugins import Plugins
 from trtptq.quantization.qdq import Plan
 
@@ -61,3 +65,65 @@ def _chunk_snrs(model: onnx.ModelProto, plan: Plan, amax: dict[str, float], batc
 def _joined(first: list[float], then: list[float]) -> list[float]:
     """Two neighbouring chunks' SNRs as one list (the merge tree keeps the chunks in order)."""
     return first + then
+
+
+def evaluate(evaluator: Evaluator, gated: GatedModel, variant: Variant, name: str,
+             metric: TaskMetric | None = None) -> tuple[EvaluationResult, float]:
+    """`variant` evaluated on `evaluator`'s data: (its evaluation, its score: `metric`'s value, else output SNR)."""
+    score = metric.start() if metric else None
+    ev = evaluator.evaluate(gated.variant(variant, name), observe=score.update if score else None)
+    return ev, score.value() if score else ev.snr_db
+
+
+class _Worker:
+    """One worker's evaluator and gated session, open for as long as the worker lives (a Ray actor)."""
+
+    def __init__(self, model: onnx.ModelProto, plan: Plan, amax: dict[str, float], batches: Batches,
+                 memory_budget: int, plugins: Plugins, rungs: dict[str, tuple[str, ...]], metric: str | None):
+        self.evaluator = Evaluator(model, batches, memory_budget=memory_budget, plugins=plugins)
+        self.gated = GatedModel(model, plan, amax, plugins, rungs).__enter__()
+        self.metric = task_metric(metric) if metric else None  # rebuilt here: a user's function travels as its path
+
+    def evaluate(self, variant: Variant, name: str) -> tuple[EvaluationResult, float]:
+        return evaluate(self.evaluator, self.gated, variant, name, self.metric)
+
+
+class Workers:
+    """Variants of one gated model (`rungs` as `GatedModel` takes them) evaluated on `cluster`'s workers, as many
+    at once as it has: each worker opens its evaluator and session on its first variant and keeps them until
+    `close`. The same sessions on the same batches as one process: the same evaluations."""
+
+    def __init__(self, cluster: Cluster, model: onnx.ModelProto, plan: Plan, amax: Mapping[str, float],
+                 evaluator: Evaluator, rungs: Mapping[str, Sequence[str]], metric: TaskMetric | None = None):
+        self._stack = contextlib.ExitStack()
+        self._ray = self._stack.enter_context(connected(cluster))
+        self.width = workers(self._ray, cluster)
+        self._shared = (model, plan, dict(amax), evaluator.data, evaluator.memory_budget, evaluator.plugins,
+                        {n: tuple(ps) for n, ps in rungs.items()}, metric.spec if metric else None)
+        self._actors: list = []
+        self._pool = None
+
+    def evaluate(self, variants: Sequence[Variant], names: Sequence[str]) -> list[tuple[EvaluationResult, float]]:
+        """Each variant's (evaluation, score), in order, at most `width` at a time."""
+        ray = self._ray
+        if self._pool is None:
+            from ray.util import ActorPool
+
+            refs = [ray.put(value) for value in self._shared]
+            actor = ray.remote(num_cpus=1)(_Worker)
+            self._actors = [actor.remote(*refs) for _ in range(self.width)]
+            self._pool = ActorPool(self._actors)
+        with user_errors(ray):
+            return list(self._pool.map(lambda worker, job: worker.evaluate.remote(*job), list(zip(variants, names))))
+
+    def close(self) -> None:
+        for worker in self._actors:
+            self._ray.kill(worker)
+        self._actors, self._pool = [], None
+        self._stack.close()
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

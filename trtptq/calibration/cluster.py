@@ -105,16 +105,28 @@ def map_merge(cluster: Cluster, task: Callable, shared: Sequence, shards: Callab
             raise TrtptqError(f"--runner tensorrt runs an FP32 engine on a GPU of its own in each Ray task, and "
                               f"{name} has no GPU; leave --runner out to calibrate in ONNX Runtime on the CPUs, or "
                               "give a cluster whose nodes have GPUs.")
-        count = cluster.workers or max(1, int(resources.get("CPU", 1)))
+        count = workers(ray, cluster)
         refs = [ray.put(value) for value in shared]
         remote_task, remote_merge = ray.remote(num_cpus=1, num_gpus=gpus)(task), ray.remote(num_cpus=1)(merge)
         level = [remote_task.remote(*refs, *shards(k, count)) for k in range(count)]
         while len(level) > 1:
             pairs = [remote_merge.remote(a, b) for a, b in zip(level[::2], level[1::2])]
             level = pairs + level[len(pairs) * 2:]
-        try:
+        with user_errors(ray):
             return ray.get(level[0])
-        except ray.exceptions.RayTaskError as e:
-            if isinstance(e.cause, TrtptqError):
-                raise e.cause from None
-            raise
+
+
+def workers(ray, cluster: Cluster) -> int:
+    """How many tasks run at once: --workers, else one per CPU of the cluster."""
+    return cluster.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+@contextlib.contextmanager
+def user_errors(ray) -> Iterator[None]:
+    """A user error (TrtptqError) raised in a task or actor comes out here as itself, not wrapped in Ray's."""
+    try:
+        yield
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, TrtptqError):
+            raise e.cause from None
+        raise
