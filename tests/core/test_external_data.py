@@ -214,3 +214,25 @@ def test_the_models_a_run_measures_share_one_file_of_quantized_weights(external,
     gc.collect()
     assert not file.exists()
     assert prepare(_inline(path))[3].weight_file is None
+
+
+def test_engine_from_mapped_weights_is_the_one_the_parser_reads_itself(external, tmp_path, monkeypatch):
+    """Building a model with external data hands TensorRT its weights from read-only mappings of the data file, the
+    mapped pages dropped while the builder copies them (engine.weights): the same engine, byte for byte, as the
+    parser reading the file itself (its peak memory: scripts/bench_large.py)."""
+    pytest.importorskip("tensorrt_rtx", reason="building needs TensorRT-RTX (pip install tensorrt-rtx-cu13)")
+    from trtptq.engine import weights
+    from trtptq.engine.build import build_engine
+
+    path, _ = external
+    handed = []
+    load_into = weights.MappedWeights.load_into
+    monkeypatch.setattr(weights.MappedWeights, "load_into", lambda self, p: handed.extend(self.tensors) or load_into(self, p))
+    monkeypatch.setattr(weights, "DROP_EVERY", 0.001)  # drops while the small model builds too
+    build_engine(path, tmp_path / "mapped.engine")
+    external_weights = [t.name for t in onnx.load(str(path), load_external_data=False).graph.initializer
+                        if uses_external_data(t)]
+    assert [name for name, _, _ in handed] == external_weights and external_weights
+    monkeypatch.setattr(weights.MappedWeights, "usable", staticmethod(lambda model: False))
+    build_engine(path, tmp_path / "read.engine")
+    assert (tmp_path / "mapped.engine").read_bytes() == (tmp_path / "read.engine").read_bytes()

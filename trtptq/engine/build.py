@@ -86,7 +86,7 @@ def build_engine(model_path: str | os.PathLike, output: str | os.PathLike,
         builder = backend.trt.Builder(backend.logger())
         load_plugins(builder, (*opts.plugins, *plugins.trt_libraries))
         check_plugins(backend, proto, plugins, model_path)
-        network, _parser = parse_network(backend, builder, model_path)  # the parser owns the weights: kept to the end
+        network, _parser, weights = parse_network(backend, builder, model_path, proto, stack)  # kept to the end
         if opts.mark_outputs:
             mark_outputs(network, opts.mark_outputs, model_path)
         config = builder.create_builder_config()
@@ -99,7 +99,7 @@ def build_engine(model_path: str | os.PathLike, output: str | os.PathLike,
         precision = precision_summary(network, allowed)
         inputs, outputs = network_tensors(network)
         start = time.perf_counter()
-        with fileio.atomic_path(output) as tmp:
+        with fileio.atomic_path(output) as tmp, weights.dropping() if weights else contextlib.nullcontext():
             built = _serialize(backend, builder, network, config, tmp)
             seconds = time.perf_counter() - start
             if calibrator is not None and calibrator.error is not None:

@@ -2,21 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
+
+import onnx
 
 from trtptq.core.build_report import EngineTensor
 from trtptq.core.errors import ModelError
 from trtptq.core.trt import Backend
+from trtptq.engine.weights import MappedWeights
 
 
-def parse_network(backend: Backend, builder, path: pathlib.Path):
-    """(network, parser) for the ONNX file at `path`; the parser owns the weights, so keep it until the build ends."""
+def parse_network(backend: Backend, builder, path: pathlib.Path, model: onnx.ModelProto,
+                  stack: contextlib.ExitStack) -> tuple[object, object, MappedWeights | None]:
+    """(network, parser, mapped weights) for the ONNX file at `path` (`model`, loaded without its external data).
+
+    External weights are handed to the parser from read-only mappings of their files where the parser takes
+    them (`engine.weights`; TensorRT-RTX, TensorRT 10.x), else it reads them itself. The network refers to the
+    weights the parser or the mappings hold: keep the parser, and `stack` open, until the engine is built."""
     trt = backend.trt
     network = builder.create_network(0)  # explicit batch is the only mode from TensorRT 10 on
     parser = trt.OnnxParser(network, backend.logger())
-    if not parser.parse_from_file(str(path)):
+    weights = None
+    if hasattr(parser, "load_initializer") and MappedWeights.usable(model):
+        weights = stack.enter_context(MappedWeights(model, path.parent))
+        parsed = (parser.load_model_proto(model.SerializeToString(), str(path)) and weights.load_into(parser)
+                  and parser.parse_model_proto())
+    else:
+        parsed = parser.parse_from_file(str(path))
+    if not parsed:
         raise ModelError(_parse_errors(parser, path))
-    return network, parser
+    return network, parser, weights
 
 
 def _parse_errors(parser, path: pathlib.Path) -> str:
