@@ -17,6 +17,7 @@ last results: `Workers` keeps one evaluator and gated session per worker open
 from __future__ import annotations
 
 import contextlib
+import pathlib
 from collections.abc import Mapping, Sequence
 
 import onnx
@@ -88,10 +89,19 @@ class _Worker:
         return evaluate(self.evaluator, self.gated, variant, name, self.metric)
 
 
+def _portable(metric: TaskMetric | None) -> str | None:
+    """`metric` as a worker rebuilds it: its spec, a user function's file made absolute (workers do not share the
+    driver's working directory)."""
+    if metric is None or metric.fn is None:
+        return metric and metric.spec
+    path, _, function = metric.spec.rpartition(":")
+    return f"{pathlib.Path(path).resolve()}:{function}"
+
+
 class Workers:
     """Variants of one gated model (`rungs` as `GatedModel` takes them) evaluated on `cluster`'s workers, as many
-    at once as it has: each worker opens its evaluator and session on its first variant and keeps them until
-    `close`. The same sessions on the same batches as one process: the same evaluations."""
+    at once as it has: the workers start when variants are first asked for, and keep their evaluator and session
+    until `close`. The same sessions on the same batches as one process: the same evaluations."""
 
     def __init__(self, cluster: Cluster, model: onnx.ModelProto, plan: Plan, amax: Mapping[str, float],
                  evaluator: Evaluator, rungs: Mapping[str, Sequence[str]], metric: TaskMetric | None = None):
@@ -99,7 +109,7 @@ class Workers:
         self._ray = self._stack.enter_context(connected(cluster))
         self.width = workers(self._ray, cluster)
         self._shared = (model, plan, dict(amax), evaluator.data, evaluator.memory_budget, evaluator.plugins,
-                        {n: tuple(ps) for n, ps in rungs.items()}, metric.spec if metric else None)
+                        {n: tuple(ps) for n, ps in rungs.items()}, _portable(metric))
         self._actors: list = []
         self._pool = None
 
