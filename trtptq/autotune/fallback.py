@@ -104,11 +104,11 @@ def fall_back(model: onnx.ModelProto, plan: Plan, amax: dict[str, float], evalua
             sensitivity = rank(gated)
             order = sensitivity.ranking
             with progress(total=None, enabled=show_progress, desc="fallback search", unit="model") as search.bar, \
-                    _workers(cluster, model, plan, amax, evaluator, _own_rungs(gated.own), metric) as search.ahead:
+                    _workers(cluster, model, plan, amax, evaluator, None, metric) as search.ahead:
                 best = _shortest_prefix(order, search) or max(search.tried.values(), key=lambda t: t.score)
     if best.passed and best.moved:
         ladders = {node: [gated.own[node], *rungs(plan, node, formats)[:-1]] for node, _ in best.moved}
-        offered = {**_own_rungs(gated.own), **ladders}
+        offered = {**{n: (p,) for n, p in gated.own.items()}, **ladders}
         with GatedModel(model, plan, amax, evaluator.plugins, offered) as search.gated, \
                 progress(total=None, enabled=show_progress, desc="precision ladder", unit="model") as search.bar, \
                 _workers(cluster, model, plan, amax, evaluator, offered, metric) as search.ahead:
@@ -125,16 +125,11 @@ def fall_back(model: onnx.ModelProto, plan: Plan, amax: dict[str, float], evalua
                     evaluations, trials), sensitivity
 
 
-def _own_rungs(own: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
-    """The gates of a gated model that offers each node its own precision only."""
-    return {node: (p,) for node, p in own.items()}
-
-
 def _workers(cluster: Cluster | None, model: onnx.ModelProto, plan: Plan, amax: dict[str, float],
-             evaluator: Evaluator, offered: Mapping[str, Sequence[str]], metric: TaskMetric | None
+             evaluator: Evaluator, offered: Mapping[str, Sequence[str]] | None, metric: TaskMetric | None
              ) -> contextlib.AbstractContextManager[Workers | None]:
-    """The cluster's workers for a phase of the search (its gated model offering `offered`: node -> precisions);
-    None without a cluster."""
+    """The cluster's workers for a phase of the search (its gated model offering `offered`: node -> precisions,
+    None: each node its own); None without a cluster."""
     return contextlib.nullcontext() if cluster is None else Workers(cluster, model, plan, amax, evaluator, offered,
                                                                      metric)
 
@@ -172,13 +167,14 @@ class _Search:
     def prefetch(self, candidates: Sequence[Mapping[str, str]]) -> None:
         """Evaluate on the workers, all at once, the candidates not evaluated yet (nothing without workers, or for
         one: the search evaluates it when it asks)."""
-        todo = list({frozenset(m.items()): m for m in candidates
-                     if frozenset(m.items()) not in self.tried and frozenset(m.items()) not in self.ready}.values())
+        todo = {key: m for key, m in ((frozenset(m.items()), m) for m in candidates)
+                if key not in self.tried and key not in self.ready}
         if self.ahead is None or len(todo) < 2:
             return
-        results = self.ahead.evaluate([{**self.gated.own, **m} for m in todo], [_name(m) for m in todo])
-        for moved, (ev, value) in zip(todo, results):
-            self.ready[frozenset(moved.items())] = self._trial(moved, ev, value)
+        moves = list(todo.values())
+        results = self.ahead.evaluate([{**self.gated.own, **m} for m in moves], [_name(m) for m in moves])
+        for (key, moved), (ev, value) in zip(todo.items(), results):
+            self.ready[key] = self._trial(moved, ev, value)
 
     def _trial(self, moved: Mapping[str, str], ev: EvaluationResult, value: float) -> Trial:
         checks = check_thresholds(ev.outputs, ev.accuracy, self.targets, "--target") if self.targets else []

@@ -80,7 +80,7 @@ class _Worker:
     """One worker's evaluator and gated session, open for as long as the worker lives (a Ray actor)."""
 
     def __init__(self, model: onnx.ModelProto, plan: Plan, amax: dict[str, float], batches: Batches,
-                 memory_budget: int, plugins: Plugins, rungs: dict[str, tuple[str, ...]], metric: str | None):
+                 memory_budget: int, plugins: Plugins, rungs: dict[str, tuple[str, ...]] | None, metric: str | None):
         self.evaluator = Evaluator(model, batches, memory_budget=memory_budget, plugins=plugins)
         self.gated = GatedModel(model, plan, amax, plugins, rungs).__enter__()
         self.metric = task_metric(metric) if metric else None  # rebuilt here: a user's function travels as its path
@@ -99,17 +99,18 @@ def _portable(metric: TaskMetric | None) -> str | None:
 
 
 class Workers:
-    """Variants of one gated model (`rungs` as `GatedModel` takes them) evaluated on `cluster`'s workers, as many
-    at once as it has: the workers start when variants are first asked for, and keep their evaluator and session
-    until `close`. The same sessions on the same batches as one process: the same evaluations."""
+    """Variants of one gated model (`rungs` as `GatedModel` takes them, None its default) evaluated on
+    `cluster`'s workers, as many at once as it has: the workers start when variants are first asked for, and keep
+    their evaluator and session until `close`. The same sessions on the same batches as one process: the same
+    evaluations."""
 
     def __init__(self, cluster: Cluster, model: onnx.ModelProto, plan: Plan, amax: Mapping[str, float],
-                 evaluator: Evaluator, rungs: Mapping[str, Sequence[str]], metric: TaskMetric | None = None):
+                 evaluator: Evaluator, rungs: Mapping[str, Sequence[str]] | None, metric: TaskMetric | None = None):
         self._stack = contextlib.ExitStack()
         self._ray = self._stack.enter_context(connected(cluster))
         self.width = workers(self._ray, cluster)
         self._shared = (model, plan, dict(amax), evaluator.data, evaluator.memory_budget, evaluator.plugins,
-                        {n: tuple(ps) for n, ps in rungs.items()}, _portable(metric))
+                        None if rungs is None else {n: tuple(ps) for n, ps in rungs.items()}, _portable(metric))
         self._actors: list = []
         self._pool = None
 

@@ -160,10 +160,15 @@ class OrtRunner:
                          "providers": providers, "plugins": plugins, "fold_weights": fold_weights}
         self._session = None
         self._outputs: list[str] = []
+        self._quiet = None
 
     def __enter__(self) -> OrtRunner:
+        import onnxruntime as ort
+
         self._session = session(self.model, **self._options)
         self._outputs = [o.name for o in self._session.get_outputs()]
+        self._quiet = ort.RunOptions()  # a failing run's error is left to the exception (ORT would log it too)
+        self._quiet.log_severity_level = 4
         return self
 
     def __exit__(self, *exc) -> None:
@@ -179,7 +184,7 @@ class OrtRunner:
 
     def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
-            return dict(zip(self._outputs, self._session.run(self._outputs, dict(feed), _quiet())))
+            return dict(zip(self._outputs, self._session.run(self._outputs, dict(feed), self._quiet)))
         except Exception:  # onnxruntime's pybind errors share no public base class
             if not self._options["simulate_qdq"] or self._options.get("basic"):
                 raise
@@ -188,16 +193,7 @@ class OrtRunner:
             # (laid out NHWC, which the kernel refuses). Once: the session again with basic optimizations.
             self._options["basic"] = True
             self.__enter__()
-            return dict(zip(self._outputs, self._session.run(self._outputs, dict(feed))))
-
-
-def _quiet():
-    """Run options that leave a failing run's error to the exception it raises (ONNX Runtime also logs it)."""
-    import onnxruntime as ort
-
-    options = ort.RunOptions()
-    options.log_severity_level = 4
-    return options
+            return dict(zip(self._outputs, self._session.run(self._outputs, dict(feed), self._quiet)))
 
 
 def _numpy_dtype(ort_type: str) -> np.dtype:
