@@ -143,6 +143,14 @@ def main() -> None:
     a = p.parse_args()
     from bench_memory import measure, peak_rss_mib
 
+    from trtptq.core.errors import TrtptqError
+    from trtptq.quantization.options import QuantizeOptions
+
+    try:  # checked here, before any job: each job runs in a process of its own
+        QuantizeOptions(compute_capabilities=tuple(a.compute_capability))
+    except TrtptqError as e:
+        p.error(str(e))
+
     if a.job:
         name, model, calib, evals, settings = a.job
         wall, cpu = time.perf_counter(), time.process_time()

@@ -143,6 +143,16 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=16, help="evaluation samples of each sensitivity model")
     p.add_argument("--target", default="cosine=0.999", help="the target part's --target")
     a = p.parse_args()
+    from trtptq.calibration.cluster import Cluster
+    from trtptq.core.errors import TrtptqError
+    from trtptq.evaluation.compare import parse_thresholds
+
+    try:  # checked before any part runs
+        for count in a.workers:
+            Cluster(workers=count)
+        parse_thresholds([a.target], "--target")
+    except TrtptqError as e:
+        p.error(str(e))
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
         for part in a.parts:
             print(f"\n== {part}")
