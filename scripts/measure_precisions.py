@@ -201,11 +201,16 @@ def measure(name: str, n_calib: int, n_eval: int, seed: int, work: pathlib.Path,
           f"FP32 {case.metric} {rows['FP32']['metric']:.2%}", flush=True)
     made = {**ours(case, work, name, int4), **(modelopt(case, work, name, python, int4) if python else {})}
     for label, (path, seconds) in made.items():
-        out = run(path, case.feeds, case.batch, True)
-        rows[label] = {"metric": case.score(out), "cosine": cosine(ref, out), "quantize_s": seconds,
-                       "layers": quantized_layers(path)}
-        print(f"  {label:36s} {case.metric} {rows[label]['metric']:.2%}  cosine {rows[label]['cosine']:.4f}  "
-              f"quantized layers {rows[label]['layers']}  quantize {seconds:.1f} s", flush=True)
+        row = rows[label] = {"metric": None, "cosine": None, "quantize_s": seconds, "layers": quantized_layers(path)}
+        try:
+            out = run(path, case.feeds, case.batch, True)
+        except Exception as e:  # a peer's model ONNX Runtime refuses is a result too, not the end of the run
+            row["fails"] = str(e).strip().splitlines()[-1][-160:]
+            print(f"  {label:36s} does not run in ONNX Runtime: {row['fails']}", flush=True)
+            continue
+        row.update(metric=case.score(out), cosine=cosine(ref, out))
+        print(f"  {label:36s} {case.metric} {row['metric']:.2%}  cosine {row['cosine']:.4f}  "
+              f"quantized layers {row['layers']}  quantize {seconds:.1f} s", flush=True)
     return {"metric": case.metric, "calib": len(next(iter(case.calib.values()))), "eval": len(ref), "rows": rows}
 
 
@@ -215,8 +220,10 @@ def table(results: dict) -> str:
     for name, r in results.items():
         for label, row in r["rows"].items():
             who, _, what = label.partition(" ")
+            result = (f"{row['metric']:.2%} | {row['cosine']:.4f}" if row["metric"] is not None
+                      else "does not run in ONNX Runtime | -")
             lines.append(f"| {name} ({r['calib']}/{r['eval']}) | {r['metric']} | {who if what else ''} | {what or who} "
-                         f"| {row['layers']} | {row['metric']:.2%} | {row['cosine']:.4f} | {row['quantize_s']:.1f} |")
+                         f"| {row['layers']} | {result} | {row['quantize_s']:.1f} |")
     return "\n".join(lines)
 
 

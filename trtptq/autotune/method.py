@@ -35,9 +35,11 @@ from trtptq.data import Batches
 from trtptq.evaluation.evaluator import Evaluator
 from trtptq.evaluation.metrics import ErrorStats, combined_snr_db, noise_power, snr_db
 from trtptq.plugins import BUILTIN, Plugins
-from trtptq.quantization.insert import quantized_model, with_scales
+from trtptq.quantization.insert import FedScales, quantized_model
 from trtptq.quantization.qdq import Plan
 from trtptq.quantization.weights import Int4Weights
+from trtptq.runtime.ort import OrtRunner
+from trtptq.runtime.runner import WithFeeds
 
 PER_TENSOR = "per-tensor"  # the candidate whose every tensor has its own method
 ALL_INT8, ALL_FP8, PER_LAYER = "all-INT8", "all-FP8", "per layer"  # --precision auto's candidates
@@ -81,7 +83,7 @@ def choose_method(model: onnx.ModelProto, plan: Plan, by_method: dict[str, dict[
     No labels needed: the FP32 model is the reference, as in `trtptq compare`; it
     runs once, and every candidate runs in real batches against it. Candidates
     differ only in their Q/DQ scales, so one Q/DQ model is built and each
-    candidate is that model with its scales swapped (`with_scales`). Every run holds what the calibration's
+    candidate is that model with its scales fed (`FedScales`: one session for them all). Every run holds what the calibration's
     largest pass under `memory_budget` held (`budget.held`).
 
     With `formats` beyond INT8 (--precision auto), the same local run measures each layer in each of them
@@ -97,7 +99,7 @@ def choose_method(model: onnx.ModelProto, plan: Plan, by_method: dict[str, dict[
     sets = {**by_method, **{f.name: fp8_amax if f.activations else by_method[methods[0]] for f in others}}
     limit = min(samples, batches.num_samples or samples)
     limits = held(model, plan, batches, memory_budget)
-    template = quantized_model(model, plan, by_method[methods[0]])
+    template = FedScales.of(quantized_model(model, plan, by_method[methods[0]]), plan.activations)
     with Evaluator(model, batches.source, batch_size=limits.batch_size, num_samples=limit, memory_budget=limits.bytes,
                    plugins=plugins) as evaluator:
         # INT4 copies at round-to-nearest weights: the activation-aware rounding costs 4x as much (MiniLM: 0.66 s of
@@ -127,23 +129,25 @@ def choose_method(model: onnx.ModelProto, plan: Plan, by_method: dict[str, dict[
             if same is not None:
                 scores[name], race.snr[name] = scores[same], race.snr.get(same)
             else:
-                scores[name] = race.score(with_scales(template, candidates[name]), name)
+                scores[name] = race.score(WithFeeds(shared, template.feeds(candidates[name]), name), name)
 
-        # The most promising first, so that the bar the others must reach is high early: the mix (the least local
-        # noise by construction), then the single methods by their local noise.
-        for name in [PER_TENSOR, *sorted((m for m in methods if predicted[m] <= HOPELESS * floor), key=predicted.get)]:
-            score(name)
-        best = race.best_of(scores) or base  # none scored: all fell short of all-FP8; INT8 keeps the least noise
-        if best in methods and best != base:
-            # The outputs prefer another method than the local noise did (it weighs clipping and rounding alike, the
-            # outputs do not): the mix around the method they prefer races too.
-            mix = per_tensor_methods(by_node, plan, best)
-            amax = {t: by_method[m][t] for t, m in mix.items()}
-            if amax not in candidates.values():  # else it is a candidate already scored (no tensor switched)
-                name = f"{PER_TENSOR} on {best}"
-                mixes[name], candidates[name], scores[name] = mix, amax, None
+        with OrtRunner(template.model, simulate_qdq=True, name="candidates", plugins=plugins) as shared:
+            # The most promising first, so that the bar the others must reach is high early: the mix (the least local
+            # noise by construction), then the single methods by their local noise.
+            for name in [PER_TENSOR, *sorted((m for m in methods if predicted[m] <= HOPELESS * floor),
+                                             key=predicted.get)]:
                 score(name)
-                best = race.best_of(scores) or best
+            best = race.best_of(scores) or base  # none scored: all fell short of all-FP8; INT8 keeps the least noise
+            if best in methods and best != base:
+                # The outputs prefer another method than the local noise did (it weighs clipping and rounding alike,
+                # the outputs do not): the mix around the method they prefer races too.
+                mix = per_tensor_methods(by_node, plan, best)
+                amax = {t: by_method[m][t] for t, m in mix.items()}
+                if amax not in candidates.values():  # else it is a candidate already scored (no tensor switched)
+                    name = f"{PER_TENSOR} on {best}"
+                    mixes[name], candidates[name], scores[name] = mix, amax, None
+                    score(name)
+                    best = race.best_of(scores) or best
         result = MethodChoice(PER_TENSOR if best in mixes else best, candidates[best], scores,
                               mixes.get(best, mixes[PER_TENSOR]), kept=best)
         if others:

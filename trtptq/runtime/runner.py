@@ -37,3 +37,28 @@ class Runner(Protocol):
     def output_names(self) -> list[str]: ...
 
     def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+class WithFeeds:
+    """A runner with fixed inputs added to every feed: candidates that share one open session and differ only in
+    some inputs (`quantization.insert.FedScales`). Entering and leaving it leaves the shared runner open."""
+
+    def __init__(self, runner: Runner, fixed: Mapping[str, np.ndarray], name: str):
+        self.runner, self.fixed, self.name = runner, dict(fixed), name
+
+    def __enter__(self) -> WithFeeds:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    @property
+    def input_specs(self) -> list[InputSpec]:
+        return [s for s in self.runner.input_specs if s.name not in self.fixed]
+
+    @property
+    def output_names(self) -> list[str]:
+        return self.runner.output_names
+
+    def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.runner.run({**feed, **self.fixed})
