@@ -11,6 +11,7 @@ samples (where the spread is).
 
     python scripts/measure_fp8_rounding.py --models vit --calib 16 --eval 160
     python scripts/measure_fp8_rounding.py --models vit --no-modelopt --keep /tmp/rounding
+    python scripts/measure_fp8_rounding.py --models vit --calib 16 --eval 160 --roundings 1 --seed 5
 
 The table from a run is in docs/precisions.md ("Why the ViT's FP8 cosine differs").
 """
@@ -72,7 +73,8 @@ def ours_fp8(path: pathlib.Path, calib: dict[str, np.ndarray], out: pathlib.Path
     return model_io.save(result.model, out)
 
 
-def measure(name: str, n_calib: int, n_eval: int, seed: int, work: pathlib.Path, python: str | None) -> dict:
+def measure(name: str, n_calib: int, n_eval: int, seed: int, work: pathlib.Path, python: str | None,
+            roundings: int = len(FACTORS)) -> dict:
     make, default_calib, default_eval = CASES[name]
     case = make(work, n_calib or default_calib, n_eval or default_eval, seed)
     ref = run(case.path, case.feeds, case.batch, False)
@@ -81,7 +83,7 @@ def measure(name: str, n_calib: int, n_eval: int, seed: int, work: pathlib.Path,
         models |= {label: path for label, (path, _) in modelopt(case, work, name, python, modes=(("fp8", "entropy"),)).items()}
     rows = {}
     for label, path in models.items():
-        for k, factor in enumerate(FACTORS):
+        for k, factor in enumerate(FACTORS[:roundings]):
             candidate = path if k == 0 else rescaled(path, case.path, factor, work / f"{path.stem}.x{k}.onnx")
             out = run(candidate, case.feeds, case.batch, True)
             cos = np.sort(sample_cosines(ref, out))
@@ -106,7 +108,12 @@ def table(results: dict) -> str:
 
 
 def main(argv=None) -> int:
-    return measure_cases(cases_parser(__doc__.split("\n\n")[0], ["vit"]).parse_args(argv), measure, table)
+    p = cases_parser(__doc__.split("\n\n")[0], ["vit"])
+    p.add_argument("--roundings", type=int, choices=range(1, len(FACTORS) + 1), default=len(FACTORS),
+                   help="the first N of the four roundings (1: each tool's model as it writes it, for more draws of "
+                        "samples with --seed)")
+    a = p.parse_args(argv)
+    return measure_cases(a, lambda *args: measure(*args, a.roundings), table)
 
 
 if __name__ == "__main__":
