@@ -46,19 +46,15 @@ class FedScales:
     sites: Mapping[str, tuple[str, QuantFormat]]  # scale input -> (tensor, format)
 
     @classmethod
-    def of(cls, qdq_model: onnx.ModelProto, tensors: Iterable[str]) -> FedScales:
+    def of(cls, model: onnx.ModelProto, tensors: Iterable[str]) -> FedScales:
+        """`model`'s scales of `tensors` made inputs, in place (no second copy of a large model's weights)."""
         names = {f"{tensor}{_tag(fmt)}_scale": (tensor, fmt) for tensor in tensors for fmt in FORMATS.values()
                  if fmt.activations}
-        model = onnx.ModelProto()
-        model.CopyFrom(qdq_model)
-        kept, sites = [], {}
-        for init in model.graph.initializer:
-            if init.name in names and not init.dims:
-                sites[init.name] = names[init.name]
-            else:
-                kept.append(init)
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(kept)
+        initializers = model.graph.initializer
+        fed = [k for k, init in enumerate(initializers) if init.name in names and not init.dims]
+        sites = {initializers[k].name: names[initializers[k].name] for k in fed}
+        for k in reversed(fed):
+            del initializers[k]
         model.graph.input.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, []) for name in sites)
         return cls(model, sites)
 
