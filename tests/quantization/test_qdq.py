@@ -16,7 +16,7 @@ from trtptq.core.formats import INT8
 from trtptq.core.precision import NodePrecision, read_plan
 from trtptq.pipelines import quantize
 from trtptq.quantization.graph import export_graph, import_graph
-from trtptq.quantization.insert import insert_qdq
+from trtptq.quantization.insert import FedScales, insert_qdq, quantized_model
 from trtptq.quantization.options import QuantizeOptions
 from trtptq.quantization.qdq import plan
 from trtptq.quantization.rules import RULES, OpRule, with_rules
@@ -293,3 +293,25 @@ def test_scales_follow_the_int8_format(resnet_block):
     dq = _dq_of_input(q, "conv1", 1)
     assert _init(q, dq.input[1])[3] == np.float32(INT8.min_scale) and not _init(q, dq.input[0])[3].any()
     assert np.abs(_init(q, dq.input[0]).astype(np.int16)).max() == INT8.qmax
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp8"])
+def test_fed_scales_run_every_set_of_ranges_in_one_session(resnet_block, precision):
+    """`--method auto`'s candidates: one session of the model with its activation scales as inputs gives, for each
+    set of ranges, what the model written with those ranges gives."""
+    x = RNG.standard_normal((4, 8, 6, 6)).astype(np.float32)
+    options = QuantizeOptions(precision=precision)
+    result = quantize(resnet_block, data=[{"x": x}], options=options)
+    amax = result.ranges.amax
+    model = model_io.ensure_opset(resnet_block, options.opset)
+    fed = FedScales.of(quantized_model(model, result.plan, amax), amax)
+    assert fed.sites and all(not i.name.endswith("_scale") or i.name in fed.sites
+                             for i in fed.model.graph.input if i.name != "x")
+    shared = session(fed.model, simulate_qdq=True)
+    outputs = []
+    for factor in (1.0, 0.5, 3.0):
+        ranges = {t: a * factor for t, a in amax.items()}
+        written = session(quantized_model(model, result.plan, ranges), simulate_qdq=True).run(None, {"x": x})[0]
+        outputs.append(shared.run(None, {"x": x, **fed.feeds(ranges)})[0])
+        np.testing.assert_array_equal(outputs[-1], written)
+    assert not np.array_equal(outputs[0], outputs[2])  # the fed scales do act
