@@ -50,9 +50,9 @@ from trtptq.plugins import BUILTIN, Plugins
 from trtptq.quantization.graph import import_graph
 from trtptq.quantization.insert import quantized_model
 from trtptq.quantization.options import QuantizeOptions
-from trtptq.quantization.qdq import Plan, int4_inputs, plan
+from trtptq.quantization.qdq import Plan, fp8_inputs, int4_inputs, plan
 from trtptq.quantization.rules import plugin_rules, with_rules
-from trtptq.quantization.weights import Int4Weights
+from trtptq.quantization.weights import Fp8Weights, Int4Weights
 
 logger = logging.getLogger(__name__)
 LOW_SNR_DB = 20.0  # output SNR (all outputs combined) below which --method auto tells the user to check accuracy (cosine ~0.995)
@@ -148,48 +148,53 @@ def _qopts_dict(q: QuantizeOptions) -> dict:
 
 def _calibrate(proto: onnx.ModelProto, name: str, graph: gs.Graph, placement: Plan, data, options: CalibrationOptions,
                qopts: QuantizeOptions, plugins: Plugins, identify: bool = False) -> tuple[Ranges, Calibration, Plan]:
-    """Calibrate the plan's activations, fold from the same run the channel statistics of the inputs its INT4 weights
+    """Calibrate the plan's activations, fold from the same run the channel statistics of the inputs its INT4 and FP8 weights
     may multiply (the plan returned rounds its INT4 weights with them), and choose the ranges (`_choose`)."""
     calibration = _collect(proto, name, graph, placement, data, options, qopts, plugins, identify)
-    placement = _with_int4(graph, placement, qopts, calibration.state.channels)
+    placement = _with_weight_statistics(graph, placement, qopts, calibration.state.channels)
     return _choose(proto, placement, calibration.state, calibration.batches, options, qopts, plugins), calibration, placement
 
 
 def _collect(proto: onnx.ModelProto, name: str, graph: gs.Graph, placement: Plan, data, options: CalibrationOptions,
              qopts: QuantizeOptions, plugins: Plugins, identify: bool = False) -> Calibration:
-    """The plan's activations and INT4 channel statistics (`_int4_channels`) over `data`; `identify`: the state names
+    """The plan's activations and weight channel statistics (`_weight_channels`) over `data`; `identify`: the state names
     the model by its hash (for a state that will be saved and merged)."""
     return calibrate_tensors(proto, list(placement.activations), data, options, passes_for(options, build_engine), name,
                              plugins, {"quantize": _qopts_dict(qopts)}, model_identity(proto) if identify else "",
-                             _int4_channels(proto, graph, placement, qopts))
+                             _weight_channels(proto, graph, placement, qopts))
 
 
-def _int4_channels(proto: onnx.ModelProto, graph: gs.Graph, placement: Plan, qopts: QuantizeOptions
-                   ) -> dict[str, BlockGram]:
-    """Empty statistics of the inputs the plan's INT4 weights may multiply, as awq (blocks) or gptq (the whole
-    second-moment matrix) reads them, leaving out the rows --padding-mask marks as padding; none for rtn."""
-    inputs = int4_inputs(graph, placement, qopts) if qopts.int4_method != "rtn" else {}
+def _weight_channels(proto: onnx.ModelProto, graph: gs.Graph, placement: Plan, qopts: QuantizeOptions
+                     ) -> dict[str, BlockGram]:
+    """Empty statistics of the inputs the plan's INT4 and FP8 weights may multiply, leaving out the rows
+    --padding-mask marks as padding: INT4's as awq (blocks) or gptq (the whole second-moment matrix) reads them (none
+    for rtn); FP8's per channel (blocks of 1), unless INT4's blocks hold them already."""
+    int4 = set(int4_inputs(graph, placement, qopts).values()) if qopts.int4_method != "rtn" else set()
+    fp8 = set(fp8_inputs(graph, placement, qopts).values()) - int4
+    mask = padding_mask(proto, qopts.padding_mask) if int4 | fp8 else None
     size = None if qopts.int4_method == "gptq" else placement.block_size
-    mask = padding_mask(proto, qopts.padding_mask) if inputs else None
-    return {t: BlockGram(size, mask) for t in inputs.values()}
+    return {**{t: BlockGram(size, mask) for t in int4}, **{t: BlockGram(1, mask) for t in fp8}}
 
 
-def _with_int4(graph: gs.Graph, placement: Plan, qopts: QuantizeOptions, channels: dict[str, BlockGram]) -> Plan:
-    """The plan rounding its INT4 weights with the statistics in `channels` (a weight without them: rtn)."""
+def _with_weight_statistics(graph: gs.Graph, placement: Plan, qopts: QuantizeOptions, channels: dict[str, BlockGram]) -> Plan:
+    """The plan rounding its INT4 and FP8 weights with the statistics in `channels` (a weight without them: INT4
+    rtn, FP8 each channel's max onto 448)."""
     inputs = int4_inputs(graph, placement, qopts) if qopts.int4_method != "rtn" else {}
     grams = {w: channels[t].gram for w, t in inputs.items() if t in channels and channels[t].gram is not None}
-    return replace(placement, int4=Int4Weights(grams))
+    moments = {w: channels[t].moments for w, t in fp8_inputs(graph, placement, qopts).items()
+               if t in channels and channels[t].moments is not None}
+    return replace(placement, int4=Int4Weights(grams), fp8=Fp8Weights(moments))
 
 
-def _int4_from_ranges(proto: onnx.ModelProto, graph: gs.Graph, placement: Plan, qopts: QuantizeOptions,
-                      ranges: Ranges) -> Plan:
-    """The plan rounding its INT4 weights with the statistics the ranges carry (`calibrate`/`merge` write them beside
-    the file). Refused where the ranges were calibrated for this --int4-method and lack them; where they were
-    calibrated otherwise, rtn with a warning."""
-    wanted = _int4_channels(proto, graph, placement, qopts)
+def _weights_from_ranges(proto: onnx.ModelProto, graph: gs.Graph, placement: Plan, qopts: QuantizeOptions,
+                         ranges: Ranges) -> Plan:
+    """The plan rounding its INT4 and FP8 weights with the statistics the ranges carry (`calibrate`/`merge` write them
+    beside the file). Refused where the ranges were calibrated for this --int4-method and lack INT4's; where they were
+    calibrated otherwise, INT4 rtn with a warning. FP8 weights without theirs: each channel's max onto 448."""
+    wanted = {t: g for t, g in _weight_channels(proto, graph, placement, qopts).items() if g.block_size != 1}
     if all(t in ranges.channels and (ranges.channels[t].block_size, ranges.channels[t].mask) == (g.block_size, g.mask)
            for t, g in wanted.items()):
-        return _with_int4(graph, placement, qopts, ranges.channels)
+        return _with_weight_statistics(graph, placement, qopts, ranges.channels)
     if ranges.options.get("quantize", {}).get("int4_method") == qopts.int4_method:
         raise TrtptqError(f"the ranges were calibrated with --int4-method {qopts.int4_method}, but its channel "
                           "statistics are not beside the ranges file (RANGES.int4.npz, which calibrate and merge write "
@@ -197,7 +202,7 @@ def _int4_from_ranges(proto: onnx.ModelProto, graph: gs.Graph, placement: Plan, 
     logger.warning("INT4 weights take the scales of least weight error (--int4-method rtn): %s needs channel "
                    "statistics, which ranges calibrated with other quantize options lack; calibrate with these "
                    "options (or give --data)", qopts.int4_method)
-    return placement
+    return _with_weight_statistics(graph, placement, replace(qopts, int4_method="rtn"), ranges.channels)
 
 
 def _choose(proto: onnx.ModelProto, placement: Plan, state: CalibrationState, batches: Batches,
@@ -300,7 +305,7 @@ def merge(states: Sequence[CalibrationState | str | os.PathLike], method: str | 
     specs = input_specs(proto)
     batches = Batches(open_source(data, specs, options.image), specs, state.options["batch_size"],
                       state.data["num_samples"])
-    placement = _with_int4(graph, placement, qopts, state.channels)
+    placement = _with_weight_statistics(graph, placement, qopts, state.channels)
     return _choose(proto, placement, state, batches, options, qopts, plugins)
 
 
@@ -349,7 +354,7 @@ def _ranges_and_plan(proto: onnx.ModelProto, name: str, graph: gs.Graph, placeme
     --precision auto chose): (ranges, plan, collection stats, calibrators)."""
     if ranges is not None:
         ranges = ranges if isinstance(ranges, Ranges) else Ranges.load(ranges)
-        placement, stats, calibs = _int4_from_ranges(proto, graph, placement, qopts, ranges), None, {}
+        placement, stats, calibs = _weights_from_ranges(proto, graph, placement, qopts, ranges), None, {}
     elif data is not None:
         ranges, done, placement = _calibrate(proto, name, graph, placement, data, calibration, qopts, plugins)
         stats, calibs = done.stats, done.calibrators
@@ -438,7 +443,7 @@ def quantize_each_method(model: onnx.ModelProto | str | os.PathLike, data, metho
     proto, name, graph, placement = prepare(model, qopts, plugins)
     options = replace(calibration or CalibrationOptions(), method=AUTO)
     done = _collect(proto, name, graph, placement, data, options, qopts, plugins)
-    placement = _with_int4(graph, placement, qopts, done.state.channels)
+    placement = _with_weight_statistics(graph, placement, qopts, done.state.channels)
     by_method = done.amax_by_method()
     results = {}
     for method in methods:

@@ -1,4 +1,4 @@
-"""The per-block input statistics of INT4 awq/gptq (BlockGram): shards' sums merge into one process's, bit for bit."""
+"""The input statistics of INT4 awq/gptq and FP8 weights (BlockGram): shards' sums merge into one process's, bit for bit."""
 
 import numpy as np
 import pytest
@@ -26,6 +26,11 @@ def test_shards_in_other_batches_give_the_gram_of_one_pass(block_size):
         merged.add(first)
         merged.add(second)
         assert merged.rows == one.rows and np.array_equal(merged.gram, one.gram)
+        assert all(np.array_equal(a, b) for a, b in zip(merged.moments, one.moments))
+    squares, means = one.moments  # FP8 weights' statistics: E[x^2] and E[x] per channel
+    rows = x.reshape(-1, 64).astype(np.float64)
+    np.testing.assert_allclose(squares, (rows * rows).mean(0), rtol=1e-6)
+    np.testing.assert_allclose(means, rows.mean(0), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="blocks of 64 .* to blocks of"):
         one.add(BlockGram(64))
 
@@ -57,6 +62,10 @@ def test_a_file_keeps_each_statistics_padding_mask_and_sums_with_another_mask_ar
     header, arrays = channel_arrays({"t": masked})
     back = load_channels(header, arrays)["t"]
     assert (back.mask, back.rows) == ("attention_mask", 7) and np.array_equal(back.gram, masked.gram)
+    assert all(np.array_equal(a, b) for a, b in zip(back.moments, masked.moments))
+    del arrays["channel_sum_0"]  # a file from before the sums: the Gram still reads, the moments are unknown
+    older = load_channels(header, arrays)["t"]
+    assert np.array_equal(older.gram, masked.gram) and older.moments is None
     every = BlockGram(32)
     every.observe(x)
     with pytest.raises(ValueError, match="mask attention_mask"):

@@ -1,5 +1,7 @@
 """Calibration states: saved, sharded, merged; ranges bit-identical to one run over all the data."""
 
+import pathlib
+
 import numpy as np
 import onnx
 import pytest
@@ -9,6 +11,7 @@ from support import assert_one_line_error, float_input, make_model, trtptq
 from trtptq.calibration.calibrate import CalibrationOptions
 from trtptq.calibration.state import CalibrationState
 from trtptq.core.errors import TrtptqError
+from trtptq.core.sidecars import int4_statistics_path
 from trtptq.data import Shard
 from trtptq.pipelines import calibrate, calibration_state, merge, quantize
 from trtptq.quantization.options import QuantizeOptions
@@ -147,17 +150,24 @@ def _initializers(model: onnx.ModelProto) -> list[bytes]:
     return [t.SerializeToString() for t in model.graph.initializer]
 
 
-@pytest.mark.parametrize("int4_method", ["awq", "gptq"])
-def test_int4_statistics_of_shards_give_the_weights_of_one_quantize(mlp, tmp_path, int4_method):
-    """w4a16 awq/gptq: each shard's state carries the channel statistics of the INT4 weights' inputs, merged (in any
-    order) into the ranges, saved beside them (RANGES.int4.npz) and read back by quantize --ranges: the INT4 weights
-    of one quantize over all the data, bit for bit, for 1 to 3 shards; rtn's differ."""
+@pytest.mark.parametrize("precision, int4_method", [("w4a16", "awq"), ("w4a16", "gptq"), ("fp8", "awq")])
+def test_weight_statistics_of_shards_give_the_weights_of_one_quantize(mlp, tmp_path, precision, int4_method):
+    """w4a16 awq/gptq and fp8: each shard's state carries the channel statistics of the weights' inputs, merged (in
+    any order) into the ranges, saved beside them (RANGES.int4.npz) and read back by quantize --ranges: the INT4 or
+    FP8 weights of one quantize over all the data, bit for bit, for 1 to 3 shards; rtn's (INT4) and each channel's
+    max onto 448 (FP8, ranges without the statistics) differ."""
     path, data = mlp
-    options = QuantizeOptions(precision="w4a16", block_size=32, int4_method=int4_method)
+    options = QuantizeOptions(precision=precision, block_size=32, int4_method=int4_method)
     one = quantize(path, data, options=options, calibration=_options("minmax", batch_size=None)).model
-    rtn = quantize(path, data, options=QuantizeOptions(precision="w4a16", block_size=32, int4_method="rtn"),
-                   calibration=_options("minmax")).model
-    assert _initializers(rtn) != _initializers(one)
+    if precision == "w4a16":
+        plain = quantize(path, data, options=QuantizeOptions(precision="w4a16", block_size=32, int4_method="rtn"),
+                         calibration=_options("minmax")).model
+    else:
+        (tmp_path / "plain").mkdir()
+        calibrate(path, data, options=_options("minmax"), quantize_options=options).save(tmp_path / "plain" / "r.json")
+        pathlib.Path(int4_statistics_path(tmp_path / "plain" / "r.json")).unlink()
+        plain = quantize(path, ranges=tmp_path / "plain" / "r.json", options=options).model
+    assert _initializers(plain) != _initializers(one)
     for count in (1, 2, 3):
         parts = [calibration_state(path, data, _options("minmax", Shard(k, count)), options) for k in range(count)]
         for k, part in enumerate(parts):

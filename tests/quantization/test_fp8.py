@@ -9,9 +9,11 @@ from onnx import helper
 
 from support import float_input, make_model
 from trtptq.calibration.calibrate import CalibrationOptions
+from trtptq.core.formats import FP8 as FP8_E4M3
 from trtptq.core.precision import FP8, FP32
 from trtptq.pipelines import calibrate, prepare, quantize
 from trtptq.quantization.options import QuantizeOptions
+from trtptq.quantization.weights import FP8_STEPS, per_channel, per_channel_fitted
 from trtptq.runtime.ort import session
 
 FP8_OPTS = QuantizeOptions(precision="fp8")
@@ -91,10 +93,13 @@ def test_onnx_runtime_fp8_qdq_matches_the_ml_dtypes_reference():
     x = x.astype(np.float32)
     y = session(q.model, simulate_qdq=True).run(None, {"x": x})[0]
     amax = float(np.clip(calib, 0, 6).max())  # after the Clip
-    w_scale = (np.abs(w).max(axis=0) / 448).astype(np.float32)
+    stored = {i.name: onnx.numpy_helper.to_array(i) for i in q.model.graph.initializer}
+    # each column's scale: its max onto 448, or one of the three equally fine ones above it (`per_channel_fitted`)
+    w_scale = stored["w_fp8_scale"]
+    steps = w_scale / (np.abs(w).max(axis=0) / 448).astype(np.float32)
+    assert np.isclose(steps[:, None], FP8_STEPS, rtol=1e-6).any(axis=1).all(), steps
     expected = _reference_qdq(np.clip(x, 0, 6), np.float32(amax / 448)) @ _reference_qdq(w, w_scale)
     np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max())
-    stored = {i.name: onnx.numpy_helper.to_array(i) for i in q.model.graph.initializer}
     assert stored["r_fp8_scale"] == np.float32(amax / 448) and stored["w_fp8_quantized"].dtype == ml_dtypes.float8_e4m3fn
 
 
@@ -114,3 +119,25 @@ def test_fp8_calibrates_with_minmax_unless_told(mnist):
     assert calibrate(path, data, quantize_options=FP8_OPTS).method == "minmax"
     told = calibrate(path, data, CalibrationOptions(method="percentile", show_progress=False), FP8_OPTS)
     assert told.method == "percentile"
+
+
+def test_fp8_weights_take_of_four_equally_fine_scales_the_one_of_least_output_error():
+    """Each output channel's scale is its max onto 448 times one of FP8_STEPS, the one whose error on the inputs'
+    moments (sum E[x^2] d^2 + (sum E[x] d)^2) is least: never above the max-based rounding's error, and inputs with a
+    mean (after a ReLU) leave the outputs far less shifted on average than round to nearest does."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((256, 64)).astype(np.float32)  # (K, N): per output channel along axis 1
+    x = np.maximum(rng.standard_normal((4096, 256)), 0).astype(np.float32) * rng.uniform(0.5, 2, 256).astype(np.float32)
+    squares, means = (x * x).mean(0), x.mean(0)
+    q, scale = per_channel_fitted(w, FP8_E4M3, 1, squares, means)
+    q0, scale0 = per_channel(w, FP8_E4M3, 1)
+    assert np.isclose((scale / scale0)[:, None], FP8_STEPS, rtol=1e-6).any(axis=1).all()
+    assert len(set(np.round(scale / scale0, 4))) > 1  # the channels do not all take the same step
+    d, d0 = q.astype(np.float32) * scale - w, q0.astype(np.float32) * scale0 - w
+
+    def error(d):
+        return squares @ (d * d) + (means @ d) ** 2
+
+    assert np.all(error(d) <= error(d0) * (1 + 1e-6))
+    shift, shift0 = np.abs((x @ d).mean(0)).mean(), np.abs((x @ d0).mean(0)).mean()  # each output's mean shift
+    assert shift < 0.5 * shift0, (shift, shift0)

