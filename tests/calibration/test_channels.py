@@ -66,6 +66,10 @@ def test_a_file_keeps_each_statistics_padding_mask_and_sums_with_another_mask_ar
     del arrays["channel_sum_0"]  # a file from before the sums: the Gram still reads, the moments are unknown
     older = load_channels(header, arrays)["t"]
     assert np.array_equal(older.gram, masked.gram) and older.moments is None
+    newer = BlockGram(32, "attention_mask")
+    newer.observe(x, {"attention_mask": mask})
+    for first, second in ((older, newer), (newer, older)):  # half the rows' sums are not a mean of all the rows
+        assert first.merged(second).moments is None and first.merged(second).gram is not None
     every = BlockGram(32)
     every.observe(x)
     with pytest.raises(ValueError, match="mask attention_mask"):

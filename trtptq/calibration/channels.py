@@ -101,9 +101,13 @@ class BlockGram:
         if (other.block_size, other.mask) != (self.block_size, self.mask):
             raise ValueError(f"cannot add statistics of blocks of {other.block_size} (mask {other.mask}) to blocks of "
                              f"{self.block_size} (mask {self.mask})")
+        # sums unknown on either side (rows from a file written before them): the mean is unknown
+        known = (self.sums is not None or not self.rows) and (other.sums is not None or not other.rows)
         if other.total is not None:
             self.total = other.total.copy() if self.total is None else self.total + other.total
-        if other.sums is not None:
+        if not known:
+            self.sums = None
+        elif other.sums is not None:
             self.sums = other.sums.copy() if self.sums is None else self.sums + other.sums
         self.rows += other.rows
 
