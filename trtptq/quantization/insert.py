@@ -97,6 +97,9 @@ def insert_qdq(graph: gs.Graph, plan_: Plan, amax: Mapping[str, float], suffix: 
         int4 = {(site.tensor, site.block_axis) for site in plan_.weights if plan_.format_of(site.node) is INT4}
         plan_.int4.round_all([(w, lambda w=w: np.asarray(weight_values(tensors[w]), np.float32), axis)
                               for w, axis in sorted(int4)], INT4, plan_.block_size)
+        fp8 = {(site.tensor, site.axis) for site in plan_.weights if plan_.format_of(site.node) is FP8}
+        plan_.fp8.round_all([(w, lambda w=w: np.asarray(weight_values(tensors[w]), np.float32), axis)
+                             for w, axis in sorted(fp8, key=str)], FP8)
     done: dict[tuple, gs.Variable] = {}
     for site in plan_.weights:
         fmt = plan_.format_of(site.node)
