@@ -148,8 +148,8 @@ def _qopts_dict(q: QuantizeOptions) -> dict:
 
 def _calibrate(proto: onnx.ModelProto, name: str, graph: gs.Graph, placement: Plan, data, options: CalibrationOptions,
                qopts: QuantizeOptions, plugins: Plugins, identify: bool = False) -> tuple[Ranges, Calibration, Plan]:
-    """Calibrate the plan's activations, fold from the same run the channel statistics of the inputs its INT4 and FP8 weights
-    may multiply (the plan returned rounds its INT4 weights with them), and choose the ranges (`_choose`)."""
+    """Calibrate the plan's activations, fold from the same run the channel statistics of the inputs its INT4 and FP8
+    weights may multiply (the plan returned rounds those weights with them), and choose the ranges (`_choose`)."""
     calibration = _collect(proto, name, graph, placement, data, options, qopts, plugins, identify)
     placement = _with_weight_statistics(graph, placement, qopts, calibration.state.channels)
     return _choose(proto, placement, calibration.state, calibration.batches, options, qopts, plugins), calibration, placement
@@ -176,7 +176,8 @@ def _weight_channels(proto: onnx.ModelProto, graph: gs.Graph, placement: Plan, q
     return {**{t: BlockGram(size, mask) for t in int4}, **{t: BlockGram(1, mask) for t in fp8}}
 
 
-def _with_weight_statistics(graph: gs.Graph, placement: Plan, qopts: QuantizeOptions, channels: dict[str, BlockGram]) -> Plan:
+def _with_weight_statistics(graph: gs.Graph, placement: Plan, qopts: QuantizeOptions,
+                            channels: dict[str, BlockGram]) -> Plan:
     """The plan rounding its INT4 and FP8 weights with the statistics in `channels` (a weight without them: INT4
     rtn, FP8 each channel's max onto 448)."""
     inputs = int4_inputs(graph, placement, qopts) if qopts.int4_method != "rtn" else {}

@@ -13,7 +13,7 @@ from trtptq.core.formats import FP8 as FP8_E4M3
 from trtptq.core.precision import FP8, FP32
 from trtptq.pipelines import calibrate, prepare, quantize
 from trtptq.quantization.options import QuantizeOptions
-from trtptq.quantization.weights import FP8_STEPS, per_channel, per_channel_fitted
+from trtptq.quantization.weights import FP8_STEPS, _e4m3, per_channel, per_channel_fitted
 from trtptq.runtime.ort import session
 
 FP8_OPTS = QuantizeOptions(precision="fp8")
@@ -141,3 +141,8 @@ def test_fp8_weights_take_of_four_equally_fine_scales_the_one_of_least_output_er
     assert np.all(error(d) <= error(d0) * (1 + 1e-6))
     shift, shift0 = np.abs((x @ d).mean(0)).mean(), np.abs((x @ d0).mean(0)).mean()  # each output's mean shift
     assert shift < 0.5 * shift0, (shift, shift0)
+    # the candidates are scored on E4M3 rounding emulated on float32 bits: ml_dtypes' cast, subnormals and ties included
+    v = np.concatenate([rng.standard_normal(4096) * 100, rng.standard_normal(4096) * 1e-3, 2.0 ** -np.arange(4, 12),
+                        (np.arange(16) + 0.5) * 2.0 ** -9]).astype(np.float32)
+    v = np.clip(np.concatenate([v, -v]), -448, 448)
+    assert np.array_equal(_e4m3(v), v.astype(ml_dtypes.float8_e4m3fn).astype(np.float32))

@@ -54,7 +54,8 @@ class Plan:
     #: how its INT4 weights are rounded (from the calibration's channel statistics), shared by every plan derived
     #: from this one: the same weights in every model made of it
     int4: Int4Weights = field(default_factory=Int4Weights, compare=False, repr=False)
-    #: how its FP8 weights are rounded (each channel's of four equally fine scales, by the same statistics), shared
+    #: how its FP8 weights are rounded (each channel's scale of four equally fine ones, by the same statistics),
+    #: shared as `int4` is
     fp8: Fp8Weights = field(default_factory=Fp8Weights, compare=False, repr=False)
     #: where the quantized weights of the models made of it go, shared by all of them (None: into each model):
     #: for the models a run builds to measure, of a model with external data (`core.model.WeightFile`)
@@ -258,8 +259,6 @@ def _may_take(plan_: Plan, node: str, options: QuantizeOptions, fmt: QuantFormat
         return True
     return (options.precision == AUTO and fmt in options.formats and not plan_.precision.nodes[node].pinned
             and fmt in plan_.formats_for(node))
-
-
 
 
 def _exclusion(n: gs.Node, rule: OpRule | None, options: QuantizeOptions) -> str | None:
