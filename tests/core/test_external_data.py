@@ -137,6 +137,18 @@ def test_checker_and_shape_inference_on_the_skeleton(external, tmp_path, monkeyp
         model_io.check(model, "the model")
 
 
+def test_opset_upgrade_keeps_the_weights_where_they_are(external):
+    """An upgrade (FP8 needs opset 19) converts the skeleton: the weights stay references into their file, and the
+    upgraded model computes what the original does."""
+    path, feed = external
+    model = model_io.load(path)
+    upgraded = model_io.ensure_opset(model, 19)
+    assert model_io.opset(upgraded) == 19 and model_io.weights_dir(upgraded) == model_io.weights_dir(model)
+    assert [t.SerializeToString() for t in upgraded.graph.initializer] == [
+        t.SerializeToString() for t in model.graph.initializer]
+    np.testing.assert_array_equal(session(upgraded).run(None, feed)[0], session(model).run(None, feed)[0])
+
+
 def test_quantizing_reads_each_weight_once_and_keeps_the_others_as_references(external, tmp_path, monkeypatch):
     path, feed = external
     monkeypatch.chdir(tmp_path)
