@@ -31,12 +31,12 @@ from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 from trtptq.core import precision
 from trtptq.core.formats import FORMATS
 from trtptq.core.precision import NodePrecision
-from trtptq.data import InputSpec
 from trtptq.plugins import BUILTIN, Plugins
 from trtptq.quantization.graph import export_graph, import_graph, replace_input
 from trtptq.quantization.insert import insert_qdq
 from trtptq.quantization.qdq import Plan, WeightSite
 from trtptq.runtime.ort import OrtRunner
+from trtptq.runtime.runner import WithFeeds
 
 GATE_PREFIX = "trtptq_gate:"
 
@@ -62,42 +62,18 @@ class GatedModel:
     def __exit__(self, *exc) -> None:
         self._runner.__exit__(*exc)
 
-    def variant(self, precisions: Mapping[str, str], name: str) -> _Variant:
+    def variant(self, precisions: Mapping[str, str], name: str) -> WithFeeds:
         """A runner (for the evaluator) with each node of `precisions` in its precision (FP32: float), every other
         node in float."""
         missing = [f"{n}:{p}" for n, p in precisions.items() if p != precision.FP32 and (n, p) not in self._gates]
         if missing:
             raise ValueError(f"the gated model has no gate for {', '.join(missing)}")
         gates = {g: np.array(precisions.get(node, precision.FP32) == p) for (node, p), g in self._gates.items()}
-        return _Variant(self._runner, gates, name)
+        return WithFeeds(self._runner, gates, name)
 
     def quantized(self, nodes: Sequence[str]) -> dict[str, str]:
         """`nodes` in their plan's formats: the mapping `variant` takes."""
         return {node: self.own[node] for node in nodes}
-
-
-class _Variant:
-    """One gate setting of the shared session, with the runtime interface (entering it holds nothing)."""
-
-    def __init__(self, runner: OrtRunner, gates: dict[str, np.ndarray], name: str):
-        self._runner, self._gates, self.name = runner, gates, name
-
-    def __enter__(self) -> _Variant:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
-    @property
-    def input_specs(self) -> list[InputSpec]:
-        return [s for s in self._runner.input_specs if s.name not in self._gates]
-
-    @property
-    def output_names(self) -> list[str]:
-        return self._runner.output_names
-
-    def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self._runner.run({**feed, **self._gates})
 
 
 def _gated(model: onnx.ModelProto, plan: Plan, amax: Mapping[str, float], gates: dict[tuple[str, str], str]
