@@ -274,7 +274,7 @@ def merge(states: Sequence[CalibrationState | str | os.PathLike], method: str | 
           options: CalibrationOptions | None = None, plugins: Plugins = BUILTIN,
           save_state: str | os.PathLike | None = None) -> Ranges:
     """The ranges of merged calibration states (files or objects), bit-identical to one `calibrate` over all
-    their data, with their INT4 channel statistics. `method` (default: the states'): any method from histograms;
+    their data, with their INT4 and FP8 channel statistics. `method` (default: the states'): any method from histograms;
     "auto", and any method of states calibrated with --precision auto, score the candidates on `model` and the first
     samples of `data` (all of it, as one calibration would), with `options`. `save_state`: also write the merged
     state there."""
@@ -351,7 +351,7 @@ def quantize(model: onnx.ModelProto | str | os.PathLike, data=None, ranges: Rang
 def _ranges_and_plan(proto: onnx.ModelProto, name: str, graph: gs.Graph, placement: Plan, data,
                      ranges: Ranges | str | os.PathLike | None, qopts: QuantizeOptions, calibration: CalibrationOptions,
                      plugins: Plugins) -> tuple[Ranges, Plan, CollectStats | None, dict[str, Calibrator]]:
-    """The ranges (given, or calibrated on `data`) and the plan they go with (its INT4 statistics, the formats
+    """The ranges (given, or calibrated on `data`) and the plan they go with (its INT4 and FP8 statistics, the formats
     --precision auto chose): (ranges, plan, collection stats, calibrators)."""
     if ranges is not None:
         ranges = ranges if isinstance(ranges, Ranges) else Ranges.load(ranges)

@@ -43,7 +43,8 @@ _FIELDS = tuple(f.name for f in fields(TensorRange))  # every tensor's entry in 
 @dataclass
 class Ranges:
     """tensor -> amax (and statistics), plus how they were chosen; `channels`: the statistics of the inputs INT4
-    awq/gptq weights multiply (activation tensor -> BlockGram), saved beside the file (`int4_statistics_path`)."""
+    awq/gptq and FP8 weights multiply (activation tensor -> BlockGram), saved beside the file
+    (`int4_statistics_path`)."""
 
     method: str
     options: dict

@@ -4,8 +4,8 @@ A state is one .npz (no pickle): a JSON header (model name and identity, method,
 samples) and, per field of the calibrators' states, one array over the tensors (histogram counts as a
 tensors x bins matrix). Histograms of power-of-two bins merge exactly, so the ranges of merged states are
 bit-identical to those of one calibration over all the data, in any grouping or order. Version 2 adds the
-channel statistics of the inputs INT4 awq/gptq weights multiply (`channels.BlockGram`, float64 sums), where the
-quantize options need them; they are summed in shard order, whatever order the states are given in.
+channel statistics of the inputs INT4 awq/gptq and FP8 weights multiply (`channels.BlockGram`, float64 sums),
+where the quantize options need them; they are summed in shard order, whatever order the states are given in.
 """
 
 from __future__ import annotations

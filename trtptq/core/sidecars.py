@@ -28,7 +28,8 @@ def fp16_model_path(engine: str | os.PathLike) -> pathlib.Path:
 
 
 def int4_statistics_path(ranges: str | os.PathLike) -> pathlib.Path:
-    """RANGES.int4.npz (ranges.json -> ranges.int4.npz): the INT4 awq/gptq channel statistics of a calibration, which
-    `quantize --ranges` reads to round INT4 weights as a run with the data would."""
+    """RANGES.int4.npz (ranges.json -> ranges.int4.npz): the channel statistics of a calibration (INT4 awq/gptq's,
+    FP8 weights' too; the name is older than the FP8 ones), which `quantize --ranges` reads to round those weights as
+    a run with the data would."""
     ranges = pathlib.Path(ranges)
     return ranges.with_name(ranges.stem + ".int4.npz")
