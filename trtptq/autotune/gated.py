@@ -119,7 +119,7 @@ def _taps(node: str, p: str, sites: Mapping[str, WeightSite | None], tensors: Ma
     ONNX Runtime maps a main graph's external weights, but reads a branch's into memory."""
     fmt = FORMATS.get(p)
     branch = gs.Graph(name=f"{node}/{p}")
-    taps = Plan(block_size=plan.block_size, int4=plan.int4, weight_file=plan.weight_file)
+    taps = Plan(block_size=plan.block_size, int4=plan.int4, fp8=plan.fp8, weight_file=plan.weight_file)
     for k, (name, w) in enumerate(sites.items()):
         x = tensors[name]
         tap = f"{node}/{p}/tap{k}"

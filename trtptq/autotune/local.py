@@ -71,7 +71,7 @@ def _probe(model: onnx.ModelProto, plan: Plan, amax_sets: Mapping[str, Mapping[s
     own = {name: plan.format_of(name).name for name in nodes}
     takes = {name: {f.name for f in plan.formats_for(name)} | {own[name]} for name in nodes}
     # every copy's weights: one quantized weight per (tensor, format), INT4 rounded as the plan's are
-    weights = Plan(block_size=plan.block_size, int4=plan.int4, weight_file=plan.weight_file)
+    weights = Plan(block_size=plan.block_size, int4=plan.int4, fp8=plan.fp8, weight_file=plan.weight_file)
     for k, (key, amax) in enumerate(amax_sets.items()):
         sites = Plan(block_size=plan.block_size)
         for name in nodes:
