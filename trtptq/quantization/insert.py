@@ -31,9 +31,10 @@ def quantized_model(model: onnx.ModelProto, plan_: Plan, amax: Mapping[str, floa
     return precision.write_plan(export_graph(graph, model), plan_.precision)
 
 
-def _tag(fmt: QuantFormat) -> str:
-    """What tells a Q/DQ pair's names apart per format: INT8's keep the plain names of earlier trtptq models."""
-    return "" if fmt is INT8 else f"_{fmt.name.lower()}"
+def _stem(tensor: str, fmt: QuantFormat, suffix: str = "") -> str:
+    """What the names of a tensor's Q/DQ pair (or quantized weight) in `fmt` start with: the format tells them apart,
+    INT8's keep the plain names of earlier trtptq models."""
+    return f"{tensor}{'' if fmt is INT8 else '_' + fmt.name.lower()}{suffix}"
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class FedScales:
     @classmethod
     def of(cls, model: onnx.ModelProto, tensors: Iterable[str]) -> FedScales:
         """`model`'s scales of `tensors` made inputs, in place (no second copy of a large model's weights)."""
-        names = {f"{tensor}{_tag(fmt)}_scale": (tensor, fmt) for tensor in tensors for fmt in FORMATS.values()
+        names = {f"{_stem(tensor, fmt)}_scale": (tensor, fmt) for tensor in tensors for fmt in FORMATS.values()
                  if fmt.activations}
         initializers = model.graph.initializer
         fed = [k for k, init in enumerate(initializers) if init.name in names and not init.dims]
@@ -81,7 +82,7 @@ def insert_qdq(graph: gs.Graph, plan_: Plan, amax: Mapping[str, float], suffix: 
         t = tensors[name]
         for fmt, consumers in groups.items():
             scale = fmt.scale(amax[name])
-            base = f"{name}{_tag(fmt)}{suffix}"
+            base = _stem(name, fmt, suffix)
             q_out = gs.Variable(f"{base}_quantized", dtype=fmt.dtype, shape=t.shape)
             dq_out = gs.Variable(f"{base}_dequantized", dtype=t.dtype or np.float32, shape=t.shape)
             s_const = gs.Constant(f"{base}_scale", scale)
@@ -94,12 +95,14 @@ def insert_qdq(graph: gs.Graph, plan_: Plan, amax: Mapping[str, float], suffix: 
                 replace_input(by_name[c], t, dq_out)
 
     if plan_.weight_file is None:  # a model too large for memory rounds them one at a time, as it reads them
-        int4 = {(site.tensor, site.block_axis) for site in plan_.weights if plan_.format_of(site.node) is INT4}
-        plan_.int4.round_all([(w, lambda w=w: np.asarray(weight_values(tensors[w]), np.float32), axis)
-                              for w, axis in sorted(int4)], INT4, plan_.block_size)
-        fp8 = {(site.tensor, site.axis) for site in plan_.weights if plan_.format_of(site.node) is FP8}
-        plan_.fp8.round_all([(w, lambda w=w: np.asarray(weight_values(tensors[w]), np.float32), axis)
-                             for w, axis in sorted(fp8, key=str)], FP8)
+        def rounding(fmt: QuantFormat, axis_of) -> list:
+            """(weight, its values when read, axis) of each weight the plan puts in `fmt`, once."""
+            found = {(site.tensor, axis_of(site)) for site in plan_.weights if plan_.format_of(site.node) is fmt}
+            return [(w, lambda w=w: np.asarray(weight_values(tensors[w]), np.float32), axis)
+                    for w, axis in sorted(found, key=str)]
+
+        plan_.int4.round_all(rounding(INT4, lambda site: site.block_axis), INT4, plan_.block_size)
+        plan_.fp8.round_all(rounding(FP8, lambda site: site.axis), FP8)
     done: dict[tuple, gs.Variable] = {}
     for site in plan_.weights:
         fmt = plan_.format_of(site.node)
@@ -136,7 +139,7 @@ def _quantize_weight(graph: gs.Graph, w: gs.Constant, fmt: QuantFormat, axis: in
             return weight_formats.per_channel(values, fmt, axis)
         return plan_.int4.quantize(w.name, values, fmt, axis, block_size)
 
-    base = f"{w.name}{_tag(fmt)}{suffix}"
+    base = _stem(w.name, fmt, suffix)
     if plan_.weight_file is not None:
         reference, scale = plan_.weight_file.tensor((w.name, fmt.name, axis, block_size), f"{base}_quantized", quantized)
         q = gs.Constant(f"{base}_quantized", LazyValues(reference))

