@@ -78,14 +78,18 @@ class BlockGram:
         mask = None if feed is None or self.mask is None else np.asarray(feed[self.mask])
         if mask is not None and (x.shape[:-1] == mask.shape or (x.ndim == 2 and len(rows) == mask.size)):
             keep &= mask.reshape(-1) != 0
-        rows = rows[keep].astype(np.float64)  # float32 products are exact in float64
-        blocks = rows.reshape(len(rows), -1, self.block_size or rows.shape[1]).transpose(1, 0, 2)  # (blocks, rows, size)
-        # BLAS's own threads beside ONNX Runtime's, on a machine with other work, wait on each other: MiniLM's
-        # statistics took 12 s instead of 0.35 s with another process on one of 2 cores; one thread, 6 s there.
-        with threadpool_limits(1, user_api="blas"):
-            gram = blocks.transpose(0, 2, 1) @ blocks
+        rows = rows if keep.all() else rows[keep]
+        if self.block_size == 1:  # FP8's per-channel moments: float64 products and sums, no float64 copy of x
+            gram = np.einsum("ij,ij->j", rows, rows, dtype=np.float64)[:, None, None]
+        else:
+            wide = rows.astype(np.float64)  # float32 products are exact in float64
+            blocks = wide.reshape(len(rows), -1, self.block_size or rows.shape[1]).transpose(1, 0, 2)  # (blocks, rows, size)
+            # BLAS's own threads beside ONNX Runtime's, on a machine with other work, wait on each other: MiniLM's
+            # statistics took 12 s instead of 0.35 s with another process on one of 2 cores; one thread, 6 s there.
+            with threadpool_limits(1, user_api="blas"):
+                gram = blocks.transpose(0, 2, 1) @ blocks
         self.total = gram if self.total is None else self.total + gram
-        sums = rows.sum(axis=0)
+        sums = rows.sum(axis=0, dtype=np.float64)
         self.sums = sums if self.sums is None else self.sums + sums
         self.rows += len(rows)
 
